@@ -1,0 +1,89 @@
+# starttls-proxy — see README.md.  make | make test | make demo | make deps | make install
+VERSION   := 0.1.0
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+DEPS_DIR  ?= /var/cache/starttls-proxy
+BUILD     := build
+BIN       := starttls-proxy
+
+# wolfSSL is built from source by scripts/deps.sh; its prefix is recorded in DEPS_DIR.
+WOLFSSL_PREFIX ?= $(shell cat $(DEPS_DIR)/wolfssl.current 2>/dev/null)
+WOLFSSL_CFLAGS := -I$(WOLFSSL_PREFIX)/include
+WOLFSSL_LIBS   := $(WOLFSSL_PREFIX)/lib/libwolfssl.a -lm -lpthread
+UV_CFLAGS      := $(shell pkg-config --cflags libuv 2>/dev/null)
+UV_LIBS        := $(shell pkg-config --libs libuv 2>/dev/null || echo -luv)
+CMOCKA_LIBS    := $(shell pkg-config --libs cmocka 2>/dev/null || echo -lcmocka)
+
+CC       ?= cc
+OPT      ?= -O2 -g
+WERROR   ?= $(if $(CI),-Werror,)
+CFLAGS   ?= $(OPT)
+CFLAGS   += -std=gnu11 -Wall -Wextra $(WERROR) -Wno-unused-parameter -fno-strict-aliasing \
+            -Iinclude $(WOLFSSL_CFLAGS) $(UV_CFLAGS) -DSTP_VERSION='"$(VERSION)"' -D_GNU_SOURCE
+LDLIBS   := $(UV_LIBS) $(WOLFSSL_LIBS)
+ifeq ($(SANITIZE),1)
+  BUILD  := build-san
+  BIN    := build-san/starttls-proxy
+  CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+endif
+
+SRCS      := $(wildcard src/*.c)
+LIB_SRCS  := $(filter-out src/main.c,$(SRCS))
+OBJS      := $(SRCS:src/%.c=$(BUILD)/%.o)
+LIB_OBJS  := $(LIB_SRCS:src/%.c=$(BUILD)/%.o)
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+CERTS     := $(BUILD)/test-certs
+
+.PHONY: all deps check-deps test unit-bins demo install clean bench fuzz
+
+all: check-deps $(BIN)
+
+check-deps:
+	@test -f "$(WOLFSSL_PREFIX)/lib/libwolfssl.a" || { echo "wolfSSL missing: run 'make deps'"; exit 1; }
+
+deps:
+	@bash scripts/deps.sh
+
+$(BIN): $(OBJS)
+	$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
+
+$(BUILD)/%.o: src/%.c $(wildcard include/*.h) | $(BUILD)
+	$(CC) $(CFLAGS) -MMD -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS) | $(BUILD)
+	@mkdir -p $(BUILD)/tests
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(CMOCKA_LIBS) $(LDLIBS)
+
+$(BUILD):
+	@mkdir -p $(BUILD)
+
+$(CERTS)/.complete:
+	@bash scripts/gen-test-certs.sh $(CERTS)
+
+unit-bins: $(UNIT_BINS)
+
+# The one command: dependencies (when missing), build, unit and integration tests.
+test:
+	@bash scripts/deps.sh
+	@$(MAKE) --no-print-directory all unit-bins $(CERTS)/.complete
+	@STP_BIN=$(abspath $(BIN)) STP_UNIT_DIR=$(abspath $(BUILD)/tests) \
+	  STP_TEST_CERTS=$(abspath $(CERTS)) bash tests/run.sh
+
+demo:
+	@bash scripts/deps.sh
+	@$(MAKE) --no-print-directory all
+	@bash scripts/demo.sh
+
+install: all
+	install -D -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/starttls-proxy
+	install -D -m 644 etc/starttls-proxy.conf $(DESTDIR)$(PREFIX)/share/doc/starttls-proxy/starttls-proxy.conf.example
+	install -D -m 644 systemd/starttls-proxy.service $(DESTDIR)$(PREFIX)/lib/systemd/system/starttls-proxy.service
+	install -D -m 644 man/starttls-proxy.8 $(DESTDIR)$(PREFIX)/share/man/man8/starttls-proxy.8
+	install -D -m 644 man/starttls-proxy.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/starttls-proxy.conf.5
+
+clean:
+	rm -rf build build-san starttls-proxy
+
+-include $(OBJS:.o=.d)

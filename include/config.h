@@ -1,0 +1,114 @@
+/* config.h - configuration file (INI) -> immutable configuration.
+ *
+ * Contract: cfg_load() parses the whole file, validates every key and every cross-key
+ * rule, and either returns 0 with *out set, or a negative count of errors with every
+ * error appended to errs as "FILE:LINE: message". The returned struct is never modified
+ * afterwards, so several worker threads may read it at once; a reload builds a new one. */
+#ifndef STP_CONFIG_H
+#define STP_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+struct tls_ctx;
+
+enum cfg_proto { CFG_PROTO_SMTP, CFG_PROTO_LMTP, CFG_PROTO_IMAP, CFG_PROTO_POP3, CFG_PROTO_TCP };
+enum cfg_tls { CFG_TLS_NONE, CFG_TLS_STARTTLS, CFG_TLS_IMPLICIT };
+enum cfg_policy {
+	CFG_POLICY_NONE, CFG_POLICY_MAY, CFG_POLICY_ENCRYPT, CFG_POLICY_FINGERPRINT, CFG_POLICY_VERIFY
+};
+enum cfg_mode { CFG_MODE_ENFORCE, CFG_MODE_TESTING };
+enum cfg_pp { CFG_PP_NONE, CFG_PP_V1, CFG_PP_V2 };
+enum cfg_log_format { CFG_LOG_TEXT, CFG_LOG_JSON };
+enum cfg_transparent { CFG_TRANSPARENT_NO, CFG_TRANSPARENT_TPROXY };
+
+/* A listen or upstream address. host is kept as written (for SNI and logs); ss holds the
+ * resolved address (host names are resolved once, at load). */
+struct cfg_addr {
+	char host[256];
+	uint16_t port;
+	struct sockaddr_storage ss;
+	socklen_t sslen;
+	int original_dst; /* upstream = original-destination */
+};
+
+struct cfg_route {
+	char *name;
+	int line; /* line of the [route NAME] header */
+	struct cfg_addr listen;
+	enum cfg_proto protocol;
+	enum cfg_tls client_tls;
+	enum cfg_policy client_policy;  /* CFG_POLICY_MAY or CFG_POLICY_ENCRYPT */
+	struct cfg_addr upstream;
+	enum cfg_tls upstream_tls;
+	enum cfg_policy upstream_policy;
+	enum cfg_mode policy_mode;
+	char *upstream_name; /* SNI and name to verify; default: upstream host */
+	char *cert, *key;    /* client-side identity (route or global) */
+	char *client_ca;     /* require client certificates signed by this CA */
+	int client_min_tls, upstream_min_tls; /* 10, 11, 12, 13 */
+	char *upstream_ca;   /* trust store (route or global ca) */
+	uint8_t upstream_fingerprint[32];
+	int has_upstream_fingerprint;
+	char *upstream_cert, *upstream_key;
+	char *policy_table;
+	enum cfg_pp proxy_protocol_in, proxy_protocol_out;
+	int xclient;
+	uint64_t connect_timeout_ms, handshake_timeout_ms, idle_timeout_ms;
+	unsigned max_connections_per_client; /* 0 = unlimited */
+	enum cfg_transparent transparent;
+	int source_client; /* source = client */
+	/* Built at load from the keys above; owned by the configuration. */
+	struct tls_ctx *client_side_tls;   /* server context toward clients, or NULL */
+	struct tls_ctx *upstream_side_tls; /* client context toward the upstream, or NULL */
+};
+
+struct cfg {
+	char *path;
+	int workers; /* resolved: auto -> number of cores */
+	char *user;
+	int log_level; /* LOG_ERROR .. LOG_DEBUG from log.h */
+	enum cfg_log_format log_format;
+	struct cfg_addr admin_listen;
+	int has_admin_listen;
+	unsigned max_connections;
+	char *helo_name;
+	char *cert, *key, *ca;
+	uint64_t drain_timeout_ms;
+	char *ticket_key_file;
+	struct cfg_route *routes;
+	size_t nroutes;
+	int refs; /* sessions keep the configuration they started with: cfg_ref/cfg_unref */
+};
+
+/* Growable list of error lines. */
+struct cfg_errors {
+	char **msg;
+	size_t n, cap;
+};
+
+int cfg_load(const char *path, struct cfg **out, struct cfg_errors *errs);
+void cfg_free(struct cfg *cfg);
+struct cfg *cfg_ref(struct cfg *cfg);
+void cfg_unref(struct cfg *cfg); /* frees on the last reference */
+/* Loads only the syntax and values, without resolving host names or loading certificates
+ * and keys; used by unit tests of the syntax. flags: CFG_NO_FILES. */
+#define CFG_NO_FILES 1
+int cfg_load_flags(const char *path, int flags, struct cfg **out, struct cfg_errors *errs);
+void cfg_errors_add(struct cfg_errors *errs, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+void cfg_errors_free(struct cfg_errors *errs);
+
+/* Value parsers, exported for tests. Each returns 0 or -1. */
+int cfg_parse_duration(const char *s, uint64_t *ms);      /* "250ms", "30s", "5m", "30" (s) */
+int cfg_parse_hostport(const char *s, char *host, size_t hostlen, uint16_t *port);
+                                                           /* "h:p", "1.2.3.4:p", "[::1]:p" */
+int cfg_parse_fingerprint(const char *s, uint8_t out[32]); /* "sha256:HEX" (colons allowed) */
+int cfg_parse_tls_version(const char *s, int *v);          /* "1.0".."1.3" -> 10..13 */
+
+const char *cfg_proto_name(enum cfg_proto p);
+const char *cfg_tls_name(enum cfg_tls t);
+const char *cfg_policy_name(enum cfg_policy p);
+
+#endif

@@ -1,0 +1,100 @@
+/* tls.h - wolfSSL contexts and connections over memory buffers.
+ *
+ * Contract: this module never touches a socket and never calls libuv. Ciphertext that
+ * arrived from the network is handed in with tls_conn_feed(); ciphertext to send is taken
+ * out with tls_conn_out_data()/tls_conn_out_consume(). Every function returns 0 (or a
+ * byte count) on success, TLS_AGAIN when it needs more input from the peer, TLS_CLOSED
+ * when the peer sent close_notify, or another negative TLS_E* code; tls_strerror() names
+ * it. Certificate verification never aborts a handshake by itself: the outcome is
+ * recorded (tls_conn_verify_result) and the caller applies its policy. */
+#ifndef STP_TLS_H
+#define STP_TLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+	TLS_AGAIN = -1,      /* needs more input */
+	TLS_CLOSED = -2,     /* peer sent close_notify */
+	TLS_E_HANDSHAKE = -3,
+	TLS_E_IO = -4,       /* fatal TLS error after the handshake */
+	TLS_E_NOMEM = -5,
+	TLS_E_CONFIG = -6,
+};
+
+/* Verification outcome of the peer certificate chain (RFC 8460 result names). */
+enum tls_verify {
+	TLS_VERIFY_OK = 0,
+	TLS_VERIFY_NOT_TRUSTED,   /* certificate-not-trusted (unknown CA, self-signed) */
+	TLS_VERIFY_EXPIRED,       /* certificate-expired (or not yet valid) */
+	TLS_VERIFY_FAILURE,       /* validation-failure (bad signature, no certificate, ...) */
+};
+
+struct tls_ctx;
+struct tls_conn;
+
+struct tls_server_opts {
+	const char *cert;      /* PEM chain, leaf first */
+	const char *key;       /* PEM private key */
+	const char *client_ca; /* optional: require and verify client certificates */
+	int min_version;       /* 10, 11, 12, 13 */
+};
+
+struct tls_client_opts {
+	const char *ca;        /* optional trust store (file or directory) */
+	const char *cert;      /* optional client certificate toward the upstream */
+	const char *key;
+	int min_version;
+};
+
+int tls_global_init(void);
+const char *tls_library_version(void);
+
+/* Build contexts; on failure return TLS_E_CONFIG and write a message into err. */
+int tls_ctx_server_new(const struct tls_server_opts *o, struct tls_ctx **out, char *err,
+		       size_t errlen);
+int tls_ctx_client_new(const struct tls_client_opts *o, struct tls_ctx **out, char *err,
+		       size_t errlen);
+void tls_ctx_free(struct tls_ctx *ctx);
+
+/* server_name: SNI for client connections (NULL: none; IP literals are never sent). */
+struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *server_name);
+void tls_conn_free(struct tls_conn *c);
+
+int tls_conn_feed(struct tls_conn *c, const void *data, size_t len);
+/* 0 when the handshake is complete, TLS_AGAIN, or TLS_E_HANDSHAKE. */
+int tls_conn_handshake(struct tls_conn *c);
+int tls_conn_handshake_done(const struct tls_conn *c);
+/* Plaintext out: > 0 bytes, TLS_AGAIN, TLS_CLOSED or TLS_E_IO. */
+int tls_conn_read(struct tls_conn *c, void *buf, size_t len);
+/* Encrypts all of data into the outbound buffer: 0 or TLS_E_IO. */
+int tls_conn_write(struct tls_conn *c, const void *data, size_t len);
+/* Queues close_notify. */
+int tls_conn_close_notify(struct tls_conn *c);
+
+size_t tls_conn_out_len(const struct tls_conn *c);
+const uint8_t *tls_conn_out_data(const struct tls_conn *c);
+void tls_conn_out_consume(struct tls_conn *c, size_t n);
+/* Ciphertext fed but not yet consumed by the TLS engine. */
+size_t tls_conn_in_len(const struct tls_conn *c);
+
+const char *tls_conn_version(const struct tls_conn *c); /* "TLSv1.3" */
+const char *tls_conn_cipher(const struct tls_conn *c);  /* IANA name */
+enum tls_verify tls_conn_verify_result(const struct tls_conn *c);
+const char *tls_conn_error_text(const struct tls_conn *c); /* last wolfSSL error, or "" */
+/* SHA-256 of the peer certificate's SubjectPublicKeyInfo: 0 or TLS_E_HANDSHAKE. */
+int tls_conn_peer_spki_sha256(struct tls_conn *c, uint8_t out[32]);
+/* 1 when the peer certificate's names (DNS SANs, or the CN when there is no SAN) match
+ * name under RFC 6125 rules; 0 otherwise. */
+int tls_conn_peer_name_matches(struct tls_conn *c, const char *name);
+int tls_conn_has_peer_cert(struct tls_conn *c);
+
+/* RFC 6125 §6.4: case-insensitive; a wildcard only as the whole left-most label ("*."),
+ * matching exactly one non-empty label; no wildcard on public-suffix-like two-label
+ * patterns ("*.com"); IDNA A-labels ("xn--") never match a wildcard. 1 = match. */
+int tls_name_match(const char *pattern, size_t pattern_len, const char *host);
+
+const char *tls_verify_result_name(enum tls_verify v); /* RFC 8460 result type */
+const char *tls_strerror(int err);
+
+#endif

@@ -1,0 +1,60 @@
+/* worker.h - one event loop thread: its listeners, its sessions, its drain.
+ *
+ * Contract: every worker runs its own uv_loop_t on its own thread and shares nothing
+ * mutable with the others but the atomic counters in struct stp_shared. Listening sockets
+ * are created (and bound, SO_REUSEPORT) by the main thread before privileges are dropped
+ * and handed to the worker as file descriptors. */
+#ifndef STP_WORKER_H
+#define STP_WORKER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "endpoint.h"
+
+struct cfg;
+struct session;
+
+/* Counters shared by all workers (atomics). */
+struct stp_shared {
+	long active;        /* open sessions, all routes */
+	uint64_t next_id;   /* session id sequence */
+	uint64_t id_key;    /* random, mixes the sequence into ids */
+};
+
+struct listener {
+	uv_tcp_t tcp;
+	struct worker *w;
+	struct cfg_route *route;
+	int fd;
+};
+
+struct worker {
+	int index;
+	uv_loop_t loop;
+	uv_thread_t thread;
+	uv_async_t wake;
+	uv_timer_t drain_timer;
+	struct cfg *cfg;
+	struct stp_shared *shared;
+	struct listener *listeners;
+	size_t nlisteners;
+	struct session *sessions; /* doubly linked through session->next/prev */
+	long nsessions;
+	int stopping;
+	uint8_t readbuf[EP_READ_SIZE];
+};
+
+/* Creates the listening sockets of every route for one worker. Returns 0, or a negative
+ * errno with a message in err. */
+int worker_bind(struct worker *w, char *err, size_t errlen);
+int worker_start(struct worker *w);
+/* Thread-safe: ask the worker to stop accepting and drain. */
+void worker_stop(struct worker *w);
+void worker_join(struct worker *w);
+
+/* For session.c: the session list and the shared counters. */
+void worker_session_added(struct worker *w, struct session *s);
+void worker_session_removed(struct worker *w, struct session *s);
+
+#endif

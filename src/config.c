@@ -1,0 +1,939 @@
+/* config.c - INI configuration -> immutable struct cfg (see config.h).
+ *
+ * Two passes: the file is read into sections of (key, value, line) entries, then each
+ * section is interpreted with every key in view, so cross-key rules can name the line of
+ * the key at fault. Every error is collected; nothing stops at the first one. */
+#include "config.h"
+
+#include "log.h"
+#include "tls.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_LINE 4096
+#define DEFAULT_CA "/etc/ssl/certs/ca-certificates.crt"
+
+/* ---- errors ---------------------------------------------------------------------- */
+
+void cfg_errors_add(struct cfg_errors *errs, const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (!errs)
+		return;
+	if (errs->n == errs->cap) {
+		size_t cap = errs->cap ? errs->cap * 2 : 8;
+		char **m = realloc(errs->msg, cap * sizeof(*m));
+		if (!m)
+			return;
+		errs->msg = m;
+		errs->cap = cap;
+	}
+	char *s = strdup(buf);
+	if (s)
+		errs->msg[errs->n++] = s;
+}
+
+void cfg_errors_free(struct cfg_errors *errs)
+{
+	for (size_t i = 0; i < errs->n; i++)
+		free(errs->msg[i]);
+	free(errs->msg);
+	errs->msg = NULL;
+	errs->n = errs->cap = 0;
+}
+
+/* ---- value parsers --------------------------------------------------------------- */
+
+int cfg_parse_duration(const char *s, uint64_t *ms)
+{
+	if (!s || !isdigit((unsigned char)*s))
+		return -1;
+	errno = 0;
+	char *end;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno)
+		return -1;
+	uint64_t mult;
+	if (*end == '\0' || strcmp(end, "s") == 0)
+		mult = 1000;
+	else if (strcmp(end, "ms") == 0)
+		mult = 1;
+	else if (strcmp(end, "m") == 0)
+		mult = 60000;
+	else if (strcmp(end, "h") == 0)
+		mult = 3600000;
+	else
+		return -1;
+	if (v > UINT64_MAX / mult / 1000) /* keep far from overflow in later arithmetic */
+		return -1;
+	*ms = v * mult;
+	return 0;
+}
+
+static int parse_port(const char *s, uint16_t *port)
+{
+	if (!*s)
+		return -1;
+	unsigned long v = 0;
+	for (const char *p = s; *p; p++) {
+		if (!isdigit((unsigned char)*p))
+			return -1;
+		v = v * 10 + (unsigned long)(*p - '0');
+		if (v > 65535)
+			return -1;
+	}
+	if (v == 0)
+		return -1;
+	*port = (uint16_t)v;
+	return 0;
+}
+
+int cfg_parse_hostport(const char *s, char *host, size_t hostlen, uint16_t *port)
+{
+	const char *colon;
+	size_t hl;
+	if (*s == '[') {
+		const char *rb = strchr(s, ']');
+		if (!rb || rb[1] != ':')
+			return -1;
+		hl = (size_t)(rb - s - 1);
+		if (hl == 0 || !memchr(s + 1, ':', hl))
+			return -1;
+		s++;
+		colon = rb + 1;
+	} else {
+		colon = strrchr(s, ':');
+		if (!colon)
+			return -1;
+		hl = (size_t)(colon - s);
+		if (hl == 0 || memchr(s, ':', hl))
+			return -1;
+		for (size_t i = 0; i < hl; i++)
+			if (!isalnum((unsigned char)s[i]) && s[i] != '.' && s[i] != '-' && s[i] != '_' &&
+			    s[i] != '*')
+				return -1;
+	}
+	if (hl >= hostlen)
+		return -1;
+	if (parse_port(colon + 1, port) < 0)
+		return -1;
+	memcpy(host, s, hl);
+	host[hl] = '\0';
+	return 0;
+}
+
+static int hexval(int c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c = tolower(c);
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+int cfg_parse_fingerprint(const char *s, uint8_t out[32])
+{
+	if (strncasecmp(s, "sha256:", 7) != 0)
+		return -1;
+	s += 7;
+	size_t n = 0;
+	while (*s) {
+		if (*s == ':') {
+			s++;
+			continue;
+		}
+		int hi = hexval((unsigned char)s[0]);
+		int lo = s[1] ? hexval((unsigned char)s[1]) : -1;
+		if (hi < 0 || lo < 0 || n == 32)
+			return -1;
+		out[n++] = (uint8_t)(hi << 4 | lo);
+		s += 2;
+	}
+	return n == 32 ? 0 : -1;
+}
+
+int cfg_parse_tls_version(const char *s, int *v)
+{
+	static const struct { const char *s; int v; } t[] = {
+		{ "1.0", 10 }, { "1.1", 11 }, { "1.2", 12 }, { "1.3", 13 },
+	};
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		if (strcmp(s, t[i].s) == 0) {
+			*v = t[i].v;
+			return 0;
+		}
+	return -1;
+}
+
+static const char *const proto_names[] = { "smtp", "lmtp", "imap", "pop3", "tcp", NULL };
+static const char *const tls_names[] = { "none", "starttls", "implicit", NULL };
+static const char *const policy_names[] = { "none", "may", "encrypt", "fingerprint", "verify",
+					    NULL };
+static const char *const mode_names[] = { "enforce", "testing", NULL };
+static const char *const pp_names[] = { "none", "v1", "v2", NULL };
+static const char *const format_names[] = { "text", "json", NULL };
+static const char *const yesno_names[] = { "no", "yes", NULL };
+static const char *const transparent_names[] = { "no", "tproxy", NULL };
+
+const char *cfg_proto_name(enum cfg_proto p) { return proto_names[p]; }
+const char *cfg_tls_name(enum cfg_tls t) { return tls_names[t]; }
+const char *cfg_policy_name(enum cfg_policy p) { return policy_names[p]; }
+
+static int enum_lookup(const char *const *names, const char *v)
+{
+	for (int i = 0; names[i]; i++)
+		if (strcasecmp(names[i], v) == 0)
+			return i;
+	return -1;
+}
+
+/* ---- pass 1: read sections ------------------------------------------------------- */
+
+struct entry {
+	char *key, *value;
+	int line;
+	int used;
+};
+
+struct section {
+	int is_route;
+	char *name;
+	int line;
+	struct entry *e;
+	size_t n, cap;
+};
+
+struct parse {
+	const char *path;
+	int flags;
+	struct cfg_errors *errs;
+	int nerr;
+	struct section *s;
+	size_t n, cap;
+};
+
+#define ERR(P, LINE, ...)                                                                  \
+	do {                                                                               \
+		char m_[900];                                                              \
+		snprintf(m_, sizeof(m_), __VA_ARGS__);                                     \
+		cfg_errors_add((P)->errs, "%s:%d: %s", (P)->path, (LINE), m_);             \
+		(P)->nerr++;                                                               \
+	} while (0)
+
+static char *trim(char *s)
+{
+	while (*s == ' ' || *s == '\t')
+		s++;
+	char *e = s + strlen(s);
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+		*--e = '\0';
+	return s;
+}
+
+/* A comment starts with ; or # at the start of the line or after white space. */
+static void strip_comment(char *s)
+{
+	for (char *p = s; *p; p++)
+		if ((*p == ';' || *p == '#') && (p == s || p[-1] == ' ' || p[-1] == '\t')) {
+			*p = '\0';
+			return;
+		}
+}
+
+static int read_sections(struct parse *P)
+{
+	FILE *f = fopen(P->path, "r");
+	if (!f) {
+		cfg_errors_add(P->errs, "%s:0: cannot open: %s", P->path, strerror(errno));
+		P->nerr++;
+		return -1;
+	}
+	char line[MAX_LINE + 2];
+	int lineno = 0;
+	struct section *cur = NULL;
+	while (fgets(line, sizeof(line), f)) {
+		lineno++;
+		size_t len = strlen(line);
+		if (len == sizeof(line) - 1 && line[len - 1] != '\n') {
+			ERR(P, lineno, "line longer than %d characters", MAX_LINE);
+			int c;
+			while ((c = fgetc(f)) != EOF && c != '\n')
+				;
+			continue;
+		}
+		strip_comment(line);
+		char *s = trim(line);
+		if (!*s)
+			continue;
+		if (*s == '[') {
+			char *rb = strchr(s, ']');
+			if (!rb || *trim(rb + 1)) {
+				ERR(P, lineno, "malformed section header");
+				cur = NULL;
+				continue;
+			}
+			*rb = '\0';
+			char *name = trim(s + 1);
+			int is_route = 0;
+			char *rname = NULL;
+			if (strcasecmp(name, "global") == 0) {
+				for (size_t i = 0; i < P->n; i++)
+					if (!P->s[i].is_route) {
+						ERR(P, lineno, "duplicate [global] section (first at line %d)",
+						    P->s[i].line);
+						break;
+					}
+			} else if (strncasecmp(name, "route", 5) == 0 &&
+				   (name[5] == ' ' || name[5] == '\t' || name[5] == '\0')) {
+				is_route = 1;
+				rname = trim(name + 5);
+				if (!*rname) {
+					ERR(P, lineno, "route section without a name: use [route NAME]");
+					cur = NULL;
+					continue;
+				}
+				for (char *c = rname; *c; c++)
+					if (!isalnum((unsigned char)*c) && *c != '-' && *c != '_' && *c != '.') {
+						ERR(P, lineno, "route name \"%s\": use letters, digits, '-', '_', '.'",
+						    rname);
+						break;
+					}
+				for (size_t i = 0; i < P->n; i++)
+					if (P->s[i].is_route && strcmp(P->s[i].name, rname) == 0) {
+						ERR(P, lineno, "duplicate route \"%s\" (first at line %d)", rname,
+						    P->s[i].line);
+						break;
+					}
+			} else {
+				ERR(P, lineno, "unknown section [%s]: expected [global] or [route NAME]",
+				    name);
+				cur = NULL;
+				continue;
+			}
+			if (P->n == P->cap) {
+				P->cap = P->cap ? P->cap * 2 : 8;
+				P->s = realloc(P->s, P->cap * sizeof(*P->s));
+			}
+			cur = &P->s[P->n++];
+			memset(cur, 0, sizeof(*cur));
+			cur->is_route = is_route;
+			cur->name = strdup(is_route ? rname : "global");
+			cur->line = lineno;
+			continue;
+		}
+		char *eq = strchr(s, '=');
+		if (!eq) {
+			ERR(P, lineno, "expected key = value");
+			continue;
+		}
+		*eq = '\0';
+		char *k = trim(s), *v = trim(eq + 1);
+		if (!*k) {
+			ERR(P, lineno, "missing key before '='");
+			continue;
+		}
+		if (!cur) {
+			ERR(P, lineno, "key \"%s\" outside of a section", k);
+			continue;
+		}
+		int dup = 0;
+		for (size_t i = 0; i < cur->n; i++)
+			if (strcasecmp(cur->e[i].key, k) == 0) {
+				ERR(P, lineno, "duplicate key \"%s\" (first at line %d)", k, cur->e[i].line);
+				dup = 1;
+				break;
+			}
+		if (dup)
+			continue;
+		if (cur->n == cur->cap) {
+			cur->cap = cur->cap ? cur->cap * 2 : 16;
+			cur->e = realloc(cur->e, cur->cap * sizeof(*cur->e));
+		}
+		cur->e[cur->n++] = (struct entry){ strdup(k), strdup(v), lineno, 0 };
+	}
+	fclose(f);
+	return 0;
+}
+
+/* ---- pass 2: interpret ----------------------------------------------------------- */
+
+static struct entry *get(struct section *sec, const char *key)
+{
+	for (size_t i = 0; i < sec->n; i++)
+		if (strcasecmp(sec->e[i].key, key) == 0) {
+			sec->e[i].used = 1;
+			return &sec->e[i];
+		}
+	return NULL;
+}
+
+static int line_of(struct section *sec, const char *key)
+{
+	for (size_t i = 0; i < sec->n; i++)
+		if (strcasecmp(sec->e[i].key, key) == 0)
+			return sec->e[i].line;
+	return sec->line;
+}
+
+static void get_enum(struct parse *P, struct section *sec, const char *key,
+		     const char *const *names, int *out)
+{
+	struct entry *e = get(sec, key);
+	if (!e)
+		return;
+	int v = enum_lookup(names, e->value);
+	if (v < 0) {
+		char list[200] = "";
+		for (int i = 0; names[i]; i++) {
+			strncat(list, i ? " | " : "", sizeof(list) - strlen(list) - 1);
+			strncat(list, names[i], sizeof(list) - strlen(list) - 1);
+		}
+		ERR(P, e->line, "%s: invalid value \"%s\" (expected %s)", key, e->value, list);
+		return;
+	}
+	*out = v;
+}
+
+static void get_duration(struct parse *P, struct section *sec, const char *key, uint64_t *out)
+{
+	struct entry *e = get(sec, key);
+	if (e && cfg_parse_duration(e->value, out) < 0)
+		ERR(P, e->line, "%s: invalid duration \"%s\" (examples: 500ms, 30s, 5m)", key,
+		    e->value);
+}
+
+static void get_uint(struct parse *P, struct section *sec, const char *key, unsigned min,
+		     unsigned max, unsigned *out)
+{
+	struct entry *e = get(sec, key);
+	if (!e)
+		return;
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(e->value, &end, 10);
+	if (!isdigit((unsigned char)e->value[0]) || *end || errno || v < min || v > max) {
+		ERR(P, e->line, "%s: expected a number from %u to %u, got \"%s\"", key, min, max,
+		    e->value);
+		return;
+	}
+	*out = (unsigned)v;
+}
+
+/* A file the daemon must read at start: existence and readability are checked here. */
+static void get_file(struct parse *P, struct section *sec, const char *key, char **out)
+{
+	struct entry *e = get(sec, key);
+	if (!e)
+		return;
+	if (!*e->value) {
+		ERR(P, e->line, "%s: empty path", key);
+		return;
+	}
+	free(*out);
+	*out = strdup(e->value);
+	if (!(P->flags & CFG_NO_FILES) && access(e->value, R_OK) < 0)
+		ERR(P, e->line, "%s: cannot read \"%s\": %s", key, e->value, strerror(errno));
+}
+
+static void get_string(struct section *sec, const char *key, char **out)
+{
+	struct entry *e = get(sec, key);
+	if (e) {
+		free(*out);
+		*out = strdup(e->value);
+	}
+}
+
+static int resolve(struct parse *P, int line, const char *what, struct cfg_addr *a, int passive)
+{
+	if (P->flags & CFG_NO_FILES)
+		return 0;
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
+	if (passive)
+		hints.ai_flags |= AI_PASSIVE;
+	char port[8];
+	snprintf(port, sizeof(port), "%u", a->port);
+	const char *host = a->host;
+	if (strcmp(host, "*") == 0)
+		host = NULL;
+	struct addrinfo *res = NULL;
+	int rc = getaddrinfo(host, port, &hints, &res);
+	if (rc != 0 || !res) {
+		ERR(P, line, "%s: cannot resolve \"%s\": %s", what, a->host, gai_strerror(rc));
+		return -1;
+	}
+	memcpy(&a->ss, res->ai_addr, res->ai_addrlen);
+	a->sslen = res->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
+}
+
+static void get_addr(struct parse *P, struct section *sec, const char *key,
+		     struct cfg_addr *a, int passive, int allow_orig)
+{
+	struct entry *e = get(sec, key);
+	if (!e)
+		return;
+	if (allow_orig && strcasecmp(e->value, "original-destination") == 0) {
+		a->original_dst = 1;
+		snprintf(a->host, sizeof(a->host), "original-destination");
+		return;
+	}
+	if (cfg_parse_hostport(e->value, a->host, sizeof(a->host), &a->port) < 0) {
+		ERR(P, e->line, "%s: invalid address \"%s\" (expected HOST:PORT or [IPv6]:PORT)",
+		    key, e->value);
+		return;
+	}
+	resolve(P, e->line, key, a, passive);
+}
+
+static const char *const global_keys[] = {
+	"workers", "user", "log_level", "log_format", "admin_listen", "max_connections",
+	"helo_name", "cert", "key", "ca", "drain_timeout", "ticket_key_file", NULL
+};
+static const char *const route_keys[] = {
+	"listen", "protocol", "client_tls", "client_policy", "upstream", "upstream_tls",
+	"upstream_policy", "policy_mode", "upstream_name", "cert", "key", "client_ca",
+	"client_min_tls", "upstream_min_tls", "upstream_ca", "upstream_fingerprint",
+	"upstream_cert", "upstream_key", "policy_table", "proxy_protocol_in",
+	"proxy_protocol_out", "xclient", "connect_timeout", "handshake_timeout", "idle_timeout",
+	"max_connections_per_client", "transparent", "source", NULL
+};
+
+static void check_unknown(struct parse *P, struct section *sec, const char *const *known)
+{
+	for (size_t i = 0; i < sec->n; i++) {
+		if (sec->e[i].used)
+			continue;
+		int found = enum_lookup(known, sec->e[i].key) >= 0;
+		if (!found)
+			ERR(P, sec->e[i].line, "unknown key \"%s\" in [%s%s%s]", sec->e[i].key,
+			    sec->is_route ? "route " : "", sec->name, "");
+	}
+}
+
+/* Keys of the contract whose feature this build does not carry yet: refusing them is
+ * better than silently running without what the operator asked for. */
+static void refuse_unsupported(struct parse *P, struct section *sec, const char *key,
+			       const char *unless_value)
+{
+	struct entry *e = get(sec, key);
+	if (e && (!unless_value || strcasecmp(e->value, unless_value) != 0))
+		ERR(P, e->line, "%s: not supported by this version of starttls-proxy", key);
+}
+
+static void parse_global(struct parse *P, struct section *sec, struct cfg *c)
+{
+	struct entry *e = get(sec, "workers");
+	if (e) {
+		if (strcasecmp(e->value, "auto") == 0) {
+			c->workers = 0;
+		} else {
+			unsigned w = 0;
+			get_uint(P, sec, "workers", 1, 256, &w);
+			c->workers = (int)w;
+		}
+	}
+	e = get(sec, "user");
+	if (e) {
+		c->user = strdup(e->value);
+		if (!(P->flags & CFG_NO_FILES) && !getpwnam(e->value))
+			ERR(P, e->line, "user: no such user \"%s\"", e->value);
+	}
+	e = get(sec, "log_level");
+	if (e) {
+		int l = log_level_parse(e->value);
+		if (l < 0)
+			ERR(P, e->line, "log_level: invalid value \"%s\" (expected error | warn | info | debug)",
+			    e->value);
+		else
+			c->log_level = l;
+	}
+	int fmt = CFG_LOG_TEXT;
+	get_enum(P, sec, "log_format", format_names, &fmt);
+	c->log_format = fmt;
+	refuse_unsupported(P, sec, "admin_listen", NULL);
+	get_uint(P, sec, "max_connections", 1, 10000000, &c->max_connections);
+	get_string(sec, "helo_name", &c->helo_name);
+	get_file(P, sec, "cert", &c->cert);
+	get_file(P, sec, "key", &c->key);
+	get_file(P, sec, "ca", &c->ca);
+	get_duration(P, sec, "drain_timeout", &c->drain_timeout_ms);
+	refuse_unsupported(P, sec, "ticket_key_file", NULL);
+	check_unknown(P, sec, global_keys);
+}
+
+static int addr_equal(const struct cfg_addr *a, const struct cfg_addr *b)
+{
+	if (a->sslen == 0 || b->sslen == 0)
+		return strcmp(a->host, b->host) == 0 && a->port == b->port;
+	if (a->ss.ss_family != b->ss.ss_family)
+		return 0;
+	if (a->ss.ss_family == AF_INET) {
+		const struct sockaddr_in *x = (const void *)&a->ss, *y = (const void *)&b->ss;
+		return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+	}
+	const struct sockaddr_in6 *x = (const void *)&a->ss, *y = (const void *)&b->ss;
+	return x->sin6_port == y->sin6_port &&
+	       memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+}
+
+static int is_ip_literal(const char *h)
+{
+	struct in6_addr a6;
+	struct in_addr a4;
+	return inet_pton(AF_INET, h, &a4) == 1 || inet_pton(AF_INET6, h, &a6) == 1;
+}
+
+static void parse_route(struct parse *P, struct section *sec, struct cfg *c, struct cfg_route *r)
+{
+	r->name = strdup(sec->name);
+	r->line = sec->line;
+	r->client_min_tls = r->upstream_min_tls = 12;
+	r->connect_timeout_ms = 10000;
+	r->handshake_timeout_ms = 30000;
+	r->idle_timeout_ms = 300000;
+	int v;
+
+	if (!get(sec, "listen"))
+		ERR(P, sec->line, "route \"%s\": missing listen", r->name);
+	get_addr(P, sec, "listen", &r->listen, 1, 0);
+	struct entry *e = get(sec, "protocol");
+	if (!e)
+		ERR(P, sec->line, "route \"%s\": missing protocol (smtp | lmtp | imap | pop3 | tcp)",
+		    r->name);
+	v = CFG_PROTO_TCP;
+	get_enum(P, sec, "protocol", proto_names, &v);
+	r->protocol = v;
+	if (e && (r->protocol == CFG_PROTO_IMAP || r->protocol == CFG_PROTO_POP3))
+		ERR(P, e->line, "protocol: %s is not supported by this version of starttls-proxy",
+		    e->value);
+
+	v = CFG_TLS_NONE;
+	get_enum(P, sec, "client_tls", tls_names, &v);
+	r->client_tls = v;
+	v = CFG_TLS_NONE;
+	get_enum(P, sec, "upstream_tls", tls_names, &v);
+	r->upstream_tls = v;
+	if (r->protocol == CFG_PROTO_TCP) {
+		if (r->client_tls == CFG_TLS_STARTTLS)
+			ERR(P, line_of(sec, "client_tls"),
+			    "client_tls: starttls needs a mail protocol, not tcp (use implicit)");
+		if (r->upstream_tls == CFG_TLS_STARTTLS)
+			ERR(P, line_of(sec, "upstream_tls"),
+			    "upstream_tls: starttls needs a mail protocol, not tcp (use implicit)");
+	}
+
+	v = CFG_POLICY_MAY;
+	e = get(sec, "client_policy");
+	if (e) {
+		get_enum(P, sec, "client_policy", policy_names, &v);
+		if (v != CFG_POLICY_MAY && v != CFG_POLICY_ENCRYPT)
+			ERR(P, e->line, "client_policy: invalid value \"%s\" (expected may | encrypt)",
+			    e->value);
+		else if (r->client_tls == CFG_TLS_NONE && v == CFG_POLICY_ENCRYPT)
+			ERR(P, e->line, "client_policy = encrypt needs client_tls = starttls or implicit");
+	}
+	r->client_policy = v;
+
+	if (!get(sec, "upstream"))
+		ERR(P, sec->line, "route \"%s\": missing upstream", r->name);
+	get_addr(P, sec, "upstream", &r->upstream, 0, 1);
+
+	e = get(sec, "upstream_policy");
+	v = r->upstream_tls == CFG_TLS_NONE ? CFG_POLICY_NONE : CFG_POLICY_VERIFY;
+	if (e) {
+		get_enum(P, sec, "upstream_policy", policy_names, &v);
+		if (r->upstream_tls == CFG_TLS_NONE && v != CFG_POLICY_NONE)
+			ERR(P, e->line, "upstream_policy = %s needs upstream_tls = starttls or implicit",
+			    e->value);
+		if (r->upstream_tls != CFG_TLS_NONE && v == CFG_POLICY_NONE)
+			ERR(P, e->line, "upstream_policy = none contradicts upstream_tls = %s",
+			    tls_names[r->upstream_tls]);
+	}
+	r->upstream_policy = v;
+	v = CFG_MODE_ENFORCE;
+	get_enum(P, sec, "policy_mode", mode_names, &v);
+	r->policy_mode = v;
+
+	get_string(sec, "upstream_name", &r->upstream_name);
+	if (!r->upstream_name && !r->upstream.original_dst && r->upstream.host[0])
+		r->upstream_name = strdup(r->upstream.host);
+	if (r->upstream_policy == CFG_POLICY_VERIFY && r->upstream_name &&
+	    is_ip_literal(r->upstream_name))
+		ERR(P, line_of(sec, get(sec, "upstream_name") ? "upstream_name" : "upstream"),
+		    "upstream_policy = verify needs a host name to verify: set upstream_name");
+
+	get_file(P, sec, "cert", &r->cert);
+	get_file(P, sec, "key", &r->key);
+	if (!r->cert && c->cert)
+		r->cert = strdup(c->cert);
+	if (!r->key && c->key)
+		r->key = strdup(c->key);
+	get_file(P, sec, "client_ca", &r->client_ca);
+	if (r->client_ca && r->client_tls == CFG_TLS_NONE)
+		ERR(P, line_of(sec, "client_ca"), "client_ca needs client_tls = starttls or implicit");
+	if (r->client_tls != CFG_TLS_NONE && (!r->cert || !r->key))
+		ERR(P, line_of(sec, "client_tls"),
+		    "client_tls = %s needs cert and key (in the route or in [global])",
+		    tls_names[r->client_tls]);
+
+	e = get(sec, "client_min_tls");
+	if (e && cfg_parse_tls_version(e->value, &r->client_min_tls) < 0)
+		ERR(P, e->line, "client_min_tls: invalid value \"%s\" (expected 1.0 | 1.1 | 1.2 | 1.3)",
+		    e->value);
+	e = get(sec, "upstream_min_tls");
+	if (e && cfg_parse_tls_version(e->value, &r->upstream_min_tls) < 0)
+		ERR(P, e->line,
+		    "upstream_min_tls: invalid value \"%s\" (expected 1.0 | 1.1 | 1.2 | 1.3)", e->value);
+
+	get_file(P, sec, "upstream_ca", &r->upstream_ca);
+	if (!r->upstream_ca && c->ca)
+		r->upstream_ca = strdup(c->ca);
+	if (r->upstream_policy == CFG_POLICY_VERIFY && !r->upstream_ca) {
+		if (access(DEFAULT_CA, R_OK) == 0)
+			r->upstream_ca = strdup(DEFAULT_CA);
+		else
+			ERR(P, line_of(sec, "upstream_policy"),
+			    "upstream_policy = verify needs a trust store: set upstream_ca or ca");
+	}
+	e = get(sec, "upstream_fingerprint");
+	if (e) {
+		if (cfg_parse_fingerprint(e->value, r->upstream_fingerprint) < 0)
+			ERR(P, e->line,
+			    "upstream_fingerprint: expected sha256: followed by 64 hex digits");
+		else
+			r->has_upstream_fingerprint = 1;
+		if (r->upstream_policy != CFG_POLICY_FINGERPRINT)
+			ERR(P, e->line, "upstream_fingerprint needs upstream_policy = fingerprint");
+	} else if (r->upstream_policy == CFG_POLICY_FINGERPRINT) {
+		ERR(P, line_of(sec, "upstream_policy"),
+		    "upstream_policy = fingerprint needs upstream_fingerprint = sha256:HEX");
+	}
+	get_file(P, sec, "upstream_cert", &r->upstream_cert);
+	get_file(P, sec, "upstream_key", &r->upstream_key);
+	if (!r->upstream_cert != !r->upstream_key)
+		ERR(P, line_of(sec, r->upstream_cert ? "upstream_cert" : "upstream_key"),
+		    "upstream_cert and upstream_key go together");
+	if (r->upstream_cert && r->upstream_tls == CFG_TLS_NONE)
+		ERR(P, line_of(sec, "upstream_cert"),
+		    "upstream_cert needs upstream_tls = starttls or implicit");
+
+	refuse_unsupported(P, sec, "policy_table", NULL);
+	v = CFG_PP_NONE;
+	get_enum(P, sec, "proxy_protocol_in", pp_names, &v);
+	r->proxy_protocol_in = v;
+	v = CFG_PP_NONE;
+	get_enum(P, sec, "proxy_protocol_out", pp_names, &v);
+	r->proxy_protocol_out = v;
+	if (r->proxy_protocol_in != CFG_PP_NONE)
+		refuse_unsupported(P, sec, "proxy_protocol_in", NULL);
+	if (r->proxy_protocol_out != CFG_PP_NONE)
+		refuse_unsupported(P, sec, "proxy_protocol_out", NULL);
+	v = 0;
+	get_enum(P, sec, "xclient", yesno_names, &v);
+	r->xclient = v;
+	if (v)
+		ERR(P, line_of(sec, "xclient"), "xclient: not supported by this version of starttls-proxy");
+	get_duration(P, sec, "connect_timeout", &r->connect_timeout_ms);
+	get_duration(P, sec, "handshake_timeout", &r->handshake_timeout_ms);
+	get_duration(P, sec, "idle_timeout", &r->idle_timeout_ms);
+	get_uint(P, sec, "max_connections_per_client", 0, 10000000, &r->max_connections_per_client);
+	v = CFG_TRANSPARENT_NO;
+	get_enum(P, sec, "transparent", transparent_names, &v);
+	r->transparent = v;
+	e = get(sec, "source");
+	if (e) {
+		if (strcasecmp(e->value, "client") != 0)
+			ERR(P, e->line, "source: invalid value \"%s\" (expected client)", e->value);
+		else if (r->transparent != CFG_TRANSPARENT_TPROXY)
+			ERR(P, e->line, "source = client needs transparent = tproxy");
+		else
+			r->source_client = 1;
+	}
+	check_unknown(P, sec, route_keys);
+}
+
+/* Builds the TLS contexts: this is where a certificate that does not parse, a key that
+ * does not match its certificate, or a CA file without certificates is found. */
+static void build_tls(struct parse *P, struct section *sec, struct section *glob,
+		      struct cfg_route *r)
+{
+	char err[512];
+	if (r->client_tls != CFG_TLS_NONE && r->cert && r->key) {
+		struct tls_server_opts o = { .cert = r->cert, .key = r->key,
+					     .client_ca = r->client_ca,
+					     .min_version = r->client_min_tls };
+		if (tls_ctx_server_new(&o, &r->client_side_tls, err, sizeof(err)) < 0) {
+			const char *k = strstr(err, "key") && get(sec, "key") ? "key" : "cert";
+			int line = get(sec, k) ? line_of(sec, k)
+			       : (glob && get(glob, k)) ? line_of(glob, k) : sec->line;
+			if (strstr(err, "client_ca"))
+				line = line_of(sec, "client_ca");
+			ERR(P, line, "route \"%s\": %s", r->name, err);
+		}
+	}
+	if (r->upstream_tls != CFG_TLS_NONE) {
+		struct tls_client_opts o = { .ca = r->upstream_policy == CFG_POLICY_VERIFY
+							   ? r->upstream_ca : NULL,
+					     .cert = r->upstream_cert, .key = r->upstream_key,
+					     .min_version = r->upstream_min_tls };
+		if (tls_ctx_client_new(&o, &r->upstream_side_tls, err, sizeof(err)) < 0) {
+			const char *k = strstr(err, "upstream_ca") ? "upstream_ca" : "upstream_cert";
+			int line = get(sec, k) ? line_of(sec, k)
+			       : (strcmp(k, "upstream_ca") == 0 && glob && get(glob, "ca"))
+				       ? line_of(glob, "ca") : line_of(sec, "upstream_tls");
+			ERR(P, line, "route \"%s\": %s", r->name, err);
+		}
+	}
+}
+
+static void free_sections(struct parse *P)
+{
+	for (size_t i = 0; i < P->n; i++) {
+		for (size_t j = 0; j < P->s[i].n; j++) {
+			free(P->s[i].e[j].key);
+			free(P->s[i].e[j].value);
+		}
+		free(P->s[i].e);
+		free(P->s[i].name);
+	}
+	free(P->s);
+}
+
+int cfg_load_flags(const char *path, int flags, struct cfg **out, struct cfg_errors *errs)
+{
+	struct parse P = { .path = path, .flags = flags, .errs = errs };
+	*out = NULL;
+	struct cfg *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -1;
+	c->path = strdup(path);
+	c->log_level = LOG_INFO;
+	c->max_connections = 10000;
+	c->drain_timeout_ms = 30000;
+	c->refs = 1;
+
+	if (read_sections(&P) < 0) {
+		free_sections(&P);
+		cfg_free(c);
+		return -P.nerr;
+	}
+	struct section *glob = NULL;
+	size_t nroutes = 0;
+	for (size_t i = 0; i < P.n; i++) {
+		if (P.s[i].is_route)
+			nroutes++;
+		else if (!glob)
+			glob = &P.s[i];
+	}
+	if (glob)
+		parse_global(&P, glob, c);
+	if (c->workers == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		c->workers = n > 0 ? (int)(n > 64 ? 64 : n) : 1;
+	}
+	if (!c->helo_name) {
+		char h[256] = "localhost";
+		if (gethostname(h, sizeof(h) - 1) < 0)
+			snprintf(h, sizeof(h), "localhost");
+		c->helo_name = strdup(h);
+	}
+	if (nroutes == 0) {
+		cfg_errors_add(errs, "%s:%d: no [route NAME] section: nothing to do", path,
+			       P.n ? P.s[P.n - 1].line : 1);
+		P.nerr++;
+	}
+	c->routes = calloc(nroutes ? nroutes : 1, sizeof(*c->routes));
+	for (size_t i = 0; i < P.n; i++) {
+		if (!P.s[i].is_route)
+			continue;
+		struct cfg_route *r = &c->routes[c->nroutes++];
+		parse_route(&P, &P.s[i], c, r);
+		for (size_t j = 0; j + 1 < c->nroutes; j++)
+			if (r->listen.port && addr_equal(&c->routes[j].listen, &r->listen)) {
+				ERR(&P, line_of(&P.s[i], "listen"),
+				    "listen address %s:%u is already used by route \"%s\" (line %d)",
+				    r->listen.host, r->listen.port, c->routes[j].name,
+				    c->routes[j].line);
+				break;
+			}
+	}
+	if (P.nerr == 0 && !(flags & CFG_NO_FILES)) {
+		size_t k = 0;
+		for (size_t i = 0; i < P.n; i++)
+			if (P.s[i].is_route)
+				build_tls(&P, &P.s[i], glob, &c->routes[k++]);
+	}
+	free_sections(&P);
+	if (P.nerr) {
+		cfg_free(c);
+		return -P.nerr;
+	}
+	*out = c;
+	return 0;
+}
+
+int cfg_load(const char *path, struct cfg **out, struct cfg_errors *errs)
+{
+	return cfg_load_flags(path, 0, out, errs);
+}
+
+void cfg_free(struct cfg *c)
+{
+	if (!c)
+		return;
+	for (size_t i = 0; i < c->nroutes; i++) {
+		struct cfg_route *r = &c->routes[i];
+		free(r->name);
+		free(r->upstream_name);
+		free(r->cert);
+		free(r->key);
+		free(r->client_ca);
+		free(r->upstream_ca);
+		free(r->upstream_cert);
+		free(r->upstream_key);
+		free(r->policy_table);
+		tls_ctx_free(r->client_side_tls);
+		tls_ctx_free(r->upstream_side_tls);
+	}
+	free(c->routes);
+	free(c->path);
+	free(c->user);
+	free(c->helo_name);
+	free(c->cert);
+	free(c->key);
+	free(c->ca);
+	free(c->ticket_key_file);
+	free(c);
+}
+
+struct cfg *cfg_ref(struct cfg *c)
+{
+	__atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
+	return c;
+}
+
+void cfg_unref(struct cfg *c)
+{
+	if (c && __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		cfg_free(c);
+}

@@ -1,0 +1,180 @@
+/* main.c - command line, configuration check, workers, signals. */
+#include "config.h"
+#include "log.h"
+#include "tls.h"
+#include "worker.h"
+
+#include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define DEFAULT_CONFIG "/etc/starttls-proxy/starttls-proxy.conf"
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: starttls-proxy [-c FILE] [-t] [-V] [-h]\n"
+		"  -c, --config FILE   configuration (default " DEFAULT_CONFIG ")\n"
+		"  -t, --check         validate the configuration, certificates and keys, and exit\n"
+		"  -V, --version       print the version and the wolfSSL/libuv versions\n"
+		"  -h, --help          this text\n");
+}
+
+static struct cfg *load(const char *path)
+{
+	struct cfg_errors errs = { 0 };
+	struct cfg *cfg = NULL;
+	if (cfg_load(path, &cfg, &errs) < 0) {
+		for (size_t i = 0; i < errs.n; i++)
+			fprintf(stderr, "%s\n", errs.msg[i]);
+		cfg_errors_free(&errs);
+		return NULL;
+	}
+	cfg_errors_free(&errs);
+	return cfg;
+}
+
+static int drop_privileges(const char *user)
+{
+	struct passwd *pw = getpwnam(user);
+	if (!pw) {
+		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", "unknown user", "user", user, NULL);
+		return -1;
+	}
+	if (setgroups(1, &pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
+		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", "cannot drop privileges", "user",
+			  user, NULL);
+		return -1;
+	}
+	return 0;
+}
+
+static struct worker *workers;
+static int nworkers;
+static int stopping;
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+	if (signum == SIGHUP) {
+		log_event(LOG_WARN, NULL, NULL, "reload", "result", "ignored", "reason",
+			  "configuration reload is not supported by this version; restart to apply",
+			  NULL);
+		return;
+	}
+	if (stopping)
+		return;
+	stopping = 1;
+	log_event(LOG_INFO, NULL, NULL, "shutdown", "signal", signum == SIGTERM ? "TERM" : "INT",
+		  NULL);
+	for (int i = 0; i < nworkers; i++)
+		worker_stop(&workers[i]);
+	uv_stop(h->loop);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' }, { "check", no_argument, NULL, 't' },
+		{ "version", no_argument, NULL, 'V' },     { "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *path = DEFAULT_CONFIG;
+	int check = 0, c;
+	while ((c = getopt_long(argc, argv, "c:tVh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c': path = optarg; break;
+		case 't': check = 1; break;
+		case 'V':
+			printf("starttls-proxy %s (wolfSSL %s, libuv %s)\n", STP_VERSION,
+			       tls_library_version(), uv_version_string());
+			return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 1;
+		}
+	}
+	if (optind < argc) {
+		usage(stderr);
+		return 1;
+	}
+	if (tls_global_init() < 0) {
+		fprintf(stderr, "cannot initialise wolfSSL\n");
+		return 1;
+	}
+	struct cfg *cfg = load(path);
+	if (!cfg)
+		return 1;
+	if (check) {
+		printf("configuration OK\n");
+		cfg_unref(cfg);
+		return 0;
+	}
+	log_setup(cfg->log_level, cfg->log_format == CFG_LOG_JSON);
+	signal(SIGPIPE, SIG_IGN);
+
+	struct stp_shared shared = { 0 };
+	if (getrandom(&shared.id_key, sizeof(shared.id_key), 0) != sizeof(shared.id_key))
+		shared.id_key = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)time(NULL);
+	nworkers = cfg->workers;
+	workers = calloc((size_t)nworkers, sizeof(*workers));
+	for (int i = 0; i < nworkers; i++) {
+		char err[256];
+		workers[i].index = i;
+		workers[i].cfg = cfg;
+		workers[i].shared = &shared;
+		if (worker_bind(&workers[i], err, sizeof(err)) < 0) {
+			log_event(LOG_ERROR, NULL, NULL, "fatal", "error", err, NULL);
+			return 1;
+		}
+	}
+	if (cfg->user && drop_privileges(cfg->user) < 0)
+		return 1;
+	for (size_t i = 0; i < cfg->nroutes; i++) {
+		char addr[300];
+		const struct cfg_route *r = &cfg->routes[i];
+		snprintf(addr, sizeof(addr), "%s:%u", r->listen.host, r->listen.port);
+		log_event(LOG_INFO, NULL, r->name, "listening", "addr", addr, "protocol",
+			  cfg_proto_name(r->protocol), "client_tls", cfg_tls_name(r->client_tls),
+			  "upstream_tls", cfg_tls_name(r->upstream_tls), "upstream_policy",
+			  cfg_policy_name(r->upstream_policy), NULL);
+	}
+	for (int i = 0; i < nworkers; i++) {
+		int rc = worker_start(&workers[i]);
+		if (rc < 0) {
+			log_event(LOG_ERROR, NULL, NULL, "fatal", "error", uv_strerror(rc), NULL);
+			return 1;
+		}
+	}
+	char nw[16];
+	snprintf(nw, sizeof(nw), "%d", nworkers);
+	log_event(LOG_INFO, NULL, NULL, "ready", "version", STP_VERSION, "workers", nw, "wolfssl",
+		  tls_library_version(), "libuv", uv_version_string(), NULL);
+
+	uv_loop_t *loop = uv_default_loop();
+	uv_signal_t sigs[3];
+	static const int signums[3] = { SIGTERM, SIGINT, SIGHUP };
+	for (int i = 0; i < 3; i++) {
+		uv_signal_init(loop, &sigs[i]);
+		uv_signal_start(&sigs[i], on_signal, signums[i]);
+	}
+	uv_run(loop, UV_RUN_DEFAULT); /* until SIGTERM/SIGINT stops it */
+	for (int i = 0; i < 3; i++)
+		if (!uv_is_closing((uv_handle_t *)&sigs[i]))
+			uv_close((uv_handle_t *)&sigs[i], NULL);
+	uv_run(loop, UV_RUN_DEFAULT);
+	uv_loop_close(loop);
+
+	for (int i = 0; i < nworkers; i++)
+		worker_join(&workers[i]);
+	free(workers);
+	log_event(LOG_INFO, NULL, NULL, "stopped", NULL);
+	cfg_unref(cfg);
+	return 0;
+}

@@ -1,0 +1,537 @@
+/* tls.c - wolfSSL over memory buffers (see tls.h). No sockets, no libuv. */
+#include "tls.h"
+
+#include <wolfssl/options.h>
+#include <wolfssl/ssl.h>
+#include <wolfssl/openssl/x509v3.h>
+#include <wolfssl/version.h>
+#include <wolfssl/wolfcrypt/error-crypt.h>
+#include <wolfssl/wolfcrypt/sha256.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <arpa/inet.h>
+
+struct tls_ctx {
+	WOLFSSL_CTX *ctx;
+	int is_server;
+};
+
+/* A byte queue: data lives in buf[off, off+len). */
+struct bytes {
+	uint8_t *buf;
+	size_t off, len, cap;
+};
+
+struct tls_conn {
+	WOLFSSL *ssl;
+	struct tls_ctx *ctx;
+	struct bytes in, out;
+	int handshake_done;
+	enum tls_verify verify;
+	int verify_error; /* wolfSSL error code of the first chain failure */
+	char err[128];
+};
+
+static int bytes_append(struct bytes *b, const void *data, size_t n)
+{
+	if (b->off && b->off + b->len + n > b->cap) {
+		memmove(b->buf, b->buf + b->off, b->len);
+		b->off = 0;
+	}
+	if (b->len + n > b->cap) {
+		size_t cap = b->cap ? b->cap : 16384;
+		while (cap < b->len + n)
+			cap *= 2;
+		uint8_t *nb = realloc(b->buf, cap);
+		if (!nb)
+			return -1;
+		b->buf = nb;
+		b->cap = cap;
+	}
+	memcpy(b->buf + b->off + b->len, data, n);
+	b->len += n;
+	return 0;
+}
+
+static void bytes_consume(struct bytes *b, size_t n)
+{
+	if (n >= b->len) {
+		b->off = b->len = 0;
+		/* A large burst should not pin its buffer for the life of the connection. */
+		if (b->cap > 65536) {
+			free(b->buf);
+			b->buf = NULL;
+			b->cap = 0;
+		}
+		return;
+	}
+	b->off += n;
+	b->len -= n;
+}
+
+static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *arg)
+{
+	(void)ssl;
+	struct tls_conn *c = arg;
+	if (c->in.len == 0)
+		return WOLFSSL_CBIO_ERR_WANT_READ;
+	size_t n = (size_t)sz < c->in.len ? (size_t)sz : c->in.len;
+	memcpy(buf, c->in.buf + c->in.off, n);
+	bytes_consume(&c->in, n);
+	return (int)n;
+}
+
+static int io_send(WOLFSSL *ssl, char *buf, int sz, void *arg)
+{
+	(void)ssl;
+	struct tls_conn *c = arg;
+	if (bytes_append(&c->out, buf, (size_t)sz) < 0)
+		return WOLFSSL_CBIO_ERR_GENERAL;
+	return sz;
+}
+
+int tls_global_init(void)
+{
+	return wolfSSL_Init() == WOLFSSL_SUCCESS ? 0 : TLS_E_CONFIG;
+}
+
+const char *tls_library_version(void)
+{
+	return LIBWOLFSSL_VERSION_STRING;
+}
+
+static int min_version_const(int v)
+{
+	switch (v) {
+	case 10: return WOLFSSL_TLSV1;
+	case 11: return WOLFSSL_TLSV1_1;
+	case 13: return WOLFSSL_TLSV1_3;
+	default: return WOLFSSL_TLSV1_2;
+	}
+}
+
+static void wolf_err(char *err, size_t errlen, const char *what, const char *file, int rc)
+{
+	char buf[WOLFSSL_MAX_ERROR_SZ];
+	wolfSSL_ERR_error_string_n((unsigned long)(rc < 0 ? -rc : rc), buf, sizeof(buf));
+	snprintf(err, errlen, "%s \"%s\": %s", what, file, buf);
+}
+
+static int ctx_common(WOLFSSL_CTX *ctx, int min_version, char *err, size_t errlen)
+{
+	if (wolfSSL_CTX_SetMinVersion(ctx, min_version_const(min_version)) != WOLFSSL_SUCCESS) {
+		snprintf(err, errlen, "TLS minimum version %d.%d is not available", min_version / 10,
+			 min_version % 10);
+		return -1;
+	}
+	wolfSSL_CTX_SetIORecv(ctx, io_recv);
+	wolfSSL_CTX_SetIOSend(ctx, io_send);
+	return 0;
+}
+
+static int load_identity(WOLFSSL_CTX *ctx, const char *cert, const char *key,
+			 const char *certname, const char *keyname, char *err, size_t errlen)
+{
+	int rc = wolfSSL_CTX_use_certificate_chain_file(ctx, cert);
+	if (rc != WOLFSSL_SUCCESS) {
+		wolf_err(err, errlen, certname, cert, rc);
+		return -1;
+	}
+	rc = wolfSSL_CTX_use_PrivateKey_file(ctx, key, WOLFSSL_FILETYPE_PEM);
+	if (rc != WOLFSSL_SUCCESS) {
+		wolf_err(err, errlen, keyname, key, rc);
+		return -1;
+	}
+	if (wolfSSL_CTX_check_private_key(ctx) != WOLFSSL_SUCCESS) {
+		snprintf(err, errlen, "%s \"%s\" does not match %s \"%s\"", keyname, key, certname,
+			 cert);
+		return -1;
+	}
+	return 0;
+}
+
+static int load_ca(WOLFSSL_CTX *ctx, const char *path, const char *what, char *err,
+		   size_t errlen)
+{
+	struct stat st;
+	int rc;
+	if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+		rc = wolfSSL_CTX_load_verify_locations_ex(ctx, NULL, path,
+							  WOLFSSL_LOAD_FLAG_IGNORE_ERR);
+	else
+		rc = wolfSSL_CTX_load_verify_locations_ex(ctx, path, NULL,
+							  WOLFSSL_LOAD_FLAG_IGNORE_ERR);
+	if (rc != WOLFSSL_SUCCESS) {
+		wolf_err(err, errlen, what, path, rc);
+		return -1;
+	}
+	return 0;
+}
+
+int tls_ctx_server_new(const struct tls_server_opts *o, struct tls_ctx **out, char *err,
+		       size_t errlen)
+{
+	*out = NULL;
+	WOLFSSL_CTX *ctx = wolfSSL_CTX_new(wolfSSLv23_server_method());
+	if (!ctx) {
+		snprintf(err, errlen, "cannot create a TLS context");
+		return TLS_E_CONFIG;
+	}
+	if (ctx_common(ctx, o->min_version, err, errlen) < 0 ||
+	    load_identity(ctx, o->cert, o->key, "cert", "key", err, errlen) < 0)
+		goto fail;
+	if (o->client_ca) {
+		if (load_ca(ctx, o->client_ca, "client_ca", err, errlen) < 0)
+			goto fail;
+		wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER | WOLFSSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+				       NULL);
+	} else {
+		wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_NONE, NULL);
+	}
+	struct tls_ctx *t = calloc(1, sizeof(*t));
+	if (!t)
+		goto fail;
+	t->ctx = ctx;
+	t->is_server = 1;
+	*out = t;
+	return 0;
+fail:
+	wolfSSL_CTX_free(ctx);
+	return TLS_E_CONFIG;
+}
+
+static enum tls_verify classify(int error)
+{
+	switch (error) {
+	case ASN_AFTER_DATE_E:
+	case ASN_BEFORE_DATE_E:
+		return TLS_VERIFY_EXPIRED;
+	case ASN_NO_SIGNER_E:
+	case ASN_SELF_SIGNED_E:
+	case ASN_PATHLEN_INV_E:
+	case ASN_PATHLEN_SIZE_E:
+		return TLS_VERIFY_NOT_TRUSTED;
+	default:
+		return TLS_VERIFY_FAILURE;
+	}
+}
+
+/* Records the first chain failure on the connection and lets the handshake go on: the
+ * session decides under its policy (enforce or testing) what a failure means. */
+static int verify_cb(int preverify, WOLFSSL_X509_STORE_CTX *store)
+{
+	if (preverify)
+		return 1;
+	WOLFSSL *ssl = wolfSSL_X509_STORE_CTX_get_ex_data(store,
+							  wolfSSL_get_ex_data_X509_STORE_CTX_idx());
+	struct tls_conn *c = ssl ? wolfSSL_get_ex_data(ssl, 0) : NULL;
+	if (c && c->verify == TLS_VERIFY_OK) {
+		c->verify_error = store->error;
+		c->verify = classify(store->error);
+	}
+	return 1;
+}
+
+int tls_ctx_client_new(const struct tls_client_opts *o, struct tls_ctx **out, char *err,
+		       size_t errlen)
+{
+	*out = NULL;
+	WOLFSSL_CTX *ctx = wolfSSL_CTX_new(wolfSSLv23_client_method());
+	if (!ctx) {
+		snprintf(err, errlen, "cannot create a TLS context");
+		return TLS_E_CONFIG;
+	}
+	if (ctx_common(ctx, o->min_version, err, errlen) < 0)
+		goto fail;
+	if (o->cert && load_identity(ctx, o->cert, o->key, "upstream_cert", "upstream_key", err,
+				     errlen) < 0)
+		goto fail;
+	if (o->ca) {
+		if (load_ca(ctx, o->ca, "upstream_ca", err, errlen) < 0)
+			goto fail;
+		wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER, verify_cb);
+	} else {
+		wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_NONE, NULL);
+	}
+	struct tls_ctx *t = calloc(1, sizeof(*t));
+	if (!t)
+		goto fail;
+	t->ctx = ctx;
+	*out = t;
+	return 0;
+fail:
+	wolfSSL_CTX_free(ctx);
+	return TLS_E_CONFIG;
+}
+
+void tls_ctx_free(struct tls_ctx *t)
+{
+	if (!t)
+		return;
+	wolfSSL_CTX_free(t->ctx);
+	free(t);
+}
+
+static int is_ip_literal(const char *h)
+{
+	struct in6_addr a6;
+	struct in_addr a4;
+	return inet_pton(AF_INET, h, &a4) == 1 || inet_pton(AF_INET6, h, &a6) == 1;
+}
+
+struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *server_name)
+{
+	struct tls_conn *c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	c->ctx = ctx;
+	c->ssl = wolfSSL_new(ctx->ctx);
+	if (!c->ssl) {
+		free(c);
+		return NULL;
+	}
+	wolfSSL_SetIOReadCtx(c->ssl, c);
+	wolfSSL_SetIOWriteCtx(c->ssl, c);
+	wolfSSL_set_ex_data(c->ssl, 0, c);
+	if (!ctx->is_server && server_name && *server_name && !is_ip_literal(server_name))
+		wolfSSL_UseSNI(c->ssl, WOLFSSL_SNI_HOST_NAME, server_name,
+			       (unsigned short)strlen(server_name));
+	return c;
+}
+
+void tls_conn_free(struct tls_conn *c)
+{
+	if (!c)
+		return;
+	wolfSSL_free(c->ssl);
+	free(c->in.buf);
+	free(c->out.buf);
+	free(c);
+}
+
+int tls_conn_feed(struct tls_conn *c, const void *data, size_t len)
+{
+	return bytes_append(&c->in, data, len) < 0 ? TLS_E_NOMEM : 0;
+}
+
+static void record_error(struct tls_conn *c, int rc)
+{
+	int e = wolfSSL_get_error(c->ssl, rc);
+	char buf[WOLFSSL_MAX_ERROR_SZ];
+	wolfSSL_ERR_error_string_n((unsigned long)(e < 0 ? -e : e), buf, sizeof(buf));
+	snprintf(c->err, sizeof(c->err), "%s", buf);
+}
+
+int tls_conn_handshake(struct tls_conn *c)
+{
+	if (c->handshake_done)
+		return 0;
+	int rc = c->ctx->is_server ? wolfSSL_accept(c->ssl) : wolfSSL_connect(c->ssl);
+	if (rc == WOLFSSL_SUCCESS) {
+		c->handshake_done = 1;
+		return 0;
+	}
+	int e = wolfSSL_get_error(c->ssl, rc);
+	if (e == WOLFSSL_ERROR_WANT_READ || e == WOLFSSL_ERROR_WANT_WRITE)
+		return TLS_AGAIN;
+	record_error(c, rc);
+	return TLS_E_HANDSHAKE;
+}
+
+int tls_conn_handshake_done(const struct tls_conn *c)
+{
+	return c->handshake_done;
+}
+
+int tls_conn_read(struct tls_conn *c, void *buf, size_t len)
+{
+	if (len > 1 << 30)
+		len = 1 << 30;
+	int rc = wolfSSL_read(c->ssl, buf, (int)len);
+	if (rc > 0)
+		return rc;
+	int e = wolfSSL_get_error(c->ssl, rc);
+	if (e == WOLFSSL_ERROR_WANT_READ || e == WOLFSSL_ERROR_WANT_WRITE)
+		return TLS_AGAIN;
+	if (e == WOLFSSL_ERROR_ZERO_RETURN)
+		return TLS_CLOSED;
+	record_error(c, rc);
+	return TLS_E_IO;
+}
+
+int tls_conn_write(struct tls_conn *c, const void *data, size_t len)
+{
+	const uint8_t *p = data;
+	while (len > 0) {
+		int n = len > (1 << 20) ? (1 << 20) : (int)len;
+		int rc = wolfSSL_write(c->ssl, p, n);
+		if (rc <= 0) {
+			record_error(c, rc);
+			return TLS_E_IO;
+		}
+		p += rc;
+		len -= (size_t)rc;
+	}
+	return 0;
+}
+
+int tls_conn_close_notify(struct tls_conn *c)
+{
+	int rc = wolfSSL_shutdown(c->ssl);
+	return rc == WOLFSSL_SUCCESS || rc == WOLFSSL_SHUTDOWN_NOT_DONE ? 0 : TLS_E_IO;
+}
+
+size_t tls_conn_out_len(const struct tls_conn *c) { return c->out.len; }
+const uint8_t *tls_conn_out_data(const struct tls_conn *c) { return c->out.buf + c->out.off; }
+void tls_conn_out_consume(struct tls_conn *c, size_t n) { bytes_consume(&c->out, n); }
+size_t tls_conn_in_len(const struct tls_conn *c) { return c->in.len; }
+
+const char *tls_conn_version(const struct tls_conn *c)
+{
+	return wolfSSL_get_version(c->ssl);
+}
+
+const char *tls_conn_cipher(const struct tls_conn *c)
+{
+	int suite = wolfSSL_get_current_cipher_suite(c->ssl);
+	const char *n = suite >= 0 ? wolfSSL_get_cipher_name_iana_from_suite(
+					     (unsigned char)(suite >> 8), (unsigned char)suite)
+				   : NULL;
+	if (!n)
+		n = wolfSSL_get_cipher_name(c->ssl);
+	return n ? n : "none";
+}
+
+enum tls_verify tls_conn_verify_result(const struct tls_conn *c)
+{
+	return c->verify;
+}
+
+const char *tls_conn_error_text(const struct tls_conn *c)
+{
+	return c->err;
+}
+
+int tls_conn_has_peer_cert(struct tls_conn *c)
+{
+	WOLFSSL_X509 *x = wolfSSL_get_peer_certificate(c->ssl);
+	if (!x)
+		return 0;
+	wolfSSL_X509_free(x);
+	return 1;
+}
+
+int tls_conn_peer_spki_sha256(struct tls_conn *c, uint8_t out[32])
+{
+	WOLFSSL_X509 *x = wolfSSL_get_peer_certificate(c->ssl);
+	if (!x)
+		return TLS_E_HANDSHAKE;
+	int rc = TLS_E_HANDSHAKE;
+	WOLFSSL_EVP_PKEY *pk = wolfSSL_X509_get_pubkey(x);
+	if (pk) {
+		unsigned char *der = NULL;
+		int n = wolfSSL_i2d_PUBKEY(pk, &der);
+		if (n > 0 && der && wc_Sha256Hash(der, (word32)n, out) == 0)
+			rc = 0;
+		if (der)
+			XFREE(der, NULL, DYNAMIC_TYPE_OPENSSL);
+		wolfSSL_EVP_PKEY_free(pk);
+	}
+	wolfSSL_X509_free(x);
+	return rc;
+}
+
+int tls_name_match(const char *pattern, size_t plen, const char *host)
+{
+	size_t hlen = strlen(host);
+	if (plen == 0 || hlen == 0 || memchr(pattern, '\0', plen))
+		return 0;
+	/* One trailing dot (absolute name) on either side is ignored. */
+	if (pattern[plen - 1] == '.')
+		plen--;
+	if (hlen && host[hlen - 1] == '.')
+		hlen--;
+	if (plen == 0 || hlen == 0)
+		return 0;
+	if (plen >= 2 && pattern[0] == '*' && pattern[1] == '.') {
+		const char *suffix = pattern + 1; /* ".example.com" */
+		size_t slen = plen - 1;
+		/* At least two labels after the wildcard: "*.com" is refused. */
+		if (!memchr(suffix + 1, '.', slen - 1) || suffix[1] == '.')
+			return 0;
+		if (memchr(pattern + 2, '*', plen - 2))
+			return 0;
+		const char *dot = memchr(host, '.', hlen);
+		if (!dot || dot == host)
+			return 0;
+		size_t label = (size_t)(dot - host);
+		if (label >= 4 && strncasecmp(host, "xn--", 4) == 0)
+			return 0;
+		return hlen - label == slen && strncasecmp(dot, suffix, slen) == 0;
+	}
+	if (memchr(pattern, '*', plen))
+		return 0; /* partial-label wildcards are not honoured */
+	return plen == hlen && strncasecmp(pattern, host, plen) == 0;
+}
+
+int tls_conn_peer_name_matches(struct tls_conn *c, const char *name)
+{
+	WOLFSSL_X509 *x = wolfSSL_get_peer_certificate(c->ssl);
+	if (!x)
+		return 0;
+	int match = 0, have_dns = 0;
+	WOLFSSL_STACK *gens = wolfSSL_X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+	if (gens) {
+		int n = wolfSSL_sk_GENERAL_NAME_num(gens);
+		for (int i = 0; i < n && !match; i++) {
+			WOLFSSL_GENERAL_NAME *g = wolfSSL_sk_GENERAL_NAME_value(gens, i);
+			if (!g || g->type != GEN_DNS || !g->d.dNSName)
+				continue;
+			have_dns = 1;
+			const char *d = (const char *)wolfSSL_ASN1_STRING_data(g->d.dNSName);
+			int dl = wolfSSL_ASN1_STRING_length(g->d.dNSName);
+			if (d && dl > 0)
+				match = tls_name_match(d, (size_t)dl, name);
+		}
+		wolfSSL_sk_GENERAL_NAME_pop_free(gens, wolfSSL_GENERAL_NAME_free);
+	}
+	if (!have_dns) {
+		/* RFC 6125 §6.4.4: the CN is consulted only when there is no DNS-ID. */
+		char cn[256];
+		WOLFSSL_X509_NAME *subj = wolfSSL_X509_get_subject_name(x);
+		int n = subj ? wolfSSL_X509_NAME_get_text_by_NID(subj, NID_commonName, cn, sizeof(cn))
+			     : -1;
+		if (n > 0 && (size_t)n == strlen(cn))
+			match = tls_name_match(cn, (size_t)n, name);
+	}
+	wolfSSL_X509_free(x);
+	return match;
+}
+
+const char *tls_verify_result_name(enum tls_verify v)
+{
+	switch (v) {
+	case TLS_VERIFY_OK: return "ok";
+	case TLS_VERIFY_NOT_TRUSTED: return "certificate-not-trusted";
+	case TLS_VERIFY_EXPIRED: return "certificate-expired";
+	default: return "validation-failure";
+	}
+}
+
+const char *tls_strerror(int err)
+{
+	switch (err) {
+	case 0: return "ok";
+	case TLS_AGAIN: return "needs more input";
+	case TLS_CLOSED: return "closed by peer";
+	case TLS_E_HANDSHAKE: return "handshake failed";
+	case TLS_E_IO: return "TLS error";
+	case TLS_E_NOMEM: return "out of memory";
+	case TLS_E_CONFIG: return "TLS configuration error";
+	default: return "unknown error";
+	}
+}

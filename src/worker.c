@@ -1,0 +1,176 @@
+/* worker.c - event loop threads and their listeners (see worker.h). */
+#include "worker.h"
+
+#include "config.h"
+#include "log.h"
+#include "session.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+struct session_link { /* the first members of struct session */
+	struct session *next, *prev;
+};
+
+static int listen_socket(const struct cfg_addr *a, char *err, size_t errlen)
+{
+	int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto fail;
+	int one = 1;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+		goto fail;
+	if (a->ss.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (const struct sockaddr *)&a->ss, a->sslen) < 0)
+		goto fail;
+	if (listen(fd, 1024) < 0)
+		goto fail;
+	return fd;
+fail:;
+	int e = errno;
+	snprintf(err, errlen, "cannot listen on %s:%u: %s", a->host, a->port, strerror(e));
+	if (fd >= 0)
+		close(fd);
+	return -e;
+}
+
+int worker_bind(struct worker *w, char *err, size_t errlen)
+{
+	w->nlisteners = w->cfg->nroutes;
+	w->listeners = calloc(w->nlisteners, sizeof(*w->listeners));
+	if (!w->listeners)
+		return -ENOMEM;
+	for (size_t i = 0; i < w->nlisteners; i++) {
+		struct listener *l = &w->listeners[i];
+		l->w = w;
+		l->route = &w->cfg->routes[i];
+		l->fd = listen_socket(&l->route->listen, err, errlen);
+		if (l->fd < 0)
+			return l->fd;
+	}
+	return 0;
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+	struct listener *l = server->data;
+	if (status < 0) {
+		log_event(LOG_WARN, NULL, l->route->name, "accept_failed", "error",
+			  uv_strerror(status), NULL);
+		return;
+	}
+	if (l->w->stopping)
+		return;
+	session_accept(l->w, l->route, server);
+}
+
+static void finish(struct worker *w)
+{
+	uv_timer_stop(&w->drain_timer);
+	if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
+		uv_close((uv_handle_t *)&w->drain_timer, NULL);
+	if (!uv_is_closing((uv_handle_t *)&w->wake))
+		uv_close((uv_handle_t *)&w->wake, NULL);
+}
+
+static void drain_timeout(uv_timer_t *t)
+{
+	struct worker *w = t->data;
+	log_event(LOG_WARN, NULL, NULL, "drain_timeout", "sessions_closed",
+		  w->nsessions ? "yes" : "no", NULL);
+	struct session *s = w->sessions;
+	while (s) {
+		struct session *next = session_next(s);
+		session_close(s, "shutdown");
+		s = next;
+	}
+}
+
+static void wake_cb(uv_async_t *a)
+{
+	struct worker *w = a->data;
+	if (w->stopping)
+		return;
+	w->stopping = 1;
+	for (size_t i = 0; i < w->nlisteners; i++)
+		if (!uv_is_closing((uv_handle_t *)&w->listeners[i].tcp))
+			uv_close((uv_handle_t *)&w->listeners[i].tcp, NULL);
+	if (w->nsessions == 0) {
+		finish(w);
+		return;
+	}
+	uv_timer_start(&w->drain_timer, drain_timeout, w->cfg->drain_timeout_ms, 0);
+}
+
+static void run(void *arg)
+{
+	struct worker *w = arg;
+	uv_run(&w->loop, UV_RUN_DEFAULT);
+}
+
+int worker_start(struct worker *w)
+{
+	int rc = uv_loop_init(&w->loop);
+	if (rc < 0)
+		return rc;
+	uv_async_init(&w->loop, &w->wake, wake_cb);
+	w->wake.data = w;
+	uv_timer_init(&w->loop, &w->drain_timer);
+	w->drain_timer.data = w;
+	for (size_t i = 0; i < w->nlisteners; i++) {
+		struct listener *l = &w->listeners[i];
+		uv_tcp_init(&w->loop, &l->tcp);
+		l->tcp.data = l;
+		if ((rc = uv_tcp_open(&l->tcp, l->fd)) < 0 ||
+		    (rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection)) < 0)
+			return rc;
+	}
+	return uv_thread_create(&w->thread, run, w);
+}
+
+void worker_stop(struct worker *w)
+{
+	uv_async_send(&w->wake);
+}
+
+void worker_join(struct worker *w)
+{
+	uv_thread_join(&w->thread);
+	uv_loop_close(&w->loop);
+	free(w->listeners);
+	w->listeners = NULL;
+}
+
+void worker_session_added(struct worker *w, struct session *s)
+{
+	struct session_link *l = (struct session_link *)s;
+	l->prev = NULL;
+	l->next = w->sessions;
+	if (w->sessions)
+		((struct session_link *)w->sessions)->prev = s;
+	w->sessions = s;
+	w->nsessions++;
+	__atomic_add_fetch(&w->shared->active, 1, __ATOMIC_RELAXED);
+}
+
+void worker_session_removed(struct worker *w, struct session *s)
+{
+	struct session_link *l = (struct session_link *)s;
+	if (l->prev)
+		((struct session_link *)l->prev)->next = l->next;
+	else
+		w->sessions = l->next;
+	if (l->next)
+		((struct session_link *)l->next)->prev = l->prev;
+	w->nsessions--;
+	__atomic_sub_fetch(&w->shared->active, 1, __ATOMIC_RELAXED);
+	if (w->stopping && w->nsessions == 0)
+		finish(w);
+}

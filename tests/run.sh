@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Test runner: every unit test binary (cmocka) and every tests/integration/test_*.sh.
+#
+#   STP_BIN=/abs/starttls-proxy STP_UNIT_DIR=/abs/build/tests STP_TEST_CERTS=/abs/certs \
+#     bash tests/run.sh
+#
+# Optional: STP_TESTS='glob [glob...]' runs only the tests whose name (test_foo, without
+# .sh) matches one of the globs; STP_TEST_TIMEOUT (seconds, default 600) bounds each
+# integration script; STP_VERBOSE=1 shows the full output of unit binaries.
+# The last line is "N passed, N failed, N skipped"; the exit status is non-zero on any
+# failure.
+set -u
+set -o pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export STP_BIN=${STP_BIN:-$ROOT/starttls-proxy}
+export STP_UNIT_DIR=${STP_UNIT_DIR:-$ROOT/build/tests}
+export STP_TEST_CERTS=${STP_TEST_CERTS:-$ROOT/build/test-certs}
+STP_TESTS=${STP_TESTS:-}
+TIMEOUT=${STP_TEST_TIMEOUT:-600}
+
+passed=0
+failed=0
+skipped=0
+failed_names=()
+
+if [ -t 1 ]; then
+	RED=$'\e[31m' GREEN=$'\e[32m' YELLOW=$'\e[33m' BOLD=$'\e[1m' RESET=$'\e[0m'
+else
+	RED='' GREEN='' YELLOW='' BOLD='' RESET=''
+fi
+
+selected() {
+	local name=$1 g
+	[ -z "$STP_TESTS" ] && return 0
+	for g in $STP_TESTS; do
+		# shellcheck disable=SC2053 # glob match on purpose
+		[[ $name == $g || $name == ${g%.sh} ]] && return 0
+	done
+	return 1
+}
+
+# -- unit tests (cmocka) ------------------------------------------------------------------
+run_unit() {
+	local bin=$1 name out rc p f s t0 secs
+	name=$(basename "$bin")
+	t0=$(date +%s)
+	out=$(cd "$ROOT" && timeout -k 5 "$TIMEOUT" "$bin" 2>&1)
+	rc=$?
+	secs=$(($(date +%s) - t0))
+	p=$(printf '%s\n' "$out" | sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' | tail -n 1)
+	f=$(printf '%s\n' "$out" | sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' | tail -n 1)
+	s=$(printf '%s\n' "$out" | sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' | tail -n 1)
+	p=${p:-0} f=${f:-0} s=${s:-0}
+	if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+		# Crashed, timed out, or failed without a cmocka summary: one failure.
+		f=1
+	fi
+	passed=$((passed + p))
+	failed=$((failed + f))
+	skipped=$((skipped + s))
+	if [ "$f" -gt 0 ]; then
+		failed_names+=("$name")
+		printf '%s%-28s%s %d passed, %s%d failed%s, %d skipped (%ds)\n' \
+			"$BOLD" "unit/$name" "$RESET" "$p" "$RED" "$f" "$RESET" "$s" "$secs"
+		if [ "$rc" -ge 124 ]; then
+			echo "  exit status $rc$([ "$rc" -eq 124 ] && echo " (timeout after ${TIMEOUT}s)")"
+		fi
+		# The failing tests and their messages, not the whole chatter.
+		printf '%s\n' "$out" | grep -vE '^\[ (RUN|      OK|==========) ' | tail -n 40 |
+			sed 's/^/  | /'
+	else
+		printf '%s%-28s%s %s%d passed%s, %d skipped (%ds)\n' \
+			"$BOLD" "unit/$name" "$RESET" "$GREEN" "$p" "$RESET" "$s" "$secs"
+		[ "${STP_VERBOSE:-0}" = 1 ] && printf '%s\n' "$out" | sed 's/^/  | /'
+	fi
+	return 0
+}
+
+# -- integration tests ----------------------------------------------------------------------
+run_integration() {
+	local script=$1 name line p=0 f=0 s=0 rc t0 secs
+	name=$(basename "$script" .sh)
+	printf '%s%s%s\n' "$BOLD" "integration/$name" "$RESET"
+	t0=$(date +%s)
+	rc=1
+	# Stream the script's output as it runs; count its PASS/FAIL/SKIP lines.
+	while IFS= read -r line; do
+		case $line in
+		__rc=*) rc=${line#__rc=} ;;
+		PASS\ *) p=$((p + 1)); printf '  %sPASS%s %s\n' "$GREEN" "$RESET" "${line#PASS }" ;;
+		FAIL\ *) f=$((f + 1)); printf '  %sFAIL%s %s\n' "$RED" "$RESET" "${line#FAIL }" ;;
+		SKIP\ *) s=$((s + 1)); printf '  %sSKIP%s %s\n' "$YELLOW" "$RESET" "${line#SKIP }" ;;
+		*) printf '  %s\n' "$line" ;;
+		esac
+	done < <(cd "$ROOT" && timeout -k 10 "$TIMEOUT" bash "$script" </dev/null 2>&1; echo "__rc=$?")
+	secs=$(($(date +%s) - t0))
+	if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+		printf '  %sFAIL%s %s: timed out after %ss\n' "$RED" "$RESET" "$name" "$TIMEOUT"
+		f=$((f + 1))
+	elif [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+		printf '  %sFAIL%s %s: exited with status %s without reporting a failure\n' \
+			"$RED" "$RESET" "$name" "$rc"
+		f=1
+	fi
+	passed=$((passed + p))
+	failed=$((failed + f))
+	skipped=$((skipped + s))
+	[ "$f" -gt 0 ] && failed_names+=("$name")
+	printf '  -> %d passed, %d failed, %d skipped (%ds)\n' "$p" "$f" "$s" "$secs"
+}
+
+t_start=$(date +%s)
+ran=0
+
+if [ -d "$STP_UNIT_DIR" ]; then
+	for bin in "$STP_UNIT_DIR"/test_*; do
+		case ${bin##*/} in *.*) continue ;; esac
+		if [ ! -f "$bin" ] || [ ! -x "$bin" ]; then continue; fi
+		selected "$(basename "$bin")" || continue
+		run_unit "$bin"
+		ran=$((ran + 1))
+	done
+else
+	echo "note: no unit test directory ($STP_UNIT_DIR)"
+fi
+
+for script in "$ROOT"/tests/integration/test_*.sh; do
+	[ -f "$script" ] || continue
+	selected "$(basename "$script" .sh)" || continue
+	run_integration "$script"
+	ran=$((ran + 1))
+done
+
+if [ "$ran" -eq 0 ]; then
+	echo "no tests matched${STP_TESTS:+ STP_TESTS=\"$STP_TESTS\"}"
+	failed=$((failed + 1))
+fi
+
+echo
+if [ "${#failed_names[@]}" -gt 0 ]; then
+	echo "failed: ${failed_names[*]}"
+fi
+echo "total time: $(($(date +%s) - t_start))s"
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,1282 @@
+/* test_config.c - configuration parser: value parsers and cfg_load on temporary files.
+ *
+ * Certificates come from $STP_TEST_CERTS (scripts/gen-test-certs.sh); when it is unset the
+ * suite generates them into its temporary directory. Configuration texts are templates:
+ * "@C@" becomes the certificate directory and "@T@" the temporary directory. Line numbers
+ * are never hard-coded: each case names a unique piece of text on the line the error must
+ * point at, and the line is computed from the template. */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+
+/* ------------------------------------------------------------------ fixtures */
+
+static char tmpdir[256];
+static char certdir[512];
+static int have_certs;
+
+#define MAX_TMPFILES 512
+static char *tmpfiles[MAX_TMPFILES];
+static size_t ntmpfiles;
+
+static void track(const char *path)
+{
+	if (ntmpfiles < MAX_TMPFILES)
+		tmpfiles[ntmpfiles++] = strdup(path);
+}
+
+static int file_exists(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0;
+}
+
+static int group_setup(void **state)
+{
+	(void)state;
+	snprintf(tmpdir, sizeof tmpdir, "/tmp/stp-unit-config-XXXXXX");
+	if (!mkdtemp(tmpdir))
+		return -1;
+
+	const char *env = getenv("STP_TEST_CERTS");
+	char probe[600];
+	if (env && *env) {
+		snprintf(certdir, sizeof certdir, "%s", env);
+	} else {
+		/* Stand-alone run: generate the certificates next to the temp files. */
+		char cmd[1024];
+		snprintf(certdir, sizeof certdir, "%s/certs", tmpdir);
+		snprintf(cmd, sizeof cmd, "bash scripts/gen-test-certs.sh '%s' >/dev/null 2>&1",
+			 certdir);
+		if (system(cmd) != 0)
+			print_message("note: could not generate certificates; cert tests skip\n");
+	}
+	snprintf(probe, sizeof probe, "%s/server.pem", certdir);
+	have_certs = file_exists(probe);
+
+	/* Auxiliary files referenced by the full configuration. */
+	char path[600];
+	FILE *f;
+	snprintf(path, sizeof path, "%s/tickets.key", tmpdir);
+	f = fopen(path, "w");
+	if (!f)
+		return -1;
+	for (int i = 0; i < 80; i++)
+		fputc((i * 37 + 11) & 0xff, f);
+	fclose(f);
+	track(path);
+	snprintf(path, sizeof path, "%s/policy.table", tmpdir);
+	f = fopen(path, "w");
+	if (!f)
+		return -1;
+	fputs("# destination   level    options\n*:465 encrypt tls=implicit\n* encrypt\n", f);
+	fclose(f);
+	track(path);
+	return 0;
+}
+
+static int group_teardown(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < ntmpfiles; i++) {
+		unlink(tmpfiles[i]);
+		free(tmpfiles[i]);
+	}
+	ntmpfiles = 0;
+	char cmd[600];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+	if (system(cmd) != 0)
+		return -1;
+	return 0;
+}
+
+/* Replaces @C@ (certificate dir) and @T@ (temp dir) in a template. */
+static char *expand(const char *tmpl)
+{
+	size_t cap = strlen(tmpl) * 2 + 4096, n = 0;
+	char *out = malloc(cap);
+	assert_non_null(out);
+	for (const char *p = tmpl; *p;) {
+		const char *rep = NULL;
+		if (!strncmp(p, "@C@", 3))
+			rep = certdir;
+		else if (!strncmp(p, "@T@", 3))
+			rep = tmpdir;
+		if (rep) {
+			size_t l = strlen(rep);
+			if (n + l + 1 >= cap) {
+				cap = (n + l + 1) * 2;
+				out = realloc(out, cap);
+				assert_non_null(out);
+			}
+			memcpy(out + n, rep, l);
+			n += l;
+			p += 3;
+		} else {
+			if (n + 2 >= cap) {
+				cap *= 2;
+				out = realloc(out, cap);
+				assert_non_null(out);
+			}
+			out[n++] = *p++;
+		}
+	}
+	out[n] = 0;
+	return out;
+}
+
+/* Writes an expanded template to a new file made with mkstemp; returns its path. */
+static char *write_conf(const char *tmpl)
+{
+	char *text = expand(tmpl);
+	char *path = malloc(strlen(tmpdir) + 32);
+	assert_non_null(path);
+	sprintf(path, "%s/conf-XXXXXX", tmpdir);
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	size_t len = strlen(text);
+	assert_int_equal(write(fd, text, len), (ssize_t)len);
+	close(fd);
+	free(text);
+	track(path);
+	return path;
+}
+
+/* 1-based line of the n-th (1-based) occurrence of needle in text; 0 when absent. */
+static int line_of_nth(const char *text, const char *needle, int nth)
+{
+	const char *p = text;
+	for (int i = 0; i < nth; i++) {
+		const char *hit = strstr(p, needle);
+		if (!hit)
+			return 0;
+		if (i == nth - 1) {
+			int line = 1;
+			for (const char *q = text; q < hit; q++)
+				line += *q == '\n';
+			return line;
+		}
+		p = hit + 1;
+	}
+	return 0;
+}
+
+static int line_of(const char *text, const char *needle)
+{
+	return line_of_nth(text, needle, 1);
+}
+
+static void dump_errors(const struct cfg_errors *e)
+{
+	for (size_t i = 0; i < e->n; i++)
+		print_message("    error[%zu]: %s\n", i, e->msg[i]);
+}
+
+/* Index of the first error that starts with "PATH:LINE:", or -1. */
+static int find_error_at(const struct cfg_errors *e, const char *path, int line)
+{
+	char prefix[700];
+	snprintf(prefix, sizeof prefix, "%s:%d:", path, line);
+	for (size_t i = 0; i < e->n; i++)
+		if (!strncmp(e->msg[i], prefix, strlen(prefix)))
+			return (int)i;
+	return -1;
+}
+
+static int contains_ci(const char *hay, const char *needle)
+{
+	return strcasestr(hay, needle) != NULL;
+}
+
+static void skip_without_certs(void)
+{
+	if (!have_certs)
+		skip();
+}
+
+/* ------------------------------------------------------------------ value parsers */
+
+struct duration_case {
+	const char *in;
+	int ok;
+	uint64_t ms;
+};
+
+static void test_parse_duration(void **state)
+{
+	(void)state;
+	static const struct duration_case cases[] = {
+		{ "250ms", 1, 250 },
+		{ "0ms", 1, 0 },
+		{ "1ms", 1, 1 },
+		{ "30s", 1, 30000 },
+		{ "1s", 1, 1000 },
+		{ "5m", 1, 300000 },
+		{ "90m", 1, 5400000 },
+		{ "30", 1, 30000 },        /* bare number = seconds */
+		{ "0", 1, 0 },
+		{ "1", 1, 1000 },
+		{ "3600", 1, 3600000 },
+		{ "", 0, 0 },
+		{ "5x", 0, 0 },
+		{ "-1", 0, 0 },
+		{ "-5s", 0, 0 },
+		{ "ms", 0, 0 },
+		{ "s", 0, 0 },
+		{ "m", 0, 0 },
+		{ "5h", 0, 0 },            /* only ms, s, m */
+		{ "5sm", 0, 0 },
+		{ "5ms5", 0, 0 },
+		{ "abc", 0, 0 },
+		{ "s5", 0, 0 },
+		{ "99999999999999999999", 0, 0 },   /* > UINT64_MAX */
+		{ "18446744073709551615", 0, 0 },   /* seconds: overflows when scaled to ms */
+		{ "18446744073709552s", 0, 0 },     /* x1000 overflows */
+		{ "307445734561825861m", 0, 0 },    /* x60000 overflows */
+		{ "99999999999999999999ms", 0, 0 },
+	};
+	int failures = 0;
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		const struct duration_case *c = &cases[i];
+		uint64_t ms = 0xdeadbeef;
+		int rc = cfg_parse_duration(c->in, &ms);
+		if (c->ok && (rc != 0 || ms != c->ms)) {
+			print_message("duration \"%s\": rc=%d ms=%llu, want 0 and %llu\n", c->in, rc,
+				      (unsigned long long)ms, (unsigned long long)c->ms);
+			failures++;
+		} else if (!c->ok && rc != -1) {
+			print_message("duration \"%s\": rc=%d ms=%llu, want -1\n", c->in, rc,
+				      (unsigned long long)ms);
+			failures++;
+		}
+	}
+	assert_int_equal(failures, 0);
+}
+
+struct hostport_case {
+	const char *in;
+	int ok;
+	const char *host;
+	uint16_t port;
+};
+
+static void test_parse_hostport(void **state)
+{
+	(void)state;
+	static const struct hostport_case cases[] = {
+		{ "127.0.0.1:25", 1, "127.0.0.1", 25 },
+		{ "0.0.0.0:587", 1, "0.0.0.0", 587 },
+		{ "10.0.0.5:65535", 1, "10.0.0.5", 65535 },
+		{ "localhost:1", 1, "localhost", 1 },
+		{ "smtp.example.com:587", 1, "smtp.example.com", 587 },
+		{ "mx-1.Example.NET:465", 1, "mx-1.Example.NET", 465 },
+		{ "[::1]:2525", 1, "::1", 2525 },
+		{ "[::]:993", 1, "::", 993 },
+		{ "[2001:db8::5]:143", 1, "2001:db8::5", 143 },
+		{ "[::ffff:192.0.2.1]:110", 1, "::ffff:192.0.2.1", 110 },
+		/* missing or bad port */
+		{ "localhost", 0, NULL, 0 },
+		{ "127.0.0.1", 0, NULL, 0 },
+		{ "localhost:", 0, NULL, 0 },
+		{ "localhost:0", 0, NULL, 0 },
+		{ "localhost:65536", 0, NULL, 0 },
+		{ "localhost:99999999999999999999", 0, NULL, 0 },
+		{ "localhost:-1", 0, NULL, 0 },
+		{ "localhost:25x", 0, NULL, 0 },
+		{ "localhost:x25", 0, NULL, 0 },
+		{ "localhost:smtp", 0, NULL, 0 },
+		{ "127.0.0.1:0", 0, NULL, 0 },
+		/* empty host */
+		{ ":25", 0, NULL, 0 },
+		{ "", 0, NULL, 0 },
+		/* brackets */
+		{ "[::1:25", 0, NULL, 0 },
+		{ "::1]:25", 0, NULL, 0 },
+		{ "[::1]25", 0, NULL, 0 },
+		{ "[::1]", 0, NULL, 0 },
+		{ "[::1]:", 0, NULL, 0 },
+		{ "[]:25", 0, NULL, 0 },
+		{ "[::1]:0", 0, NULL, 0 },
+		{ "[::1]:65536", 0, NULL, 0 },
+		{ "::1:25", 0, NULL, 0 },   /* IPv6 literal without brackets is ambiguous */
+	};
+	int failures = 0;
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		const struct hostport_case *c = &cases[i];
+		char host[256];
+		uint16_t port = 0;
+		memset(host, 'Z', sizeof host);
+		host[sizeof host - 1] = 0;
+		int rc = cfg_parse_hostport(c->in, host, sizeof host, &port);
+		if (c->ok && (rc != 0 || strcmp(host, c->host) || port != c->port)) {
+			print_message("hostport \"%s\": rc=%d host=\"%s\" port=%u; want 0 \"%s\" %u\n",
+				      c->in, rc, rc == 0 ? host : "?", port, c->host, c->port);
+			failures++;
+		} else if (!c->ok && rc != -1) {
+			print_message("hostport \"%s\": rc=%d host=\"%s\" port=%u; want -1\n", c->in,
+				      rc, host, port);
+			failures++;
+		}
+	}
+	assert_int_equal(failures, 0);
+}
+
+static void test_parse_hostport_small_buffer(void **state)
+{
+	(void)state;
+	char host[8];
+	uint16_t port = 0;
+	/* Fits exactly: 7 characters + NUL. */
+	assert_int_equal(cfg_parse_hostport("abcdefg:25", host, sizeof host, &port), 0);
+	assert_string_equal(host, "abcdefg");
+	assert_int_equal(port, 25);
+	/* One too long: must fail rather than truncate. */
+	assert_int_equal(cfg_parse_hostport("abcdefgh:25", host, sizeof host, &port), -1);
+	assert_int_equal(cfg_parse_hostport("[2001:db8::1]:25", host, sizeof host, &port), -1);
+}
+
+static const uint8_t fp_bytes[32] = {
+	0x9f, 0x86, 0xd0, 0x81, 0x88, 0x4c, 0x7d, 0x65, 0x9a, 0x2f, 0xea, 0xa0, 0xc5, 0x5a, 0xd0, 0x15,
+	0xa3, 0xbf, 0x4f, 0x1b, 0x2b, 0x0b, 0x82, 0x2c, 0xd1, 0x5d, 0x6c, 0x15, 0xb0, 0xf0, 0x0a, 0x08,
+};
+#define FP_HEX "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+#define FP_HEX_UP "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"
+#define FP_COLON                                                                            \
+	"9F:86:D0:81:88:4C:7D:65:9A:2F:EA:A0:C5:5A:D0:15:A3:BF:4F:1B:2B:0B:82:2C:D1:5D:6C:15:" \
+	"B0:F0:0A:08"
+
+struct fp_case {
+	const char *in;
+	int ok;
+};
+
+static void test_parse_fingerprint(void **state)
+{
+	(void)state;
+	static const struct fp_case cases[] = {
+		{ "sha256:" FP_HEX, 1 },
+		{ "sha256:" FP_HEX_UP, 1 },
+		{ "sha256:" FP_COLON, 1 },
+		{ FP_HEX, 0 },                                  /* missing prefix */
+		{ "sha1:" FP_HEX, 0 },                          /* wrong algorithm */
+		{ "sha256" FP_HEX, 0 },                         /* no colon after the prefix */
+		{ "sha256:", 0 },
+		{ "", 0 },
+		{ "sha256:" FP_HEX "00", 0 },                   /* 33 bytes */
+		{ "sha256:" FP_HEX "0", 0 },                    /* odd length */
+		{ "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a", 0 }, /* 31 */
+		{ "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a0", 0 }, /* 63 */
+		{ "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a0g", 0 }, /* bad hex */
+		{ "sha256:zz86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", 0 },
+		{ "sha256: " FP_HEX, 0 },
+		{ "sha256:" FP_HEX " junk", 0 },
+		{ "sha256:9F:86:D0:81:88:4C:7D:65:9A:2F:EA:A0:C5:5A:D0:15:A3:BF:4F:1B:2B:0B:82:2C:D1:5D:"
+		  "6C:15:B0:F0:0A", 0 },                        /* colon form, 31 bytes */
+		{ "sha256:9F:86:D0:81:88:4C:7D:65:9A:2F:EA:A0:C5:5A:D0:15:A3:BF:4F:1B:2B:0B:82:2C:D1:5D:"
+		  "6C:15:B0:F0:0A:08:00", 0 },                  /* colon form, 33 bytes */
+		{ "sha256:9F:86:D0:81:88:4C:7D:65:9A:2F:EA:A0:C5:5A:D0:15:A3:BF:4F:1B:2B:0B:82:2C:D1:5D:"
+		  "6C:15:B0:F0:0A:0G", 0 },                     /* colon form, bad hex */
+	};
+	int failures = 0;
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		uint8_t out[32];
+		memset(out, 0x55, sizeof out);
+		int rc = cfg_parse_fingerprint(cases[i].in, out);
+		if (cases[i].ok && (rc != 0 || memcmp(out, fp_bytes, 32))) {
+			print_message("fingerprint \"%s\": rc=%d or wrong bytes\n", cases[i].in, rc);
+			failures++;
+		} else if (!cases[i].ok && rc != -1) {
+			print_message("fingerprint \"%s\": rc=%d, want -1\n", cases[i].in, rc);
+			failures++;
+		}
+	}
+	assert_int_equal(failures, 0);
+}
+
+struct tlsv_case {
+	const char *in;
+	int ok, v;
+};
+
+static void test_parse_tls_version(void **state)
+{
+	(void)state;
+	static const struct tlsv_case cases[] = {
+		{ "1.0", 1, 10 }, { "1.1", 1, 11 }, { "1.2", 1, 12 }, { "1.3", 1, 13 },
+		{ "1.4", 0, 0 },  { "0.9", 0, 0 },  { "2.0", 0, 0 },  { "1", 0, 0 },
+		{ "12", 0, 0 },   { "", 0, 0 },     { "1.", 0, 0 },   { ".2", 0, 0 },
+		{ "1.2x", 0, 0 }, { "1.23", 0, 0 }, { "v1.2", 0, 0 }, { "1,2", 0, 0 },
+	};
+	int failures = 0;
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		int v = -99;
+		int rc = cfg_parse_tls_version(cases[i].in, &v);
+		if (cases[i].ok && (rc != 0 || v != cases[i].v)) {
+			print_message("tls version \"%s\": rc=%d v=%d, want 0 and %d\n", cases[i].in, rc,
+				      v, cases[i].v);
+			failures++;
+		} else if (!cases[i].ok && rc != -1) {
+			print_message("tls version \"%s\": rc=%d v=%d, want -1\n", cases[i].in, rc, v);
+			failures++;
+		}
+	}
+	assert_int_equal(failures, 0);
+}
+
+static void test_enum_names(void **state)
+{
+	(void)state;
+	assert_string_equal(cfg_proto_name(CFG_PROTO_SMTP), "smtp");
+	assert_string_equal(cfg_proto_name(CFG_PROTO_LMTP), "lmtp");
+	assert_string_equal(cfg_proto_name(CFG_PROTO_IMAP), "imap");
+	assert_string_equal(cfg_proto_name(CFG_PROTO_POP3), "pop3");
+	assert_string_equal(cfg_proto_name(CFG_PROTO_TCP), "tcp");
+	assert_string_equal(cfg_tls_name(CFG_TLS_NONE), "none");
+	assert_string_equal(cfg_tls_name(CFG_TLS_STARTTLS), "starttls");
+	assert_string_equal(cfg_tls_name(CFG_TLS_IMPLICIT), "implicit");
+	assert_string_equal(cfg_policy_name(CFG_POLICY_NONE), "none");
+	assert_string_equal(cfg_policy_name(CFG_POLICY_MAY), "may");
+	assert_string_equal(cfg_policy_name(CFG_POLICY_ENCRYPT), "encrypt");
+	assert_string_equal(cfg_policy_name(CFG_POLICY_FINGERPRINT), "fingerprint");
+	assert_string_equal(cfg_policy_name(CFG_POLICY_VERIFY), "verify");
+}
+
+static void test_errors_add(void **state)
+{
+	(void)state;
+	struct cfg_errors e = { 0 };
+	for (int i = 0; i < 100; i++)
+		cfg_errors_add(&e, "f.conf:%d: error number %d", i + 1, i);
+	assert_int_equal(e.n, 100);
+	assert_string_equal(e.msg[0], "f.conf:1: error number 0");
+	assert_string_equal(e.msg[99], "f.conf:100: error number 99");
+	cfg_errors_free(&e);
+	assert_int_equal(e.n, 0);
+}
+
+/* ------------------------------------------------------------------ cfg_load: valid */
+
+static const char FULL_CONF[] =
+	"# full configuration: every key of the contract\n"
+	"; both comment styles\n"
+	"[global]\n"
+	"workers         = 2\n"
+	"user            = nobody\n"
+	"log_level       = debug\n"
+	"log_format      = json\n"
+	"admin_listen    = 127.0.0.1:19465\n"
+	"max_connections = 500\n"
+	"helo_name       = proxy.example.net\n"
+	"cert            = @C@/server.pem\n"
+	"key             = @C@/server.key\n"
+	"ca              = @C@/ca.pem\n"
+	"drain_timeout   = 10s\n"
+	"ticket_key_file = @T@/tickets.key\n"
+	"\n"
+	"[route full]\n"
+	"listen          = 127.0.0.1:20001\n"
+	"protocol        = smtp\n"
+	"client_tls      = starttls\n"
+	"client_policy   = encrypt\n"
+	"upstream        = [::1]:20465\n"
+	"upstream_tls    = implicit\n"
+	"upstream_policy = fingerprint\n"
+	"policy_mode     = testing\n"
+	"upstream_name   = mx.example.net\n"
+	"cert            = @C@/wildcard.pem\n"
+	"key             = @C@/wildcard.key\n"
+	"client_ca       = @C@/ca.pem\n"
+	"client_min_tls  = 1.3\n"
+	"upstream_min_tls = 1.1\n"
+	"upstream_ca     = @C@/other-ca.pem\n"
+	"upstream_fingerprint = sha256:" FP_HEX "\n"
+	"upstream_cert   = @C@/client.pem\n"
+	"upstream_key    = @C@/client.key\n"
+	"policy_table    = @T@/policy.table\n"
+	"proxy_protocol_in  = v2\n"
+	"proxy_protocol_out = v1\n"
+	"xclient         = yes\n"
+	"connect_timeout = 500ms\n"
+	"handshake_timeout = 2m\n"
+	"idle_timeout    = 45\n"
+	"max_connections_per_client = 7\n"
+	"transparent     = tproxy\n"
+	"source          = client\n"
+	"\n"
+	"[route imaps]\n"
+	"listen          = [::1]:20993\n"
+	"protocol        = imap\n"
+	"client_tls      = implicit\n"
+	"upstream        = localhost:20143\n"
+	"upstream_tls    = starttls\n"
+	"\n"
+	"[route plain]\n"
+	"listen          = 127.0.0.1:20002\n"
+	"protocol        = tcp\n"
+	"upstream        = 127.0.0.1:20003\n"
+	"upstream_tls    = none\n"
+	"\n"
+	"[route transparent]\n"
+	"listen          = 127.0.0.1:20004\n"
+	"protocol        = smtp\n"
+	"upstream        = original-destination\n"
+	"upstream_tls    = starttls\n"
+	"upstream_policy = may\n"
+	"policy_table    = @T@/policy.table\n"
+	"\n"
+	"[route pop3s]\n"
+	"listen          = 127.0.0.1:20995\n"
+	"protocol        = pop3\n"
+	"client_tls      = implicit\n"
+	"upstream        = 127.0.0.1:20110\n"
+	"upstream_tls    = starttls\n"
+	"upstream_policy = verify\n"
+	"proxy_protocol_in = v1\n"
+	"proxy_protocol_out = v2\n"
+	"xclient         = no\n"
+	"transparent     = no\n"
+	"\n"
+	"[route lmtp]\n"
+	"listen          = 127.0.0.1:20024\n"
+	"protocol        = lmtp\n"
+	"client_tls      = starttls\n"
+	"client_policy   = may\n"
+	"upstream        = 127.0.0.1:20025\n"
+	"upstream_tls    = implicit\n"
+	"upstream_policy = encrypt\n"
+	"policy_mode     = enforce\n";
+
+static char *cpath(const char *name)
+{
+	char *p = malloc(strlen(certdir) + strlen(name) + 2);
+	assert_non_null(p);
+	sprintf(p, "%s/%s", certdir, name);
+	return p;
+}
+
+static void assert_str_path(const char *got, const char *name)
+{
+	char *want = cpath(name);
+	assert_non_null(got);
+	assert_string_equal(got, want);
+	free(want);
+}
+
+static const struct cfg_route *find_route(const struct cfg *c, const char *name)
+{
+	for (size_t i = 0; i < c->nroutes; i++)
+		if (c->routes[i].name && !strcmp(c->routes[i].name, name))
+			return &c->routes[i];
+	return NULL;
+}
+
+static struct cfg *load_ok(const char *tmpl, char **path_out)
+{
+	char *path = write_conf(tmpl);
+	struct cfg *cfg = NULL;
+	struct cfg_errors errs = { 0 };
+	int rc = cfg_load(path, &cfg, &errs);
+	if (rc != 0 || errs.n) {
+		print_message("cfg_load(%s) = %d, expected 0\n", path, rc);
+		dump_errors(&errs);
+	}
+	assert_int_equal(rc, 0);
+	assert_int_equal(errs.n, 0);
+	assert_non_null(cfg);
+	cfg_errors_free(&errs);
+	if (path_out)
+		*path_out = path;
+	else
+		free(path);
+	return cfg;
+}
+
+static void test_load_full(void **state)
+{
+	(void)state;
+	skip_without_certs();
+	char *path;
+	struct cfg *c = load_ok(FULL_CONF, &path);
+
+	/* [global] */
+	assert_non_null(c->path);
+	assert_string_equal(c->path, path);
+	assert_int_equal(c->workers, 2);
+	assert_non_null(c->user);
+	assert_string_equal(c->user, "nobody");
+	assert_int_equal(c->log_level, LOG_DEBUG);
+	assert_int_equal(c->log_format, CFG_LOG_JSON);
+	assert_int_equal(c->has_admin_listen, 1);
+	assert_string_equal(c->admin_listen.host, "127.0.0.1");
+	assert_int_equal(c->admin_listen.port, 19465);
+	assert_int_equal(c->admin_listen.ss.ss_family, AF_INET);
+	assert_int_equal(c->max_connections, 500);
+	assert_non_null(c->helo_name);
+	assert_string_equal(c->helo_name, "proxy.example.net");
+	assert_str_path(c->cert, "server.pem");
+	assert_str_path(c->key, "server.key");
+	assert_str_path(c->ca, "ca.pem");
+	assert_int_equal(c->drain_timeout_ms, 10000);
+	assert_non_null(c->ticket_key_file);
+	char tk[600];
+	snprintf(tk, sizeof tk, "%s/tickets.key", tmpdir);
+	assert_string_equal(c->ticket_key_file, tk);
+	char pt[600];
+	snprintf(pt, sizeof pt, "%s/policy.table", tmpdir);
+
+	assert_int_equal(c->nroutes, 6);
+	/* Routes keep file order. */
+	assert_string_equal(c->routes[0].name, "full");
+	assert_string_equal(c->routes[1].name, "imaps");
+	assert_string_equal(c->routes[2].name, "plain");
+	assert_string_equal(c->routes[3].name, "transparent");
+	assert_string_equal(c->routes[4].name, "pop3s");
+	assert_string_equal(c->routes[5].name, "lmtp");
+
+	/* [route full]: every key set explicitly. */
+	const struct cfg_route *r = find_route(c, "full");
+	assert_non_null(r);
+	assert_int_equal(r->line, line_of(FULL_CONF, "[route full]"));
+	assert_string_equal(r->listen.host, "127.0.0.1");
+	assert_int_equal(r->listen.port, 20001);
+	assert_int_equal(r->listen.ss.ss_family, AF_INET);
+	assert_int_equal(r->listen.sslen, sizeof(struct sockaddr_in));
+	assert_int_equal(ntohs(((const struct sockaddr_in *)&r->listen.ss)->sin_port), 20001);
+	assert_int_equal(r->listen.original_dst, 0);
+	assert_int_equal(r->protocol, CFG_PROTO_SMTP);
+	assert_int_equal(r->client_tls, CFG_TLS_STARTTLS);
+	assert_int_equal(r->client_policy, CFG_POLICY_ENCRYPT);
+	assert_string_equal(r->upstream.host, "::1");
+	assert_int_equal(r->upstream.port, 20465);
+	assert_int_equal(r->upstream.ss.ss_family, AF_INET6);
+	assert_int_equal(r->upstream.sslen, sizeof(struct sockaddr_in6));
+	assert_int_equal(ntohs(((const struct sockaddr_in6 *)&r->upstream.ss)->sin6_port), 20465);
+	assert_int_equal(r->upstream.original_dst, 0);
+	assert_int_equal(r->upstream_tls, CFG_TLS_IMPLICIT);
+	assert_int_equal(r->upstream_policy, CFG_POLICY_FINGERPRINT);
+	assert_int_equal(r->policy_mode, CFG_MODE_TESTING);
+	assert_string_equal(r->upstream_name, "mx.example.net");
+	assert_str_path(r->cert, "wildcard.pem");
+	assert_str_path(r->key, "wildcard.key");
+	assert_str_path(r->client_ca, "ca.pem");
+	assert_int_equal(r->client_min_tls, 13);
+	assert_int_equal(r->upstream_min_tls, 11);
+	assert_str_path(r->upstream_ca, "other-ca.pem");
+	assert_int_equal(r->has_upstream_fingerprint, 1);
+	assert_memory_equal(r->upstream_fingerprint, fp_bytes, 32);
+	assert_str_path(r->upstream_cert, "client.pem");
+	assert_str_path(r->upstream_key, "client.key");
+	assert_non_null(r->policy_table);
+	assert_string_equal(r->policy_table, pt);
+	assert_int_equal(r->proxy_protocol_in, CFG_PP_V2);
+	assert_int_equal(r->proxy_protocol_out, CFG_PP_V1);
+	assert_int_equal(r->xclient, 1);
+	assert_int_equal(r->connect_timeout_ms, 500);
+	assert_int_equal(r->handshake_timeout_ms, 120000);
+	assert_int_equal(r->idle_timeout_ms, 45000);
+	assert_int_equal(r->max_connections_per_client, 7);
+	assert_int_equal(r->transparent, CFG_TRANSPARENT_TPROXY);
+	assert_int_equal(r->source_client, 1);
+
+	/* [route imaps]: defaults. */
+	r = find_route(c, "imaps");
+	assert_non_null(r);
+	assert_int_equal(r->line, line_of(FULL_CONF, "[route imaps]"));
+	assert_string_equal(r->listen.host, "::1");
+	assert_int_equal(r->listen.port, 20993);
+	assert_int_equal(r->listen.ss.ss_family, AF_INET6);
+	assert_int_equal(r->protocol, CFG_PROTO_IMAP);
+	assert_int_equal(r->client_tls, CFG_TLS_IMPLICIT);
+	assert_string_equal(r->upstream.host, "localhost");
+	assert_int_equal(r->upstream.port, 20143);
+	assert_true(r->upstream.ss.ss_family == AF_INET || r->upstream.ss.ss_family == AF_INET6);
+	assert_true(r->upstream.sslen > 0);
+	assert_int_equal(r->upstream_tls, CFG_TLS_STARTTLS);
+	assert_int_equal(r->upstream_policy, CFG_POLICY_VERIFY);  /* default with TLS upstream */
+	assert_int_equal(r->policy_mode, CFG_MODE_ENFORCE);
+	assert_non_null(r->upstream_name);
+	assert_string_equal(r->upstream_name, "localhost");       /* default: upstream host */
+	assert_str_path(r->cert, "server.pem");                    /* default: global */
+	assert_str_path(r->key, "server.key");
+	assert_null(r->client_ca);
+	assert_int_equal(r->client_min_tls, 12);
+	assert_int_equal(r->upstream_min_tls, 12);
+	assert_str_path(r->upstream_ca, "ca.pem");                 /* default: global ca */
+	assert_int_equal(r->has_upstream_fingerprint, 0);
+	assert_null(r->upstream_cert);
+	assert_null(r->upstream_key);
+	assert_null(r->policy_table);
+	assert_int_equal(r->proxy_protocol_in, CFG_PP_NONE);
+	assert_int_equal(r->proxy_protocol_out, CFG_PP_NONE);
+	assert_int_equal(r->xclient, 0);
+	assert_int_equal(r->max_connections_per_client, 0);
+	assert_int_equal(r->transparent, CFG_TRANSPARENT_NO);
+	assert_int_equal(r->source_client, 0);
+	assert_true(r->connect_timeout_ms > 0);
+	assert_true(r->handshake_timeout_ms > 0);
+	assert_true(r->idle_timeout_ms > 0);
+
+	/* [route plain]: upstream_tls = none -> policy none. */
+	r = find_route(c, "plain");
+	assert_non_null(r);
+	assert_int_equal(r->protocol, CFG_PROTO_TCP);
+	assert_int_equal(r->client_tls, CFG_TLS_NONE);
+	assert_int_equal(r->upstream_tls, CFG_TLS_NONE);
+	assert_int_equal(r->upstream_policy, CFG_POLICY_NONE);
+	assert_string_equal(r->upstream.host, "127.0.0.1");
+	assert_int_equal(r->upstream.port, 20003);
+	assert_int_equal(r->upstream.ss.ss_family, AF_INET);
+	assert_non_null(r->upstream_name);
+	assert_string_equal(r->upstream_name, "127.0.0.1");
+	assert_int_equal(r->client_min_tls, 12);
+	assert_int_equal(r->upstream_min_tls, 12);
+
+	/* [route transparent]: upstream from SO_ORIGINAL_DST. */
+	r = find_route(c, "transparent");
+	assert_non_null(r);
+	assert_int_equal(r->upstream.original_dst, 1);
+	assert_int_equal(r->upstream_policy, CFG_POLICY_MAY);
+	assert_non_null(r->policy_table);
+	assert_string_equal(r->policy_table, pt);
+
+	r = find_route(c, "pop3s");
+	assert_non_null(r);
+	assert_int_equal(r->protocol, CFG_PROTO_POP3);
+	assert_int_equal(r->upstream_policy, CFG_POLICY_VERIFY);
+	assert_int_equal(r->proxy_protocol_in, CFG_PP_V1);
+	assert_int_equal(r->proxy_protocol_out, CFG_PP_V2);
+	assert_int_equal(r->xclient, 0);
+	assert_int_equal(r->transparent, CFG_TRANSPARENT_NO);
+
+	r = find_route(c, "lmtp");
+	assert_non_null(r);
+	assert_int_equal(r->protocol, CFG_PROTO_LMTP);
+	assert_int_equal(r->client_tls, CFG_TLS_STARTTLS);
+	assert_int_equal(r->client_policy, CFG_POLICY_MAY);
+	assert_int_equal(r->upstream_tls, CFG_TLS_IMPLICIT);
+	assert_int_equal(r->upstream_policy, CFG_POLICY_ENCRYPT);
+	assert_int_equal(r->policy_mode, CFG_MODE_ENFORCE);
+
+	cfg_free(c);
+	free(path);
+}
+
+static void test_load_global_defaults(void **state)
+{
+	(void)state;
+	static const char conf[] =
+		"[global]\n"
+		"\n"
+		"[route r1]\n"
+		"listen = 127.0.0.1:20101\n"
+		"protocol = tcp\n"
+		"upstream = 127.0.0.1:20102\n";
+	struct cfg *c = load_ok(conf, NULL);
+	assert_true(c->workers >= 1);
+	assert_int_equal(c->log_level, LOG_INFO);
+	assert_int_equal(c->log_format, CFG_LOG_TEXT);
+	assert_int_equal(c->has_admin_listen, 0);
+	assert_null(c->cert);
+	assert_null(c->key);
+	assert_null(c->ticket_key_file);
+	assert_int_equal(c->nroutes, 1);
+	const struct cfg_route *r = &c->routes[0];
+	assert_string_equal(r->name, "r1");
+	assert_int_equal(r->client_tls, CFG_TLS_NONE);
+	assert_int_equal(r->upstream_tls, CFG_TLS_NONE);
+	assert_int_equal(r->upstream_policy, CFG_POLICY_NONE);
+	assert_int_equal(r->policy_mode, CFG_MODE_ENFORCE);
+	assert_int_equal(r->client_min_tls, 12);
+	assert_int_equal(r->upstream_min_tls, 12);
+	assert_null(r->cert);
+	assert_null(r->key);
+	cfg_free(c);
+}
+
+static void test_load_workers_auto(void **state)
+{
+	(void)state;
+	static const char conf[] =
+		"[global]\n"
+		"workers = auto\n"
+		"[route r1]\n"
+		"listen = 127.0.0.1:20111\n"
+		"protocol = tcp\n"
+		"upstream = 127.0.0.1:20112\n";
+	struct cfg *c = load_ok(conf, NULL);
+	assert_true(c->workers >= 1);
+	long cores = sysconf(_SC_NPROCESSORS_ONLN);
+	if (cores > 0)
+		assert_int_equal(c->workers, cores);
+	cfg_free(c);
+}
+
+static const char COMMENTS_CONF[] =
+	"# leading hash comment\n"
+	"   ; indented semicolon comment\n"
+	"\n"
+	"\t\n"
+	"[global]   \n"
+	"log_level=warn ; trailing semicolon comment\n"
+	"helo_name =\trelay.example.org   # trailing hash comment\n"
+	"\tmax_connections   =   42\t\n"
+	"   drain_timeout\t=\t250ms\n"
+	"# a comment between sections\n"
+	"\n"
+	"[route spaced]   ; comment after a section header\n"
+	"listen=127.0.0.1:20011\n"
+	"protocol\t=\ttcp  # tcp wrapping\n"
+	"  upstream = 127.0.0.1:20012 ; the backend\n"
+	"\n"
+	"idle_timeout = 90s\n"
+	"; the end\n";
+
+static void test_load_comments_whitespace(void **state)
+{
+	(void)state;
+	struct cfg *c = load_ok(COMMENTS_CONF, NULL);
+	assert_int_equal(c->log_level, LOG_WARN);
+	assert_non_null(c->helo_name);
+	assert_string_equal(c->helo_name, "relay.example.org");
+	assert_int_equal(c->max_connections, 42);
+	assert_int_equal(c->drain_timeout_ms, 250);
+	assert_int_equal(c->nroutes, 1);
+	const struct cfg_route *r = &c->routes[0];
+	assert_string_equal(r->name, "spaced");
+	assert_int_equal(r->line, line_of(COMMENTS_CONF, "[route spaced]"));
+	assert_int_equal(r->protocol, CFG_PROTO_TCP);
+	assert_string_equal(r->listen.host, "127.0.0.1");
+	assert_int_equal(r->listen.port, 20011);
+	assert_string_equal(r->upstream.host, "127.0.0.1");
+	assert_int_equal(r->upstream.port, 20012);
+	assert_int_equal(r->idle_timeout_ms, 90000);
+	cfg_free(c);
+}
+
+/* Loading the same file twice gives two independent structs (reload builds a new one). */
+static void test_load_twice(void **state)
+{
+	(void)state;
+	struct cfg *a = load_ok(COMMENTS_CONF, NULL);
+	struct cfg *b = load_ok(COMMENTS_CONF, NULL);
+	assert_ptr_not_equal(a, b);
+	assert_string_equal(a->routes[0].name, b->routes[0].name);
+	cfg_free(a);
+	assert_string_equal(b->routes[0].name, "spaced");
+	cfg_free(b);
+}
+
+/* ------------------------------------------------------------------ cfg_load: errors */
+
+#define G                                                                                   \
+	"[global]\n"                                                                        \
+	"cert = @C@/server.pem\n"                                                           \
+	"key = @C@/server.key\n"                                                            \
+	"ca = @C@/ca.pem\n"
+#define G_NOCERT                                                                            \
+	"[global]\n"                                                                        \
+	"ca = @C@/ca.pem\n"
+#define R1                                                                                  \
+	"[route r1]\n"                                                                      \
+	"listen = 127.0.0.1:20001\n"                                                        \
+	"protocol = tcp\n"                                                                  \
+	"upstream = 127.0.0.1:20002\n"
+#define R2                                                                                  \
+	"[route r2]\n"                                                                      \
+	"listen = 127.0.0.1:20003\n"                                                        \
+	"protocol = tcp\n"                                                                  \
+	"upstream = 127.0.0.1:20004\n"
+
+struct err_case {
+	const char *name;
+	const char *conf;
+	const char *at[3]; /* the error's line holds one of these (first occurrence) */
+	int nth;           /* occurrence of at[0] (0 = first) */
+	const char *mention; /* optional: text the message must contain (case-insensitive) */
+	int certs;         /* needs the test certificates */
+};
+
+static const struct err_case err_cases[] = {
+	{ "unknown key in [global]", G "bogus_key = 1\n" R1, { "bogus_key" }, 0, "bogus_key", 0 },
+	{ "unknown key in route", G R1 "frobnicate = yes\n", { "frobnicate" }, 0, "frobnicate", 0 },
+	{ "unknown section", G "[frontend x]\n" R1, { "[frontend x]" }, 0, NULL, 0 },
+	{ "unknown section (no name)", G "[listeners]\n" R1, { "[listeners]" }, 0, NULL, 0 },
+	{ "key outside a section", "# comment\nlog_level = info\n" G R1, { "log_level = info" }, 0,
+	  NULL, 0 },
+	{ "unterminated section header", G "[route r1\n" "listen = 127.0.0.1:20001\n",
+	  { "[route r1" }, 0, NULL, 0 },
+	{ "line without =", G "justtext\n" R1, { "justtext" }, 0, NULL, 0 },
+	{ "duplicate route name",
+	  G R1 "[route r1]\nlisten = 127.0.0.1:20005\nprotocol = tcp\nupstream = 127.0.0.1:20006\n",
+	  { "[route r1]" }, 2, "r1", 0 },
+	{ "duplicate key in [global]", G "log_level = info\nlog_level = debug\n" R1,
+	  { "log_level = debug" }, 0, "log_level", 0 },
+	{ "duplicate key in route", G R1 "idle_timeout = 5s\nidle_timeout = 6s\n",
+	  { "idle_timeout = 6s" }, 0, "idle_timeout", 0 },
+	{ "same listen address twice",
+	  G R1 "[route r2]\nlisten = 127.0.0.1:20001\nprotocol = tcp\nupstream = 127.0.0.1:20006\n",
+	  { "listen = 127.0.0.1:20001", "[route r2]" }, 2, NULL, 0 },
+	{ "client_tls = implicit without any cert", G_NOCERT R1 "client_tls = implicit\n",
+	  { "client_tls = implicit", "[route r1]" }, 0, NULL, 0 },
+	{ "client_tls = starttls without any cert",
+	  G_NOCERT "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\n"
+		   "upstream = 127.0.0.1:20002\nclient_tls = starttls\n",
+	  { "client_tls = starttls", "[route r1]" }, 0, NULL, 0 },
+	{ "route cert without key", G_NOCERT R1 "client_tls = implicit\ncert = @C@/server.pem\n",
+	  { "cert = @C@/server.pem", "client_tls = implicit", "[route r1]" }, 0, NULL, 1 },
+	{ "unreadable route cert",
+	  G R1 "client_tls = implicit\ncert = @T@/missing-cert.pem\nkey = @C@/server.key\n",
+	  { "cert = @T@/missing-cert.pem" }, 0, "missing-cert.pem", 1 },
+	{ "unreadable route key",
+	  G R1 "client_tls = implicit\ncert = @C@/server.pem\nkey = @T@/missing-key.pem\n",
+	  { "key = @T@/missing-key.pem" }, 0, "missing-key.pem", 1 },
+	{ "unreadable global cert",
+	  "[global]\ncert = /nonexistent/stp/cert.pem\nkey = @C@/server.key\n" R1
+	  "client_tls = implicit\n",
+	  { "cert = /nonexistent" }, 0, "/nonexistent/stp/cert.pem", 1 },
+	{ "unreadable global key",
+	  "[global]\ncert = @C@/server.pem\nkey = /nonexistent/stp/key.pem\n" R1
+	  "client_tls = implicit\n",
+	  { "key = /nonexistent" }, 0, "/nonexistent/stp/key.pem", 1 },
+	{ "unreadable global ca", "[global]\nca = /nonexistent/stp/ca.pem\n" R1,
+	  { "ca = /nonexistent" }, 0, "/nonexistent/stp/ca.pem", 0 },
+	{ "unreadable client_ca", G R1 "client_tls = implicit\nclient_ca = /nonexistent/stp/cca.pem\n",
+	  { "client_ca = /nonexistent" }, 0, "/nonexistent/stp/cca.pem", 1 },
+	{ "unreadable upstream_ca",
+	  G R1 "upstream_tls = implicit\nupstream_ca = /nonexistent/stp/uca.pem\n",
+	  { "upstream_ca = /nonexistent" }, 0, "/nonexistent/stp/uca.pem", 1 },
+	{ "unreadable upstream_cert",
+	  G R1 "upstream_tls = implicit\nupstream_cert = /nonexistent/stp/uc.pem\n"
+	       "upstream_key = @C@/client.key\n",
+	  { "upstream_cert = /nonexistent" }, 0, "/nonexistent/stp/uc.pem", 1 },
+	{ "unreadable upstream_key",
+	  G R1 "upstream_tls = implicit\nupstream_cert = @C@/client.pem\n"
+	       "upstream_key = /nonexistent/stp/uk.pem\n",
+	  { "upstream_key = /nonexistent" }, 0, "/nonexistent/stp/uk.pem", 1 },
+	{ "unreadable policy_table", G R1 "policy_table = /nonexistent/stp/policy\n",
+	  { "policy_table = /nonexistent" }, 0, "/nonexistent/stp/policy", 0 },
+	{ "unreadable ticket_key_file", G "ticket_key_file = /nonexistent/stp/tickets\n" R1,
+	  { "ticket_key_file = /nonexistent" }, 0, "/nonexistent/stp/tickets", 0 },
+	{ "route cert/key mismatch",
+	  G R1 "client_tls = implicit\ncert = @C@/server.pem\nkey = @C@/client.key\n",
+	  { "key = @C@/client.key", "cert = @C@/server.pem" }, 0, NULL, 1 },
+	{ "global cert/key mismatch",
+	  "[global]\ncert = @C@/server.pem\nkey = @C@/client.key\nca = @C@/ca.pem\n" R1
+	  "client_tls = implicit\n",
+	  { "cert = @C@/server.pem", "key = @C@/client.key" }, 0, NULL, 1 },
+	{ "upstream cert/key mismatch",
+	  G R1 "upstream_tls = implicit\nupstream_cert = @C@/client.pem\n"
+	       "upstream_key = @C@/server.key\n",
+	  { "upstream_key = @C@/server.key", "upstream_cert = @C@/client.pem" }, 0, NULL, 1 },
+	{ "cert file is not a certificate",
+	  G R1 "client_tls = implicit\ncert = @C@/server.key\nkey = @C@/server.key\n",
+	  { "cert = @C@/server.key", "key = @C@/server.key" }, 0, NULL, 1 },
+	{ "upstream_tls = none with upstream_policy = verify",
+	  G R1 "upstream_tls = none\nupstream_policy = verify\n",
+	  { "upstream_policy = verify", "upstream_tls = none", "[route r1]" }, 0, NULL, 0 },
+	{ "upstream_policy = verify without upstream_tls (defaults to none)",
+	  G R1 "upstream_policy = verify\n",
+	  { "upstream_policy = verify", "[route r1]" }, 0, NULL, 0 },
+	{ "fingerprint policy without upstream_fingerprint",
+	  G R1 "upstream_tls = implicit\nupstream_policy = fingerprint\n",
+	  { "upstream_policy = fingerprint", "[route r1]" }, 0, NULL, 0 },
+	{ "missing listen", G "[route r1]\nprotocol = tcp\nupstream = 127.0.0.1:20002\n",
+	  { "[route r1]" }, 0, "listen", 0 },
+	{ "missing upstream", G "[route r1]\nprotocol = tcp\nlisten = 127.0.0.1:20001\n",
+	  { "[route r1]" }, 0, "upstream", 0 },
+	{ "route without name",
+	  G "[route]\nlisten = 127.0.0.1:20001\nprotocol = tcp\nupstream = 127.0.0.1:20002\n",
+	  { "[route]" }, 0, NULL, 0 },
+	{ "route with blank name",
+	  G "[route   ]\nlisten = 127.0.0.1:20001\nprotocol = tcp\nupstream = 127.0.0.1:20002\n",
+	  { "[route   ]" }, 0, NULL, 0 },
+	{ "second [global]", G R1 "[global]\nlog_level = info\n", { "[global]" }, 2, NULL, 0 },
+	{ "unresolvable upstream host",
+	  G "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = tcp\n"
+	    "upstream = no-such-host.invalid:25\n",
+	  { "upstream = no-such-host.invalid" }, 0, NULL, 0 },
+	{ "starttls on protocol tcp", G R1 "upstream_tls = starttls\n",
+	  { "upstream_tls = starttls", "[route r1]" }, 0, NULL, 0 },
+};
+
+/* One bad value for one key. The line is built into a valid config; for route keys it
+ * replaces the base line for that key, if any. */
+struct badval_case {
+	int route; /* 0: [global], 1: route */
+	const char *key, *value;
+};
+
+static const struct badval_case badval_cases[] = {
+	{ 0, "log_level", "loud" },
+	{ 0, "log_format", "xml" },
+	{ 0, "workers", "many" },
+	{ 0, "workers", "-2" },
+	{ 0, "max_connections", "lots" },
+	{ 0, "max_connections", "-5" },
+	{ 0, "drain_timeout", "10h" },
+	{ 0, "drain_timeout", "5x" },
+	{ 0, "admin_listen", "127.0.0.1" },
+	{ 0, "admin_listen", "127.0.0.1:70000" },
+	{ 1, "protocol", "http" },
+	{ 1, "client_tls", "maybe" },
+	{ 1, "client_policy", "verify" },
+	{ 1, "upstream_tls", "tls" },
+	{ 1, "upstream_policy", "strict" },
+	{ 1, "policy_mode", "relaxed" },
+	{ 1, "proxy_protocol_in", "v3" },
+	{ 1, "proxy_protocol_out", "v9" },
+	{ 1, "xclient", "maybe" },
+	{ 1, "transparent", "redirect" },
+	{ 1, "source", "server" },
+	{ 1, "client_min_tls", "1.4" },
+	{ 1, "upstream_min_tls", "2.0" },
+	{ 1, "connect_timeout", "5x" },
+	{ 1, "handshake_timeout", "-1" },
+	{ 1, "idle_timeout", "forever" },
+	{ 1, "idle_timeout", "" },
+	{ 1, "max_connections_per_client", "many" },
+	{ 1, "listen", "127.0.0.1:70000" },
+	{ 1, "listen", "127.0.0.1" },
+	{ 1, "listen", "[::1:20001" },
+	{ 1, "listen", "127.0.0.1:0" },
+	{ 1, "upstream", "127.0.0.1:" },
+	{ 1, "upstream", "[::1]20002" },
+	{ 1, "upstream_fingerprint", "sha256:1234" },
+	{ 1, "upstream_fingerprint", FP_HEX },
+};
+
+/* Loads conf (a template) and checks the error contract; returns the number of failures. */
+static int check_error_case(const char *name, const char *conf, const char *const at[3], int nth,
+			    const char *mention)
+{
+	char *path = write_conf(conf);
+	struct cfg *cfg = NULL;
+	struct cfg_errors errs = { 0 };
+	int rc = cfg_load(path, &cfg, &errs);
+	int fails = 0;
+
+	int lines[3] = { 0, 0, 0 };
+	for (int i = 0; i < 3 && at[i]; i++) {
+		lines[i] = line_of_nth(conf, at[i], i == 0 && nth ? nth : 1);
+		if (!lines[i]) {
+			print_message("[%s] test bug: \"%s\" not in the text\n", name, at[i]);
+			fails++;
+		}
+	}
+	if (rc >= 0) {
+		print_message("[%s] cfg_load returned %d, expected an error\n", name, rc);
+		fails++;
+		if (cfg)
+			cfg_free(cfg);
+	} else {
+		int hit = -1;
+		for (int i = 0; i < 3 && at[i] && hit < 0; i++)
+			hit = find_error_at(&errs, path, lines[i]);
+		if (rc != -(int)errs.n) {
+			print_message("[%s] cfg_load returned %d but recorded %zu errors\n", name, rc,
+				      errs.n);
+			fails++;
+		}
+		if (hit < 0) {
+			print_message("[%s] no error at line %d%s (%s:LINE:)\n", name, lines[0],
+				      at[1] ? " or the alternatives" : "", path);
+			fails++;
+		} else if (mention && !contains_ci(errs.msg[hit], mention)) {
+			print_message("[%s] message does not mention \"%s\"\n", name, mention);
+			fails++;
+		}
+		for (size_t i = 0; i < errs.n; i++) {
+			if (strncmp(errs.msg[i], path, strlen(path)) || errs.msg[i][strlen(path)] != ':' ||
+			    strchr(errs.msg[i], '\n')) {
+				print_message("[%s] malformed message: \"%s\"\n", name, errs.msg[i]);
+				fails++;
+			}
+		}
+		if (fails)
+			dump_errors(&errs);
+	}
+	cfg_errors_free(&errs);
+	free(path);
+	return fails;
+}
+
+static void test_load_errors(void **state)
+{
+	(void)state;
+	int failures = 0, skipped = 0;
+	for (size_t i = 0; i < sizeof err_cases / sizeof err_cases[0]; i++) {
+		const struct err_case *c = &err_cases[i];
+		if (c->certs && !have_certs) {
+			skipped++;
+			continue;
+		}
+		failures += check_error_case(c->name, c->conf, c->at, c->nth, c->mention) ? 1 : 0;
+	}
+	if (skipped)
+		print_message("note: %d certificate cases skipped (no certificates)\n", skipped);
+	assert_int_equal(failures, 0);
+}
+
+static void test_load_bad_values(void **state)
+{
+	(void)state;
+	static const char *const base_route[] = {
+		"listen = 127.0.0.1:20001\n", "protocol = tcp\n", "upstream = 127.0.0.1:20002\n"
+	};
+	int failures = 0;
+	for (size_t i = 0; i < sizeof badval_cases / sizeof badval_cases[0]; i++) {
+		const struct badval_case *b = &badval_cases[i];
+		char line[256], conf[4096], name[300];
+		snprintf(line, sizeof line, "%s = %s\n", b->key, b->value);
+		snprintf(name, sizeof name, "%s %s = \"%s\"", b->route ? "route" : "global", b->key,
+			 b->value);
+		strcpy(conf, "[global]\n");
+		if (!b->route)
+			strcat(conf, line);
+		strcat(conf, "[route r1]\n");
+		for (size_t k = 0; k < 3; k++) {
+			size_t kl = strlen(b->key);
+			if (b->route && !strncmp(base_route[k], b->key, kl) &&
+			    base_route[k][kl] == ' ')
+				continue;
+			strcat(conf, base_route[k]);
+		}
+		if (b->route)
+			strcat(conf, line);
+		/* The bad line itself is the line to point at. */
+		line[strlen(line) - 1] = 0;
+		const char *at[3] = { line, NULL, NULL };
+		failures += check_error_case(name, conf, at, 0, NULL) ? 1 : 0;
+	}
+	assert_int_equal(failures, 0);
+}
+
+static void test_load_multiple_errors(void **state)
+{
+	(void)state;
+	static const char conf[] =
+		"[global]\n"
+		"bogus_one = 1\n"
+		"log_level = loud\n"
+		"\n"
+		"[route r1]\n"
+		"listen = 127.0.0.1:20001\n"
+		"protocol = tcp\n"
+		"upstream = 127.0.0.1:20002\n"
+		"idle_timeout = 5x\n"
+		"\n"
+		"[route r2]\n"
+		"listen = 127.0.0.1:20003\n"
+		"protocol = pigeon\n"
+		"upstream = 127.0.0.1:20004\n";
+	char *path = write_conf(conf);
+	struct cfg *cfg = NULL;
+	struct cfg_errors errs = { 0 };
+	int rc = cfg_load(path, &cfg, &errs);
+	if (rc != -4 || errs.n != 4)
+		dump_errors(&errs);
+	assert_int_equal(rc, -4);
+	assert_int_equal(errs.n, 4);
+	assert_true(find_error_at(&errs, path, line_of(conf, "bogus_one")) >= 0);
+	assert_true(find_error_at(&errs, path, line_of(conf, "log_level = loud")) >= 0);
+	assert_true(find_error_at(&errs, path, line_of(conf, "idle_timeout = 5x")) >= 0);
+	assert_true(find_error_at(&errs, path, line_of(conf, "protocol = pigeon")) >= 0);
+	/* Errors come in file order. */
+	assert_true(find_error_at(&errs, path, line_of(conf, "bogus_one")) <
+		    find_error_at(&errs, path, line_of(conf, "protocol = pigeon")));
+	cfg_errors_free(&errs);
+	free(path);
+}
+
+/* Errors accumulate into a list that already holds messages. */
+static void test_load_errors_append(void **state)
+{
+	(void)state;
+	static const char conf[] = "[global]\nbogus_two = 1\n" R1;
+	char *path = write_conf(conf);
+	struct cfg *cfg = NULL;
+	struct cfg_errors errs = { 0 };
+	cfg_errors_add(&errs, "earlier: message");
+	int rc = cfg_load(path, &cfg, &errs);
+	assert_int_equal(rc, -1);
+	assert_int_equal(errs.n, 2);
+	assert_string_equal(errs.msg[0], "earlier: message");
+	assert_true(find_error_at(&errs, path, 2) == 1);
+	cfg_errors_free(&errs);
+	free(path);
+}
+
+static void test_load_missing_file(void **state)
+{
+	(void)state;
+	char path[600];
+	snprintf(path, sizeof path, "%s/does-not-exist.conf", tmpdir);
+	struct cfg *cfg = NULL;
+	struct cfg_errors errs = { 0 };
+	int rc = cfg_load(path, &cfg, &errs);
+	assert_true(rc < 0);
+	assert_true(errs.n >= 1);
+	assert_int_equal(rc, -(int)errs.n);
+	assert_non_null(strstr(errs.msg[0], path));
+	cfg_errors_free(&errs);
+}
+
+static void test_load_no_routes_ok_or_error(void **state)
+{
+	(void)state;
+	/* An empty file must not crash; whatever the verdict, the contract holds. */
+	char *path = write_conf("");
+	struct cfg *cfg = NULL;
+	struct cfg_errors errs = { 0 };
+	int rc = cfg_load(path, &cfg, &errs);
+	if (rc == 0) {
+		assert_non_null(cfg);
+		assert_int_equal(cfg->nroutes, 0);
+		cfg_free(cfg);
+	} else {
+		assert_int_equal(rc, -(int)errs.n);
+	}
+	cfg_errors_free(&errs);
+	free(path);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_parse_duration),
+		cmocka_unit_test(test_parse_hostport),
+		cmocka_unit_test(test_parse_hostport_small_buffer),
+		cmocka_unit_test(test_parse_fingerprint),
+		cmocka_unit_test(test_parse_tls_version),
+		cmocka_unit_test(test_enum_names),
+		cmocka_unit_test(test_errors_add),
+		cmocka_unit_test(test_load_full),
+		cmocka_unit_test(test_load_global_defaults),
+		cmocka_unit_test(test_load_workers_auto),
+		cmocka_unit_test(test_load_comments_whitespace),
+		cmocka_unit_test(test_load_twice),
+		cmocka_unit_test(test_load_errors),
+		cmocka_unit_test(test_load_bad_values),
+		cmocka_unit_test(test_load_multiple_errors),
+		cmocka_unit_test(test_load_errors_append),
+		cmocka_unit_test(test_load_missing_file),
+		cmocka_unit_test(test_load_no_routes_ok_or_error),
+	};
+	return cmocka_run_group_tests_name("config", tests, group_setup, group_teardown);
+}
