@@ -16,8 +16,10 @@ struct session;
 
 /* Accept one client from the listener stream. */
 void session_accept(struct worker *w, struct cfg_route *route, uv_stream_t *server);
-/* Ends the session (used for drain timeouts): reason is a static string. */
+/* Ends the session now: reason is a static string. */
 void session_close(struct session *s, const char *reason);
+/* Ends the session because the proxy stops: protocols say so to the client first. */
+void session_shutdown(struct session *s);
 struct session *session_next(struct session *s);
 
 #endif

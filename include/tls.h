@@ -80,6 +80,8 @@ size_t tls_conn_in_len(const struct tls_conn *c);
 
 const char *tls_conn_version(const struct tls_conn *c); /* "TLSv1.3" */
 const char *tls_conn_cipher(const struct tls_conn *c);  /* IANA name */
+/* Meaningful only for contexts built with a trust store (tls_client_opts.ca): without one,
+ * nothing is verified and the result stays TLS_VERIFY_OK. */
 enum tls_verify tls_conn_verify_result(const struct tls_conn *c);
 const char *tls_conn_error_text(const struct tls_conn *c); /* last wolfSSL error, or "" */
 /* SHA-256 of the peer certificate's SubjectPublicKeyInfo: 0 or TLS_E_HANDSHAKE. */

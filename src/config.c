@@ -774,6 +774,32 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 
 /* Builds the TLS contexts: this is where a certificate that does not parse, a key that
  * does not match its certificate, or a CA file without certificates is found. */
+/* The line of the key an error message starts with ("key ...", "upstream_ca ..."): in the
+ * route, else in [global] (under its global name), else the route header. */
+static int err_line(struct section *sec, struct section *glob, const char *err)
+{
+	static const struct { const char *key, *global; } keys[] = {
+		{ "upstream_cert", NULL }, { "upstream_key", NULL }, { "upstream_ca", "ca" },
+		{ "client_ca", NULL }, { "cert", "cert" }, { "key", "key" },
+	};
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		size_t n = strlen(keys[i].key);
+		if (strncmp(err, keys[i].key, n) != 0 || err[n] != ' ')
+			continue;
+		for (size_t j = 0; j < sec->n; j++)
+			if (strcasecmp(sec->e[j].key, keys[i].key) == 0)
+				return sec->e[j].line;
+		if (glob && keys[i].global)
+			for (size_t j = 0; j < glob->n; j++)
+				if (strcasecmp(glob->e[j].key, keys[i].global) == 0)
+					return glob->e[j].line;
+		break;
+	}
+	return sec->line;
+}
+
+/* Builds the TLS contexts: this is where a certificate that does not parse, a key that
+ * does not match its certificate, or a CA file without certificates is found. */
 static void build_tls(struct parse *P, struct section *sec, struct section *glob,
 		      struct cfg_route *r)
 {
@@ -782,27 +808,16 @@ static void build_tls(struct parse *P, struct section *sec, struct section *glob
 		struct tls_server_opts o = { .cert = r->cert, .key = r->key,
 					     .client_ca = r->client_ca,
 					     .min_version = r->client_min_tls };
-		if (tls_ctx_server_new(&o, &r->client_side_tls, err, sizeof(err)) < 0) {
-			const char *k = strstr(err, "key") && get(sec, "key") ? "key" : "cert";
-			int line = get(sec, k) ? line_of(sec, k)
-			       : (glob && get(glob, k)) ? line_of(glob, k) : sec->line;
-			if (strstr(err, "client_ca"))
-				line = line_of(sec, "client_ca");
-			ERR(P, line, "route \"%s\": %s", r->name, err);
-		}
+		if (tls_ctx_server_new(&o, &r->client_side_tls, err, sizeof(err)) < 0)
+			ERR(P, err_line(sec, glob, err), "route \"%s\": %s", r->name, err);
 	}
 	if (r->upstream_tls != CFG_TLS_NONE) {
 		struct tls_client_opts o = { .ca = r->upstream_policy == CFG_POLICY_VERIFY
 							   ? r->upstream_ca : NULL,
 					     .cert = r->upstream_cert, .key = r->upstream_key,
 					     .min_version = r->upstream_min_tls };
-		if (tls_ctx_client_new(&o, &r->upstream_side_tls, err, sizeof(err)) < 0) {
-			const char *k = strstr(err, "upstream_ca") ? "upstream_ca" : "upstream_cert";
-			int line = get(sec, k) ? line_of(sec, k)
-			       : (strcmp(k, "upstream_ca") == 0 && glob && get(glob, "ca"))
-				       ? line_of(glob, "ca") : line_of(sec, "upstream_tls");
-			ERR(P, line, "route \"%s\": %s", r->name, err);
-		}
+		if (tls_ctx_client_new(&o, &r->upstream_side_tls, err, sizeof(err)) < 0)
+			ERR(P, err_line(sec, glob, err), "route \"%s\": %s", r->name, err);
 	}
 }
 

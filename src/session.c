@@ -3,6 +3,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "proto.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -31,13 +32,19 @@ struct session {
 	uv_timer_t timer;
 	uv_connect_t connect_req;
 	enum timer_kind timer_kind;
-	uint64_t started_ms, last_activity_ms, phase_started_ms;
+	uint64_t started_ms, last_activity_ms, phase_started_ms, client_hs_ms;
 	int handles; /* open handles: down, up, timer */
 	unsigned up_started : 1, up_connected : 1, up_ready : 1, down_ready : 1;
 	unsigned ending : 1, closed : 1;
 	const char *close_reason;
 	char close_detail[160];
-	char verify_desc[16];
+	char client_ip[INET6_ADDRSTRLEN];
+	unsigned client_port;
+	/* protocol module (NULL for tcp: plain relay) */
+	const struct proto_ops *proto;
+	void *ps;
+	struct proto_actions acts;
+	int exec_depth;
 };
 
 static const struct ep_ops down_ops, up_ops;
@@ -78,6 +85,9 @@ static void handle_closed(struct session *s)
 	if (--s->handles > 0)
 		return;
 	worker_session_removed(s->w, s);
+	if (s->proto)
+		s->proto->destroy(s->ps);
+	proto_actions_free(&s->acts);
 	cfg_unref(s->cfg);
 	free(s);
 }
@@ -129,9 +139,16 @@ static void session_end(struct session *s, const char *reason, const char *detai
 	s->close_reason = reason;
 	if (detail)
 		snprintf(s->close_detail, sizeof(s->close_detail), "%s", detail);
-	ep_close(&s->up);
+	if (s->up.connected && !s->up.failed && !s->up.closing &&
+	    (!s->up.tls || s->up.tls_ready)) {
+		ep_pause(&s->up);
+		ep_shutdown(&s->up);
+	} else {
+		ep_close(&s->up);
+	}
+	/* A client still in its TLS handshake waits for it only when a reply is queued. */
 	if (!s->down.connected || s->down.failed || s->down.closing ||
-	    (s->down.tls && !s->down.tls_ready)) {
+	    (s->down.tls && !s->down.tls_ready && ep_pending(&s->down) == 0)) {
 		session_close(s, reason);
 		return;
 	}
@@ -167,7 +184,7 @@ static void arm_timer(struct session *s)
 		consider(&k, &due, T_LINGER, now + LINGER_MS);
 	} else {
 		if (!s->down_ready)
-			consider(&k, &due, T_HANDSHAKE_CLIENT, s->started_ms + r->handshake_timeout_ms);
+			consider(&k, &due, T_HANDSHAKE_CLIENT, s->client_hs_ms + r->handshake_timeout_ms);
 		if (s->up_started && !s->up_connected)
 			consider(&k, &due, T_CONNECT, s->phase_started_ms + r->connect_timeout_ms);
 		if (s->up_connected && !s->up_ready)
@@ -183,6 +200,23 @@ static void arm_timer(struct session *s)
 
 static void upstream_unreachable(struct session *s, const char *error);
 static void policy_failure(struct session *s, const char *result, const char *detail);
+static void exec_actions(struct session *s);
+
+/* The upstream side failed: a protocol module answers the client, tcp just ends. */
+static void fail_upstream(struct session *s, enum proto_failure why, const char *result,
+			  const char *reason)
+{
+	if (s->ending || s->closed)
+		return;
+	if (s->proto) {
+		s->proto->fail(s->ps, why, result, &s->acts);
+		exec_actions(s);
+		if (!s->ending && !s->closed) /* the module always ends; be sure */
+			session_end(s, reason, result);
+		return;
+	}
+	session_end(s, reason, result);
+}
 
 static void timer_cb(uv_timer_t *t)
 {
@@ -201,13 +235,20 @@ static void timer_cb(uv_timer_t *t)
 		upstream_unreachable(s, "connect timeout");
 		return;
 	case T_HANDSHAKE_UPSTREAM:
-		policy_failure(s, "tls-handshake-failure", "handshake timeout");
-		if (!s->ending && !s->closed)
-			session_end(s, "upstream handshake timeout", NULL);
+		if (s->up.tls && !s->up.tls_ready) {
+			policy_failure(s, "tls-handshake-failure", "handshake timeout");
+			fail_upstream(s, PF_TLS_POLICY, "tls-handshake-failure",
+				      "upstream handshake timeout");
+		} else {
+			log_event(LOG_WARN, s->id, s->r->name, "upstream_unreachable", "result",
+				  "upstream-unreachable", "upstream", s->upstream, "error",
+				  "no reply from the upstream in time", NULL);
+			fail_upstream(s, PF_UNREACHABLE, NULL, "upstream timeout");
+		}
 		return;
 	case T_IDLE:
 		if (now - s->last_activity_ms >= s->r->idle_timeout_ms) {
-			session_end(s, "idle timeout", NULL);
+			fail_upstream(s, PF_IDLE, NULL, "idle timeout");
 			return;
 		}
 		arm_timer(s);
@@ -224,7 +265,7 @@ static int enforcing(const struct session *s)
 	return s->r->policy_mode == CFG_MODE_ENFORCE;
 }
 
-/* Logs (and, by the caller, enforces) a failed upstream TLS requirement. */
+/* Logs a failed upstream TLS requirement; the caller enforces it. */
 static void policy_failure(struct session *s, const char *result, const char *detail)
 {
 	log_event(LOG_WARN, s->id, s->r->name, "policy_failure", "side", "upstream", "result",
@@ -237,11 +278,11 @@ static void upstream_unreachable(struct session *s, const char *error)
 {
 	log_event(LOG_WARN, s->id, s->r->name, "upstream_unreachable", "result",
 		  "upstream-unreachable", "upstream", s->upstream, "error", error, NULL);
-	session_end(s, "upstream unreachable", error);
+	fail_upstream(s, PF_UNREACHABLE, error, "upstream unreachable");
 }
 
 /* Applies upstream_policy to a finished handshake. Returns 0 to go on, -1 when the
- * session must end (enforce). */
+ * session ends (enforce). */
 static int check_upstream_tls(struct session *s)
 {
 	struct tls_conn *t = s->up.tls;
@@ -283,11 +324,11 @@ static int check_upstream_tls(struct session *s)
 	policy_failure(s, result, detail);
 	if (!enforcing(s))
 		return 0;
-	session_end(s, "upstream policy failure", result);
+	fail_upstream(s, PF_TLS_POLICY, result, "upstream policy failure");
 	return -1;
 }
 
-/* ---- relay ----------------------------------------------------------------------- */
+/* ---- relay and protocol actions -------------------------------------------------- */
 
 static struct endpoint *peer_of(struct session *s, struct endpoint *ep)
 {
@@ -296,18 +337,58 @@ static struct endpoint *peer_of(struct session *s, struct endpoint *ep)
 
 static void maybe_done(struct session *s)
 {
-	if (s->down.eof && s->up.eof && s->down.shut_done && s->up.shut_done)
+	if (!s->proto && s->down.eof && s->up.eof && s->down.shut_done && s->up.shut_done)
 		session_close(s, "closed");
 }
 
-static void relay(struct session *s, struct endpoint *from, const uint8_t *data, size_t len)
+static void up_ready(struct session *s)
 {
-	struct endpoint *to = peer_of(s, from);
+	s->up_ready = 1;
 	s->last_activity_ms = now_ms(s);
-	if (ep_write(to, data, len) < 0)
-		return;
-	if (ep_pending(to) > HIGH_WATER)
-		ep_pause(from);
+	arm_timer(s);
+}
+
+/* Carries out what the protocol module asked for, in order. Actions appended while
+ * executing (a write fails, the module answers) are carried out too. */
+static void exec_actions(struct session *s)
+{
+	struct proto_actions *a = &s->acts;
+	s->exec_depth++;
+	for (size_t i = 0; i < a->n && !s->closed; i++) {
+		struct proto_act x = a->a[i];
+		struct endpoint *ep = x.side == PROTO_CLIENT ? &s->down : &s->up;
+		switch (x.type) {
+		case PA_SEND:
+			if (s->ending && x.side == PROTO_UPSTREAM)
+				break;
+			if (ep_write(ep, a->buf + x.off, x.len) == 0 &&
+			    ep_pending(ep) > HIGH_WATER)
+				ep_pause(peer_of(s, ep));
+			break;
+		case PA_STARTTLS:
+			if (s->ending)
+				break;
+			if (x.side == PROTO_CLIENT) {
+				s->down_ready = 0;
+				s->client_hs_ms = now_ms(s);
+				if (ep_start_tls(ep, s->r->client_side_tls, NULL) < 0)
+					session_end(s, "out of memory", NULL);
+			} else {
+				if (ep_start_tls(ep, s->r->upstream_side_tls, s->r->upstream_name) < 0)
+					session_end(s, "out of memory", NULL);
+			}
+			arm_timer(s);
+			break;
+		case PA_READY:
+			up_ready(s);
+			break;
+		case PA_CLOSE:
+			session_end(s, x.reason, NULL);
+			break;
+		}
+	}
+	if (--s->exec_depth == 0)
+		proto_actions_clear(a);
 }
 
 static void on_data(struct endpoint *ep, const uint8_t *data, size_t len)
@@ -315,7 +396,16 @@ static void on_data(struct endpoint *ep, const uint8_t *data, size_t len)
 	struct session *s = ep->owner;
 	if (s->ending || s->closed)
 		return;
-	relay(s, ep, data, len);
+	s->last_activity_ms = now_ms(s);
+	if (s->proto) {
+		s->proto->data(s->ps, ep == &s->down ? PROTO_CLIENT : PROTO_UPSTREAM, data, len,
+			       &s->acts);
+		exec_actions(s);
+		return;
+	}
+	struct endpoint *to = peer_of(s, ep);
+	if (ep_write(to, data, len) == 0 && ep_pending(to) > HIGH_WATER)
+		ep_pause(ep);
 }
 
 static void on_eof(struct endpoint *ep)
@@ -323,12 +413,21 @@ static void on_eof(struct endpoint *ep)
 	struct session *s = ep->owner;
 	if (s->ending || s->closed)
 		return;
-	struct endpoint *to = peer_of(s, ep);
-	if (ep == &s->up && !s->up_ready) {
-		upstream_unreachable(s, "closed by upstream before it was ready");
+	if (ep == &s->up) {
+		if (!s->up_ready) {
+			upstream_unreachable(s, "closed by the upstream before it was ready");
+			return;
+		}
+		if (s->proto) {
+			fail_upstream(s, PF_LOST, "closed by the upstream", "upstream closed");
+			return;
+		}
+	} else if (s->proto) {
+		s->proto->client_eof(s->ps, &s->acts);
+		exec_actions(s);
 		return;
 	}
-	ep_shutdown(to);
+	ep_shutdown(peer_of(s, ep));
 	maybe_done(s);
 }
 
@@ -354,23 +453,17 @@ static void on_error(struct endpoint *ep, const char *what, int err)
 	char detail[160];
 	snprintf(detail, sizeof(detail), "%s%s%s", what, err ? ": " : "",
 		 err ? uv_err_text(err) : "");
-	if (ep == &s->up && !s->up_ready && !s->ending) {
-		upstream_unreachable(s, detail);
+	if (s->closed)
+		return;
+	if (ep == &s->up && !s->ending) {
+		if (!s->up_ready)
+			upstream_unreachable(s, detail);
+		else
+			fail_upstream(s, PF_LOST, detail, "upstream error");
 		return;
 	}
 	snprintf(s->close_detail, sizeof(s->close_detail), "%s", detail);
-	if (ep == &s->up && !s->ending) {
-		session_end(s, "upstream error", detail);
-		return;
-	}
 	session_close(s, ep == &s->down ? "client error" : "upstream error");
-}
-
-static void up_ready(struct session *s)
-{
-	s->up_ready = 1;
-	s->last_activity_ms = now_ms(s);
-	arm_timer(s);
 }
 
 static void on_tls(struct endpoint *ep, int status)
@@ -390,17 +483,29 @@ static void on_tls(struct endpoint *ep, int status)
 			  tls_conn_version(ep->tls), "cipher", tls_conn_cipher(ep->tls), NULL);
 		s->down_ready = 1;
 		arm_timer(s);
+		if (s->proto && s->r->client_tls == CFG_TLS_STARTTLS) {
+			s->proto->tls_done(s->ps, PROTO_CLIENT, &s->acts);
+			exec_actions(s);
+		}
 		return;
 	}
 	if (status < 0) {
-		policy_failure(s, "tls-handshake-failure", tls_conn_error_text(ep->tls)[0]
-						     ? tls_conn_error_text(ep->tls) : "handshake failed");
-		session_end(s, "upstream handshake failed", NULL);
+		const char *e = tls_conn_error_text(ep->tls);
+		policy_failure(s, "tls-handshake-failure", e[0] ? e : "handshake failed");
+		fail_upstream(s, PF_TLS_POLICY, "tls-handshake-failure", "upstream handshake failed");
 		return;
 	}
 	if (check_upstream_tls(s) < 0)
 		return;
-	up_ready(s);
+	if (!s->proto) {
+		up_ready(s);
+		return;
+	}
+	if (s->r->upstream_tls == CFG_TLS_IMPLICIT)
+		s->proto->upstream_connected(s->ps, &s->acts);
+	else
+		s->proto->tls_done(s->ps, PROTO_UPSTREAM, &s->acts);
+	exec_actions(s);
 }
 
 static void on_closed(struct endpoint *ep)
@@ -435,10 +540,13 @@ static void connect_cb(uv_connect_t *req, int status)
 	ep_connected(&s->up);
 	if (s->closed || s->ending)
 		return;
-	if (s->r->upstream_tls == CFG_TLS_NONE)
+	if (s->r->upstream_tls != CFG_TLS_IMPLICIT && s->proto) {
+		s->proto->upstream_connected(s->ps, &s->acts);
+		exec_actions(s);
+	} else if (s->r->upstream_tls == CFG_TLS_NONE) {
 		up_ready(s);
-	else
-		arm_timer(s);
+	}
+	arm_timer(s);
 }
 
 static void connect_upstream(struct session *s)
@@ -467,6 +575,41 @@ static uint64_t mix64(uint64_t x)
 	return x ^ (x >> 31);
 }
 
+static void peer_address(struct session *s)
+{
+	struct sockaddr_storage peer;
+	int plen = sizeof(peer);
+	if (uv_tcp_getpeername(&s->down.tcp, (struct sockaddr *)&peer, &plen) != 0)
+		return;
+	addr_text((struct sockaddr *)&peer, s->client, sizeof(s->client));
+	if (peer.ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const void *)&peer;
+		inet_ntop(AF_INET, &a->sin_addr, s->client_ip, sizeof(s->client_ip));
+		s->client_port = ntohs(a->sin_port);
+	} else if (peer.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const void *)&peer;
+		inet_ntop(AF_INET6, &a->sin6_addr, s->client_ip, sizeof(s->client_ip));
+		s->client_port = ntohs(a->sin6_port);
+	}
+}
+
+static int start_proto(struct session *s)
+{
+	const struct cfg_route *r = s->r;
+	if (r->protocol != CFG_PROTO_SMTP && r->protocol != CFG_PROTO_LMTP)
+		return 0;
+	struct proto_params p = {
+		.session_id = s->id, .route = r->name, .protocol = r->protocol,
+		.client_tls = r->client_tls, .upstream_tls = r->upstream_tls,
+		.client_policy = r->client_policy, .upstream_policy = r->upstream_policy,
+		.policy_mode = r->policy_mode, .helo_name = s->cfg->helo_name,
+		.xclient = r->xclient, .client_ip = s->client_ip, .client_port = s->client_port,
+	};
+	s->proto = &proto_smtp_ops;
+	s->ps = s->proto->create(&p);
+	return s->ps ? 0 : -1;
+}
+
 void session_accept(struct worker *w, struct cfg_route *r, uv_stream_t *server)
 {
 	struct session *s = calloc(1, sizeof(*s));
@@ -478,7 +621,7 @@ void session_accept(struct worker *w, struct cfg_route *r, uv_stream_t *server)
 	uint64_t seq = __atomic_add_fetch(&w->shared->next_id, 1, __ATOMIC_RELAXED);
 	snprintf(s->id, sizeof(s->id), "%016llx",
 		 (unsigned long long)mix64(seq ^ w->shared->id_key));
-	s->started_ms = s->last_activity_ms = now_ms(s);
+	s->started_ms = s->last_activity_ms = s->client_hs_ms = now_ms(s);
 	uv_timer_init(&w->loop, &s->timer);
 	s->timer.data = s;
 	s->handles = 1;
@@ -491,15 +634,16 @@ void session_accept(struct worker *w, struct cfg_route *r, uv_stream_t *server)
 		session_close(s, "accept failed");
 		return;
 	}
-	struct sockaddr_storage peer;
-	int plen = sizeof(peer);
-	if (uv_tcp_getpeername(&s->down.tcp, (struct sockaddr *)&peer, &plen) == 0)
-		addr_text((struct sockaddr *)&peer, s->client, sizeof(s->client));
+	peer_address(s);
 	long active = __atomic_load_n(&w->shared->active, __ATOMIC_RELAXED);
 	log_event(LOG_INFO, s->id, r->name, "accept", "client", s->client, NULL);
 	if ((unsigned long)active > w->cfg->max_connections) {
 		log_event(LOG_WARN, s->id, r->name, "refused", "reason", "max_connections", NULL);
 		session_close(s, "max_connections");
+		return;
+	}
+	if (start_proto(s) < 0) {
+		session_close(s, "out of memory");
 		return;
 	}
 	if (r->client_tls == CFG_TLS_IMPLICIT) {
@@ -515,6 +659,14 @@ void session_accept(struct worker *w, struct cfg_route *r, uv_stream_t *server)
 		return;
 	arm_timer(s);
 	connect_upstream(s);
+}
+
+void session_shutdown(struct session *s)
+{
+	if (s->proto && !s->ending && !s->closed)
+		fail_upstream(s, PF_SHUTDOWN, NULL, "shutdown");
+	else
+		session_close(s, "shutdown");
 }
 
 struct session *session_next(struct session *s)

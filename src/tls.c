@@ -114,11 +114,11 @@ static int min_version_const(int v)
 	}
 }
 
-static void wolf_err(char *err, size_t errlen, const char *what, const char *file, int rc)
+/* Messages start with the configuration key at fault: config.c picks the line by it. */
+static void load_err(char *err, size_t errlen, const char *key, const char *file,
+		     const char *why)
 {
-	char buf[WOLFSSL_MAX_ERROR_SZ];
-	wolfSSL_ERR_error_string_n((unsigned long)(rc < 0 ? -rc : rc), buf, sizeof(buf));
-	snprintf(err, errlen, "%s \"%s\": %s", what, file, buf);
+	snprintf(err, errlen, "%s \"%s\": %s", key, file, why);
 }
 
 static int ctx_common(WOLFSSL_CTX *ctx, int min_version, char *err, size_t errlen)
@@ -136,14 +136,12 @@ static int ctx_common(WOLFSSL_CTX *ctx, int min_version, char *err, size_t errle
 static int load_identity(WOLFSSL_CTX *ctx, const char *cert, const char *key,
 			 const char *certname, const char *keyname, char *err, size_t errlen)
 {
-	int rc = wolfSSL_CTX_use_certificate_chain_file(ctx, cert);
-	if (rc != WOLFSSL_SUCCESS) {
-		wolf_err(err, errlen, certname, cert, rc);
+	if (wolfSSL_CTX_use_certificate_chain_file(ctx, cert) != WOLFSSL_SUCCESS) {
+		load_err(err, errlen, certname, cert, "not a PEM certificate chain");
 		return -1;
 	}
-	rc = wolfSSL_CTX_use_PrivateKey_file(ctx, key, WOLFSSL_FILETYPE_PEM);
-	if (rc != WOLFSSL_SUCCESS) {
-		wolf_err(err, errlen, keyname, key, rc);
+	if (wolfSSL_CTX_use_PrivateKey_file(ctx, key, WOLFSSL_FILETYPE_PEM) != WOLFSSL_SUCCESS) {
+		load_err(err, errlen, keyname, key, "not a PEM private key");
 		return -1;
 	}
 	if (wolfSSL_CTX_check_private_key(ctx) != WOLFSSL_SUCCESS) {
@@ -166,7 +164,7 @@ static int load_ca(WOLFSSL_CTX *ctx, const char *path, const char *what, char *e
 		rc = wolfSSL_CTX_load_verify_locations_ex(ctx, path, NULL,
 							  WOLFSSL_LOAD_FLAG_IGNORE_ERR);
 	if (rc != WOLFSSL_SUCCESS) {
-		wolf_err(err, errlen, what, path, rc);
+		load_err(err, errlen, what, path, "no usable CA certificate in it");
 		return -1;
 	}
 	return 0;
@@ -226,9 +224,7 @@ static int verify_cb(int preverify, WOLFSSL_X509_STORE_CTX *store)
 {
 	if (preverify)
 		return 1;
-	WOLFSSL *ssl = wolfSSL_X509_STORE_CTX_get_ex_data(store,
-							  wolfSSL_get_ex_data_X509_STORE_CTX_idx());
-	struct tls_conn *c = ssl ? wolfSSL_get_ex_data(ssl, 0) : NULL;
+	struct tls_conn *c = store->userCtx;
 	if (c && c->verify == TLS_VERIFY_OK) {
 		c->verify_error = store->error;
 		c->verify = classify(store->error);
@@ -296,7 +292,7 @@ struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *server_name)
 	}
 	wolfSSL_SetIOReadCtx(c->ssl, c);
 	wolfSSL_SetIOWriteCtx(c->ssl, c);
-	wolfSSL_set_ex_data(c->ssl, 0, c);
+	wolfSSL_SetCertCbCtx(c->ssl, c);
 	if (!ctx->is_server && server_name && *server_name && !is_ip_literal(server_name))
 		wolfSSL_UseSNI(c->ssl, WOLFSSL_SNI_HOST_NAME, server_name,
 			       (unsigned short)strlen(server_name));
@@ -431,16 +427,11 @@ int tls_conn_peer_spki_sha256(struct tls_conn *c, uint8_t out[32])
 	if (!x)
 		return TLS_E_HANDSHAKE;
 	int rc = TLS_E_HANDSHAKE;
-	WOLFSSL_EVP_PKEY *pk = wolfSSL_X509_get_pubkey(x);
-	if (pk) {
-		unsigned char *der = NULL;
-		int n = wolfSSL_i2d_PUBKEY(pk, &der);
-		if (n > 0 && der && wc_Sha256Hash(der, (word32)n, out) == 0)
-			rc = 0;
-		if (der)
-			XFREE(der, NULL, DYNAMIC_TYPE_OPENSSL);
-		wolfSSL_EVP_PKEY_free(pk);
-	}
+	unsigned char der[4096];
+	int n = (int)sizeof(der);
+	if (wolfSSL_X509_get_pubkey_buffer(x, der, &n) == WOLFSSL_SUCCESS && n > 0 &&
+	    wc_Sha256Hash(der, (word32)n, out) == 0)
+		rc = 0;
 	wolfSSL_X509_free(x);
 	return rc;
 }

@@ -88,7 +88,7 @@ static void drain_timeout(uv_timer_t *t)
 	struct session *s = w->sessions;
 	while (s) {
 		struct session *next = session_next(s);
-		session_close(s, "shutdown");
+		session_shutdown(s);
 		s = next;
 	}
 }

@@ -1,0 +1,91 @@
+/* proto.h - the interface between a session and a protocol module (SMTP/LMTP, later IMAP
+ * and POP3).
+ *
+ * Contract: a protocol module does no I/O. The session hands it bytes and events; the
+ * module appends actions (send bytes to a side, start TLS on a side, the upstream is
+ * ready, end the session) to a struct proto_actions, which the session carries out in
+ * order after the call returns. A module never sees a TLS library or a socket; certificate
+ * policy is applied by the session before it reports tls_done. */
+#ifndef STP_PROTO_H
+#define STP_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+enum proto_side { PROTO_CLIENT = 0, PROTO_UPSTREAM = 1 };
+
+enum proto_act_type {
+	PA_SEND,     /* write data to side */
+	PA_STARTTLS, /* begin TLS on side now (everything sent before goes in plaintext) */
+	PA_READY,    /* the upstream is usable: the greeting/STARTTLS phase is over */
+	PA_CLOSE,    /* end the session after what was sent to the client has left */
+};
+
+struct proto_act {
+	enum proto_act_type type;
+	enum proto_side side;
+	size_t off, len;    /* PA_SEND: bytes in proto_actions.buf */
+	const char *reason; /* PA_CLOSE: static string */
+};
+
+struct proto_actions {
+	struct proto_act *a;
+	size_t n, cap;
+	uint8_t *buf;
+	size_t blen, bcap;
+};
+
+void proto_send(struct proto_actions *a, enum proto_side side, const void *data, size_t len);
+void proto_sendf(struct proto_actions *a, enum proto_side side, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+void proto_starttls(struct proto_actions *a, enum proto_side side);
+void proto_ready(struct proto_actions *a);
+void proto_close(struct proto_actions *a, const char *reason);
+void proto_actions_clear(struct proto_actions *a);
+void proto_actions_free(struct proto_actions *a);
+
+/* What the module needs to know of its session and route. Strings outlive the module. */
+struct proto_params {
+	const char *session_id;
+	const char *route;
+	enum cfg_proto protocol;
+	enum cfg_tls client_tls, upstream_tls;
+	enum cfg_policy client_policy, upstream_policy;
+	enum cfg_mode policy_mode;
+	const char *helo_name;
+	int xclient;
+	const char *client_ip; /* textual, without brackets */
+	unsigned client_port;
+};
+
+/* Why the session is failing the upstream side. */
+enum proto_failure {
+	PF_UNREACHABLE,  /* could not connect, or closed/stalled before its greeting */
+	PF_LOST,         /* reset, closed, or failed after it was usable */
+	PF_TLS_POLICY,   /* TLS toward the upstream failed the policy (enforce) */
+	PF_IDLE,         /* idle timeout */
+	PF_SHUTDOWN,     /* the proxy is stopping */
+};
+
+struct proto_ops {
+	const char *name;
+	void *(*create)(const struct proto_params *p);
+	void (*destroy)(void *st);
+	/* The upstream is connected: TCP for plaintext/STARTTLS, or implicit TLS done and
+	 * accepted by the policy. */
+	void (*upstream_connected)(void *st, struct proto_actions *a);
+	void (*data)(void *st, enum proto_side from, const uint8_t *d, size_t n,
+		     struct proto_actions *a);
+	/* A STARTTLS handshake the module asked for finished and passed the policy. */
+	void (*tls_done)(void *st, enum proto_side side, struct proto_actions *a);
+	/* The client finished sending. */
+	void (*client_eof)(void *st, struct proto_actions *a);
+	/* The upstream failed; result is an RFC 8460 type for PF_TLS_POLICY, else detail. */
+	void (*fail)(void *st, enum proto_failure why, const char *result, struct proto_actions *a);
+};
+
+extern const struct proto_ops proto_smtp_ops; /* smtp and lmtp */
+
+#endif

@@ -1,0 +1,102 @@
+/* proto.c - the action list shared by protocol modules and the session (see proto.h). */
+#include "proto.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static struct proto_act *push(struct proto_actions *a)
+{
+	if (a->n == a->cap) {
+		size_t cap = a->cap ? a->cap * 2 : 8;
+		struct proto_act *n = realloc(a->a, cap * sizeof(*n));
+		if (!n)
+			abort(); /* a few hundred bytes: treat like a stack overflow */
+		a->a = n;
+		a->cap = cap;
+	}
+	struct proto_act *x = &a->a[a->n++];
+	memset(x, 0, sizeof(*x));
+	return x;
+}
+
+void proto_send(struct proto_actions *a, enum proto_side side, const void *data, size_t len)
+{
+	if (len == 0)
+		return;
+	/* Consecutive sends to one side are merged into one write. */
+	if (a->n && a->a[a->n - 1].type == PA_SEND && a->a[a->n - 1].side == side &&
+	    a->a[a->n - 1].off + a->a[a->n - 1].len == a->blen) {
+		a->a[a->n - 1].len += len;
+	} else {
+		struct proto_act *x = push(a);
+		x->type = PA_SEND;
+		x->side = side;
+		x->off = a->blen;
+		x->len = len;
+	}
+	if (a->blen + len > a->bcap) {
+		size_t cap = a->bcap ? a->bcap : 4096;
+		while (cap < a->blen + len)
+			cap *= 2;
+		uint8_t *nb = realloc(a->buf, cap);
+		if (!nb)
+			abort();
+		a->buf = nb;
+		a->bcap = cap;
+	}
+	memcpy(a->buf + a->blen, data, len);
+	a->blen += len;
+}
+
+void proto_sendf(struct proto_actions *a, enum proto_side side, const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(buf))
+		n = sizeof(buf) - 1;
+	proto_send(a, side, buf, (size_t)n);
+}
+
+void proto_starttls(struct proto_actions *a, enum proto_side side)
+{
+	struct proto_act *x = push(a);
+	x->type = PA_STARTTLS;
+	x->side = side;
+}
+
+void proto_ready(struct proto_actions *a)
+{
+	push(a)->type = PA_READY;
+}
+
+void proto_close(struct proto_actions *a, const char *reason)
+{
+	struct proto_act *x = push(a);
+	x->type = PA_CLOSE;
+	x->reason = reason;
+}
+
+void proto_actions_clear(struct proto_actions *a)
+{
+	a->n = 0;
+	a->blen = 0;
+	if (a->bcap > 1 << 20) { /* do not pin a large burst's buffer */
+		free(a->buf);
+		a->buf = NULL;
+		a->bcap = 0;
+	}
+}
+
+void proto_actions_free(struct proto_actions *a)
+{
+	free(a->a);
+	free(a->buf);
+	memset(a, 0, sizeof(*a));
+}
