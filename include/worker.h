@@ -15,12 +15,21 @@
 struct cfg;
 struct session;
 
-/* Counters shared by all workers (atomics). */
+struct client_count;
+
+/* State shared by all workers: atomics, and the per-client table under its mutex. */
 struct stp_shared {
 	long active;        /* open sessions, all routes */
 	uint64_t next_id;   /* session id sequence */
 	uint64_t id_key;    /* random, mixes the sequence into ids */
+	uv_mutex_t clients_lock;
+	struct client_count *clients[1024]; /* (route, client address) -> open sessions */
 };
+
+/* max_connections_per_client: counts one more session of route from address ip and
+ * returns the new count; client_release undoes it. */
+unsigned client_acquire(struct stp_shared *sh, const void *route, const char *ip);
+void client_release(struct stp_shared *sh, const void *route, const char *ip);
 
 struct listener {
 	uv_tcp_t tcp;

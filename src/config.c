@@ -751,8 +751,8 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	v = 0;
 	get_enum(P, sec, "xclient", yesno_names, &v);
 	r->xclient = v;
-	if (v)
-		ERR(P, line_of(sec, "xclient"), "xclient: not supported by this version of starttls-proxy");
+	if (v && r->protocol != CFG_PROTO_SMTP && r->protocol != CFG_PROTO_LMTP)
+		ERR(P, line_of(sec, "xclient"), "xclient = yes needs protocol = smtp or lmtp");
 	get_duration(P, sec, "connect_timeout", &r->connect_timeout_ms);
 	get_duration(P, sec, "handshake_timeout", &r->handshake_timeout_ms);
 	get_duration(P, sec, "idle_timeout", &r->idle_timeout_ms);

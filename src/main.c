@@ -119,7 +119,8 @@ int main(int argc, char **argv)
 	log_setup(cfg->log_level, cfg->log_format == CFG_LOG_JSON);
 	signal(SIGPIPE, SIG_IGN);
 
-	struct stp_shared shared = { 0 };
+	static struct stp_shared shared;
+	uv_mutex_init(&shared.clients_lock);
 	if (getrandom(&shared.id_key, sizeof(shared.id_key), 0) != sizeof(shared.id_key))
 		shared.id_key = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)time(NULL);
 	nworkers = cfg->workers;

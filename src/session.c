@@ -45,6 +45,7 @@ struct session {
 	void *ps;
 	struct proto_actions acts;
 	int exec_depth;
+	int counted_client; /* holds a max_connections_per_client slot */
 };
 
 static const struct ep_ops down_ops, up_ops;
@@ -84,6 +85,8 @@ static void handle_closed(struct session *s)
 {
 	if (--s->handles > 0)
 		return;
+	if (s->counted_client)
+		client_release(s->w->shared, s->r, s->client_ip);
 	worker_session_removed(s->w, s);
 	if (s->proto)
 		s->proto->destroy(s->ps);
@@ -610,6 +613,25 @@ static int start_proto(struct session *s)
 	return s->ps ? 0 : -1;
 }
 
+/* A connection over a limit: mail protocols get a temporary reply first (sent in
+ * plaintext before any TLS: the client retries later either way). */
+static void refuse(struct session *s, const char *why)
+{
+	log_event(LOG_WARN, s->id, s->r->name, "refused", "reason", why, "client", s->client,
+		  NULL);
+	if (s->proto && s->r->client_tls != CFG_TLS_IMPLICIT) {
+		char msg[300];
+		snprintf(msg, sizeof(msg), "421 4.7.0 %s Too many connections, try again later\r\n",
+			 s->cfg->helo_name);
+		s->down_ready = 1;
+		ep_connected(&s->down);
+		ep_write(&s->down, msg, strlen(msg));
+		session_end(s, why, NULL);
+		return;
+	}
+	session_close(s, why);
+}
+
 void session_accept(struct worker *w, struct cfg_route *r, uv_stream_t *server)
 {
 	struct session *s = calloc(1, sizeof(*s));
@@ -637,14 +659,20 @@ void session_accept(struct worker *w, struct cfg_route *r, uv_stream_t *server)
 	peer_address(s);
 	long active = __atomic_load_n(&w->shared->active, __ATOMIC_RELAXED);
 	log_event(LOG_INFO, s->id, r->name, "accept", "client", s->client, NULL);
-	if ((unsigned long)active > w->cfg->max_connections) {
-		log_event(LOG_WARN, s->id, r->name, "refused", "reason", "max_connections", NULL);
-		session_close(s, "max_connections");
-		return;
-	}
 	if (start_proto(s) < 0) {
 		session_close(s, "out of memory");
 		return;
+	}
+	if ((unsigned long)active > w->cfg->max_connections) {
+		refuse(s, "max_connections");
+		return;
+	}
+	if (r->max_connections_per_client) {
+		s->counted_client = 1;
+		if (client_acquire(w->shared, r, s->client_ip) > r->max_connections_per_client) {
+			refuse(s, "max_connections_per_client");
+			return;
+		}
 	}
 	if (r->client_tls == CFG_TLS_IMPLICIT) {
 		if (ep_start_tls(&s->down, r->client_side_tls, NULL) < 0) {

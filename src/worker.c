@@ -174,3 +174,55 @@ void worker_session_removed(struct worker *w, struct session *s)
 	if (w->stopping && w->nsessions == 0)
 		finish(w);
 }
+
+struct client_count {
+	struct client_count *next;
+	const void *route;
+	unsigned n;
+	char ip[46];
+};
+
+static size_t client_bucket(const struct stp_shared *sh, const void *route, const char *ip)
+{
+	uint64_t h = 1469598103934665603ULL ^ (uint64_t)(uintptr_t)route ^ sh->id_key;
+	for (const char *p = ip; *p; p++)
+		h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+	return (size_t)(h % (sizeof(sh->clients) / sizeof(sh->clients[0])));
+}
+
+unsigned client_acquire(struct stp_shared *sh, const void *route, const char *ip)
+{
+	size_t b = client_bucket(sh, route, ip);
+	unsigned n = 0;
+	uv_mutex_lock(&sh->clients_lock);
+	struct client_count *c = sh->clients[b];
+	while (c && !(c->route == route && strcmp(c->ip, ip) == 0))
+		c = c->next;
+	if (!c && (c = calloc(1, sizeof(*c)))) {
+		c->route = route;
+		snprintf(c->ip, sizeof(c->ip), "%s", ip);
+		c->next = sh->clients[b];
+		sh->clients[b] = c;
+	}
+	if (c)
+		n = ++c->n;
+	uv_mutex_unlock(&sh->clients_lock);
+	return n ? n : (unsigned)-1;
+}
+
+void client_release(struct stp_shared *sh, const void *route, const char *ip)
+{
+	size_t b = client_bucket(sh, route, ip);
+	uv_mutex_lock(&sh->clients_lock);
+	for (struct client_count **pp = &sh->clients[b]; *pp; pp = &(*pp)->next) {
+		struct client_count *c = *pp;
+		if (c->route == route && strcmp(c->ip, ip) == 0) {
+			if (--c->n == 0) {
+				*pp = c->next;
+				free(c);
+			}
+			break;
+		}
+	}
+	uv_mutex_unlock(&sh->clients_lock);
+}
