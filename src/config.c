@@ -760,6 +760,11 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	v = CFG_TRANSPARENT_NO;
 	get_enum(P, sec, "transparent", transparent_names, &v);
 	r->transparent = v;
+	if (r->transparent != CFG_TRANSPARENT_NO)
+		refuse_unsupported(P, sec, "transparent", NULL);
+	if (r->upstream.original_dst)
+		ERR(P, line_of(sec, "upstream"),
+		    "upstream = original-destination: not supported by this version of starttls-proxy");
 	e = get(sec, "source");
 	if (e) {
 		if (strcasecmp(e->value, "client") != 0)
@@ -767,7 +772,7 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 		else if (r->transparent != CFG_TRANSPARENT_TPROXY)
 			ERR(P, e->line, "source = client needs transparent = tproxy");
 		else
-			r->source_client = 1;
+			r->source_client = 1; /* refused above with transparent = tproxy */
 	}
 	check_unknown(P, sec, route_keys);
 }

@@ -517,8 +517,7 @@ static const char FULL_CONF[] =
 	"handshake_timeout = 2m\n"
 	"idle_timeout    = 45\n"
 	"max_connections_per_client = 7\n"
-	"transparent     = tproxy\n"
-	"source          = client\n"
+	"transparent     = no\n"
 	"\n"
 	"[route smtps]\n"
 	"listen          = [::1]:20993\n"
@@ -532,13 +531,6 @@ static const char FULL_CONF[] =
 	"protocol        = tcp\n"
 	"upstream        = 127.0.0.1:20003\n"
 	"upstream_tls    = none\n"
-	"\n"
-	"[route transparent]\n"
-	"listen          = 127.0.0.1:20004\n"
-	"protocol        = smtp\n"
-	"upstream        = original-destination\n"
-	"upstream_tls    = starttls\n"
-	"upstream_policy = may\n"
 	"\n"
 	"[route verify]\n"
 	"listen          = 127.0.0.1:20995\n"
@@ -634,14 +626,13 @@ static void test_load_full(void **state)
 	assert_int_equal(c->drain_timeout_ms, 10000);
 	assert_null(c->ticket_key_file);
 
-	assert_int_equal(c->nroutes, 6);
+	assert_int_equal(c->nroutes, 5);
 	/* Routes keep file order. */
 	assert_string_equal(c->routes[0].name, "full");
 	assert_string_equal(c->routes[1].name, "smtps");
 	assert_string_equal(c->routes[2].name, "plain");
-	assert_string_equal(c->routes[3].name, "transparent");
-	assert_string_equal(c->routes[4].name, "verify");
-	assert_string_equal(c->routes[5].name, "lmtp");
+	assert_string_equal(c->routes[3].name, "verify");
+	assert_string_equal(c->routes[4].name, "lmtp");
 
 	/* [route full]: every key set explicitly. */
 	const struct cfg_route *r = find_route(c, "full");
@@ -684,8 +675,8 @@ static void test_load_full(void **state)
 	assert_int_equal(r->handshake_timeout_ms, 120000);
 	assert_int_equal(r->idle_timeout_ms, 45000);
 	assert_int_equal(r->max_connections_per_client, 7);
-	assert_int_equal(r->transparent, CFG_TRANSPARENT_TPROXY);
-	assert_int_equal(r->source_client, 1);
+	assert_int_equal(r->transparent, CFG_TRANSPARENT_NO);
+	assert_int_equal(r->source_client, 0);
 
 	/* [route smtps]: defaults. */
 	r = find_route(c, "smtps");
@@ -739,12 +730,6 @@ static void test_load_full(void **state)
 	assert_string_equal(r->upstream_name, "127.0.0.1");
 	assert_int_equal(r->client_min_tls, 12);
 	assert_int_equal(r->upstream_min_tls, 12);
-
-	/* [route transparent]: upstream from SO_ORIGINAL_DST. */
-	r = find_route(c, "transparent");
-	assert_non_null(r);
-	assert_int_equal(r->upstream.original_dst, 1);
-	assert_int_equal(r->upstream_policy, CFG_POLICY_MAY);
 
 	r = find_route(c, "verify");
 	assert_non_null(r);
@@ -1286,7 +1271,7 @@ struct optional_case {
 };
 
 enum { OPT_ADMIN, OPT_TICKETS, OPT_POLICY_TABLE, OPT_PP_IN, OPT_PP_OUT, OPT_XCLIENT, OPT_IMAP,
-       OPT_POP3 };
+       OPT_POP3, OPT_TPROXY, OPT_ORIGDST };
 
 static int optional_field_ok(const struct cfg *c, int feature)
 {
@@ -1307,6 +1292,8 @@ static int optional_field_ok(const struct cfg *c, int feature)
 	case OPT_XCLIENT: return r->xclient == 1;
 	case OPT_IMAP: return r->protocol == CFG_PROTO_IMAP;
 	case OPT_POP3: return r->protocol == CFG_PROTO_POP3;
+	case OPT_TPROXY: return r->transparent == CFG_TRANSPARENT_TPROXY;
+	case OPT_ORIGDST: return r->upstream.original_dst == 1;
 	}
 	return 0;
 }
@@ -1323,6 +1310,7 @@ static void test_load_optional_features(void **state)
 		{ NULL, "xclient = yes", OPT_XCLIENT },
 		{ NULL, "protocol = imap", OPT_IMAP },
 		{ NULL, "protocol = pop3", OPT_POP3 },
+		{ NULL, "transparent = tproxy", OPT_TPROXY },
 	};
 	int failures = 0;
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
