@@ -82,6 +82,10 @@ struct proto_ops {
 	void (*tls_done)(void *st, enum proto_side side, struct proto_actions *a);
 	/* The client finished sending. */
 	void (*client_eof)(void *st, struct proto_actions *a);
+	/* The STARTTLS handshake toward the upstream failed and the policy allows plaintext
+	 * (may, or testing mode): the session reconnects and calls upstream_connected again;
+	 * the module must not ask for STARTTLS on the new connection. */
+	void (*upstream_retry_plain)(void *st);
 	/* The upstream failed; result is an RFC 8460 type for PF_TLS_POLICY, else detail. */
 	void (*fail)(void *st, enum proto_failure why, const char *result, struct proto_actions *a);
 };

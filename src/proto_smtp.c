@@ -1029,6 +1029,19 @@ static void smtp_tls_done(void *st, enum proto_side side, struct proto_actions *
 	q_push(s, E_INT_RSET);
 }
 
+static void smtp_upstream_retry_plain(void *st)
+{
+	struct smtp *s = st;
+	s->p.upstream_tls = CFG_TLS_NONE;
+	s->upstream_tls = 0;
+	s->rin.len = 0;
+	s->reply.len = 0;
+	s->reply_lines = 0;
+	s->greeting.len = 0;
+	s->qhead = s->qlen = 0;
+	enter_state(s, U_CONNECTING);
+}
+
 static void smtp_client_eof(void *st, struct proto_actions *a)
 {
 	struct smtp *s = st;
@@ -1095,5 +1108,6 @@ const struct proto_ops proto_smtp_ops = {
 	.data = smtp_data,
 	.tls_done = smtp_tls_done,
 	.client_eof = smtp_client_eof,
+	.upstream_retry_plain = smtp_upstream_retry_plain,
 	.fail = smtp_fail,
 };

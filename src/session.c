@@ -46,6 +46,7 @@ struct session {
 	struct proto_actions acts;
 	int exec_depth;
 	int counted_client; /* holds a max_connections_per_client slot */
+	unsigned reconnecting : 1, plain_retry : 1;
 };
 
 static const struct ep_ops down_ops, up_ops;
@@ -469,6 +470,8 @@ static void on_error(struct endpoint *ep, const char *what, int err)
 	session_close(s, ep == &s->down ? "client error" : "upstream error");
 }
 
+static void retry_plain(struct session *s, const char *error);
+
 static void on_tls(struct endpoint *ep, int status)
 {
 	struct session *s = ep->owner;
@@ -494,7 +497,15 @@ static void on_tls(struct endpoint *ep, int status)
 	}
 	if (status < 0) {
 		const char *e = tls_conn_error_text(ep->tls);
-		policy_failure(s, "tls-handshake-failure", e[0] ? e : "handshake failed");
+		if (!e[0])
+			e = "handshake failed";
+		if (s->r->upstream_policy != CFG_POLICY_MAY)
+			policy_failure(s, "tls-handshake-failure", e);
+		if (s->proto && s->r->upstream_tls == CFG_TLS_STARTTLS && !s->plain_retry &&
+		    (s->r->upstream_policy == CFG_POLICY_MAY || !enforcing(s))) {
+			retry_plain(s, e);
+			return;
+		}
 		fail_upstream(s, PF_TLS_POLICY, "tls-handshake-failure", "upstream handshake failed");
 		return;
 	}
@@ -511,9 +522,36 @@ static void on_tls(struct endpoint *ep, int status)
 	exec_actions(s);
 }
 
+static void connect_upstream(struct session *s);
+
 static void on_closed(struct endpoint *ep)
 {
-	handle_closed(ep->owner);
+	struct session *s = ep->owner;
+	if (ep == &s->up && s->reconnecting && !s->closed && !s->ending) {
+		/* The plaintext retry: a fresh connection in the same handle slot. */
+		s->reconnecting = 0;
+		if (ep_init(&s->up, &s->w->loop, ep->ops, s, s->w->readbuf) == 0) {
+			connect_upstream(s);
+			return;
+		}
+		session_close(s, "out of memory");
+	}
+	handle_closed(s);
+}
+
+/* A STARTTLS handshake toward the upstream failed where the policy lets the session go on
+ * in plaintext: like Postfix, reconnect and do not ask for TLS again. */
+static void retry_plain(struct session *s, const char *error)
+{
+	log_event(LOG_INFO, s->id, s->r->name, "upstream_tls", "tls", "none", "policy",
+		  cfg_policy_name(s->r->upstream_policy), "detail", error, "action",
+		  "reconnect in plaintext", NULL);
+	s->plain_retry = 1;
+	s->reconnecting = 1;
+	s->up_connected = 0;
+	s->up_ready = 0;
+	s->proto->upstream_retry_plain(s->ps);
+	ep_close(&s->up);
 }
 
 static const struct ep_ops down_ops = { on_data, on_eof, on_tls, on_error, on_drain, on_closed };
