@@ -50,7 +50,8 @@ enum ekind {
 
 struct entry {
 	enum ekind kind;
-	char text[200]; /* E_LOCAL: the whole reply */
+	int replies_left; /* LMTP end of data: answers still due (-1: not known yet) */
+	char text[200];   /* E_LOCAL: the whole reply */
 };
 
 struct bytes {
@@ -142,6 +143,7 @@ static struct entry *q_push(struct smtp *s, enum ekind k)
 	struct entry *e = &s->q[(s->qhead + s->qlen) % QCAP];
 	s->qlen++;
 	e->kind = k;
+	e->replies_left = -1;
 	e->text[0] = '\0';
 	return e;
 }
@@ -179,6 +181,18 @@ static void finish(struct smtp *s, struct proto_actions *a, const char *reply,
 		proto_sendf(a, PROTO_CLIENT, "%s\r\n", reply);
 	enter_state(s, U_DONE);
 	proto_close(a, reason);
+}
+
+/* The upstream broke the protocol: the client gets a temporary failure and the end. */
+static void protocol_error(struct smtp *s, struct proto_actions *a, const char *what,
+			   const char *reason)
+{
+	log_event(LOG_WARN, s->p.session_id, s->p.route, "protocol_error", "side", "upstream",
+		  "error", what, NULL);
+	finish(s, a,
+	       s->client_greeted ? "421 4.4.2 Upstream protocol error, closing connection"
+				 : "421 4.4.1 Upstream protocol error, try again later",
+	       reason);
 }
 
 /* ---- EHLO reply rewriting -------------------------------------------------------- */
@@ -410,12 +424,7 @@ static void handle_reply(struct smtp *s, struct proto_actions *a)
 			finish(s, a, NULL, "upstream closed (421)");
 			return;
 		}
-		log_event(LOG_WARN, s->p.session_id, s->p.route, "protocol_error", "side", "upstream",
-			  "error", "reply without a command", NULL);
-		finish(s, a,
-		       s->client_greeted ? "421 4.4.2 Upstream protocol error, closing connection"
-					 : "421 4.4.1 Upstream protocol error, try again later",
-		       "upstream protocol error");
+		protocol_error(s, a, "reply without a command", "upstream protocol error");
 		return;
 	}
 	enum ekind k = e->kind;
@@ -525,14 +534,23 @@ static void handle_reply(struct smtp *s, struct proto_actions *a)
 		}
 		break;
 	case E_DATA_END:
-	case E_BDAT_LAST:
+	case E_BDAT_LAST: {
 		relay_reply(s, a);
-		/* LMTP answers once per accepted recipient; the last answer ends the mail. */
-		if (!(q_head(s) && q_head(s)->kind == k)) {
-			s->in_tx = 0;
-			s->rcpt_ok = 0;
+		/* LMTP answers once per accepted recipient (RFC 2033 §4.2). Every RCPT reply came
+		 * before this one, so the count is known now, also when BDAT was pipelined. */
+		int left = e->replies_left;
+		if (left < 0)
+			left = s->lmtp && s->rcpt_ok > 1 ? s->rcpt_ok : 1;
+		if (--left > 0 && code != 421) {
+			s->qhead = (s->qhead + QCAP - 1) % QCAP; /* the entry stays at the head */
+			s->qlen++;
+			s->q[s->qhead].replies_left = left;
+			break;
 		}
+		s->in_tx = 0;
+		s->rcpt_ok = 0;
 		break;
+	}
 	case E_BDAT:
 		relay_reply(s, a);
 		break;
@@ -588,20 +606,12 @@ static void upstream_bytes(struct smtp *s, struct proto_actions *a)
 		if (tl < 3 || !isdigit(start[0]) || !isdigit(start[1]) || !isdigit(start[2]) ||
 		    (tl > 3 && start[3] != ' ' && start[3] != '-') || start[0] < '2' ||
 		    start[0] > '5') {
-			log_event(LOG_WARN, s->p.session_id, s->p.route, "protocol_error", "side",
-				  "upstream", "error", "malformed reply line", NULL);
-			finish(s, a,
-			       s->client_greeted
-				       ? "421 4.4.2 Upstream protocol error, closing connection"
-				       : "421 4.4.1 Upstream protocol error, try again later",
-			       "upstream protocol error");
+			protocol_error(s, a, "malformed reply line", "upstream protocol error");
 			return;
 		}
 		if (s->reply.len && memcmp(s->reply.buf, start, 3) != 0) {
-			log_event(LOG_WARN, s->p.session_id, s->p.route, "protocol_error", "side",
-				  "upstream", "error", "reply code changed within a reply", NULL);
-			finish(s, a, "421 4.4.2 Upstream protocol error, closing connection",
-			       "upstream protocol error");
+			protocol_error(s, a, "reply code changed within a reply",
+				       "upstream protocol error");
 			return;
 		}
 		if (s->reply.len + tl + 2 > SMTP_REPLY_MAX ||
@@ -627,13 +637,8 @@ static void upstream_bytes(struct smtp *s, struct proto_actions *a)
 	bytes_drop(&s->rin, off);
 	return;
 toolong:
-	log_event(LOG_WARN, s->p.session_id, s->p.route, "protocol_error", "side", "upstream",
-		  "error", "reply too long", NULL);
 	s->rin.len = 0;
-	finish(s, a,
-	       s->client_greeted ? "421 4.4.2 Upstream protocol error, closing connection"
-				 : "421 4.4.1 Upstream protocol error, try again later",
-	       "upstream reply too long");
+	protocol_error(s, a, "reply too long", "upstream reply too long");
 }
 
 /* ---- client commands ------------------------------------------------------------- */
@@ -866,9 +871,7 @@ static void process_client(struct smtp *s, struct proto_actions *a)
 			size_t used = body_bytes(s, a, s->in.buf, s->in.len, &ended);
 			bytes_drop(&s->in, used);
 			if (ended) {
-				int n = s->lmtp && s->rcpt_ok > 1 ? s->rcpt_ok : 1;
-				for (int i = 0; i < n; i++)
-					q_push(s, E_DATA_END);
+				q_push(s, E_DATA_END);
 				s->c = C_COMMAND;
 			}
 			continue;
@@ -878,14 +881,8 @@ static void process_client(struct smtp *s, struct proto_actions *a)
 			proto_send(a, PROTO_UPSTREAM, s->in.buf, n);
 			bytes_drop(&s->in, n);
 			s->bdat_left -= n;
-			if (s->bdat_left == 0) {
-				/* In LMTP the last chunk is answered once per recipient. */
-				struct entry *last = s->qlen ? &s->q[(s->qhead + s->qlen - 1) % QCAP] : NULL;
-				if (s->lmtp && last && last->kind == E_BDAT_LAST)
-					for (int i = 1; i < s->rcpt_ok; i++)
-						q_push(s, E_BDAT_LAST);
+			if (s->bdat_left == 0)
 				s->c = C_COMMAND;
-			}
 			continue;
 		}
 		case C_AUTH_LINE:
