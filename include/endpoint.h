@@ -58,6 +58,7 @@ struct endpoint {
 	unsigned failed : 1;
 	unsigned tls_ready : 1;
 	unsigned in_delivery : 1;
+	unsigned flushing_held : 1;
 };
 
 #define EP_READ_SIZE 65536

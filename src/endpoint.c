@@ -64,7 +64,7 @@ static int raw_write(struct endpoint *ep, const uint8_t *data, size_t len)
 {
 	if (len == 0)
 		return 0;
-	if (ep->queued == 0) {
+	if (ep->queued == 0 && !ep->flushing_held) {
 		uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
 		int n = uv_try_write((uv_stream_t *)&ep->tcp, &b, 1);
 		if (n > 0) {
@@ -144,7 +144,11 @@ static int flush_held(struct endpoint *ep)
 		return 0;
 	struct ep_wbuf h = ep->held;
 	memset(&ep->held, 0, sizeof(ep->held));
+	/* Held bytes counted in ep_pending(), so the owner may have paused the other side:
+	 * they go through a write request, whose completion (on_drain) lets it resume. */
+	ep->flushing_held = 1;
 	int rc = ep_write(ep, h.data, h.len);
+	ep->flushing_held = 0;
 	free(h.data);
 	return rc;
 }
