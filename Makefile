@@ -76,6 +76,18 @@ demo:
 	@$(MAKE) --no-print-directory all
 	@bash scripts/demo.sh
 
+# Side-by-side benchmarks against stunnel and haproxy; writes bench/RESULTS.md.
+bench:
+	@bash scripts/deps.sh
+	@$(MAKE) --no-print-directory all
+	@STP_BIN=$(abspath $(BIN)) bash bench/run.sh
+
+# libFuzzer harnesses for every parser, FUZZ_SECONDS each.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@bash scripts/deps.sh
+	@bash tests/fuzz/run.sh $(FUZZ_SECONDS)
+
 install: all
 	install -D -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/starttls-proxy
 	install -D -m 644 etc/starttls-proxy.conf $(DESTDIR)$(PREFIX)/share/doc/starttls-proxy/starttls-proxy.conf.example

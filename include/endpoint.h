@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "buf.h"
+
 struct tls_ctx;
 struct tls_conn;
 struct endpoint;
@@ -32,11 +34,6 @@ struct ep_ops {
 	void (*on_closed)(struct endpoint *ep);
 };
 
-struct ep_wbuf {
-	uint8_t *data;
-	size_t len, cap;
-};
-
 struct endpoint {
 	uv_tcp_t tcp;
 	uv_shutdown_t shutdown_req;
@@ -44,7 +41,7 @@ struct endpoint {
 	void *owner;
 	uint8_t *readbuf;   /* shared per loop, EP_READ_SIZE bytes */
 	struct tls_conn *tls;
-	struct ep_wbuf held;  /* plaintext written before the side was ready */
+	struct buf held;  /* plaintext written before the side was ready */
 	size_t queued;        /* bytes in uv_write requests not yet completed */
 	uint64_t bytes_read, bytes_written; /* plaintext */
 	unsigned open : 1;      /* handle initialised, must be closed */

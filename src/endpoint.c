@@ -18,23 +18,6 @@ static int ready(const struct endpoint *ep)
 	return ep->connected && (!ep->tls || ep->tls_ready);
 }
 
-static int wbuf_append(struct ep_wbuf *b, const void *data, size_t n)
-{
-	if (b->len + n > b->cap) {
-		size_t cap = b->cap ? b->cap : 4096;
-		while (cap < b->len + n)
-			cap *= 2;
-		uint8_t *nd = realloc(b->data, cap);
-		if (!nd)
-			return -1;
-		b->data = nd;
-		b->cap = cap;
-	}
-	memcpy(b->data + b->len, data, n);
-	b->len += n;
-	return 0;
-}
-
 static void fail(struct endpoint *ep, const char *what, int err)
 {
 	if (ep->failed || ep->closing)
@@ -142,14 +125,14 @@ static int flush_held(struct endpoint *ep)
 {
 	if (!ep->held.len)
 		return 0;
-	struct ep_wbuf h = ep->held;
+	struct buf h = ep->held;
 	memset(&ep->held, 0, sizeof(ep->held));
 	/* Held bytes counted in ep_pending(), so the owner may have paused the other side:
 	 * they go through a write request, whose completion (on_drain) lets it resume. */
 	ep->flushing_held = 1;
-	int rc = ep_write(ep, h.data, h.len);
+	int rc = ep_write(ep, buf_ptr(&h), h.len);
 	ep->flushing_held = 0;
-	free(h.data);
+	buf_free(&h);
 	return rc;
 }
 
@@ -319,7 +302,7 @@ int ep_write(struct endpoint *ep, const void *data, size_t len)
 	ep->bytes_written += len;
 	if (!ready(ep)) {
 		ep->bytes_written -= len; /* counted when actually sent */
-		if (wbuf_append(&ep->held, data, len) < 0) {
+		if (buf_append(&ep->held, data, len) < 0) {
 			fail(ep, "out of memory", UV_ENOMEM);
 			return -1;
 		}
@@ -368,8 +351,7 @@ static void close_cb(uv_handle_t *h)
 	struct endpoint *ep = h->data;
 	tls_conn_free(ep->tls);
 	ep->tls = NULL;
-	free(ep->held.data);
-	memset(&ep->held, 0, sizeof(ep->held));
+	buf_free(&ep->held);
 	ep->open = 0;
 	ep->ops->on_closed(ep);
 }

@@ -8,6 +8,7 @@
  * order. */
 #include "proto_smtp.h"
 
+#include "buf.h"
 #include "log.h"
 
 #include <ctype.h>
@@ -54,18 +55,13 @@ struct entry {
 	char text[200];   /* E_LOCAL: the whole reply */
 };
 
-struct bytes {
-	uint8_t *buf;
-	size_t len, cap;
-};
-
 struct smtp {
 	struct proto_params p;
 	int lmtp;
 	enum ustate u;
 	enum cstate c;
 	/* client side */
-	struct bytes in;          /* client bytes not yet processed */
+	struct buf in;          /* client bytes not yet processed */
 	int long_line;            /* dropping the tail of an overlong command line */
 	int client_greeted;
 	int client_tls;           /* TLS active toward the client */
@@ -78,11 +74,11 @@ struct smtp {
 	int xclient_helo_is_ehlo;
 	char xclient_helo[256];
 	/* upstream side */
-	struct bytes rin;         /* upstream bytes not yet parsed into lines */
-	struct bytes reply;       /* current (multi-line) reply */
+	struct buf rin;         /* upstream bytes not yet parsed into lines */
+	struct buf reply;       /* current (multi-line) reply */
 	size_t reply_lines;
 	int upstream_tls;
-	struct bytes greeting;    /* the upstream's greeting, sent to the client when ready */
+	struct buf greeting;    /* the upstream's greeting, sent to the client when ready */
 	/* expected replies */
 	struct entry q[SMTP_PIPELINE_MAX + 8];
 	size_t qhead, qlen;
@@ -91,38 +87,6 @@ struct smtp {
 #define QCAP (SMTP_PIPELINE_MAX + 8)
 
 /* ---- small helpers ----------------------------------------------------------------- */
-
-static int bytes_add(struct bytes *b, const void *d, size_t n)
-{
-	if (b->len + n > b->cap) {
-		size_t cap = b->cap ? b->cap : 1024;
-		while (cap < b->len + n)
-			cap *= 2;
-		uint8_t *nb = realloc(b->buf, cap);
-		if (!nb)
-			return -1;
-		b->buf = nb;
-		b->cap = cap;
-	}
-	memcpy(b->buf + b->len, d, n);
-	b->len += n;
-	return 0;
-}
-
-static void bytes_drop(struct bytes *b, size_t n)
-{
-	if (n >= b->len) {
-		b->len = 0;
-		if (b->cap > 65536) {
-			free(b->buf);
-			b->buf = NULL;
-			b->cap = 0;
-		}
-		return;
-	}
-	memmove(b->buf, b->buf + n, b->len - n);
-	b->len -= n;
-}
 
 static void enter_state(struct smtp *s, enum ustate u)
 {
@@ -275,9 +239,8 @@ static void upstream_ready(struct smtp *s, struct proto_actions *a)
 {
 	enter_state(s, U_READY);
 	proto_ready(a);
-	proto_send(a, PROTO_CLIENT, s->greeting.buf, s->greeting.len);
-	free(s->greeting.buf);
-	memset(&s->greeting, 0, sizeof(s->greeting));
+	proto_send(a, PROTO_CLIENT, buf_ptr(&s->greeting), s->greeting.len);
+	buf_free(&s->greeting);
 	s->client_greeted = 1;
 	process_client(s, a);
 }
@@ -315,13 +278,13 @@ static void starttls_unavailable(struct smtp *s, struct proto_actions *a, const 
 
 static int reply_code(const struct smtp *s)
 {
-	const uint8_t *b = s->reply.buf;
+	const uint8_t *b = buf_ptr(&s->reply);
 	return (b[0] - '0') * 100 + (b[1] - '0') * 10 + (b[2] - '0');
 }
 
 static void relay_reply(struct smtp *s, struct proto_actions *a)
 {
-	proto_send(a, PROTO_CLIENT, s->reply.buf, s->reply.len);
+	proto_send(a, PROTO_CLIENT, buf_ptr(&s->reply), s->reply.len);
 }
 
 static void relay_ehlo(struct smtp *s, struct proto_actions *a)
@@ -331,13 +294,13 @@ static void relay_ehlo(struct smtp *s, struct proto_actions *a)
 			s->p.client_policy == CFG_POLICY_ENCRYPT;
 	size_t cap = s->reply.len + 32;
 	char *out = malloc(cap);
-	long n = out ? smtp_rewrite_ehlo((const char *)s->reply.buf, s->reply.len, add, hide_auth,
+	long n = out ? smtp_rewrite_ehlo((const char *)buf_ptr(&s->reply), s->reply.len, add, hide_auth,
 					 out, cap)
 		     : -1;
 	if (n > 0)
 		proto_send(a, PROTO_CLIENT, out, (size_t)n);
-	else
-		relay_reply(s, a);
+	else /* never relay it unfiltered */
+		finish(s, a, "421 4.3.0 Out of memory, closing connection", "out of memory");
 	free(out);
 }
 
@@ -367,7 +330,7 @@ static void xclient_done(struct smtp *s, struct proto_actions *a, const char *re
 static void send_xclient(struct smtp *s, struct proto_actions *a)
 {
 	/* Which attributes the upstream accepts: "250-XCLIENT NAME ADDR PORT PROTO HELO". */
-	const char *p = (const char *)s->reply.buf, *end = p + s->reply.len;
+	const char *p = (const char *)buf_ptr(&s->reply), *end = p + s->reply.len;
 	char attrs[512] = "";
 	int offered = 0;
 	while (p < end) {
@@ -429,6 +392,12 @@ static void handle_reply(struct smtp *s, struct proto_actions *a)
 	}
 	enum ekind k = e->kind;
 	q_pop(s);
+	if (code == 421 && k < E_EHLO && s->client_greeted) {
+		/* The upstream is closing while answering one of our own commands. */
+		relay_reply(s, a);
+		finish(s, a, NULL, "upstream closed (421)");
+		return;
+	}
 	switch (k) {
 	case E_GREETING:
 		if (code != 220) {
@@ -437,7 +406,7 @@ static void handle_reply(struct smtp *s, struct proto_actions *a)
 			finish(s, a, NULL, "upstream refused service");
 			return;
 		}
-		bytes_add(&s->greeting, s->reply.buf, s->reply.len);
+		buf_append(&s->greeting, buf_ptr(&s->reply), s->reply.len);
 		if (s->p.upstream_tls == CFG_TLS_STARTTLS && !s->upstream_tls) {
 			char cmd[300];
 			snprintf(cmd, sizeof(cmd), "%s %s", hello_verb(s), s->p.helo_name);
@@ -451,7 +420,7 @@ static void handle_reply(struct smtp *s, struct proto_actions *a)
 	case E_INT_EHLO: {
 		int offered = 0;
 		if (code == 250) {
-			const char *p = (const char *)s->reply.buf, *end = p + s->reply.len;
+			const char *p = (const char *)buf_ptr(&s->reply), *end = p + s->reply.len;
 			int first = 1;
 			while (p < end) {
 				const char *nl = memchr(p, '\n', (size_t)(end - p));
@@ -588,7 +557,7 @@ static void upstream_bytes(struct smtp *s, struct proto_actions *a)
 {
 	size_t off = 0;
 	while (s->u != U_DONE && s->u != U_HANDSHAKE) {
-		uint8_t *start = s->rin.buf + off;
+		uint8_t *start = buf_ptr(&s->rin) + off;
 		size_t avail = s->rin.len - off;
 		uint8_t *nl = memchr(start, '\n', avail);
 		if (!nl) {
@@ -609,7 +578,7 @@ static void upstream_bytes(struct smtp *s, struct proto_actions *a)
 			protocol_error(s, a, "malformed reply line", "upstream protocol error");
 			return;
 		}
-		if (s->reply.len && memcmp(s->reply.buf, start, 3) != 0) {
+		if (s->reply.len && memcmp(buf_ptr(&s->reply), start, 3) != 0) {
 			protocol_error(s, a, "reply code changed within a reply",
 				       "upstream protocol error");
 			return;
@@ -617,8 +586,8 @@ static void upstream_bytes(struct smtp *s, struct proto_actions *a)
 		if (s->reply.len + tl + 2 > SMTP_REPLY_MAX ||
 		    ++s->reply_lines > SMTP_REPLY_LINES_MAX)
 			goto toolong;
-		bytes_add(&s->reply, start, tl);
-		bytes_add(&s->reply, "\r\n", 2);
+		buf_append(&s->reply, start, tl);
+		buf_append(&s->reply, "\r\n", 2);
 		if (tl == 3 || start[3] == ' ') {
 			handle_reply(s, a);
 			s->reply.len = 0;
@@ -634,7 +603,7 @@ static void upstream_bytes(struct smtp *s, struct proto_actions *a)
 			break;
 		}
 	}
-	bytes_drop(&s->rin, off);
+	buf_consume(&s->rin, off);
 	return;
 toolong:
 	s->rin.len = 0;
@@ -684,9 +653,16 @@ static int handle_command(struct smtp *s, struct proto_actions *a, char *line, s
 		local_reply(s, "500 5.5.2 Syntax error: bare CR or NUL in command%s", NULL);
 		return 0;
 	}
+	/* The verb is letters and digits, ended by a space or the end of the line: anything
+	 * else (" DATA", "DATA\t", "STARTTLS\f") is refused here, so that the proxy and the
+	 * upstream can never read one line as two different commands. */
 	size_t vl = 0;
-	while (vl < len && line[vl] != ' ')
+	while (vl < len && isalnum((unsigned char)line[vl]))
 		vl++;
+	if (vl == 0 || (vl < len && line[vl] != ' ')) {
+		local_reply(s, "500 5.5.2 Syntax error: command not recognized%s", NULL);
+		return 0;
+	}
 	char verb[16] = "";
 	if (vl < sizeof(verb)) {
 		for (size_t i = 0; i < vl; i++)
@@ -862,14 +838,14 @@ static void process_client(struct smtp *s, struct proto_actions *a)
 			return;
 		case C_HOLD:
 			if (s->in.len > SMTP_HOLD_MAX) {
-				finish(s, a, "421 4.7.0 Too much pipelined input, closing connection",
+				finish(s, a, "421 4.5.0 Too much pipelined input, closing connection",
 				       "client pipelining overflow");
 			}
 			return;
 		case C_BODY: {
 			int ended;
-			size_t used = body_bytes(s, a, s->in.buf, s->in.len, &ended);
-			bytes_drop(&s->in, used);
+			size_t used = body_bytes(s, a, buf_ptr(&s->in), s->in.len, &ended);
+			buf_consume(&s->in, used);
 			if (ended) {
 				q_push(s, E_DATA_END);
 				s->c = C_COMMAND;
@@ -878,8 +854,8 @@ static void process_client(struct smtp *s, struct proto_actions *a)
 		}
 		case C_BDAT: {
 			size_t n = s->in.len < s->bdat_left ? s->in.len : (size_t)s->bdat_left;
-			proto_send(a, PROTO_UPSTREAM, s->in.buf, n);
-			bytes_drop(&s->in, n);
+			proto_send(a, PROTO_UPSTREAM, buf_ptr(&s->in), n);
+			buf_consume(&s->in, n);
 			s->bdat_left -= n;
 			if (s->bdat_left == 0)
 				s->c = C_COMMAND;
@@ -889,44 +865,45 @@ static void process_client(struct smtp *s, struct proto_actions *a)
 		case C_COMMAND: {
 			if (s->qlen >= SMTP_PIPELINE_MAX)
 				return; /* wait for replies */
-			uint8_t *nl = memchr(s->in.buf, '\n', s->in.len);
+			uint8_t *nl = memchr(buf_ptr(&s->in), '\n', s->in.len);
 			if (!nl) {
 				if (s->in.len >= SMTP_CMD_MAX) {
+					if (!s->long_line)
+						local_reply(s, "500 5.5.2 Line too long%s", NULL);
 					s->long_line = 1;
 					s->in.len = 0;
-					local_reply(s, "500 5.5.2 Line too long%s", NULL);
 					drain_locals(s, a);
 				}
 				return;
 			}
-			size_t n = (size_t)(nl - s->in.buf) + 1;
+			size_t n = (size_t)(nl - buf_ptr(&s->in)) + 1;
 			if (s->long_line || n > SMTP_CMD_MAX) {
 				if (!s->long_line)
 					local_reply(s, "500 5.5.2 Line too long%s", NULL);
 				s->long_line = 0;
-				bytes_drop(&s->in, n);
+				buf_consume(&s->in, n);
 				drain_locals(s, a);
 				continue;
 			}
 			size_t len = n - 1;
-			if (len && s->in.buf[len - 1] == '\r')
+			if (len && buf_ptr(&s->in)[len - 1] == '\r')
 				len--;
 			if (s->c == C_AUTH_LINE) {
 				/* An AUTH response (credentials): forwarded, never logged. */
-				forward_cmd(s, a, (const char *)s->in.buf, len, E_AUTH);
-				bytes_drop(&s->in, n);
+				forward_cmd(s, a, (const char *)buf_ptr(&s->in), len, E_AUTH);
+				buf_consume(&s->in, n);
 				s->c = C_HOLD;
 				continue;
 			}
 			char *line = malloc(len + 1);
 			if (!line)
 				return;
-			memcpy(line, s->in.buf, len);
+			memcpy(line, buf_ptr(&s->in), len);
 			line[len] = '\0';
 			int keep = handle_command(s, a, line, len);
 			free(line);
 			if (!keep)
-				bytes_drop(&s->in, n);
+				buf_consume(&s->in, n);
 			drain_locals(s, a);
 			continue;
 		}
@@ -954,10 +931,10 @@ static void smtp_destroy(void *st)
 	struct smtp *s = st;
 	if (!s)
 		return;
-	free(s->in.buf);
-	free(s->rin.buf);
-	free(s->reply.buf);
-	free(s->greeting.buf);
+	buf_free(&s->in);
+	buf_free(&s->rin);
+	buf_free(&s->reply);
+	buf_free(&s->greeting);
 	free(s);
 }
 
@@ -974,12 +951,12 @@ static void smtp_data(void *st, enum proto_side from, const uint8_t *d, size_t n
 		      struct proto_actions *a)
 {
 	struct smtp *s = st;
-	if (s->u == U_DONE)
+	if (s->u == U_DONE || n == 0)
 		return;
 	if (from == PROTO_UPSTREAM) {
 		if (s->u == U_HANDSHAKE)
 			return; /* cannot happen: TLS is below us by now */
-		if (bytes_add(&s->rin, d, n) < 0) {
+		if (buf_append(&s->rin, d, n) < 0) {
 			finish(s, a, "421 4.3.0 Out of memory", "out of memory");
 			return;
 		}
@@ -989,11 +966,11 @@ static void smtp_data(void *st, enum proto_side from, const uint8_t *d, size_t n
 	if (s->c == C_DISCARD)
 		return;
 	if (s->in.len + n > SMTP_HOLD_MAX + SMTP_CMD_MAX && s->c != C_BODY && s->c != C_BDAT) {
-		finish(s, a, "421 4.7.0 Too much pipelined input, closing connection",
+		finish(s, a, "421 4.5.0 Too much pipelined input, closing connection",
 		       "client pipelining overflow");
 		return;
 	}
-	if (bytes_add(&s->in, d, n) < 0) {
+	if (buf_append(&s->in, d, n) < 0) {
 		finish(s, a, "421 4.3.0 Out of memory", "out of memory");
 		return;
 	}

@@ -366,8 +366,13 @@ static void exec_actions(struct session *s)
 			if (s->ending && x.side == PROTO_UPSTREAM)
 				break;
 			if (ep_write(ep, a->buf + x.off, x.len) == 0 &&
-			    ep_pending(ep) > HIGH_WATER)
+			    ep_pending(ep) > HIGH_WATER) {
 				ep_pause(peer_of(s, ep));
+				/* Replies the module makes itself grow with the client's input:
+				 * a client that does not read them is not read either. */
+				if (ep == &s->down)
+					ep_pause(&s->down);
+			}
 			break;
 		case PA_STARTTLS:
 			if (s->ending)
@@ -435,6 +440,15 @@ static void on_eof(struct endpoint *ep)
 	maybe_done(s);
 }
 
+/* A side is read while its peer can take more, and (with a protocol module, which answers
+ * some client commands itself) the client while its own replies leave. */
+static int may_read(struct session *s, struct endpoint *ep)
+{
+	if (ep_pending(peer_of(s, ep)) >= LOW_WATER)
+		return 0;
+	return !(s->proto && ep == &s->down && ep_pending(&s->down) >= LOW_WATER);
+}
+
 static void on_drain(struct endpoint *ep)
 {
 	struct session *s = ep->owner;
@@ -445,9 +459,10 @@ static void on_drain(struct endpoint *ep)
 			session_close(s, s->close_reason);
 		return;
 	}
-	struct endpoint *from = peer_of(s, ep);
-	if (from->paused && ep_pending(ep) < LOW_WATER)
-		ep_resume(from);
+	if (s->up.paused && may_read(s, &s->up))
+		ep_resume(&s->up);
+	if (s->down.paused && may_read(s, &s->down))
+		ep_resume(&s->down);
 	maybe_done(s);
 }
 

@@ -1,6 +1,8 @@
 /* tls.c - wolfSSL over memory buffers (see tls.h). No sockets, no libuv. */
 #include "tls.h"
 
+#include "buf.h"
+
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
 #include <wolfssl/openssl/x509v3.h>
@@ -20,58 +22,15 @@ struct tls_ctx {
 	int is_server;
 };
 
-/* A byte queue: data lives in buf[off, off+len). */
-struct bytes {
-	uint8_t *buf;
-	size_t off, len, cap;
-};
-
 struct tls_conn {
 	WOLFSSL *ssl;
 	struct tls_ctx *ctx;
-	struct bytes in, out;
+	struct buf in, out;
 	int handshake_done;
 	enum tls_verify verify;
 	int verify_error; /* wolfSSL error code of the first chain failure */
 	char err[128];
 };
-
-static int bytes_append(struct bytes *b, const void *data, size_t n)
-{
-	if (b->off && b->off + b->len + n > b->cap) {
-		memmove(b->buf, b->buf + b->off, b->len);
-		b->off = 0;
-	}
-	if (b->len + n > b->cap) {
-		size_t cap = b->cap ? b->cap : 16384;
-		while (cap < b->len + n)
-			cap *= 2;
-		uint8_t *nb = realloc(b->buf, cap);
-		if (!nb)
-			return -1;
-		b->buf = nb;
-		b->cap = cap;
-	}
-	memcpy(b->buf + b->off + b->len, data, n);
-	b->len += n;
-	return 0;
-}
-
-static void bytes_consume(struct bytes *b, size_t n)
-{
-	if (n >= b->len) {
-		b->off = b->len = 0;
-		/* A large burst should not pin its buffer for the life of the connection. */
-		if (b->cap > 65536) {
-			free(b->buf);
-			b->buf = NULL;
-			b->cap = 0;
-		}
-		return;
-	}
-	b->off += n;
-	b->len -= n;
-}
 
 static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *arg)
 {
@@ -80,8 +39,8 @@ static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *arg)
 	if (c->in.len == 0)
 		return WOLFSSL_CBIO_ERR_WANT_READ;
 	size_t n = (size_t)sz < c->in.len ? (size_t)sz : c->in.len;
-	memcpy(buf, c->in.buf + c->in.off, n);
-	bytes_consume(&c->in, n);
+	memcpy(buf, buf_ptr(&c->in), n);
+	buf_consume(&c->in, n);
 	return (int)n;
 }
 
@@ -89,7 +48,7 @@ static int io_send(WOLFSSL *ssl, char *buf, int sz, void *arg)
 {
 	(void)ssl;
 	struct tls_conn *c = arg;
-	if (bytes_append(&c->out, buf, (size_t)sz) < 0)
+	if (buf_append(&c->out, buf, (size_t)sz) < 0)
 		return WOLFSSL_CBIO_ERR_GENERAL;
 	return sz;
 }
@@ -304,14 +263,14 @@ void tls_conn_free(struct tls_conn *c)
 	if (!c)
 		return;
 	wolfSSL_free(c->ssl);
-	free(c->in.buf);
-	free(c->out.buf);
+	buf_free(&c->in);
+	buf_free(&c->out);
 	free(c);
 }
 
 int tls_conn_feed(struct tls_conn *c, const void *data, size_t len)
 {
-	return bytes_append(&c->in, data, len) < 0 ? TLS_E_NOMEM : 0;
+	return buf_append(&c->in, data, len) < 0 ? TLS_E_NOMEM : 0;
 }
 
 static void record_error(struct tls_conn *c, int rc)
@@ -382,8 +341,8 @@ int tls_conn_close_notify(struct tls_conn *c)
 }
 
 size_t tls_conn_out_len(const struct tls_conn *c) { return c->out.len; }
-const uint8_t *tls_conn_out_data(const struct tls_conn *c) { return c->out.buf + c->out.off; }
-void tls_conn_out_consume(struct tls_conn *c, size_t n) { bytes_consume(&c->out, n); }
+const uint8_t *tls_conn_out_data(const struct tls_conn *c) { return buf_ptr(&c->out); }
+void tls_conn_out_consume(struct tls_conn *c, size_t n) { buf_consume(&c->out, n); }
 size_t tls_conn_in_len(const struct tls_conn *c) { return c->in.len; }
 
 const char *tls_conn_version(const struct tls_conn *c)

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora in tests/fuzz/corpus/ (run from anywhere; idempotent).
+
+fuzz_proto_smtp seeds are scripts in the format described at the top of
+fuzz_proto_smtp.c: two parameter bytes, then records. Each seed is a complete, realistic
+session so that the fuzzer starts from deep states (after STARTTLS, in DATA, in BDAT...).
+"""
+import os
+import re
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+# ---- fuzz_proto_smtp -------------------------------------------------------------------
+SMTP, LMTP = 0, 1
+C_NONE, C_STLS, C_IMPL = 0, 1, 2
+U_NONE, U_STLS, U_IMPL = 0, 1, 2
+P_NONE, P_MAY, P_ENCRYPT, P_FPR, P_VERIFY = 0, 1, 2, 3, 4
+
+
+def params(proto=SMTP, ctls=C_NONE, cenc=False, xclient=False, testing=False, v6=False,
+           utls=U_NONE, upol=P_NONE):
+    b0 = proto | (ctls << 1) | (8 if cenc else 0) | (16 if xclient else 0) | \
+        (32 if testing else 0) | (64 if v6 else 0)
+    b1 = utls | (upol << 2)
+    return bytes([b0, b1])
+
+
+def data(op, text):
+    raw = text.encode() if isinstance(text, str) else text
+    out = b""
+    for i in range(0, max(len(raw), 1), 255):
+        chunk = raw[i:i + 255]
+        out += bytes([op, len(chunk)]) + chunk
+    return out
+
+
+def cl(text):
+    return data(0, text)
+
+
+def up(text):
+    return data(2, text)
+
+
+def rep_cl(text, arg):
+    """client bytes repeated (arg + 1) * 64 times"""
+    raw = text.encode()
+    return bytes([1 | (arg << 3), len(raw)]) + raw
+
+
+def rep_up(text, arg):
+    """upstream bytes repeated (arg + 1) * 64 times"""
+    raw = text.encode()
+    return bytes([3 | (arg << 3), len(raw)]) + raw
+
+
+def tls(side="first"):
+    return bytes([4 | (8 if side == "up" else 0)])
+
+
+def fail(why):
+    return bytes([5 | (why << 3)])
+
+
+EOF_ = bytes([6])
+RETRY = bytes([7])
+PF_UNREACHABLE, PF_LOST, PF_TLS_POLICY, PF_IDLE, PF_SHUTDOWN = range(5)
+
+GREET = "220 mx.test ESMTP\r\n"
+CAPS = "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n" \
+       "250-XCLIENT NAME ADDR PORT PROTO HELO\r\n250-CHUNKING\r\n250 8BITMIME\r\n"
+TX = "MAIL FROM:<a@client.test>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n"
+TX_REPLY = "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"
+BODY = "Subject: hi\r\n\r\nMAIL FROM:<x@y>\r\nSTARTTLS\r\n..dot\r\n.\r\n"
+
+proto_seeds = {
+    "inject_encrypt": params(utls=U_STLS, upol=P_ENCRYPT)
+    + cl("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\n") + up(GREET) + up(CAPS)
+    + up("220 2.0.0 go\r\n250 injected\r\n") + tls("up") + up(CAPS) + up("250 2.1.0 Ok\r\n")
+    + cl("RCPT TO:<b@mx.test>\r\nDATA\r\n") + up("250 Ok\r\n354 go\r\n") + cl(BODY + "QUIT\r\n")
+    + up("250 queued\r\n221 bye\r\n"),
+    "inject_not_offered": params(utls=U_STLS, upol=P_VERIFY) + cl("EHLO client.test\r\n")
+    + up(GREET) + up("250-mx.test\r\n250-STARTTLSX\r\n250 SIZE\r\n") + up("221 bye\r\n"),
+    "inject_refused_testing": params(utls=U_STLS, upol=P_VERIFY, testing=True)
+    + cl("EHLO client.test\r\n") + up(GREET) + up(CAPS) + up("454 4.7.0 no\r\n") + up(CAPS)
+    + cl("QUIT\r\n") + up("221 bye\r\n"),
+    "inject_may_retry": params(utls=U_STLS, upol=P_MAY) + cl("EHLO client.test\r\n")
+    + up(GREET) + up(CAPS) + up("220 go\r\n") + RETRY + up(GREET) + up(CAPS) + cl(TX)
+    + up(TX_REPLY) + cl(BODY) + up("250 queued\r\n"),
+    "inject_lmtp": params(proto=LMTP, utls=U_STLS, upol=P_FPR) + up(GREET) + up(CAPS)
+    + up("220 go\r\n") + tls("up") + cl("LHLO client.test\r\n") + up(CAPS)
+    + cl("MAIL FROM:<a@b>\r\nRCPT TO:<u1@d>\r\nRCPT TO:<u2@d>\r\nRCPT TO:<u3@d>\r\nDATA\r\n")
+    + up("250 Ok\r\n250 Ok\r\n550 no\r\n250 Ok\r\n354 go\r\n") + cl("x\r\n.\r\n")
+    + up("250 u1\r\n452 u2\r\n250 u3\r\n"),
+    "inject_policy_fail": params(utls=U_STLS, upol=P_VERIFY) + cl("EHLO c\r\n") + up(GREET)
+    + up(CAPS) + up("220 go\r\n") + fail(PF_TLS_POLICY),
+    "terminate_encrypt": params(ctls=C_STLS, cenc=True) + up(GREET)
+    + cl("EHLO client.test\r\n") + up(CAPS) + cl("MAIL FROM:<a@b>\r\nAUTH PLAIN x\r\nNOOP\r\n")
+    + up("250 ok\r\n") + cl("STARTTLS\r\nMAIL FROM:<evil@b>\r\n") + tls() + up("250 reset\r\n")
+    + cl("EHLO client.test\r\n") + up(CAPS) + cl("AUTH LOGIN\r\n") + up("334 VXNlcm5hbWU6\r\n")
+    + cl("dXNlcg==\r\n") + up("334 UGFzc3dvcmQ6\r\n") + cl("cGFzcw==\r\n") + up("235 ok\r\n")
+    + cl(TX) + up(TX_REPLY) + cl(BODY) + up("250 queued\r\n") + cl("QUIT\r\n") + up("221 bye\r\n"),
+    "terminate_pipelined": params(ctls=C_STLS) + up(GREET)
+    + cl("EHLO c\r\nNOOP\r\nSTARTTLS x\r\nNOOP\r\nMAIL FROM:<a@b>\r\nSTARTTLS\r\nRSET\r\n")
+    + up(CAPS) + up("250 ok\r\n250 ok\r\n") + up("250 ok\r\n") + cl("RSET\r\n") + up("250 ok\r\n")
+    + cl("STARTTLS\r\n") + tls() + up("250 ok\r\n") + cl("STARTTLS\r\n"),
+    "bridge": params(ctls=C_STLS, cenc=True, utls=U_STLS, upol=P_ENCRYPT) + cl("EHLO c\r\n")
+    + up(GREET) + up(CAPS) + up("220 go\r\n") + tls("up") + up(CAPS) + cl("STARTTLS\r\n")
+    + tls() + up("250 ok\r\n") + cl("EHLO c\r\n") + up(CAPS),
+    "implicit_client": params(ctls=C_IMPL, utls=U_IMPL, upol=P_VERIFY) + up(GREET)
+    + cl("EHLO c\r\nSTARTTLS\r\n") + up(CAPS) + cl(TX) + up(TX_REPLY) + cl(BODY)
+    + fail(PF_LOST),
+    "plain_bdat": params() + up(GREET) + cl("EHLO c\r\n") + up(CAPS)
+    + cl("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 11\r\n\r\n.\r\nQUIT\r\nBDAT 3 LAST\r\nabcNOOP\r\n")
+    + up("250 ok\r\n250 ok\r\n250 11\r\n250 queued\r\n250 ok\r\n") + cl("BDAT x\r\nQUIT\r\n")
+    + up("221 bye\r\n"),
+    "plain_lf_body": params() + up("220 mx\n") + cl("HELO c\nMAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\n")
+    + up("250 mx\n250 ok\n250 ok\n354 go\n") + cl("a\nb\r.\r\n.\nQUIT\n")
+    + up("250 ok\n221 bye\n"),
+    "plain_eof": params() + up(GREET) + cl("NOOP\r\nQUIT\r\n") + EOF_ + up("250 ok\r\n221 bye\r\n"),
+    "plain_lost_in_data": params() + up(GREET) + cl(TX) + up(TX_REPLY) + cl("partial\r\n")
+    + fail(PF_LOST),
+    "plain_421": params() + up(GREET) + cl("NOOP\r\n") + up("250 ok\r\n421 4.3.2 bye\r\n"),
+    "xclient": params(xclient=True) + up(GREET) + cl("EHLO client.test\r\nMAIL FROM:<a@b>\r\n")
+    + up(CAPS) + up("220 mx\r\n") + up(CAPS) + up("250 ok\r\n"),
+    "xclient_v6_helo": params(xclient=True, v6=True, ctls=C_STLS, cenc=True) + up(GREET)
+    + cl("HELO client.test\r\n") + up("250-mx\r\n250 XCLIENT ADDR PROTO HELO\r\n")
+    + up("550 no\r\n") + up("250 mx\r\n") + cl("STARTTLS\r\n") + tls() + up("250 ok\r\n"),
+    "long_command": params(ctls=C_STLS, cenc=True) + up(GREET) + cl("EHLO c\r\nNOOP ")
+    + rep_cl("aaaaaaaaaaaaaaaa", 15) + cl("QUIT\r\nNOOP\r\n") + up(CAPS) + up("250 ok\r\n"),
+    "big_body": params() + up(GREET) + cl(TX) + up(TX_REPLY)
+    + rep_cl("line of text\r\n..dot\r\nbare\nlf\r", 20) + cl("\r\n.\r\nQUIT\r\n")
+    + up("250 ok\r\n221 bye\r\n"),
+    "big_bdat": params(proto=LMTP) + up(GREET)
+    + cl("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRCPT TO:<e@f>\r\nBDAT 32768 LAST\r\n")
+    + rep_cl("0123456789abcdef", 31) + cl("NOOP\r\n")
+    + up("250 ok\r\n250 ok\r\n250 ok\r\n250 c\r\n250 e\r\n250 ok\r\n"),
+    "many_reply_lines": params(utls=U_STLS, upol=P_VERIFY) + up(GREET) + up("250-mx\r\n")
+    + rep_up("250-X\r\n", 7) + up("250 STARTTLS\r\n"),
+    "long_reply_line": params() + up(GREET) + cl("EHLO c\r\n") + up("250-mx\r\n250-")
+    + rep_up("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", 0) + up("\r\n250 SIZE\r\n"),
+    "unreachable": params(utls=U_STLS, upol=P_ENCRYPT) + cl("EHLO c\r\n") + fail(PF_UNREACHABLE),
+}
+
+# ---- fuzz_ehlo: flags, cap selector, text ---------------------------------------------
+ehlo_seeds = {
+    "structured": bytes([0, 0]) + b"mx.test\nPIPELINING\nSTARTTLS\nAUTH PLAIN LOGIN\nAUTH=LOGIN\n"
+    b"XCLIENT NAME ADDR\nXFORWARD NAME\nSTARTTLSX\nX-STARTTLS\nSIZE 1000\n8BITMIME",
+    "structured_add_hide": bytes([3, 1]) + b"STARTTLS\nauth plain\nstarttls\nSIZE",
+    "structured_lf_short": bytes([7, 2]) + b"mx.test\nAUTH PLAIN\nCHUNKING",
+    "raw": bytes([8, 0]) + b"250-mx.test\r\n250-STARTTLS\r\n250-AUTH PLAIN\r\n250 SIZE\r\n",
+    "raw_lf_add": bytes([11, 5]) + b"250-mx.test\n250 STARTTLS\n",
+    "raw_garbage": bytes([9, 1]) + b"25\n\n\r\n250",
+}
+
+
+def config_seeds():
+    seeds = {}
+    for name in ("starttls-proxy.conf", "demo.conf"):
+        path = os.path.join(ROOT, "etc", name)
+        if os.path.exists(path):
+            text = open(path).read()
+            text = re.sub(r"@[A-Z_]+@", "2525", text)  # demo.conf placeholders
+            seeds[name] = text.encode()
+    seeds["minimal"] = b"[route r]\nlisten = 127.0.0.1:2525\nprotocol = smtp\nupstream = 127.0.0.1:25\n"
+    seeds["errors"] = (b"[global]\nworkers = many\n[global]\n[route a b]\nlisten = 1.2.3.4\n"
+                       b"[route r]\nlisten=[::1]:99999\nupstream_policy = sometimes\n"
+                       b"connect_timeout = 5h\nupstream_fingerprint = sha256:zz\n[bogus]\n")
+    seeds["full_route"] = (
+        b"[global]\nworkers = 2\nlog_level = debug\nlog_format = json\nhelo_name = p.test\n"
+        b"max_connections = 10\ndrain_timeout = 250ms\n\n"
+        b"[route in]\nlisten = 0.0.0.0:587\nprotocol = lmtp\nclient_tls = starttls\n"
+        b"client_policy = encrypt\nupstream = 10.0.0.5:24\nupstream_tls = none\nxclient = yes\n"
+        b"client_min_tls = 1.3\nidle_timeout = 5m\nmax_connections_per_client = 3\n\n"
+        b"[route out]\nlisten = [::1]:2525 ; comment\nprotocol = smtp # comment\n"
+        b"upstream = smtp.example.com:587\nupstream_tls = starttls\nupstream_policy = fingerprint\n"
+        b"upstream_fingerprint = sha256:9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08\n"
+        b"policy_mode = testing\nupstream_name = smtp.example.com\n")
+    return seeds
+
+
+def write(name, seeds):
+    d = os.path.join(HERE, "corpus", name)
+    os.makedirs(d, exist_ok=True)
+    for k, v in seeds.items():
+        with open(os.path.join(d, k), "wb") as f:
+            f.write(v)
+
+
+write("proto_smtp", proto_seeds)
+write("ehlo", ehlo_seeds)
+write("config", config_seeds())

@@ -1,0 +1,1732 @@
+/* test_proto_smtp.c - the SMTP/LMTP STARTTLS state machine (proto_smtp_ops) and its pure
+ * helpers (smtp_line_has_keyword, smtp_rewrite_ehlo), table-driven.
+ *
+ * A script is a list of steps (upstream connected, bytes from the client or the upstream,
+ * TLS done on a side, client EOF, upstream failure, plaintext retry). For each step the
+ * harness collects what the module sent to the client, what it sent to the upstream, and
+ * its other actions ("tls:client", "tls:up", "ready", "close"), and compares them with the
+ * step's expectations. Expected bytes are exact, except that '*' matches any run of bytes.
+ *
+ * Every script runs in several modes that must give the same result: each data step fed
+ * whole, fed one byte at a time, and split in two at every position. The harness also
+ * checks invariants on every run: no byte to a side between PA_STARTTLS and tls_done on it,
+ * "220 2.0.0 Ready to start TLS" / "STARTTLS" right before PA_STARTTLS, one PA_CLOSE and
+ * nothing after it, and (upstream_tls = starttls under encrypt or stricter, enforce) only
+ * the module's own EHLO/LHLO/STARTTLS/QUIT upstream before tls_done(UPSTREAM). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+#include "proto.h"
+#include "proto_smtp.h"
+
+/* ------------------------------------------------------------------ small helpers */
+
+struct buf {
+	char *p;
+	size_t n, cap;
+};
+
+static void buf_add(struct buf *b, const void *d, size_t n)
+{
+	if (b->n + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+		while (cap < b->n + n + 1)
+			cap *= 2;
+		b->p = realloc(b->p, cap);
+		assert_non_null(b->p);
+		b->cap = cap;
+	}
+	if (n)
+		memcpy(b->p + b->n, d, n);
+	b->n += n;
+	b->p[b->n] = '\0';
+}
+
+static void buf_adds(struct buf *b, const char *s)
+{
+	buf_add(b, s, strlen(s));
+}
+
+static void buf_reset(struct buf *b)
+{
+	b->n = 0;
+	if (b->p)
+		b->p[0] = '\0';
+}
+
+static void buf_free(struct buf *b)
+{
+	free(b->p);
+	memset(b, 0, sizeof(*b));
+}
+
+/* Printable rendering of bytes for failure messages (CR, LF, controls escaped). */
+static const char *esc(const char *s, size_t n)
+{
+	static char out[4][1400];
+	static int k;
+	char *o = out[k++ & 3];
+	size_t j = 0;
+	if (!s)
+		return "(any)";
+	for (size_t i = 0; i < n && j + 8 < sizeof(out[0]); i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '\r') {
+			o[j++] = '\\';
+			o[j++] = 'r';
+		} else if (c == '\n') {
+			o[j++] = '\\';
+			o[j++] = 'n';
+		} else if (c < 32 || c > 126) {
+			j += (size_t)snprintf(o + j, 6, "\\x%02x", c);
+		} else {
+			o[j++] = (char)c;
+		}
+	}
+	if (j + 8 >= sizeof(out[0]))
+		j += (size_t)snprintf(o + j, 8, "...");
+	o[j] = '\0';
+	return o;
+}
+
+/* '*' in pat matches any run of bytes (CR/LF included), '?' any one byte; everything else
+ * is literal. Recursion only at '*', so long literal texts are fine. */
+static int glob_match(const char *pat, const char *s, size_t n)
+{
+	while (*pat && *pat != '*') {
+		if (n == 0 || (*pat != '?' && *pat != *s))
+			return 0;
+		pat++;
+		s++;
+		n--;
+	}
+	if (*pat == '\0')
+		return n == 0;
+	pat++;
+	for (size_t i = 0; i <= n; i++)
+		if (glob_match(pat, s + i, n - i))
+			return 1;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ the harness */
+
+enum op { OP_END, OP_CONN, OP_CL, OP_UP, OP_TLSC, OP_TLSU, OP_EOF, OP_FAIL, OP_RETRY };
+
+struct step {
+	enum op op;
+	const char *in;    /* OP_CL/OP_UP: bytes; OP_FAIL: result */
+	size_t inlen;      /* 0: strlen(in) */
+	int why;           /* OP_FAIL: enum proto_failure */
+	const char *to_client; /* expected client-bound bytes of this step; NULL: not checked */
+	const char *to_up;     /* expected upstream-bound bytes of this step; NULL: not checked */
+	const char *acts;      /* expected other actions, space separated; NULL: not checked */
+};
+
+#define ANY NULL
+#define CONN(c, u, x) { .op = OP_CONN, .to_client = (c), .to_up = (u), .acts = (x) }
+#define CL(d, c, u, x) { .op = OP_CL, .in = (d), .to_client = (c), .to_up = (u), .acts = (x) }
+#define UP(d, c, u, x) { .op = OP_UP, .in = (d), .to_client = (c), .to_up = (u), .acts = (x) }
+#define TLSC(c, u, x) { .op = OP_TLSC, .to_client = (c), .to_up = (u), .acts = (x) }
+#define TLSU(c, u, x) { .op = OP_TLSU, .to_client = (c), .to_up = (u), .acts = (x) }
+#define CEOF(c, u, x) { .op = OP_EOF, .to_client = (c), .to_up = (u), .acts = (x) }
+#define FAIL(w, r, c, u, x) \
+	{ .op = OP_FAIL, .why = (w), .in = (r), .to_client = (c), .to_up = (u), .acts = (x) }
+#define RETRY() { .op = OP_RETRY, .to_client = "", .to_up = "", .acts = "" }
+#define END { .op = OP_END }
+
+enum { M_WHOLE = 1, M_BYTES = 2, M_SPLIT = 4, M_ALL = 7 };
+
+struct script {
+	const char *name;
+	const struct proto_params *p;
+	const struct step *steps;
+	int modes; /* 0: M_ALL */
+};
+
+struct run {
+	const struct script *sc;
+	const char *mode;
+	void *st;
+	struct proto_actions a;
+	int closed, tls_pending[2], tls_done_called[2];
+	struct buf all_client, all_up;
+	struct buf sc_client, sc_up, sc_acts;
+	int failures;
+};
+
+static const char *side_name(int side)
+{
+	return side == PROTO_CLIENT ? "client" : "up";
+}
+
+static int quiet; /* set while trying one of several acceptable scripts */
+
+static void run_fail(struct run *r, int stepno, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void run_fail(struct run *r, int stepno, const char *fmt, ...)
+{
+	char msg[3000];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (r->failures < 8 && !quiet)
+		print_message("[%s/%s] step %d: %s\n", r->sc->name, r->mode, stepno, msg);
+	r->failures++;
+}
+
+static int strict_upstream(const struct proto_params *p)
+{
+	return p->upstream_tls == CFG_TLS_STARTTLS && p->policy_mode == CFG_MODE_ENFORCE &&
+	       (p->upstream_policy == CFG_POLICY_ENCRYPT ||
+		p->upstream_policy == CFG_POLICY_FINGERPRINT ||
+		p->upstream_policy == CFG_POLICY_VERIFY);
+}
+
+/* Before tls_done(UPSTREAM) on a strict route, only the module's own commands go up. */
+static int only_own_commands(const struct proto_params *p, const char *s, size_t n)
+{
+	char ehlo[300], lhlo[300];
+	snprintf(ehlo, sizeof(ehlo), "EHLO %s\r\n", p->helo_name);
+	snprintf(lhlo, sizeof(lhlo), "LHLO %s\r\n", p->helo_name);
+	const char *own[] = { ehlo, lhlo, "STARTTLS\r\n", "QUIT\r\n" };
+	size_t i = 0;
+	while (i < n) {
+		size_t k;
+		for (k = 0; k < 4; k++) {
+			size_t l = strlen(own[k]);
+			if (n - i >= l && memcmp(s + i, own[k], l) == 0) {
+				i += l;
+				break;
+			}
+		}
+		if (k == 4)
+			return 0;
+	}
+	return 1;
+}
+
+static int ends_with(const struct buf *b, const char *suffix)
+{
+	size_t l = strlen(suffix);
+	return b->n >= l && memcmp(b->p + b->n - l, suffix, l) == 0;
+}
+
+/* Takes the actions the last call produced. */
+static void collect(struct run *r, int stepno)
+{
+	struct proto_actions *a = &r->a;
+	for (size_t i = 0; i < a->n; i++) {
+		const struct proto_act *x = &a->a[i];
+		if (r->closed)
+			run_fail(r, stepno, "action %d after PA_CLOSE", (int)x->type);
+		switch (x->type) {
+		case PA_SEND: {
+			const char *d = (const char *)a->buf + x->off;
+			if (r->tls_pending[x->side] &&
+			    !(i + 1 < a->n && a->a[a->n - 1].type == PA_CLOSE))
+				run_fail(r, stepno, "PA_SEND to %s during its TLS handshake: \"%s\"",
+					 side_name(x->side), esc(d, x->len));
+			buf_add(x->side == PROTO_CLIENT ? &r->all_client : &r->all_up, d, x->len);
+			buf_add(x->side == PROTO_CLIENT ? &r->sc_client : &r->sc_up, d, x->len);
+			if (x->side == PROTO_UPSTREAM && strict_upstream(r->sc->p) &&
+			    !r->tls_done_called[PROTO_UPSTREAM] &&
+			    !only_own_commands(r->sc->p, r->all_up.p, r->all_up.n))
+				run_fail(r, stepno, "bytes other than the module's own went upstream "
+					 "before TLS: \"%s\"", esc(r->all_up.p, r->all_up.n));
+			break;
+		}
+		case PA_STARTTLS:
+			if (r->tls_pending[x->side])
+				run_fail(r, stepno, "PA_STARTTLS twice on %s", side_name(x->side));
+			if (x->side == PROTO_CLIENT &&
+			    !ends_with(&r->all_client, "220 2.0.0 Ready to start TLS\r\n"))
+				run_fail(r, stepno, "PA_STARTTLS(client) not right after the 220");
+			if (x->side == PROTO_UPSTREAM && !ends_with(&r->all_up, "STARTTLS\r\n"))
+				run_fail(r, stepno, "PA_STARTTLS(up) not right after STARTTLS");
+			r->tls_pending[x->side] = 1;
+			buf_adds(&r->sc_acts, x->side == PROTO_CLIENT ? " tls:client" : " tls:up");
+			break;
+		case PA_READY:
+			buf_adds(&r->sc_acts, " ready");
+			break;
+		case PA_CLOSE:
+			r->closed = 1;
+			buf_adds(&r->sc_acts, " close");
+			break;
+		}
+	}
+	proto_actions_clear(a);
+}
+
+static void check_step(struct run *r, int stepno, const struct step *s)
+{
+	if (s->to_client && !glob_match(s->to_client, r->sc_client.p, r->sc_client.n))
+		run_fail(r, stepno, "to client:\n    got  \"%s\"\n    want \"%s\"",
+			 esc(r->sc_client.p, r->sc_client.n), esc(s->to_client, strlen(s->to_client)));
+	if (s->to_up && !glob_match(s->to_up, r->sc_up.p, r->sc_up.n))
+		run_fail(r, stepno, "to upstream:\n    got  \"%s\"\n    want \"%s\"",
+			 esc(r->sc_up.p, r->sc_up.n), esc(s->to_up, strlen(s->to_up)));
+	const char *got = r->sc_acts.n ? r->sc_acts.p + 1 : "";
+	if (s->acts && strcmp(got, s->acts) != 0)
+		run_fail(r, stepno, "actions: got \"%s\", want \"%s\"", got, s->acts);
+}
+
+static void feed(struct run *r, int stepno, enum proto_side side, const char *d, size_t n,
+		 int mode, size_t splitpos)
+{
+	if (mode == M_BYTES) {
+		for (size_t i = 0; i < n; i++) {
+			proto_smtp_ops.data(r->st, side, (const uint8_t *)d + i, 1, &r->a);
+			collect(r, stepno);
+		}
+	} else if (mode == M_SPLIT && splitpos < n) {
+		proto_smtp_ops.data(r->st, side, (const uint8_t *)d, splitpos, &r->a);
+		collect(r, stepno);
+		proto_smtp_ops.data(r->st, side, (const uint8_t *)d + splitpos, n - splitpos, &r->a);
+		collect(r, stepno);
+	} else {
+		proto_smtp_ops.data(r->st, side, (const uint8_t *)d, n, &r->a);
+		collect(r, stepno);
+	}
+}
+
+/* Runs a script once; returns the number of failures. */
+static int run_script_mode(const struct script *sc, int mode, size_t splitpos)
+{
+	struct run r;
+	char modename[40];
+	memset(&r, 0, sizeof(r));
+	r.sc = sc;
+	if (mode == M_SPLIT)
+		snprintf(modename, sizeof(modename), "split@%zu", splitpos);
+	else
+		snprintf(modename, sizeof(modename), "%s", mode == M_BYTES ? "bytes" : "whole");
+	r.mode = modename;
+	r.st = proto_smtp_ops.create(sc->p);
+	assert_non_null(r.st);
+	for (int i = 0; sc->steps[i].op != OP_END; i++) {
+		const struct step *s = &sc->steps[i];
+		size_t n = s->in ? (s->inlen ? s->inlen : strlen(s->in)) : 0;
+		buf_reset(&r.sc_client);
+		buf_reset(&r.sc_up);
+		buf_reset(&r.sc_acts);
+		switch (s->op) {
+		case OP_CONN:
+			proto_smtp_ops.upstream_connected(r.st, &r.a);
+			collect(&r, i);
+			break;
+		case OP_CL:
+			feed(&r, i, PROTO_CLIENT, s->in, n, mode, splitpos);
+			break;
+		case OP_UP:
+			feed(&r, i, PROTO_UPSTREAM, s->in, n, mode, splitpos);
+			break;
+		case OP_TLSC:
+		case OP_TLSU: {
+			int side = s->op == OP_TLSC ? PROTO_CLIENT : PROTO_UPSTREAM;
+			if (!r.tls_pending[side])
+				run_fail(&r, i, "tls_done(%s) without PA_STARTTLS", side_name(side));
+			r.tls_pending[side] = 0;
+			r.tls_done_called[side] = 1;
+			proto_smtp_ops.tls_done(r.st, (enum proto_side)side, &r.a);
+			collect(&r, i);
+			break;
+		}
+		case OP_EOF:
+			proto_smtp_ops.client_eof(r.st, &r.a);
+			collect(&r, i);
+			break;
+		case OP_FAIL:
+			(proto_smtp_ops.fail)(r.st, (enum proto_failure)s->why, s->in, &r.a);
+			collect(&r, i);
+			break;
+		case OP_RETRY:
+			proto_smtp_ops.upstream_retry_plain(r.st);
+			r.tls_pending[PROTO_UPSTREAM] = 0;
+			break;
+		case OP_END:
+			break;
+		}
+		check_step(&r, i, s);
+	}
+	proto_smtp_ops.destroy(r.st);
+	proto_actions_free(&r.a);
+	buf_free(&r.all_client);
+	buf_free(&r.all_up);
+	buf_free(&r.sc_client);
+	buf_free(&r.sc_up);
+	buf_free(&r.sc_acts);
+	return r.failures;
+}
+
+static int run_script(const struct script *sc)
+{
+	int modes = sc->modes ? sc->modes : M_ALL;
+	int failures = 0;
+	if (modes & M_WHOLE)
+		failures += run_script_mode(sc, M_WHOLE, 0);
+	if (failures)
+		return failures; /* the other modes would repeat the same story */
+	if (modes & M_BYTES)
+		failures += run_script_mode(sc, M_BYTES, 0);
+	if (modes & M_SPLIT) {
+		size_t maxlen = 0;
+		for (int i = 0; sc->steps[i].op != OP_END; i++)
+			if (sc->steps[i].in && (sc->steps[i].op == OP_CL || sc->steps[i].op == OP_UP)) {
+				size_t n = sc->steps[i].inlen ? sc->steps[i].inlen
+							      : strlen(sc->steps[i].in);
+				if (n > maxlen)
+					maxlen = n;
+			}
+		for (size_t k = 1; k < maxlen && failures < 4; k++)
+			failures += run_script_mode(sc, M_SPLIT, k);
+	}
+	return failures;
+}
+
+static int run_scripts(const struct script *scs, size_t n)
+{
+	int failures = 0;
+	for (size_t i = 0; i < n; i++)
+		failures += run_script(&scs[i]) ? 1 : 0;
+	return failures;
+}
+
+#define RUN_TABLE(tab)                                                                    \
+	do {                                                                              \
+		int nfail = run_scripts(tab, sizeof(tab) / sizeof(tab[0]));              \
+		if (nfail)                                                                \
+			print_message("%d of %zu scripts failed\n", nfail,                 \
+				      sizeof(tab) / sizeof(tab[0]));                        \
+		assert_int_equal(nfail, 0);                                               \
+	} while (0)
+
+/* ------------------------------------------------------------------ parameters */
+
+#define PARAMS(...) PARAMS_(__VA_ARGS__)
+#define PARAMS_(proto, ctls, cpol, utls, upol, mode, xcl, ip, port)                          \
+	{ .session_id = "0123456789abcdef", .route = "unit", .protocol = (proto),            \
+	  .client_tls = (ctls), .client_policy = (cpol), .upstream_tls = (utls),             \
+	  .upstream_policy = (upol), .policy_mode = (mode), .helo_name = "proxy.test",       \
+	  .xclient = (xcl), .client_ip = (ip), .client_port = (port) }
+#define SMTP CFG_PROTO_SMTP
+#define LMTP CFG_PROTO_LMTP
+#define T_NONE CFG_TLS_NONE
+#define T_STLS CFG_TLS_STARTTLS
+#define T_IMPL CFG_TLS_IMPLICIT
+#define ENF CFG_MODE_ENFORCE
+#define TST CFG_MODE_TESTING
+#define IP4 "192.0.2.7", 40000
+
+/* plain relay (both sides plaintext): command and data handling */
+static const struct proto_params P_PLAIN =
+	PARAMS(SMTP, T_NONE, CFG_POLICY_MAY, T_NONE, CFG_POLICY_NONE, ENF, 0, IP4);
+static const struct proto_params P_PLAIN_LMTP =
+	PARAMS(LMTP, T_NONE, CFG_POLICY_MAY, T_NONE, CFG_POLICY_NONE, ENF, 0, IP4);
+/* inject: plaintext client, STARTTLS toward the upstream */
+static const struct proto_params P_INJ_ENCRYPT =
+	PARAMS(SMTP, T_NONE, CFG_POLICY_MAY, T_STLS, CFG_POLICY_ENCRYPT, ENF, 0, IP4);
+static const struct proto_params P_INJ_VERIFY =
+	PARAMS(SMTP, T_NONE, CFG_POLICY_MAY, T_STLS, CFG_POLICY_VERIFY, ENF, 0, IP4);
+static const struct proto_params P_INJ_FPR =
+	PARAMS(SMTP, T_NONE, CFG_POLICY_MAY, T_STLS, CFG_POLICY_FINGERPRINT, ENF, 0, IP4);
+static const struct proto_params P_INJ_MAY =
+	PARAMS(SMTP, T_NONE, CFG_POLICY_MAY, T_STLS, CFG_POLICY_MAY, ENF, 0, IP4);
+static const struct proto_params P_INJ_TESTING =
+	PARAMS(SMTP, T_NONE, CFG_POLICY_MAY, T_STLS, CFG_POLICY_VERIFY, TST, 0, IP4);
+static const struct proto_params P_INJ_LMTP =
+	PARAMS(LMTP, T_NONE, CFG_POLICY_MAY, T_STLS, CFG_POLICY_VERIFY, ENF, 0, IP4);
+/* terminate: STARTTLS toward the client, plaintext upstream */
+static const struct proto_params P_TERM_ENCRYPT =
+	PARAMS(SMTP, T_STLS, CFG_POLICY_ENCRYPT, T_NONE, CFG_POLICY_NONE, ENF, 0, IP4);
+static const struct proto_params P_TERM_MAY =
+	PARAMS(SMTP, T_STLS, CFG_POLICY_MAY, T_NONE, CFG_POLICY_NONE, ENF, 0, IP4);
+/* bridge: STARTTLS on both sides; implicit TLS toward the client */
+static const struct proto_params P_BRIDGE =
+	PARAMS(SMTP, T_STLS, CFG_POLICY_ENCRYPT, T_STLS, CFG_POLICY_VERIFY, ENF, 0, IP4);
+static const struct proto_params P_IMPLICIT_INJ =
+	PARAMS(SMTP, T_IMPL, CFG_POLICY_MAY, T_STLS, CFG_POLICY_VERIFY, ENF, 0, IP4);
+/* xclient */
+static const struct proto_params P_XCLIENT =
+	PARAMS(SMTP, T_NONE, CFG_POLICY_MAY, T_NONE, CFG_POLICY_NONE, ENF, 1, IP4);
+static const struct proto_params P_XCLIENT6 =
+	PARAMS(SMTP, T_NONE, CFG_POLICY_MAY, T_NONE, CFG_POLICY_NONE, ENF, 1, "2001:db8::7", 2525);
+
+/* ------------------------------------------------------------------ texts */
+
+#define GREET "220 mx.test ESMTP ready\r\n"
+#define GREET2 "220-mx.test ESMTP\r\n220-second line\r\n220 last line\r\n"
+#define CAPS_TLS "250-mx.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
+#define CAPS_POST "250-mx.test\r\n250-PIPELINING\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n"
+#define C421_TLS "421 4.7.0 *\r\n"
+#define C530 "530 5.7.0 Must issue a STARTTLS command first\r\n"
+#define C220TLS "220 2.0.0 Ready to start TLS\r\n"
+#define UP_ERR_PRE "421 4.4.1 *\r\n"
+#define UP_ERR_MID "421 4.4.2 *\r\n"
+
+/* A plain session up to the point where the client has been greeted and said EHLO. */
+#define PLAIN_OPEN                                                                    \
+	CONN("", "", ""), UP(GREET, GREET, "", "ready"),                              \
+	CL("EHLO client.test\r\n", "", "EHLO client.test\r\n", ""),                   \
+	UP("250-mx.test\r\n250 PIPELINING\r\n", "250-mx.test\r\n250 PIPELINING\r\n", "", "")
+
+/* ------------------------------------------------------------------ keyword table */
+
+struct kw_case {
+	const char *line;
+	size_t len; /* 0: strlen */
+	const char *kw;
+	int want;
+};
+
+static void test_line_has_keyword(void **state)
+{
+	(void)state;
+	static const struct kw_case cases[] = {
+		{ "250-STARTTLS\r\n", 0, "STARTTLS", 1 },
+		{ "250 STARTTLS\r\n", 0, "STARTTLS", 1 },
+		{ "250-starttls\r\n", 0, "STARTTLS", 1 },
+		{ "250-StartTls", 0, "STARTTLS", 1 },
+		{ "250-STARTTLS\n", 0, "STARTTLS", 1 },
+		{ "250-STARTTLS with words\r\n", 0, "STARTTLS", 1 },
+		{ "250-STARTTLSX\r\n", 0, "STARTTLS", 0 },
+		{ "250-X-STARTTLS\r\n", 0, "STARTTLS", 0 },
+		{ "250-XSTARTTLS\r\n", 0, "STARTTLS", 0 },
+		{ "250-STARTTLS=1\r\n", 0, "STARTTLS", 0 },
+		{ "250-STARTTL\r\n", 0, "STARTTLS", 0 },
+		{ "250-\r\n", 0, "STARTTLS", 0 },
+		{ "250", 0, "STARTTLS", 0 },
+		{ "", 0, "STARTTLS", 0 },
+		{ "250-SIZE 10240000\r\n", 0, "STARTTLS", 0 },
+		{ "250-AUTH PLAIN LOGIN\r\n", 0, "AUTH", 1 },
+		{ "250-AUTH=PLAIN LOGIN\r\n", 0, "AUTH", 1 },
+		{ "250-auth=login\r\n", 0, "AUTH", 1 },
+		{ "250 AUTH\r\n", 0, "AUTH", 1 },
+		{ "250-AUTHX\r\n", 0, "AUTH", 0 },
+		{ "250-X-AUTH\r\n", 0, "AUTH", 0 },
+		{ "250-XCLIENT NAME ADDR PORT\r\n", 0, "XCLIENT", 1 },
+		{ "250-XFORWARD NAME ADDR\r\n", 0, "XFORWARD", 1 },
+		{ "250-XCLIENTS\r\n", 0, "XCLIENT", 0 },
+		/* len is honoured: the bytes after it do not exist */
+		{ "250-STARTTLSX", 12, "STARTTLS", 1 },
+		{ "250-STARTTLS\r\n", 11, "STARTTLS", 0 },
+		{ "250-AUTH=x", 8, "AUTH", 1 },
+	};
+	int failures = 0;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct kw_case *c = &cases[i];
+		size_t len = c->len ? c->len : strlen(c->line);
+		/* a private copy, so that ASan catches reads past len */
+		char *copy = malloc(len ? len : 1);
+		memcpy(copy, c->line, len);
+		int got = smtp_line_has_keyword(copy, len, c->kw);
+		free(copy);
+		if (got != c->want) {
+			print_message("smtp_line_has_keyword(\"%s\", %zu, %s) = %d, want %d\n",
+				      esc(c->line, len), len, c->kw, got, c->want);
+			failures++;
+		}
+	}
+	assert_int_equal(failures, 0);
+}
+
+/* ------------------------------------------------------------------ EHLO rewrite table */
+
+struct ehlo_case {
+	const char *in;
+	int add, hide;
+	const char *want; /* NULL: -1 expected */
+	long cap;         /* >0: this capacity; 0: large; CAP_EXACT / CAP_SHORT: the length of
+			   * the correct output, or one less */
+};
+
+#define CAP_EXACT (-1)
+#define CAP_SHORT (-2)
+
+static void test_rewrite_ehlo(void **state)
+{
+	(void)state;
+	static const struct ehlo_case cases[] = {
+		/* STARTTLS dropped, marks kept */
+		{ CAPS_TLS, 0, 0, "250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n", 0 },
+		/* the last line dropped: the new last line gets the final mark */
+		{ "250-mx.test\r\n250-SIZE 100\r\n250 STARTTLS\r\n", 0, 0,
+		  "250-mx.test\r\n250 SIZE 100\r\n", 0 },
+		{ "250-mx.test\r\n250 STARTTLS\r\n", 0, 0, "250 mx.test\r\n", 0 },
+		/* add_starttls: exactly one STARTTLS, last */
+		{ "250-mx.test\r\n250 SIZE\r\n", 1, 0, "250-mx.test\r\n250-SIZE\r\n250 STARTTLS\r\n", 0 },
+		{ "250-mx.test\r\n250-STARTTLS\r\n250 SIZE\r\n", 1, 0,
+		  "250-mx.test\r\n250-SIZE\r\n250 STARTTLS\r\n", 0 },
+		{ "250 mx.test\r\n", 1, 0, "250-mx.test\r\n250 STARTTLS\r\n", 0 },
+		{ "250 mx.test\r\n", 0, 0, "250 mx.test\r\n", 0 },
+		/* the first line is the domain: never dropped, even when it reads STARTTLS */
+		{ "250-STARTTLS\r\n250 SIZE\r\n", 0, 0, "250-STARTTLS\r\n250 SIZE\r\n", 0 },
+		{ "250 STARTTLS\r\n", 0, 0, "250 STARTTLS\r\n", 0 },
+		{ "250 STARTTLS\r\n", 1, 0, "250-STARTTLS\r\n250 STARTTLS\r\n", 0 },
+		{ "250 AUTH\r\n", 0, 1, "250 AUTH\r\n", 0 },
+		{ "250-XCLIENT\r\n250 SIZE\r\n", 0, 0, "250-XCLIENT\r\n250 SIZE\r\n", 0 },
+		/* whole keywords only; case-insensitive */
+		{ "250-mx.test\r\n250-STARTTLSX\r\n250 X-STARTTLS\r\n", 0, 0,
+		  "250-mx.test\r\n250-STARTTLSX\r\n250 X-STARTTLS\r\n", 0 },
+		{ "250-mx.test\r\n250-starttls\r\n250 size\r\n", 0, 0, "250-mx.test\r\n250 size\r\n", 0 },
+		{ "250-mx.test\r\n250-StartTLS\r\n250 SIZE\r\n", 1, 0,
+		  "250-mx.test\r\n250-SIZE\r\n250 STARTTLS\r\n", 0 },
+		/* hide_auth: AUTH and AUTH= lines only */
+		{ "250-mx.test\r\n250-AUTH PLAIN LOGIN\r\n250-AUTH=LOGIN\r\n250-AUTHX\r\n250 SIZE\r\n", 0,
+		  1, "250-mx.test\r\n250-AUTHX\r\n250 SIZE\r\n", 0 },
+		{ "250-mx.test\r\n250-AUTH PLAIN LOGIN\r\n250 SIZE\r\n", 0, 0,
+		  "250-mx.test\r\n250-AUTH PLAIN LOGIN\r\n250 SIZE\r\n", 0 },
+		{ "250-mx.test\r\n250-auth plain\r\n250 STARTTLS\r\n", 1, 1,
+		  "250-mx.test\r\n250 STARTTLS\r\n", 0 },
+		{ "250-mx.test\r\n250 AUTH PLAIN\r\n", 0, 1, "250 mx.test\r\n", 0 },
+		/* XCLIENT and XFORWARD are the proxy's business, never the client's */
+		{ "250-mx.test\r\n250-XCLIENT NAME ADDR\r\n250-XFORWARD NAME\r\n250 8BITMIME\r\n", 0, 0,
+		  "250-mx.test\r\n250 8BITMIME\r\n", 0 },
+		/* LF-only input gives CRLF output */
+		{ "250-mx.test\n250-STARTTLS\n250 SIZE\n", 0, 0, "250-mx.test\r\n250 SIZE\r\n", 0 },
+		{ "250-mx.test\n250 SIZE\n", 1, 0, "250-mx.test\r\n250-SIZE\r\n250 STARTTLS\r\n", 0 },
+		{ "250 mx.test", 0, 0, "250 mx.test\r\n", 0 },
+		/* everything else passes unchanged */
+		{ "250-mx.test greets client.test\r\n250-SIZE 10240000\r\n250-ENHANCEDSTATUSCODES\r\n"
+		  "250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 PIPELINING\r\n",
+		  0, 0,
+		  "250-mx.test greets client.test\r\n250-SIZE 10240000\r\n250-ENHANCEDSTATUSCODES\r\n"
+		  "250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 PIPELINING\r\n",
+		  0 },
+		/* capacity: exact fits, one short fails */
+		{ CAPS_TLS, 0, 0, "250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n", CAP_EXACT },
+		{ "250 mx.test\r\n", 1, 0, "250-mx.test\r\n250 STARTTLS\r\n", CAP_EXACT },
+		{ CAPS_TLS, 0, 0, NULL, CAP_SHORT },
+		{ "250 mx.test\r\n", 1, 0, NULL, CAP_SHORT },
+		{ "250 mx.test\r\n", 1, 0, NULL, 1 },
+	};
+	int failures = 0;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct ehlo_case *c = &cases[i];
+		size_t cap = 4096;
+		if (c->cap > 0) {
+			cap = (size_t)c->cap;
+		} else if (c->cap < 0) {
+			/* the length of the correct output (computed with room to spare) */
+			char tmp[4096];
+			long n = smtp_rewrite_ehlo(c->in, strlen(c->in), c->add, c->hide, tmp,
+						   sizeof(tmp));
+			assert_true(n > 0);
+			cap = (size_t)n - (c->cap == CAP_SHORT ? 1 : 0);
+		}
+		char *out = malloc(cap + 1);
+		memset(out, 0x5a, cap + 1);
+		long n = smtp_rewrite_ehlo(c->in, strlen(c->in), c->add, c->hide, out, cap);
+		int ok;
+		if (!c->want)
+			ok = n == -1;
+		else
+			ok = n == (long)strlen(c->want) && memcmp(out, c->want, (size_t)n) == 0;
+		if (out[cap] != 0x5a) {
+			print_message("case %zu: wrote past cap %zu\n", i, cap);
+			ok = 0;
+		}
+		if (!ok) {
+			print_message("case %zu: smtp_rewrite_ehlo(\"%s\", add=%d, hide=%d, cap=%zu)\n"
+				      "    got  %ld \"%s\"\n    want \"%s\"\n",
+				      i, esc(c->in, strlen(c->in)), c->add, c->hide, cap, n,
+				      n > 0 ? esc(out, (size_t)n) : "", c->want ? esc(c->want, strlen(c->want)) : "-1");
+			failures++;
+		}
+		free(out);
+	}
+	assert_int_equal(failures, 0);
+}
+
+/* As many lines as the reply parser allows: the rewrite must still work (one more line,
+ * STARTTLS, is added on top of SMTP_REPLY_LINES_MAX). */
+static void test_rewrite_ehlo_many_lines(void **state)
+{
+	(void)state;
+	struct buf in = { 0 }, want = { 0 };
+	for (int i = 0; i < SMTP_REPLY_LINES_MAX; i++) {
+		char l[64];
+		snprintf(l, sizeof(l), "250%cX-EXT%d\r\n", i + 1 < SMTP_REPLY_LINES_MAX ? '-' : ' ', i);
+		buf_adds(&in, l);
+		snprintf(l, sizeof(l), "250-X-EXT%d\r\n", i);
+		buf_adds(&want, l);
+	}
+	buf_adds(&want, "250 STARTTLS\r\n");
+	size_t cap = in.n + 64;
+	char *out = malloc(cap);
+	long n = smtp_rewrite_ehlo(in.p, in.n, 1, 0, out, cap);
+	assert_int_equal(n, (long)want.n);
+	assert_memory_equal(out, want.p, want.n);
+	free(out);
+	buf_free(&in);
+	buf_free(&want);
+}
+
+/* ------------------------------------------------------------------ inject */
+
+static const struct step s_inject_basic[] = {
+	CONN("", "", ""),
+	/* the client talks first: nothing of it moves before TLS */
+	CL("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\n", "", "", ""),
+	UP(GREET2, "", "EHLO proxy.test\r\n", ""),
+	UP(CAPS_TLS, "", "STARTTLS\r\n", ""),
+	/* response injection: what follows the 220 in the same read is dropped */
+	UP("220 2.0.0 Go ahead\r\n250-injected\r\n250 AUTH PLAIN\r\n", "", "", "tls:up"),
+	UP("250 injected later\r\n", "", "", ""),
+	CL("RCPT TO:<b@mx.test>\r\n", "", "", ""),
+	TLSU(GREET2, "EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@mx.test>\r\n",
+	     "ready"),
+	/* post-TLS capabilities: STARTTLS removed (the client has no TLS), the rest kept */
+	UP("250-mx.test\r\n250-STARTTLS\r\n250-AUTH PLAIN\r\n250 SIZE 1000\r\n",
+	   "250-mx.test\r\n250-AUTH PLAIN\r\n250 SIZE 1000\r\n", "", ""),
+	UP("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n", "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n", "", ""),
+	CL("QUIT\r\n", "", "QUIT\r\n", ""),
+	UP("221 2.0.0 Bye\r\n", "221 2.0.0 Bye\r\n", "", "close"),
+	END
+};
+
+static const struct step s_inject_lmtp[] = {
+	CONN("", "", ""),
+	UP(GREET, "", "LHLO proxy.test\r\n", ""),
+	UP("250-mx.test\r\n250-starttls\r\n250 PIPELINING\r\n", "", "STARTTLS\r\n", ""),
+	UP("220 Ready\r\n", "", "", "tls:up"),
+	TLSU(GREET, "", "ready"),
+	CL("LHLO client.test\r\n", "", "LHLO client.test\r\n", ""),
+	UP("250-mx.test\r\n250 PIPELINING\r\n", "250-mx.test\r\n250 PIPELINING\r\n", "", ""),
+	END
+};
+
+/* Bare-LF replies from the upstream: the client sees CRLF. */
+static const struct step s_inject_lf[] = {
+	CONN("", "", ""),
+	UP("220-mx.test\n220 hi\n", "", "EHLO proxy.test\r\n", ""),
+	UP("250-mx.test\n250 STARTTLS\n", "", "STARTTLS\r\n", ""),
+	UP("220 go\n", "", "", "tls:up"),
+	TLSU("220-mx.test\r\n220 hi\r\n", "", "ready"),
+	END
+};
+
+/* The first line's text and look-alikes are not offers. */
+#define NOT_OFFERED(name, caps)                                                         \
+	static const struct step name[] = {                                             \
+		CONN("", "", ""),                                                       \
+		CL("EHLO client.test\r\n", "", "", ""),                                 \
+		UP(GREET, "", "EHLO proxy.test\r\n", ""),                               \
+		UP(caps, C421_TLS, "QUIT\r\n", "close"),                                \
+		UP("221 bye\r\n", "", "", ""),                                          \
+		CL("MAIL FROM:<a@b>\r\n", "", "", ""),                                  \
+		END                                                                     \
+	}
+NOT_OFFERED(s_noffer_plain, "250-mx.test\r\n250-PIPELINING\r\n250 SIZE 100\r\n");
+NOT_OFFERED(s_noffer_domain, "250-STARTTLS\r\n250 SIZE 100\r\n");
+NOT_OFFERED(s_noffer_single, "250 STARTTLS\r\n");
+NOT_OFFERED(s_noffer_lookalike, "250-mx.test\r\n250-STARTTLSX\r\n250-X-STARTTLS\r\n250 XSTARTTLS\r\n");
+NOT_OFFERED(s_noffer_454, "454 4.7.0 TLS not available due to temporary reason\r\n");
+NOT_OFFERED(s_noffer_5xx_ehlo, "502 5.5.1 EHLO not implemented\r\n");
+
+/* STARTTLS offered but refused. */
+#define REFUSED(name, refusal)                                                          \
+	static const struct step name[] = {                                             \
+		CONN("", "", ""),                                                       \
+		CL("EHLO client.test\r\nMAIL FROM:<a@b>\r\n", "", "", ""),              \
+		UP(GREET, "", "EHLO proxy.test\r\n", ""),                               \
+		UP(CAPS_TLS, "", "STARTTLS\r\n", ""),                                   \
+		UP(refusal, C421_TLS, "QUIT\r\n", "close"),                             \
+		END                                                                     \
+	}
+REFUSED(s_refused_454, "454 4.7.0 TLS not available\r\n");
+REFUSED(s_refused_554, "554 5.7.0 no\r\n");
+REFUSED(s_refused_250, "250 what\r\n");
+
+/* Under may (or testing): continue in plaintext, the client sees the greeting. */
+#define CONTINUES(name, caps)                                                           \
+	static const struct step name[] = {                                             \
+		CONN("", "", ""),                                                       \
+		CL("EHLO client.test\r\n", "", "", ""),                                 \
+		UP(GREET, "", "EHLO proxy.test\r\n", ""),                               \
+		UP(caps, GREET, "EHLO client.test\r\n", "ready"),                       \
+		UP("250-mx.test\r\n250 SIZE\r\n", "250-mx.test\r\n250 SIZE\r\n", "", ""), \
+		END                                                                     \
+	}
+CONTINUES(s_may_noffer, "250-mx.test\r\n250 SIZE\r\n");
+CONTINUES(s_may_5xx, "500 5.5.1 what\r\n");
+
+static const struct step s_may_refused[] = {
+	CONN("", "", ""),
+	UP(GREET, "", "EHLO proxy.test\r\n", ""),
+	UP(CAPS_TLS, "", "STARTTLS\r\n", ""),
+	UP("454 4.7.0 not now\r\n", GREET, "", "ready"),
+	CL("EHLO client.test\r\n", "", "EHLO client.test\r\n", ""),
+	END
+};
+
+/* A failed handshake under may: the session reconnects in plaintext. */
+static const struct step s_may_retry_plain[] = {
+	CONN("", "", ""),
+	CL("EHLO client.test\r\n", "", "", ""),
+	UP(GREET, "", "EHLO proxy.test\r\n", ""),
+	UP(CAPS_TLS, "", "STARTTLS\r\n", ""),
+	UP("220 go\r\n", "", "", "tls:up"),
+	RETRY(),
+	CONN("", "", ""),
+	UP("220 second.test ESMTP\r\n", "220 second.test ESMTP\r\n", "EHLO client.test\r\n",
+	   "ready"),
+	UP("250-second.test\r\n250 STARTTLS\r\n", "250 second.test\r\n", "", ""),
+	END
+};
+
+/* Failures around the STARTTLS phase. */
+static const struct step s_inj_unreachable[] = {
+	CL("EHLO client.test\r\n", "", "", ""),
+	FAIL(PF_UNREACHABLE, "connection refused",
+	     "421 4.4.1 proxy.test Upstream server unreachable, try again later\r\n", "", "close"),
+	CL("MAIL FROM:<a@b>\r\n", "", "", ""),
+	END
+};
+
+static const struct step s_inj_policy_fail[] = {
+	CONN("", "", ""),
+	CL("EHLO client.test\r\n", "", "", ""),
+	UP(GREET, "", "EHLO proxy.test\r\n", ""),
+	UP(CAPS_TLS, "", "STARTTLS\r\n", ""),
+	UP("220 go\r\n", "", "", "tls:up"),
+	FAIL(PF_TLS_POLICY, "certificate-host-mismatch", "421 4.7.0 *certificate-host-mismatch*\r\n",
+	     "", "close"),
+	END
+};
+
+static const struct step s_inj_lost_before_greeting[] = {
+	CONN("", "", ""),
+	UP("220-mx.test\r\n", "", "", ""),
+	FAIL(PF_LOST, "closed", UP_ERR_PRE, "", "close"),
+	END
+};
+
+static const struct step s_inj_greeting_refused[] = {
+	CONN("", "", ""),
+	CL("EHLO client.test\r\n", "", "", ""),
+	UP("554 5.3.2 go away\r\n", "554 5.3.2 go away\r\n", "", "close"),
+	END
+};
+
+static const struct step s_inj_malformed[] = {
+	CONN("", "", ""),
+	UP("hello there\r\n", UP_ERR_PRE, "", "close"),
+	END
+};
+
+static const struct step s_inj_code_change[] = {
+	CONN("", "", ""),
+	UP(GREET, "", "EHLO proxy.test\r\n", ""),
+	UP("250-mx.test\r\n251 STARTTLS\r\n", UP_ERR_PRE, "", "close"),
+	END
+};
+
+static const struct step s_inj_1xx[] = {
+	CONN("", "", ""),
+	UP("120 wait\r\n", UP_ERR_PRE, "", "close"),
+	END
+};
+
+/* client EOF before the upstream is ready: the session just ends */
+static const struct step s_inj_client_eof[] = {
+	CONN("", "", ""),
+	CL("QUIT\r\n", "", "", ""),
+	CEOF("", "", "close"),
+	UP(GREET, "", "", ""),
+	END
+};
+
+/* bridge: STARTTLS on both sides. The client sees STARTTLS added before its TLS. */
+static const struct step s_bridge[] = {
+	CONN("", "", ""),
+	UP(GREET, "", "EHLO proxy.test\r\n", ""),
+	UP(CAPS_TLS, "", "STARTTLS\r\n", ""),
+	UP("220 go\r\n", "", "", "tls:up"),
+	TLSU(GREET, "", "ready"),
+	CL("EHLO client.test\r\n", "", "EHLO client.test\r\n", ""),
+	/* AUTH hidden (client_policy = encrypt), STARTTLS offered to the client */
+	UP(CAPS_POST, "250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 STARTTLS\r\n", "", ""),
+	END
+};
+
+/* implicit TLS toward the client: no STARTTLS offered, a STARTTLS command is refused */
+static const struct step s_implicit_inj[] = {
+	CONN("", "", ""),
+	UP(GREET, "", "EHLO proxy.test\r\n", ""),
+	UP(CAPS_TLS, "", "STARTTLS\r\n", ""),
+	UP("220 go\r\n", "", "", "tls:up"),
+	TLSU(GREET, "", "ready"),
+	CL("EHLO client.test\r\n", "", "EHLO client.test\r\n", ""),
+	UP(CAPS_POST, CAPS_POST, "", ""),
+	CL("STARTTLS\r\n", "5?? *\r\n", "", ""),
+	END
+};
+
+static const struct script inject_scripts[] = {
+	{ "inject_basic", &P_INJ_ENCRYPT, s_inject_basic, 0 },
+	{ "inject_basic_verify", &P_INJ_VERIFY, s_inject_basic, 0 },
+	{ "inject_basic_fingerprint", &P_INJ_FPR, s_inject_basic, 0 },
+	{ "inject_basic_may", &P_INJ_MAY, s_inject_basic, 0 },
+	{ "inject_lmtp", &P_INJ_LMTP, s_inject_lmtp, 0 },
+	{ "inject_lf", &P_INJ_VERIFY, s_inject_lf, 0 },
+	{ "not_offered", &P_INJ_ENCRYPT, s_noffer_plain, 0 },
+	{ "not_offered_verify", &P_INJ_VERIFY, s_noffer_plain, 0 },
+	{ "not_offered_fingerprint", &P_INJ_FPR, s_noffer_plain, 0 },
+	{ "not_offered_domain", &P_INJ_VERIFY, s_noffer_domain, 0 },
+	{ "not_offered_single_line", &P_INJ_VERIFY, s_noffer_single, 0 },
+	{ "not_offered_lookalike", &P_INJ_VERIFY, s_noffer_lookalike, 0 },
+	{ "ehlo_454", &P_INJ_ENCRYPT, s_noffer_454, 0 },
+	{ "ehlo_5xx", &P_INJ_ENCRYPT, s_noffer_5xx_ehlo, 0 },
+	{ "starttls_454", &P_INJ_ENCRYPT, s_refused_454, 0 },
+	{ "starttls_554", &P_INJ_VERIFY, s_refused_554, 0 },
+	{ "starttls_250", &P_INJ_VERIFY, s_refused_250, 0 },
+	{ "may_not_offered", &P_INJ_MAY, s_may_noffer, 0 },
+	{ "may_ehlo_5xx", &P_INJ_MAY, s_may_5xx, 0 },
+	{ "may_refused", &P_INJ_MAY, s_may_refused, 0 },
+	{ "testing_not_offered", &P_INJ_TESTING, s_may_noffer, 0 },
+	{ "testing_ehlo_5xx", &P_INJ_TESTING, s_may_5xx, 0 },
+	{ "testing_refused", &P_INJ_TESTING, s_may_refused, 0 },
+	{ "may_retry_plain", &P_INJ_MAY, s_may_retry_plain, 0 },
+	{ "testing_retry_plain", &P_INJ_TESTING, s_may_retry_plain, 0 },
+	{ "unreachable", &P_INJ_ENCRYPT, s_inj_unreachable, 0 },
+	{ "unreachable_plain", &P_PLAIN, s_inj_unreachable, 0 },
+	{ "tls_policy_failure", &P_INJ_VERIFY, s_inj_policy_fail, 0 },
+	{ "lost_before_greeting", &P_INJ_VERIFY, s_inj_lost_before_greeting, 0 },
+	{ "greeting_refused", &P_INJ_VERIFY, s_inj_greeting_refused, 0 },
+	{ "malformed_reply", &P_INJ_VERIFY, s_inj_malformed, 0 },
+	{ "reply_code_change", &P_INJ_VERIFY, s_inj_code_change, 0 },
+	{ "reply_1xx", &P_INJ_VERIFY, s_inj_1xx, 0 },
+	{ "client_eof_early", &P_INJ_VERIFY, s_inj_client_eof, 0 },
+	{ "bridge", &P_BRIDGE, s_bridge, 0 },
+	{ "implicit_client_inject", &P_IMPLICIT_INJ, s_implicit_inj, 0 },
+};
+
+static void test_inject(void **state)
+{
+	(void)state;
+	RUN_TABLE(inject_scripts);
+}
+
+/* Oversized replies: one line too long, too many lines, too many bytes. */
+static void test_inject_oversized(void **state)
+{
+	(void)state;
+	struct buf longline = { 0 }, manylines = { 0 }, nonl = { 0 };
+	buf_adds(&longline, "250-mx.test\r\n250-");
+	for (int i = 0; i < SMTP_REPLY_LINE_MAX; i++)
+		buf_adds(&longline, "x");
+	buf_adds(&longline, "\r\n250 STARTTLS\r\n");
+	buf_adds(&manylines, "250-mx.test\r\n");
+	for (int i = 0; i < SMTP_REPLY_LINES_MAX; i++)
+		buf_adds(&manylines, "250-X\r\n");
+	buf_adds(&manylines, "250 STARTTLS\r\n");
+	buf_adds(&nonl, "220 ");
+	for (int i = 0; i < SMTP_REPLY_LINE_MAX + 10; i++)
+		buf_adds(&nonl, "y");
+	const struct step s1[] = {
+		CONN("", "", ""),
+		CL("EHLO client.test\r\n", "", "", ""),
+		UP(GREET, "", "EHLO proxy.test\r\n", ""),
+		{ .op = OP_UP, .in = longline.p, .inlen = longline.n, .to_client = "421 4.4.1 *\r\n",
+		  .to_up = "", .acts = "close" },
+		END
+	};
+	const struct step s2[] = {
+		CONN("", "", ""),
+		UP(GREET, "", "EHLO proxy.test\r\n", ""),
+		{ .op = OP_UP, .in = manylines.p, .inlen = manylines.n, .to_client = "421 4.4.1 *\r\n",
+		  .to_up = "", .acts = "close" },
+		END
+	};
+	const struct step s3[] = {
+		CONN("", "", ""),
+		{ .op = OP_UP, .in = nonl.p, .inlen = nonl.n, .to_client = "421 4.4.1 *\r\n",
+		  .to_up = "", .acts = "close" },
+		END
+	};
+	/* mid-session, the client hears 421 4.4.2 */
+	const struct step s4[] = {
+		PLAIN_OPEN,
+		CL("NOOP\r\n", "", "NOOP\r\n", ""),
+		{ .op = OP_UP, .in = manylines.p, .inlen = manylines.n, .to_client = UP_ERR_MID,
+		  .to_up = "", .acts = "close" },
+		END
+	};
+	const struct script scs[] = {
+		{ "reply_line_too_long", &P_INJ_VERIFY, s1, M_WHOLE | M_BYTES },
+		{ "reply_too_many_lines", &P_INJ_VERIFY, s2, M_WHOLE | M_BYTES },
+		{ "reply_no_newline", &P_INJ_VERIFY, s3, M_WHOLE | M_BYTES },
+		{ "reply_too_many_lines_mid", &P_PLAIN, s4, M_WHOLE | M_BYTES },
+	};
+	RUN_TABLE(scs);
+	buf_free(&longline);
+	buf_free(&manylines);
+	buf_free(&nonl);
+}
+
+/* ------------------------------------------------------------------ terminate */
+
+static const struct step s_term_encrypt[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("EHLO client.test\r\n", "", "EHLO client.test\r\n", ""),
+	/* STARTTLS added, AUTH hidden before TLS (client_policy = encrypt) */
+	UP("250-mx.test\r\n250-AUTH PLAIN LOGIN\r\n250-AUTH=LOGIN\r\n250-SIZE 100\r\n250 PIPELINING\r\n",
+	   "250-mx.test\r\n250-SIZE 100\r\n250-PIPELINING\r\n250 STARTTLS\r\n", "", ""),
+	/* no mail transaction and no AUTH in plaintext */
+	CL("MAIL FROM:<a@client.test>\r\n", C530, "", ""),
+	CL("RCPT TO:<b@mx.test>\r\n", C530, "", ""),
+	CL("DATA\r\n", C530, "", ""),
+	CL("AUTH PLAIN AGpvZQBzZWNyZXQ=\r\n", C530, "", ""),
+	CL("BDAT 0 LAST\r\n", C530, "", ""),
+	CL("mail from:<a@client.test>\r\n", C530, "", ""),
+	CL("NOOP\r\n", "", "NOOP\r\n", ""),
+	UP("250 2.0.0 Ok\r\n", "250 2.0.0 Ok\r\n", "", ""),
+	/* STARTTLS: answered by the proxy, pipelined bytes after it are dropped */
+	CL("STARTTLS\r\nMAIL FROM:<evil@client.test>\r\nRCPT TO:<x@mx.test>\r\n", C220TLS, "",
+	   "tls:client"),
+	CL("RSET\r\n", "", "", ""),
+	/* a fresh session inside TLS: RSET upstream, its reply swallowed */
+	TLSC("", "RSET\r\n", ""),
+	CL("MAIL FROM:<a@client.test>\r\n", "", "", ""),
+	UP("250 2.0.0 Ok\r\n", "503 5.5.1 Send EHLO or HELO first\r\n", "", ""),
+	CL("EHLO client.test\r\n", "", "EHLO client.test\r\n", ""),
+	/* inside TLS: no STARTTLS, AUTH shown */
+	UP("250-mx.test\r\n250-AUTH PLAIN LOGIN\r\n250-AUTH=LOGIN\r\n250-SIZE 100\r\n250 PIPELINING\r\n",
+	   "250-mx.test\r\n250-AUTH PLAIN LOGIN\r\n250-AUTH=LOGIN\r\n250-SIZE 100\r\n250 PIPELINING\r\n",
+	   "", ""),
+	CL("STARTTLS\r\n", "5?? *\r\n", "", ""),
+	CL("MAIL FROM:<a@client.test>\r\n", "", "MAIL FROM:<a@client.test>\r\n", ""),
+	UP("250 2.1.0 Ok\r\n", "250 2.1.0 Ok\r\n", "", ""),
+	CL("QUIT\r\n", "", "QUIT\r\n", ""),
+	UP("221 2.0.0 Bye\r\n", "221 2.0.0 Bye\r\n", "", "close"),
+	END
+};
+
+/* client_policy = may: AUTH stays visible, MAIL passes, STARTTLS mid-transaction 503 */
+static const struct step s_term_may[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("EHLO client.test\r\n", "", "EHLO client.test\r\n", ""),
+	UP("250-mx.test\r\n250-AUTH PLAIN\r\n250-STARTTLS\r\n250 SIZE 100\r\n",
+	   "250-mx.test\r\n250-AUTH PLAIN\r\n250-SIZE 100\r\n250 STARTTLS\r\n", "", ""),
+	CL("MAIL FROM:<a@client.test>\r\n", "", "MAIL FROM:<a@client.test>\r\n", ""),
+	UP("250 2.1.0 Ok\r\n", "250 2.1.0 Ok\r\n", "", ""),
+	CL("STARTTLS\r\n", "503 5.5.1 *\r\n", "", ""),
+	CL("RSET\r\n", "", "RSET\r\n", ""),
+	UP("250 2.0.0 Ok\r\n", "250 2.0.0 Ok\r\n", "", ""),
+	CL("STARTTLS extra\r\n", "501 5.5.4 *\r\n", "", ""),
+	CL("STARTTLS\r\n", C220TLS, "", "tls:client"),
+	TLSC("", "RSET\r\n", ""),
+	UP("250 2.0.0 Ok\r\n", "", "", ""),
+	CL("HELO client.test\r\n", "", "HELO client.test\r\n", ""),
+	UP("250 mx.test\r\n", "250 mx.test\r\n", "", ""),
+	END
+};
+
+/* STARTTLS pipelined behind a MAIL whose reply is still out: 503 once it is known. */
+static const struct step s_term_mail_pipelined[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("MAIL FROM:<a@client.test>\r\nSTARTTLS\r\n", "", "MAIL FROM:<a@client.test>\r\n", ""),
+	UP("250 2.1.0 Ok\r\n", "250 2.1.0 Ok\r\n503 5.5.1 *\r\n", "", ""),
+	END
+};
+
+/* Local replies keep their place among upstream replies. */
+static const struct step s_term_order[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("NOOP 1\r\nSTARTTLS x\r\nNOOP 2\r\nXCLIENT ADDR=1.2.3.4\r\nNOOP 3\r\n", "",
+	   "NOOP 1\r\nNOOP 2\r\nNOOP 3\r\n", ""),
+	UP("250 one\r\n", "250 one\r\n501 5.5.4 Syntax: STARTTLS takes no parameters\r\n", "", ""),
+	UP("250 two\r\n250 three\r\n", "250 two\r\n502 5.5.1 *\r\n250 three\r\n", "", ""),
+	END
+};
+
+/* STARTTLS behind a pipelined NOOP: answered after the NOOP's reply, the rest dropped. */
+static const struct step s_term_pipelined_starttls[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("NOOP\r\nSTARTTLS\r\nMAIL FROM:<evil@client.test>\r\n", "", "NOOP\r\n", ""),
+	UP("250 2.0.0 Ok\r\n", "250 2.0.0 Ok\r\n" C220TLS, "", "tls:client"),
+	CL("RCPT TO:<evil@mx.test>\r\n", "", "", ""),
+	TLSC("", "RSET\r\n", ""),
+	UP("250 2.0.0 Ok\r\n", "", "", ""),
+	CL("EHLO client.test\r\n", "", "EHLO client.test\r\n", ""),
+	END
+};
+
+/* A client that sends EHLO and STARTTLS in one go. */
+static const struct step s_term_ehlo_starttls[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("EHLO client.test\r\nSTARTTLS\r\n", "", "EHLO client.test\r\n", ""),
+	UP("250-mx.test\r\n250 SIZE\r\n", "250-mx.test\r\n250-SIZE\r\n250 STARTTLS\r\n" C220TLS, "",
+	   "tls:client"),
+	END
+};
+
+/* STARTTLS toward a client on a route without it. */
+static const struct step s_plain_starttls[] = {
+	PLAIN_OPEN,
+	CL("STARTTLS\r\n", "502 5.5.1 *\r\n", "", ""),
+	CL("NOOP\r\n", "", "NOOP\r\n", ""),
+	END
+};
+
+/* STARTTLS after a successful AUTH (pre-TLS, client_policy = may). */
+static const struct step s_term_after_auth[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("AUTH PLAIN AGpvZQBzZWNyZXQ=\r\n", "", "AUTH PLAIN AGpvZQBzZWNyZXQ=\r\n", ""),
+	UP("235 2.7.0 Ok\r\n", "235 2.7.0 Ok\r\n", "", ""),
+	CL("STARTTLS\r\n", "503 5.5.1 *\r\n", "", ""),
+	END
+};
+
+static const struct script terminate_scripts[] = {
+	{ "terminate_encrypt", &P_TERM_ENCRYPT, s_term_encrypt, 0 },
+	{ "terminate_may", &P_TERM_MAY, s_term_may, 0 },
+	{ "terminate_mail_pipelined", &P_TERM_MAY, s_term_mail_pipelined, 0 },
+	{ "terminate_reply_order", &P_TERM_ENCRYPT, s_term_order, 0 },
+	{ "terminate_pipelined_starttls", &P_TERM_ENCRYPT, s_term_pipelined_starttls, 0 },
+	{ "terminate_ehlo_starttls", &P_TERM_ENCRYPT, s_term_ehlo_starttls, 0 },
+	{ "plain_starttls", &P_PLAIN, s_plain_starttls, 0 },
+	{ "terminate_after_auth", &P_TERM_MAY, s_term_after_auth, 0 },
+};
+
+static void test_terminate(void **state)
+{
+	(void)state;
+	RUN_TABLE(terminate_scripts);
+}
+
+/* ------------------------------------------------------------------ commands and data */
+
+static const struct step s_bare_cr[] = {
+	PLAIN_OPEN,
+	CL("NOOP\rRSET\r\n", "500 5.5.2 *\r\n", "", ""),
+	CL("NOOP\r\n", "", "NOOP\r\n", ""),
+	UP("250 Ok\r\n", "250 Ok\r\n", "", ""),
+	END
+};
+
+static const struct step s_nul[] = {
+	PLAIN_OPEN,
+	{ .op = OP_CL, .in = "NOOP\0RSET\r\n", .inlen = 11, .to_client = "500 5.5.2 *\r\n",
+	  .to_up = "", .acts = "" },
+	END
+};
+
+/* Bare LF ends a command line; what goes up always ends in CRLF. */
+static const struct step s_lf_commands[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("EHLO client.test\nNOOP\n", "", "EHLO client.test\r\nNOOP\r\n", ""),
+	END
+};
+
+static const struct step s_data[] = {
+	PLAIN_OPEN,
+	CL("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n", "",
+	   "MAIL FROM:<a@client.test>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n", ""),
+	/* pipelined body before the 354: held, not parsed */
+	CL("Subject: test\r\n\r\nMAIL FROM:<evil@client.test>\r\nSTARTTLS\r\nQUIT\r\n..stuffed\r\n"
+	   ".x\r\n", "", "", ""),
+	UP("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
+	   "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
+	   "Subject: test\r\n\r\nMAIL FROM:<evil@client.test>\r\nSTARTTLS\r\nQUIT\r\n..stuffed\r\n"
+	   ".x\r\n", ""),
+	CL("RCPT TO:<c@mx.test>\r\n. \r\n..\r\n", "", "RCPT TO:<c@mx.test>\r\n. \r\n..\r\n", ""),
+	CL("last\r\n.\r\nNOOP\r\n", "", "last\r\n.\r\nNOOP\r\n", ""),
+	UP("250 2.0.0 Ok: queued\r\n250 Ok\r\n", "250 2.0.0 Ok: queued\r\n250 Ok\r\n", "", ""),
+	CL("QUIT\r\n", "", "QUIT\r\n", ""),
+	UP("221 Bye\r\n", "221 Bye\r\n", "", "close"),
+	END
+};
+
+/* Bare LF and bare CR in the body become CRLF on the way up; "\n.\n" ends the data. */
+static const struct step s_data_lf[] = {
+	PLAIN_OPEN,
+	CL("MAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\n", "", "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n",
+	   ""),
+	UP("250 Ok\r\n250 Ok\r\n354 go\r\n", "250 Ok\r\n250 Ok\r\n354 go\r\n", "", ""),
+	CL("one\ntwo\r\nthree\rfour\n.\nNOOP\n", "", "one\r\ntwo\r\nthree\r\nfour\r\n.\r\nNOOP\r\n", ""),
+	UP("250 queued\r\n250 Ok\r\n", "250 queued\r\n250 Ok\r\n", "", ""),
+	END
+};
+
+/* A body that ends right away, and ".\r" followed by another byte. */
+static const struct step s_data_empty[] = {
+	PLAIN_OPEN,
+	CL("DATA\r\n", "", "DATA\r\n", ""),
+	UP("354 go\r\n", "354 go\r\n", "", ""),
+	CL(".\r\nNOOP\r\n", "", ".\r\nNOOP\r\n", ""),
+	UP("250 queued\r\n250 Ok\r\n", "250 queued\r\n250 Ok\r\n", "", ""),
+	END
+};
+
+/* DATA refused: what followed is commands again. */
+static const struct step s_data_rejected[] = {
+	PLAIN_OPEN,
+	CL("DATA\r\nNOOP\r\n", "", "DATA\r\n", ""),
+	UP("554 5.5.1 No valid recipients\r\n", "554 5.5.1 No valid recipients\r\n", "NOOP\r\n", ""),
+	UP("250 Ok\r\n", "250 Ok\r\n", "", ""),
+	END
+};
+
+static const struct step s_bdat[] = {
+	PLAIN_OPEN,
+	CL("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", "", "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", ""),
+	/* 11 octets that look like an end of data and a QUIT */
+	CL("BDAT 11\r\n\r\n.\r\nQUIT\r\nNOOP\r\n", "", "BDAT 11\r\n\r\n.\r\nQUIT\r\nNOOP\r\n", ""),
+	UP("250 Ok\r\n250 Ok\r\n250 2.0.0 11 octets received\r\n250 noop\r\n",
+	   "250 Ok\r\n250 Ok\r\n250 2.0.0 11 octets received\r\n250 noop\r\n", "", ""),
+	CL("bdat 3 last\r\nabcRSET\r\n", "", "bdat 3 last\r\nabcRSET\r\n", ""),
+	UP("250 2.0.0 queued\r\n250 reset\r\n", "250 2.0.0 queued\r\n250 reset\r\n", "", ""),
+	CL("BDAT 0 LAST\r\n", "", "BDAT 0 LAST\r\n", ""),
+	END
+};
+
+static const struct step s_bdat_syntax[] = {
+	PLAIN_OPEN,
+	CL("BDAT\r\n", "501 5.5.4 *\r\n", "", ""),
+	CL("BDAT x\r\n", "501 5.5.4 *\r\n", "", ""),
+	CL("BDAT -1\r\n", "501 5.5.4 *\r\n", "", ""),
+	CL("BDAT 5 LASTX\r\n", "501 5.5.4 *\r\n", "", ""),
+	CL("BDAT 5 LAST x\r\n", "501 5.5.4 *\r\n", "", ""),
+	CL("BDAT 5x\r\n", "501 5.5.4 *\r\n", "", ""),
+	CL("BDAT 99999999999999999999\r\n", "501 5.5.4 *\r\n", "", ""),
+	CL("NOOP\r\n", "", "NOOP\r\n", ""),
+	END
+};
+
+/* AUTH: continuation lines are credentials, forwarded verbatim, never commands. */
+static const struct step s_auth[] = {
+	PLAIN_OPEN,
+	CL("AUTH LOGIN\r\n", "", "AUTH LOGIN\r\n", ""),
+	CL("STARTTLS\r\n", "", "", ""),
+	UP("334 VXNlcm5hbWU6\r\n", "334 VXNlcm5hbWU6\r\n", "STARTTLS\r\n", ""),
+	UP("334 UGFzc3dvcmQ6\r\n", "334 UGFzc3dvcmQ6\r\n", "", ""),
+	CL("QUIT\r\n", "", "QUIT\r\n", ""),
+	UP("235 2.7.0 Authentication successful\r\n", "235 2.7.0 Authentication successful\r\n", "",
+	   ""),
+	CL("AUTH PLAIN\r\n", "", "AUTH PLAIN\r\n", ""),
+	UP("334 \r\n", "334 \r\n", "", ""),
+	CL("*\r\n", "", "*\r\n", ""),
+	UP("501 5.7.0 cancelled\r\n", "501 5.7.0 cancelled\r\n", "", ""),
+	CL("NOOP\r\n", "", "NOOP\r\n", ""),
+	END
+};
+
+/* XCLIENT/XFORWARD from the client never reach the upstream. */
+static const struct step s_client_xclient[] = {
+	PLAIN_OPEN,
+	CL("XCLIENT ADDR=10.0.0.1\r\nXFORWARD ADDR=10.0.0.1\r\n", "502 5.5.1 *\r\n502 5.5.1 *\r\n", "",
+	   ""),
+	END
+};
+
+/* LMTP: one reply per accepted recipient after the data. */
+static const struct step s_lmtp_data[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("LHLO client.test\r\n", "", "LHLO client.test\r\n", ""),
+	UP("250-mx.test\r\n250 PIPELINING\r\n", "250-mx.test\r\n250 PIPELINING\r\n", "", ""),
+	CL("MAIL FROM:<a@b>\r\nRCPT TO:<u1@d>\r\nRCPT TO:<u2@d>\r\nRCPT TO:<nobody@d>\r\n"
+	   "RCPT TO:<u3@d>\r\nDATA\r\n",
+	   "", ANY, ""),
+	UP("250 Ok\r\n250 Ok\r\n250 Ok\r\n550 5.1.1 unknown\r\n250 Ok\r\n354 go\r\n",
+	   "250 Ok\r\n250 Ok\r\n250 Ok\r\n550 5.1.1 unknown\r\n250 Ok\r\n354 go\r\n", "", ""),
+	CL("hello\r\n.\r\n", "", "hello\r\n.\r\n", ""),
+	UP("250 2.0.0 <u1@d> delivered\r\n", "250 2.0.0 <u1@d> delivered\r\n", "", ""),
+	UP("452 4.2.2 <u2@d> over quota\r\n250 2.0.0 <u3@d> delivered\r\n",
+	   "452 4.2.2 <u2@d> over quota\r\n250 2.0.0 <u3@d> delivered\r\n", "", ""),
+	CL("NOOP\r\n", "", "NOOP\r\n", ""),
+	UP("250 Ok\r\n", "250 Ok\r\n", "", ""),
+	/* a second transaction with a single recipient */
+	CL("MAIL FROM:<a@b>\r\nRCPT TO:<u1@d>\r\nDATA\r\n", "", ANY, ""),
+	UP("250 Ok\r\n250 Ok\r\n354 go\r\n", "250 Ok\r\n250 Ok\r\n354 go\r\n", "", ""),
+	CL("x\r\n.\r\n", "", "x\r\n.\r\n", ""),
+	UP("250 2.0.0 <u1@d> delivered\r\n", "250 2.0.0 <u1@d> delivered\r\n", "", ""),
+	CL("QUIT\r\n", "", "QUIT\r\n", ""),
+	UP("221 bye\r\n", "221 bye\r\n", "", "close"),
+	END
+};
+
+/* LMTP BDAT LAST after the RCPT replies: one reply per accepted recipient. */
+static const struct step s_lmtp_bdat[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("MAIL FROM:<a@b>\r\nRCPT TO:<u1@d>\r\nRCPT TO:<u2@d>\r\n", "", ANY, ""),
+	UP("250 Ok\r\n250 Ok\r\n250 Ok\r\n", "250 Ok\r\n250 Ok\r\n250 Ok\r\n", "", ""),
+	CL("BDAT 3 LAST\r\nabc", "", "BDAT 3 LAST\r\nabc", ""),
+	UP("250 u1 ok\r\n250 u2 ok\r\n", "250 u1 ok\r\n250 u2 ok\r\n", "", ""),
+	CL("NOOP\r\n", "", "NOOP\r\n", ""),
+	UP("250 Ok\r\n", "250 Ok\r\n", "", ""),
+	END
+};
+
+/* LMTP + CHUNKING (RFC 2033 §4.2, RFC 3030): RCPT and BDAT LAST pipelined in one go; the
+ * number of replies to BDAT LAST is only known once the RCPT replies are in. */
+static const struct step s_lmtp_bdat_pipelined[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("MAIL FROM:<a@b>\r\nRCPT TO:<u1@d>\r\nRCPT TO:<u2@d>\r\nBDAT 3 LAST\r\nabc", "",
+	   "MAIL FROM:<a@b>\r\nRCPT TO:<u1@d>\r\nRCPT TO:<u2@d>\r\nBDAT 3 LAST\r\nabc", ""),
+	UP("250 Ok\r\n250 Ok\r\n250 Ok\r\n250 u1 delivered\r\n250 u2 delivered\r\n",
+	   "250 Ok\r\n250 Ok\r\n250 Ok\r\n250 u1 delivered\r\n250 u2 delivered\r\n", "", ""),
+	CL("NOOP\r\n", "", "NOOP\r\n", ""),
+	END
+};
+
+/* LMTP "BDAT 0 LAST" (an empty last chunk) is answered once per recipient too. */
+static const struct step s_lmtp_bdat0_last[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("MAIL FROM:<a@b>\r\nRCPT TO:<u1@d>\r\nRCPT TO:<u2@d>\r\n", "", ANY, ""),
+	UP("250 Ok\r\n250 Ok\r\n250 Ok\r\n", ANY, "", ""),
+	CL("BDAT 5\r\nhelloBDAT 0 LAST\r\n", "", "BDAT 5\r\nhelloBDAT 0 LAST\r\n", ""),
+	UP("250 5 octets\r\n250 u1 delivered\r\n250 u2 delivered\r\n",
+	   "250 5 octets\r\n250 u1 delivered\r\n250 u2 delivered\r\n", "", ""),
+	END
+};
+
+static const struct script command_scripts[] = {
+	{ "bare_cr", &P_PLAIN, s_bare_cr, 0 },
+	{ "nul_in_command", &P_PLAIN, s_nul, 0 },
+	{ "lf_commands", &P_PLAIN, s_lf_commands, 0 },
+	{ "data", &P_PLAIN, s_data, 0 },
+	{ "data_lf", &P_PLAIN, s_data_lf, 0 },
+	{ "data_empty", &P_PLAIN, s_data_empty, 0 },
+	{ "data_rejected", &P_PLAIN, s_data_rejected, 0 },
+	{ "bdat", &P_PLAIN, s_bdat, 0 },
+	{ "bdat_syntax", &P_PLAIN, s_bdat_syntax, 0 },
+	{ "auth", &P_PLAIN, s_auth, 0 },
+	{ "client_xclient", &P_PLAIN, s_client_xclient, 0 },
+	{ "lmtp_data", &P_PLAIN_LMTP, s_lmtp_data, 0 },
+	{ "lmtp_bdat", &P_PLAIN_LMTP, s_lmtp_bdat, 0 },
+	{ "lmtp_bdat_pipelined", &P_PLAIN_LMTP, s_lmtp_bdat_pipelined, 0 },
+	{ "lmtp_bdat0_last", &P_PLAIN_LMTP, s_lmtp_bdat0_last, 0 },
+};
+
+static void test_commands(void **state)
+{
+	(void)state;
+	RUN_TABLE(command_scripts);
+}
+
+/* Overlong command lines: one 500, the tail never executed, the next line works. */
+static void test_long_line(void **state)
+{
+	(void)state;
+	struct buf l1 = { 0 }, l2 = { 0 }, l3 = { 0 }, l5 = { 0 }, okline = { 0 };
+	/* 1: tail "QUIT" beyond the bound, newline in the same chunk */
+	buf_adds(&l1, "NOOP ");
+	for (int i = 0; i < SMTP_CMD_MAX; i++)
+		buf_adds(&l1, "a");
+	buf_adds(&l1, "QUIT\r\nNOOP\r\n");
+	/* 2: the bound reached without a newline; the tail comes later */
+	for (int i = 0; i < SMTP_CMD_MAX; i++)
+		buf_adds(&l2, "b");
+	buf_adds(&l3, "bbbQUIT\r\nRSET\r\n");
+	for (int i = 0; i < 3 * SMTP_CMD_MAX; i++)
+		buf_adds(&l5, "d");
+	buf_adds(&l5, "QUIT\r\nNOOP\r\n");
+	/* exactly SMTP_CMD_MAX octets with CRLF: accepted */
+	buf_adds(&okline, "NOOP ");
+	while (okline.n < SMTP_CMD_MAX - 2)
+		buf_adds(&okline, "c");
+	buf_adds(&okline, "\r\n");
+	char *okup = strdup(okline.p);
+	const struct step s1[] = {
+		PLAIN_OPEN,
+		{ .op = OP_CL, .in = l1.p, .inlen = l1.n, .to_client = "500 5.5.2 Line too long\r\n",
+		  .to_up = "NOOP\r\n", .acts = "" },
+		UP("250 Ok\r\n", "250 Ok\r\n", "", ""),
+		END
+	};
+	const struct step s2[] = {
+		PLAIN_OPEN,
+		{ .op = OP_CL, .in = l2.p, .inlen = l2.n, .to_client = "500 5.5.2 Line too long\r\n",
+		  .to_up = "", .acts = "" },
+		{ .op = OP_CL, .in = l3.p, .inlen = l3.n, .to_client = "", .to_up = "RSET\r\n",
+		  .acts = "" },
+		END
+	};
+	const struct step s3[] = {
+		PLAIN_OPEN,
+		{ .op = OP_CL, .in = okline.p, .inlen = okline.n, .to_client = "", .to_up = okup,
+		  .acts = "" },
+		END
+	};
+	/* the same in terminate mode before TLS: no 530 for the tail */
+	const struct step s4[] = {
+		CONN("", "", ""),
+		UP(GREET, GREET, "", "ready"),
+		{ .op = OP_CL, .in = l1.p, .inlen = l1.n, .to_client = "500 5.5.2 Line too long\r\n",
+		  .to_up = "NOOP\r\n", .acts = "" },
+		END
+	};
+	/* far beyond the bound (several times SMTP_CMD_MAX before the newline): still one
+	 * 500, however the reads are cut. (process_client's no-newline branch answers 500
+	 * again each time another SMTP_CMD_MAX octets pile up while long_line is already
+	 * set; found by fuzz_proto_smtp, tests/fuzz/repro/proto_smtp-long-line-500-twice.) */
+	const struct step s5[] = {
+		PLAIN_OPEN,
+		{ .op = OP_CL, .in = l5.p, .inlen = l5.n, .to_client = "500 5.5.2 Line too long\r\n",
+		  .to_up = "NOOP\r\n", .acts = "" },
+		UP("250 Ok\r\n", "250 Ok\r\n", "", ""),
+		END
+	};
+	const struct script scs[] = {
+		{ "long_line_one_chunk", &P_PLAIN, s1, M_WHOLE | M_BYTES },
+		{ "very_long_line", &P_PLAIN, s5, M_WHOLE | M_BYTES },
+		{ "long_line_two_chunks", &P_PLAIN, s2, M_WHOLE | M_BYTES },
+		{ "line_at_bound", &P_PLAIN, s3, M_WHOLE | M_BYTES },
+		{ "long_line_terminate", &P_TERM_ENCRYPT, s4, M_WHOLE | M_BYTES },
+	};
+	RUN_TABLE(scs);
+	free(okup);
+	buf_free(&l1);
+	buf_free(&l2);
+	buf_free(&l3);
+	buf_free(&l5);
+	buf_free(&okline);
+}
+
+/* Large DATA body: byte-exact, however it is cut. */
+static void test_data_large(void **state)
+{
+	(void)state;
+	struct buf body = { 0 };
+	for (int i = 0; i < 3000; i++) {
+		char l[80];
+		snprintf(l, sizeof(l), "%sline %d: MAIL FROM:<x@y> STARTTLS QUIT\r\n",
+			 i % 7 == 0 ? "." : "", i);
+		buf_adds(&body, l);
+	}
+	buf_adds(&body, ".\r\n");
+	const struct step s[] = {
+		PLAIN_OPEN,
+		CL("DATA\r\n", "", "DATA\r\n", ""),
+		UP("354 go\r\n", "354 go\r\n", "", ""),
+		{ .op = OP_CL, .in = body.p, .inlen = body.n, .to_client = "", .to_up = body.p,
+		  .acts = "" },
+		UP("250 queued\r\n", "250 queued\r\n", "", ""),
+		END
+	};
+	const struct script scs[] = { { "data_large", &P_PLAIN, s, M_WHOLE | M_BYTES } };
+	RUN_TABLE(scs);
+	buf_free(&body);
+}
+
+/* ------------------------------------------------------------------ failures */
+
+static const struct step s_lost_idle[] = {
+	PLAIN_OPEN,
+	FAIL(PF_LOST, "reset", "421 4.4.2 proxy.test Upstream connection lost*\r\n", "", "close"),
+	CL("NOOP\r\n", "", "", ""),
+	UP("250 late\r\n", "", "", ""),
+	END
+};
+
+static const struct step s_lost_in_body[] = {
+	PLAIN_OPEN,
+	CL("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", "", ANY, ""),
+	UP("250 Ok\r\n250 Ok\r\n354 go\r\n", ANY, "", ""),
+	CL("partial body\r\n", "", "partial body\r\n", ""),
+	FAIL(PF_LOST, "reset", "451 4.4.2 *\r\n", "", "close"),
+	END
+};
+
+/* The body went up, the upstream vanished before answering: never a 250. */
+static const struct step s_lost_after_body[] = {
+	PLAIN_OPEN,
+	CL("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", "", ANY, ""),
+	UP("250 Ok\r\n250 Ok\r\n354 go\r\n", ANY, "", ""),
+	CL("body\r\n.\r\n", "", "body\r\n.\r\n", ""),
+	FAIL(PF_LOST, "closed", "4?? 4.4.2 *\r\n", "", "close"),
+	END
+};
+
+static const struct step s_lost_in_bdat[] = {
+	PLAIN_OPEN,
+	CL("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", "", ANY, ""),
+	UP("250 Ok\r\n250 Ok\r\n", ANY, "", ""),
+	CL("BDAT 100 LAST\r\nsome", "", "BDAT 100 LAST\r\nsome", ""),
+	FAIL(PF_LOST, "reset", "451 4.4.2 *\r\n", "", "close"),
+	END
+};
+
+static const struct step s_idle_after_body[] = {
+	PLAIN_OPEN,
+	CL("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", "", ANY, ""),
+	UP("250 Ok\r\n250 Ok\r\n354 go\r\n", ANY, "", ""),
+	CL("body\r\n.\r\n", "", "body\r\n.\r\n", ""),
+	FAIL(PF_IDLE, NULL, "4?? 4.*\r\n", "", "close"),
+	END
+};
+
+static const struct step s_lost_after_quit[] = {
+	PLAIN_OPEN,
+	CL("QUIT\r\n", "", "QUIT\r\n", ""),
+	FAIL(PF_LOST, "closed", "", "", "close"),
+	END
+};
+
+static const struct step s_unsolicited_421[] = {
+	PLAIN_OPEN,
+	UP("421 4.3.2 Service shutting down\r\n", "421 4.3.2 Service shutting down\r\n", "", "close"),
+	CL("NOOP\r\n", "", "", ""),
+	END
+};
+
+static const struct step s_reply_421[] = {
+	PLAIN_OPEN,
+	CL("MAIL FROM:<a@b>\r\n", "", "MAIL FROM:<a@b>\r\n", ""),
+	UP("421-4.4.2 timeout\r\n421 4.4.2 closing\r\n", "421-4.4.2 timeout\r\n421 4.4.2 closing\r\n",
+	   "", "close"),
+	END
+};
+
+static const struct step s_unsolicited_250[] = {
+	PLAIN_OPEN,
+	UP("250 surprise\r\n", UP_ERR_MID, "", "close"),
+	END
+};
+
+static const struct step s_shutdown[] = {
+	PLAIN_OPEN,
+	FAIL(PF_SHUTDOWN, NULL, "421 4.3.2 *\r\n", "", "close"),
+	FAIL(PF_LOST, NULL, "", "", ""),
+	END
+};
+
+static const struct step s_idle[] = {
+	PLAIN_OPEN,
+	FAIL(PF_IDLE, NULL, "421 4.4.2 *\r\n", "", "close"),
+	END
+};
+
+static const struct step s_eof_waits_for_replies[] = {
+	PLAIN_OPEN,
+	CL("NOOP\r\nQUIT\r\n", "", "NOOP\r\nQUIT\r\n", ""),
+	CEOF("", "", ""),
+	UP("250 Ok\r\n", "250 Ok\r\n", "", ""),
+	UP("221 Bye\r\n", "221 Bye\r\n", "", "close"),
+	END
+};
+
+static const struct step s_eof_idle[] = {
+	PLAIN_OPEN,
+	CEOF("", "", "close"),
+	END
+};
+
+static const struct script failure_scripts[] = {
+	{ "lost_idle", &P_PLAIN, s_lost_idle, 0 },
+	{ "lost_in_body", &P_PLAIN, s_lost_in_body, 0 },
+	{ "lost_after_body", &P_PLAIN, s_lost_after_body, 0 },
+	{ "lost_in_bdat", &P_PLAIN, s_lost_in_bdat, 0 },
+	{ "idle_after_body", &P_PLAIN, s_idle_after_body, 0 },
+	{ "lost_after_quit", &P_PLAIN, s_lost_after_quit, 0 },
+	{ "unsolicited_421", &P_PLAIN, s_unsolicited_421, 0 },
+	{ "reply_421", &P_PLAIN, s_reply_421, 0 },
+	{ "unsolicited_250", &P_PLAIN, s_unsolicited_250, 0 },
+	{ "shutdown", &P_PLAIN, s_shutdown, 0 },
+	{ "idle", &P_PLAIN, s_idle, 0 },
+	{ "eof_waits_for_replies", &P_PLAIN, s_eof_waits_for_replies, 0 },
+	{ "eof_idle", &P_PLAIN, s_eof_idle, 0 },
+};
+
+static void test_failures(void **state)
+{
+	(void)state;
+	RUN_TABLE(failure_scripts);
+}
+
+/* Verb separators. Postfix (smtpd_token.c) splits a command on white space (isspace: SP,
+ * HT, VT, FF) and skips leading white space, so "DATA<TAB>" and " DATA" are DATA to it. The proxy must not see
+ * something else: either it refuses such a line itself (a 5xx, nothing forwarded), or it
+ * treats it as the command the upstream will see, so that the message that follows is
+ * passed through as data, byte-exact, and never parsed as commands (here "STARTTLS" and
+ * "XCLIENT" lines, which the proxy would otherwise answer itself and drop). */
+struct verb_case {
+	const char *name, *data_cmd;
+};
+
+static void test_verb_separators(void **state)
+{
+	(void)state;
+	static const struct verb_case cases[] = {
+		{ "data_tab", "DATA\t\r\n" },
+		{ "data_leading_space", " DATA\r\n" },
+		{ "data_tab_leading", "\tDATA\r\n" },
+		{ "data_vt", "DATA\v\r\n" },
+		{ "data_ff", "DATA\f\r\n" },
+	};
+	int failures = 0;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct step refused[] = {
+			PLAIN_OPEN,
+			CL(cases[i].data_cmd, "5?? *\r\n", "", ""),
+			END
+		};
+		const struct step as_data[] = {
+			PLAIN_OPEN,
+			CL(cases[i].data_cmd, "", cases[i].data_cmd, ""),
+			UP("354 go\r\n", "354 go\r\n", "", ""),
+			CL("STARTTLS\r\nXCLIENT ADDR=10.0.0.1\r\nbare\rCR\r\n.\r\n", "",
+			   "STARTTLS\r\nXCLIENT ADDR=10.0.0.1\r\nbare\r\nCR\r\n.\r\n", ""),
+			UP("250 queued\r\n", "250 queued\r\n", "", ""),
+			END
+		};
+		const struct script a = { cases[i].name, &P_PLAIN, refused, M_WHOLE };
+		const struct script b = { cases[i].name, &P_PLAIN, as_data, M_WHOLE };
+		quiet = 1;
+		int ok = run_script(&a) == 0 || run_script(&b) == 0;
+		quiet = 0;
+		if (!ok) {
+			print_message("%s: neither refused nor handled as DATA; as DATA:\n",
+				      cases[i].name);
+			run_script(&b);
+			failures++;
+		}
+	}
+	assert_int_equal(failures, 0);
+}
+
+/* Empty reads at every stage change nothing (the session does not deliver them today,
+ * but proto.h does not forbid them). Under SANITIZE=1 this also checks that no NULL
+ * pointer arithmetic happens on the module's still-empty buffers. */
+#define EMPTY_CL { .op = OP_CL, .in = "", .to_client = "", .to_up = "", .acts = "" }
+#define EMPTY_UP { .op = OP_UP, .in = "", .to_client = "", .to_up = "", .acts = "" }
+static const struct step s_empty_reads[] = {
+	EMPTY_CL, EMPTY_UP,
+	CONN("", "", ""),
+	EMPTY_CL, EMPTY_UP,
+	UP(GREET, "", "EHLO proxy.test\r\n", ""),
+	EMPTY_UP, EMPTY_CL,
+	UP(CAPS_TLS, "", "STARTTLS\r\n", ""),
+	UP("220 go\r\n", "", "", "tls:up"),
+	EMPTY_UP,
+	TLSU(GREET, "", "ready"),
+	EMPTY_CL, EMPTY_UP,
+	CL("DATA\r\n", "", "DATA\r\n", ""),
+	UP("354 go\r\n", "354 go\r\n", "", ""),
+	EMPTY_CL,
+	CL("x\r\n.\r\n", "", "x\r\n.\r\n", ""),
+	EMPTY_UP,
+	END
+};
+
+static const struct script empty_scripts[] = {
+	{ "empty_reads", &P_INJ_VERIFY, s_empty_reads, M_WHOLE },
+};
+
+static void test_empty_reads(void **state)
+{
+	(void)state;
+	RUN_TABLE(empty_scripts);
+}
+
+/* ------------------------------------------------------------------ xclient */
+
+static const struct step s_xclient[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("EHLO client.test\r\nMAIL FROM:<a@b>\r\n", "", "EHLO proxy.test\r\n", ""),
+	UP("250-mx.test\r\n250-XCLIENT NAME ADDR PORT PROTO HELO\r\n250 SIZE\r\n", "",
+	   "XCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.7 PORT=40000 PROTO=ESMTP HELO=client.test\r\n", ""),
+	UP("220 mx.test ESMTP\r\n", "", "EHLO client.test\r\nMAIL FROM:<a@b>\r\n", ""),
+	UP("250-mx.test\r\n250-XCLIENT NAME ADDR\r\n250 SIZE\r\n", "250-mx.test\r\n250 SIZE\r\n", "", ""),
+	UP("250 2.1.0 Ok\r\n", "250 2.1.0 Ok\r\n", "", ""),
+	/* a second EHLO: no second XCLIENT */
+	CL("EHLO client.test\r\n", "", "EHLO client.test\r\n", ""),
+	END
+};
+
+static const struct step s_xclient_partial[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("HELO client.test\r\n", "", "EHLO proxy.test\r\n", ""),
+	UP("250-mx.test\r\n250 XCLIENT ADDR PROTO HELO\r\n", "",
+	   "XCLIENT ADDR=IPV6:2001:db8::7 PROTO=SMTP HELO=client.test\r\n", ""),
+	UP("220 mx.test ESMTP\r\n", "", "HELO client.test\r\n", ""),
+	UP("250 mx.test\r\n", "250 mx.test\r\n", "", ""),
+	END
+};
+
+static const struct step s_xclient_not_offered[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("EHLO client.test\r\n", "", "EHLO proxy.test\r\n", ""),
+	UP("250-mx.test\r\n250 SIZE\r\n", "", "EHLO client.test\r\n", ""),
+	UP("250-mx.test\r\n250 SIZE\r\n", "250-mx.test\r\n250 SIZE\r\n", "", ""),
+	END
+};
+
+static const struct step s_xclient_rejected[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("EHLO client.test\r\n", "", "EHLO proxy.test\r\n", ""),
+	UP("250-mx.test\r\n250 XCLIENT ADDR\r\n", "", "XCLIENT ADDR=192.0.2.7\r\n", ""),
+	UP("550 5.7.0 not authorized\r\n", "", "EHLO client.test\r\n", ""),
+	UP("250 mx.test\r\n", "250 mx.test\r\n", "", ""),
+	END
+};
+
+static const struct script xclient_scripts[] = {
+	{ "xclient", &P_XCLIENT, s_xclient, 0 },
+	{ "xclient_partial_v6", &P_XCLIENT6, s_xclient_partial, 0 },
+	{ "xclient_not_offered", &P_XCLIENT, s_xclient_not_offered, 0 },
+	{ "xclient_rejected", &P_XCLIENT, s_xclient_rejected, 0 },
+};
+
+static void test_xclient(void **state)
+{
+	(void)state;
+	RUN_TABLE(xclient_scripts);
+}
+
+/* ------------------------------------------------------------------ main */
+
+int main(void)
+{
+	log_setup(LOG_ERROR, 0);
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_line_has_keyword),
+		cmocka_unit_test(test_rewrite_ehlo),
+		cmocka_unit_test(test_rewrite_ehlo_many_lines),
+		cmocka_unit_test(test_inject),
+		cmocka_unit_test(test_inject_oversized),
+		cmocka_unit_test(test_terminate),
+		cmocka_unit_test(test_commands),
+		cmocka_unit_test(test_long_line),
+		cmocka_unit_test(test_data_large),
+		cmocka_unit_test(test_failures),
+		cmocka_unit_test(test_xclient),
+		cmocka_unit_test(test_empty_reads),
+		cmocka_unit_test(test_verb_separators),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
