@@ -5,7 +5,7 @@
 #     bash tests/run.sh
 #
 # Optional: STP_TESTS='glob [glob...]' runs only the tests whose name (test_foo, without
-# .sh) matches one of the globs; STP_TEST_TIMEOUT (seconds, default 600) bounds each
+# .sh) matches one of the globs; STP_TEST_TIMEOUT (seconds, default 300) bounds each
 # integration script; STP_VERBOSE=1 shows the full output of unit binaries.
 # The last line is "N passed, N failed, N skipped"; the exit status is non-zero on any
 # failure.
@@ -17,7 +17,7 @@ export STP_BIN=${STP_BIN:-$ROOT/starttls-proxy}
 export STP_UNIT_DIR=${STP_UNIT_DIR:-$ROOT/build/tests}
 export STP_TEST_CERTS=${STP_TEST_CERTS:-$ROOT/build/test-certs}
 STP_TESTS=${STP_TESTS:-}
-TIMEOUT=${STP_TEST_TIMEOUT:-600}
+TIMEOUT=${STP_TEST_TIMEOUT:-300}
 
 passed=0
 failed=0
@@ -63,12 +63,19 @@ run_unit() {
 		failed_names+=("$name")
 		printf '%s%-28s%s %d passed, %s%d failed%s, %d skipped (%ds)\n' \
 			"$BOLD" "unit/$name" "$RESET" "$p" "$RED" "$f" "$RESET" "$s" "$secs"
-		if [ "$rc" -ge 124 ]; then
-			echo "  exit status $rc$([ "$rc" -eq 124 ] && echo " (timeout after ${TIMEOUT}s)")"
+		if [ "$rc" -eq 124 ]; then
+			echo "  timed out after ${TIMEOUT}s"
+		elif [ "$rc" -gt 128 ]; then
+			echo "  killed by signal $((rc - 128))"
 		fi
-		# The failing tests and their messages, not the whole chatter.
-		printf '%s\n' "$out" | grep -vE '^\[ (RUN|      OK|==========) ' | tail -n 40 |
-			sed 's/^/  | /'
+		if [ -z "$(printf '%s\n' "$out" | sed -n '/^\[  FAILED  \] [0-9]* test/p')" ]; then
+			# No cmocka summary (crash, abort, timeout): the raw tail.
+			printf '%s\n' "$out" | tail -n 40 | sed 's/^/  | /'
+		else
+			# The failing tests and their messages, not the whole chatter.
+			printf '%s\n' "$out" | grep -vE '^\[( RUN      |       OK |==========)\]' |
+				tail -n 40 | sed 's/^/  | /'
+		fi
 	else
 		printf '%s%-28s%s %s%d passed%s, %d skipped (%ds)\n' \
 			"$BOLD" "unit/$name" "$RESET" "$GREEN" "$p" "$RESET" "$s" "$secs"
@@ -77,10 +84,24 @@ run_unit() {
 	return 0
 }
 
+# kill_leftovers TAG: processes still carrying STP_TEST_TAG=TAG in their environment were
+# started by the script that just ended (which should have cleaned them up): end them.
+kill_leftovers() {
+	local f pid n=0
+	# shellcheck disable=SC2013 # /proc paths have no spaces
+	for f in $(grep -lzx "STP_TEST_TAG=$1" /proc/[0-9]*/environ 2>/dev/null); do
+		pid=${f#/proc/}
+		pid=${pid%/environ}
+		kill -KILL "$pid" 2>/dev/null && n=$((n + 1))
+	done
+	[ "$n" -eq 0 ] || echo "  note: killed $n process(es) the test left behind"
+}
+
 # -- integration tests ----------------------------------------------------------------------
 run_integration() {
 	local script=$1 name line p=0 f=0 s=0 rc t0 secs
 	name=$(basename "$script" .sh)
+	local tag="stp-run-$$-$name-$RANDOM$RANDOM"
 	printf '%s%s%s\n' "$BOLD" "integration/$name" "$RESET"
 	t0=$(date +%s)
 	rc=1
@@ -93,11 +114,17 @@ run_integration() {
 		SKIP\ *) s=$((s + 1)); printf '  %sSKIP%s %s\n' "$YELLOW" "$RESET" "${line#SKIP }" ;;
 		*) printf '  %s\n' "$line" ;;
 		esac
-	done < <(cd "$ROOT" && timeout -k 10 "$TIMEOUT" bash "$script" </dev/null 2>&1; echo "__rc=$?")
+	done < <(cd "$ROOT" && STP_TEST_TAG=$tag timeout -k 30 "$TIMEOUT" bash "$script" </dev/null 2>&1
+		echo "__rc=$?")
+	kill_leftovers "$tag"
 	secs=$(($(date +%s) - t0))
 	if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-		printf '  %sFAIL%s %s: timed out after %ss\n' "$RED" "$RESET" "$name" "$TIMEOUT"
-		f=$((f + 1))
+		if [ "$f" -eq 0 ]; then
+			printf '  %sFAIL%s %s: timed out after %ss\n' "$RED" "$RESET" "$name" "$TIMEOUT"
+			f=1
+		else
+			echo "  (the script timed out after ${TIMEOUT}s)"
+		fi
 	elif [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
 		printf '  %sFAIL%s %s: exited with status %s without reporting a failure\n' \
 			"$RED" "$RESET" "$name" "$rc"

@@ -4,6 +4,7 @@
 # Environment (set by tests/run.sh; defaults let a script run on its own from the repo):
 #   STP_BIN         absolute path of the starttls-proxy binary   (default: ./starttls-proxy)
 #   STP_TEST_CERTS  directory made by scripts/gen-test-certs.sh  (default: generated in $T)
+#   STP_LOG_TAIL    lines of each proxy log shown when a check failed (default 40)
 #
 # Output contract (read by tests/run.sh): one line per check, "PASS name",
 # "FAIL name: why" or "SKIP name: why"; the script exits non-zero when any check failed.
@@ -22,6 +23,10 @@ TEST_NAME=$(basename "$0" .sh)
 STP_BIN=${STP_BIN:-$REPO_ROOT/starttls-proxy}
 T=$(mktemp -d "${TMPDIR:-/tmp}/stp-$TEST_NAME.XXXXXX")
 chmod 755 "$T"
+
+# Every process the test starts inherits this tag, so cleanup can find stragglers (say, the
+# python child of a killed subshell) by their own environment, never by name.
+export STP_LIB_TAG="stp-lib-$$-$RANDOM$RANDOM"
 
 N_PASS=0
 N_FAIL=0
@@ -68,8 +73,8 @@ show_proxy_logs() {
 	for name in "${PROXY_NAMES[@]}"; do
 		log=$T/$name.log
 		[ -f "$log" ] || continue
-		echo "  --- last 40 lines of $name.log ($TEST_NAME) ---"
-		tail -n 40 "$log" | sed 's/^/  | /'
+		echo "  --- last ${STP_LOG_TAIL:-40} lines of $name.log ($TEST_NAME) ---"
+		tail -n "${STP_LOG_TAIL:-40}" "$log" | sed 's/^/  | /'
 	done
 }
 
@@ -88,6 +93,13 @@ cleanup() {
 		done
 		kill -KILL "$pid" 2>/dev/null
 		wait "$pid" 2>/dev/null
+	done
+	local f
+	# shellcheck disable=SC2013 # /proc paths have no spaces
+	for f in $(grep -lzx "STP_LIB_TAG=$STP_LIB_TAG" /proc/[0-9]*/environ 2>/dev/null); do
+		pid=${f#/proc/}
+		pid=${pid%/environ}
+		[ "$pid" = "$$" ] || kill -KILL "$pid" 2>/dev/null
 	done
 	if [ "$N_FAIL" -gt 0 ] || [ "$rc" -ne 0 ]; then
 		show_proxy_logs
@@ -118,22 +130,41 @@ spki_sha256() {
 
 # --- ports and processes ---------------------------------------------------------------
 
-# free_port: prints a loopback TCP port that is free now and not yet handed out by this test.
+# free_port VAR: sets VAR to a loopback TCP port that is free now and not yet handed out by
+# this test. Ports come from a pool filled 16 at a time by one python3 call (starting
+# python is slow on some machines), so call it directly, not in $(...).
+# free_port (no argument) prints a port instead (usable as $(free_port), but then the
+# test-wide bookkeeping cannot see it).
+PORT_POOL=()
 free_port() {
-	local p
+	local _fp
+	if [ $# -eq 0 ]; then
+		python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+		return
+	fi
 	while :; do
-		p=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+		if [ "${#PORT_POOL[@]}" -eq 0 ]; then
+			mapfile -t PORT_POOL < <(python3 -c '
+import socket
+socks = []
+for _ in range(16):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+for s in socks:
+    print(s.getsockname()[1])')
+			[ "${#PORT_POOL[@]}" -gt 0 ] || { fail free_port "python3 could not bind"; exit 1; }
+		fi
+		_fp=${PORT_POOL[0]}
+		PORT_POOL=("${PORT_POOL[@]:1}")
 		case $USED_PORTS in
-		*" $p "*) continue ;;
+		*" $_fp "*) continue ;;
 		esac
-		USED_PORTS="$USED_PORTS$p "
-		echo "$p"
+		USED_PORTS="$USED_PORTS$_fp "
+		printf -v "$1" '%s' "$_fp"
 		return 0
 	done
 }
-
-# free_ports N: N ports separated by spaces (in the current shell: USED_PORTS updated).
-# Use as: read -r P1 P2 <<<"$(free_ports 2)" is NOT possible (subshell); call free_port.
 
 # spawn NAME CMD...: runs CMD in the background, output to $T/NAME.log; sets LAST_PID.
 spawn() {
@@ -144,10 +175,10 @@ spawn() {
 	PIDS+=("$LAST_PID")
 }
 
-# wait_file FILE [TIMEOUT]
+# wait_file FILE [TIMEOUT]: until FILE exists (the tools create their files atomically).
 wait_file() {
 	local f=$1 t=${2:-10} i=0
-	while [ ! -s "$f" ]; do
+	while [ ! -e "$f" ]; do
 		[ $i -ge $((t * 10)) ] && return 1
 		sleep 0.1
 		i=$((i + 1))
@@ -166,53 +197,114 @@ wait_port() {
 	return 0
 }
 
-# start_server NAME [server.py args]: starts tools/server.py, waits until it listens.
-# The port: $(port_of NAME).
+# start_server NAME [server.py args]: starts tools/server.py in the background; it writes
+# its port to $T/NAME.port once listening. wait_servers waits for all of them; the port is
+# $(port_of NAME).
+PENDING_SERVERS=()
 start_server() {
 	local name=$1
 	shift
 	spawn "$name" python3 "$TOOLS/server.py" --ready "$T/$name.port" "$@"
-	if ! wait_file "$T/$name.port" 10; then
-		fail "start_server($name)" "not listening after 10s: $(tail -n 5 "$T/$name.log")"
-		exit 1
-	fi
+	PENDING_SERVERS+=("$name")
 }
-port_of() { head -n 1 "$T/$1.port"; }
+wait_servers() {
+	local name
+	for name in "${PENDING_SERVERS[@]}"; do
+		if ! wait_file "$T/$name.port" 15; then
+			fail "start_server($name)" "not listening after 15s: $(tail -n 5 "$T/$name.log")"
+			exit 1
+		fi
+	done
+	PENDING_SERVERS=()
+}
+port_of() { wait_file "$T/$1.port" 15 && head -n 1 "$T/$1.port"; }
 
 # client ARGS...: runs tools/client.py in the foreground, prints its JSON line.
 client() { python3 "$TOOLS/client.py" "$@"; }
 
-# relay_ok NAME PORT [client.py connection options]: a line sent through 127.0.0.1:PORT
-# comes back (the upstream is an echo server). PASS/FAIL NAME.
+# client_bg ID ARGS...: runs tools/client.py ARGS in the background (at most 8 at a time);
+# client_wait ID waits for it, sets CLIENT_OUT to its JSON line and returns its status.
+CLIENTS_RUNNING=()
+client_bg() {
+	local id=$1 pid live
+	shift
+	while :; do
+		live=()
+		for pid in "${CLIENTS_RUNNING[@]}"; do
+			kill -0 "$pid" 2>/dev/null && live+=("$pid")
+		done
+		CLIENTS_RUNNING=("${live[@]}")
+		[ "${#CLIENTS_RUNNING[@]}" -lt 8 ] && break
+		sleep 0.05
+	done
+	rm -f "$T/client_$id.rc"
+	(
+		python3 "$TOOLS/client.py" "$@" >"$T/client_$id.out" 2>&1
+		echo $? >"$T/client_$id.rc"
+	) >/dev/null 2>&1 &
+	PIDS+=("$!")
+	CLIENTS_RUNNING+=("$!")
+}
+client_wait() {
+	local id=$1 i=0
+	while [ ! -s "$T/client_$id.rc" ]; do
+		if [ $i -ge 1200 ]; then
+			CLIENT_OUT='{"why": "client did not finish within 60s"}'
+			return 99
+		fi
+		sleep 0.05
+		i=$((i + 1))
+	done
+	CLIENT_OUT=$(tail -n 1 "$T/client_$id.out")
+	return "$(cat "$T/client_$id.rc")"
+}
+
+# relay_start NAME ok|blocked PORT [client.py connection options]: starts a check in the
+# background: "ok" = a line sent through 127.0.0.1:PORT comes back (the upstream echoes);
+# "blocked" = the proxy closes the connection within 5 s and not one byte comes back.
+# relay_result NAME reports PASS/FAIL NAME. relay_ok / relay_blocked do both at once.
+declare -A RELAY_KIND=()
+relay_start() {
+	local name=$1 kind=$2 port=$3
+	shift 3
+	RELAY_KIND[$name]=$kind
+	if [ "$kind" = ok ]; then
+		client_bg "$name" steps --connect "127.0.0.1:$port" "$@" "send:ping-$name" "expect:ping-$name"
+	else
+		client_bg "$name" steps --connect "127.0.0.1:$port" "$@" "sendq:ping-$name" "closed:5"
+	fi
+}
+relay_result() {
+	local name=$1 what
+	[ "${RELAY_KIND[$name]}" = ok ] && what="no relay" || what="not blocked"
+	if client_wait "$name"; then
+		pass "$name"
+	else
+		fail "$name" "$what: $(json_get failed_step <<<"$CLIENT_OUT"): $(json_get why <<<"$CLIENT_OUT")"
+	fi
+}
 relay_ok() {
-	local name=$1 port=$2 out
-	shift 2
-	if out=$(client steps --connect "127.0.0.1:$port" "$@" "send:ping-$name" "expect:ping-$name"); then
-		pass "$name"
-	else
-		fail "$name" "no relay: $(json_get failed_step <<<"$out"): $(json_get why <<<"$out")"
-	fi
+	local name=$1
+	shift
+	relay_start "$name" ok "$@"
+	relay_result "$name"
 }
-
-# relay_blocked NAME PORT [client.py connection options]: the proxy closes the connection
-# (within 5 s) and not one byte comes back. PASS/FAIL NAME.
 relay_blocked() {
-	local name=$1 port=$2 out
-	shift 2
-	if out=$(client steps --connect "127.0.0.1:$port" "$@" "sendq:ping-$name" "closed:5"); then
-		pass "$name"
-	else
-		fail "$name" "not blocked: $(json_get failed_step <<<"$out"): $(json_get why <<<"$out")"
-	fi
+	local name=$1
+	shift
+	relay_start "$name" blocked "$@"
+	relay_result "$name"
 }
 
-# json_get KEY [FILE]: value of KEY in the last JSON line of FILE (or stdin).
+# json_get KEY [FILE]: value of KEY in the last line of FILE (or stdin), a flat JSON object
+# as the tools print it (strings unescaped only for \" and \\; null gives "").
 json_get() {
-	python3 -c '
-import json, sys
-lines = [l for l in open(sys.argv[2] if len(sys.argv) > 2 else 0) if l.strip()]
-v = json.loads(lines[-1]).get(sys.argv[1]) if lines else None
-print("" if v is None else (str(v).lower() if isinstance(v, bool) else v))' "$@"
+	local key=$1 line v
+	line=$(grep -v '^[[:space:]]*$' "${2:-/dev/stdin}" | tail -n 1)
+	v=$(sed -nE 's/.*"'"$key"'": ("(([^"\\]|\\.)*)"|([^,}]*)).*/\2\4/p' <<<"$line")
+	[ "$v" = null ] && v=""
+	v=${v//\\\"/\"}
+	printf '%s\n' "${v//\\\\/\\}"
 }
 
 # --- the proxy -------------------------------------------------------------------------
@@ -265,13 +357,20 @@ start_proxy() {
 # the exit status (or "timeout") and STOP_SECS to the time it took. Returns 0 on status 0.
 # Not in a subshell: it must wait for its own child.
 STOP_STATUS=""
-STOP_SECS=""
+export STOP_SECS=""
 stop_proxy() {
-	local name=$1 t=${2:-10} pid i=0 t0
+	local name=$1 t=${2:-10}
+	kill -TERM "${PROXY_PID[$name]}" 2>/dev/null
+	wait_proxy_exit "$name" "$t"
+}
+
+# wait_proxy_exit NAME TIMEOUT: waits (without signalling) for proxy NAME to exit; sets
+# STOP_STATUS and STOP_SECS like stop_proxy.
+wait_proxy_exit() {
+	local name=$1 t=$2 pid i=0 t0
 	pid=${PROXY_PID[$name]}
 	PROXY_STOPPED[$name]=1
-	t0=$(date +%s%N)
-	kill -TERM "$pid" 2>/dev/null
+	t0=$(now_ns)
 	while kill -0 "$pid" 2>/dev/null; do
 		if [ $i -ge $((t * 20)) ]; then
 			STOP_STATUS=timeout
@@ -308,9 +407,20 @@ log_count() { grep -Ec -- "$1" "${2:-$PROXY_LOG}" 2>/dev/null; }
 # log_line PATTERN [LOG]: the last matching line.
 log_line() { grep -E -- "$1" "${2:-$PROXY_LOG}" 2>/dev/null | tail -n 1; }
 
-# expect_log NAME PATTERN [TIMEOUT]: PASS when the pattern shows up in the proxy log.
+# wait_count PATTERN N [TIMEOUT [LOG]]: until at least N lines match.
+wait_count() {
+	local pat=$1 n=$2 t=${3:-5} log=${4:-$PROXY_LOG} i=0
+	while [ "$(log_count "$pat" "$log")" -lt "$n" ]; do
+		[ $i -ge $((t * 10)) ] && return 1
+		sleep 0.1
+		i=$((i + 1))
+	done
+	return 0
+}
+
+# expect_log NAME PATTERN [TIMEOUT [LOG]]: PASS when the pattern shows up in the log.
 expect_log() {
-	if wait_log "$2" "${3:-5}"; then
+	if wait_log "$2" "${3:-5}" "${4:-$PROXY_LOG}"; then
 		pass "$1"
 	else
 		fail "$1" "no log line matching /$2/"

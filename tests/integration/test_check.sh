@@ -9,9 +9,9 @@ if [ ! -x "$STP_BIN" ]; then
 	exit 1
 fi
 
-P1=$(free_port)
-P2=$(free_port)
-P3=$(free_port)
+free_port P1
+free_port P2
+free_port P3
 
 # line_of FILE REGEX: number of the first line matching REGEX (so the expectations below
 # follow the heredocs when they are edited).
@@ -99,6 +99,7 @@ fi
 
 # -t must not bind: the check passes while the listen address is busy.
 start_server busy --listen "127.0.0.1:$P1"
+wait_servers
 run_check "$good"
 if [ "$RC" -eq 0 ]; then
 	pass check_does_not_bind

@@ -12,7 +12,7 @@ Modes:
           further connects hang (connect timeouts); line 2 of --ready says full|notfull
 
 Each finished connection appends one JSON line to --result with the byte counts,
-sha256 of both directions, the TLS version and the client certificate CN.
+sha256 of both directions, the TLS version, the SNI received and the client certificate CN.
 When listening, writes the bound port to --ready (so --listen 127.0.0.1:0 is fine).
 """
 
@@ -49,6 +49,8 @@ def parse_args():
     p.add_argument("--result", help="file receiving one JSON line per connection")
     p.add_argument("--progress", help="source mode: file rewritten with bytes sent so far")
     p.add_argument("--hold", type=float, default=60.0, help="silent mode: max seconds")
+    p.add_argument("--delay", type=float, default=0.0,
+                   help="seconds to wait after accept before the TLS handshake or any I/O")
     return p.parse_args()
 
 
@@ -101,12 +103,16 @@ class Conn:
     # -- modes ---------------------------------------------------------------------
     def run(self):
         try:
+            if self.args.delay:
+                time.sleep(self.args.delay)
             if self.args.sndbuf:
                 self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.args.sndbuf)
             if self.ctx is not None:
                 self.raw.settimeout(10)
+                SNI.name = None
                 self.sock = self.ctx.wrap_socket(self.raw, server_side=True)
                 self.sock.settimeout(None)
+                self.info["sni"] = SNI.name
                 self.info["tls_version"] = self.sock.version()
                 cert = self.sock.getpeercert()
                 if cert:
@@ -184,11 +190,19 @@ class Conn:
             pass
 
 
+SNI = threading.local()
+
+
+def remember_sni(sslobj, name, ctx):
+    SNI.name = name
+
+
 def make_ctx(args):
     if not args.cert:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
+    ctx.sni_callback = remember_sni
     tls_version_setup(ctx, args.tls_min, args.tls_max)
     if args.client_ca:
         ctx.verify_mode = ssl.CERT_REQUIRED
