@@ -14,6 +14,7 @@
 #                                         port: PF_PORT[NAME.LABEL]; its log: pf_log NAME
 #   dialog CHECK [smtp_dialog.py args]    scripted SMTP client (tools/smtp_dialog.py);
 #                                         PASS/FAIL CHECK with the transcript on failure
+#   smtp_dialog_to FILE [args]            the same client, result into FILE, no check
 #   smtp_send ARGS                        one message with Python smtplib (tools/smtp_send.py)
 #   make_message FILE TAG                 a test message (CRLF, awkward lines), Message-ID
 #                                         <TAG@client.test>
@@ -51,15 +52,9 @@ pf_stop_all() {
 	PF_DIRS=()
 }
 
-# The script's own stdout/stderr: a trap may run while a redirection of the interrupted
-# command (say "smtp_dialog ... >FILE") is still in place, and its report must not go there.
-exec {SMTP_STDOUT}>&1 {SMTP_STDERR}>&2
-trap 'echo "FAIL $TEST_NAME: interrupted" >&"$SMTP_STDOUT"; N_FAIL=$((N_FAIL + 1)); exit 130' INT TERM
-
 smtp_cleanup() {
 	local rc=$?
 	trap '' INT TERM # stopping Postfix takes a moment: finish the cleanup regardless
-	exec 1>&"$SMTP_STDOUT" 2>&"$SMTP_STDERR"
 	pf_stop_all
 	(exit "$rc")
 	cleanup
@@ -198,7 +193,19 @@ start_fake() {
 	fi
 }
 
+# swaks_has_tls: swaks can do TLS (it needs Perl's Net::SSLeay, Debian libnet-ssleay-perl,
+# which the swaks package only recommends).
+swaks_has_tls() { perl -MNet::SSLeay -e 1 2>/dev/null; }
+
 smtp_dialog() { "$SMTP_PY" "$TOOLS/smtp_dialog.py" "$@"; }
+# smtp_dialog_to FILE ARGS: the same, its JSON result into FILE. (Not "smtp_dialog ... >FILE":
+# a redirected function call redirects the shell itself, and an interrupt trap firing
+# meanwhile would write its report, and the cleanup's, into FILE.)
+smtp_dialog_to() {
+	local out=$1
+	shift
+	"$SMTP_PY" "$TOOLS/smtp_dialog.py" "$@" >"$out" 2>&1
+}
 
 # msg_count STORE: number of complete messages in STORE.
 msg_count() { find "$1" -maxdepth 1 -name 'msg-*.json' 2>/dev/null | wc -l; }

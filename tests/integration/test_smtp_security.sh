@@ -187,8 +187,8 @@ expect_log stripped_testing_logged \
 
 # STARTTLS not advertised but accepted if tried: under encrypt the proxy may block or
 # try it, but the client's session never goes upstream in plaintext.
-smtp_dialog --connect "127.0.0.1:${P[hidden_encrypt]}" expect:2 cmd:2..:"EHLO legacy.client.test" \
-	cmd:2..:"MAIL FROM:<app@client.test>" >/dev/null 2>&1
+smtp_dialog_to "$T/hidden.json" --connect "127.0.0.1:${P[hidden_encrypt]}" \
+	expect:2 cmd:2..:"EHLO legacy.client.test" cmd:2..:"MAIL FROM:<app@client.test>"
 if lines_have hidden_encrypt '^plain: (MAIL|RCPT|EHLO legacy)'; then
 	fail stripped_hidden_never_plaintext "$(grep -E '^plain: (MAIL|RCPT)' "$T/hidden_encrypt.lines" | head -n 2)"
 else

@@ -126,11 +126,11 @@ dialog xclient_from_client_refused --connect "127.0.0.1:$P_PLAIN" --source 127.0
 n=0
 for seq in '\n.\n' '\r\n.\n' '\n.\r\n'; do
 	n=$((n + 1))
-	smtp_dialog --connect "127.0.0.1:$P_PLAIN" --source 127.0.0.2 \
+	smtp_dialog_to "$T/smuggle$n.json" --connect "127.0.0.1:$P_PLAIN" --source 127.0.0.2 \
 		expect:220 cmd:250:"EHLO smuggler.example" \
 		cmd:250:"MAIL FROM:<app@client.test>" cmd:250:"RCPT TO:<someone@dest.test>" cmd:354:DATA \
 		"raw:Subject: smuggle $n\r\n\r\nhello${seq}XCLIENT ADDR=10.66.66.$n NAME=spoofed$n.example\r\nMAIL FROM:<smuggled@evil.test>\r\nRCPT TO:<victim@dest.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled body\r\n.\r\n" \
-		"raw:\r\n.\r\nQUIT\r\n" drain:3 >"$T/smuggle$n.json"
+		"raw:\r\n.\r\nQUIT\r\n" drain:3
 	if grep -q "10\.66\.66\.$n\|spoofed$n" "$PFLOG"; then
 		fail "smuggled_xclient_not_executed_$n" "$(grep -m2 "10\.66\.66\.$n\|spoofed$n" "$PFLOG")"
 	else
@@ -140,11 +140,11 @@ done
 
 # Control: the same bytes sent straight from the authorized address do smuggle an
 # XCLIENT into this Postfix (so the checks above can fail).
-smtp_dialog --connect "127.0.0.1:${PF_PORT[pf.plain]}" \
+smtp_dialog_to "$T/smuggle-control.json" --connect "127.0.0.1:${PF_PORT[pf.plain]}" \
 	expect:220 cmd:250:"EHLO smuggler.example" \
 	cmd:250:"MAIL FROM:<app@client.test>" cmd:250:"RCPT TO:<someone@dest.test>" cmd:354:DATA \
 	"raw:Subject: smuggle control\r\n\r\nhello\n.\nXCLIENT ADDR=10.66.66.99 NAME=spoofed99.example\r\nQUIT\r\n" \
-	drain:3 >"$T/smuggle-control.json"
+	drain:3
 if wait_log 'from spoofed99\.example\[10\.66\.66\.99\]' 3 "$PFLOG"; then
 	pass smuggling_control_postfix_accepts_bare_lf_xclient
 else
