@@ -17,6 +17,8 @@ struct buf {
 int buf_append(struct buf *b, const void *p, size_t n);
 void buf_consume(struct buf *b, size_t n);
 void buf_free(struct buf *b);
+/* Gives the memory back when the buffer is empty (for buffers idle most of the time). */
+void buf_trim(struct buf *b);
 
 static inline uint8_t *buf_ptr(const struct buf *b)
 {

@@ -30,6 +30,9 @@ enum tls_verify {
 	TLS_VERIFY_FAILURE,       /* validation-failure (bad signature, no certificate, ...) */
 };
 
+/* The largest plaintext one record carries. */
+#define TLS_RECORD_MAX 16384
+
 struct tls_ctx;
 struct tls_conn;
 

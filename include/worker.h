@@ -54,6 +54,9 @@ struct worker {
 	uint8_t readbuf[EP_READ_SIZE];
 };
 
+/* Binds every route's address once without SO_REUSEPORT, so that an address another
+ * process listens on is an error instead of a silent share. 0 or a negative errno. */
+int worker_probe(const struct cfg *cfg, char *err, size_t errlen);
 /* Creates the listening sockets of every route for one worker. Returns 0, or a negative
  * errno with a message in err. */
 int worker_bind(struct worker *w, char *err, size_t errlen);

@@ -18,8 +18,8 @@ key=$(echo "$WOLFSSL_DEBIAN_VERSION $WOLFSSL_FLAGS" | sha256sum | cut -c1-12)
 WOLFSSL_PREFIX="$PREFIX_ROOT/wolfssl-$WOLFSSL_VERSION-$key"
 
 PACKAGES="build-essential pkg-config libuv1-dev libcmocka-dev autoconf automake libtool
- dpkg-dev openssl curl python3 python3-aiosmtpd swaks socat stunnel4 haproxy postfix
- iproute2 procps psmisc"
+ dpkg-dev openssl curl python3 python3-aiosmtpd swaks libnet-ssleay-perl socat stunnel4 haproxy
+ postfix iproute2 procps psmisc libssl-dev clang"
 
 need_pkgs=()
 for p in $PACKAGES; do

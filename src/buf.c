@@ -48,3 +48,9 @@ void buf_free(struct buf *b)
 	b->data = NULL;
 	b->off = b->len = b->cap = 0;
 }
+
+void buf_trim(struct buf *b)
+{
+	if (b->len == 0 && b->data)
+		buf_free(b);
+}

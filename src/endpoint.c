@@ -168,14 +168,26 @@ static void tls_progress(struct endpoint *ep)
 			return;
 		try_shutdown(ep);
 	}
+	/* Records are collected into one delivery (one write on the other side) while the
+	 * buffer has room for another whole record. */
 	struct tls_conn *tls = ep->tls;
+	size_t got = 0;
 	while (!ep->paused && !ep->closing && !ep->failed && !ep->eof && ep->tls == tls) {
-		int n = tls_conn_read(tls, ep->readbuf, EP_READ_SIZE);
+		int n = tls_conn_read(tls, ep->readbuf + got, EP_READ_SIZE - got);
 		if (flush_tls(ep) < 0)
 			return;
 		if (n > 0) {
-			deliver(ep, ep->readbuf, (size_t)n);
-		} else if (n == TLS_AGAIN) {
+			got += (size_t)n;
+			if (EP_READ_SIZE - got >= TLS_RECORD_MAX)
+				continue;
+		}
+		if (got) {
+			deliver(ep, ep->readbuf, got);
+			got = 0;
+			if (n > 0 || n == TLS_AGAIN)
+				continue; /* the loop condition sees what the owner did */
+		}
+		if (n == TLS_AGAIN) {
 			break;
 		} else if (n == TLS_CLOSED) {
 			ep->eof = 1;

@@ -123,6 +123,11 @@ int main(int argc, char **argv)
 	uv_mutex_init(&shared.clients_lock);
 	if (getrandom(&shared.id_key, sizeof(shared.id_key), 0) != sizeof(shared.id_key))
 		shared.id_key = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)time(NULL);
+	char perr[300];
+	if (worker_probe(cfg, perr, sizeof(perr)) < 0) {
+		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", perr, NULL);
+		return 1;
+	}
 	nworkers = cfg->workers;
 	workers = calloc((size_t)nworkers, sizeof(*workers));
 	for (int i = 0; i < nworkers; i++) {

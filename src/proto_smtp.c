@@ -401,7 +401,19 @@ static void handle_reply(struct smtp *s, struct proto_actions *a)
 	switch (k) {
 	case E_GREETING:
 		if (code != 220) {
-			/* The upstream refuses service: tell the client so, in its words. */
+			log_event(LOG_WARN, s->p.session_id, s->p.route, "upstream_refused", "code",
+				  code == 554 ? "554" : code / 100 == 4 ? "4xx" : "5xx", NULL);
+			if (s->p.upstream_tls == CFG_TLS_STARTTLS) {
+				/* A greeting before STARTTLS is unauthenticated: anyone on the path
+				 * could have written it, so it must not make the client bounce. */
+				char r[300];
+				snprintf(r, sizeof(r),
+					 "421 4.4.1 %s Upstream server refused service (%d); try again later",
+					 s->p.helo_name, code);
+				finish(s, a, r, "upstream refused service");
+				return;
+			}
+			/* Otherwise it comes from the upstream itself: tell the client in its words. */
 			relay_reply(s, a);
 			finish(s, a, NULL, "upstream refused service");
 			return;

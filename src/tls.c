@@ -41,6 +41,7 @@ static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *arg)
 	size_t n = (size_t)sz < c->in.len ? (size_t)sz : c->in.len;
 	memcpy(buf, buf_ptr(&c->in), n);
 	buf_consume(&c->in, n);
+	buf_trim(&c->in); /* an idle connection keeps no buffer */
 	return (int)n;
 }
 
@@ -342,7 +343,11 @@ int tls_conn_close_notify(struct tls_conn *c)
 
 size_t tls_conn_out_len(const struct tls_conn *c) { return c->out.len; }
 const uint8_t *tls_conn_out_data(const struct tls_conn *c) { return buf_ptr(&c->out); }
-void tls_conn_out_consume(struct tls_conn *c, size_t n) { buf_consume(&c->out, n); }
+void tls_conn_out_consume(struct tls_conn *c, size_t n)
+{
+	buf_consume(&c->out, n);
+	buf_trim(&c->out);
+}
 size_t tls_conn_in_len(const struct tls_conn *c) { return c->in.len; }
 
 const char *tls_conn_version(const struct tls_conn *c)

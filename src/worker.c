@@ -41,6 +41,29 @@ fail:;
 	return -e;
 }
 
+int worker_probe(const struct cfg *cfg, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < cfg->nroutes; i++) {
+		const struct cfg_addr *a = &cfg->routes[i].listen;
+		int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		int one = 1, rc = 0;
+		if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+			rc = -errno;
+		if (!rc && a->ss.ss_family == AF_INET6)
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+		if (!rc && bind(fd, (const struct sockaddr *)&a->ss, a->sslen) < 0)
+			rc = -errno;
+		if (fd >= 0)
+			close(fd);
+		if (rc) {
+			snprintf(err, errlen, "cannot listen on %s:%u: %s", a->host, a->port,
+				 strerror(-rc));
+			return rc;
+		}
+	}
+	return 0;
+}
+
 int worker_bind(struct worker *w, char *err, size_t errlen)
 {
 	w->nlisteners = w->cfg->nroutes;

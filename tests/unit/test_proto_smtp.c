@@ -818,10 +818,14 @@ static const struct step s_inj_lost_before_greeting[] = {
 	END
 };
 
+/* A refusal before STARTTLS is unauthenticated: the client gets a temporary 421, never
+ * the (possibly forged) permanent 554. */
 static const struct step s_inj_greeting_refused[] = {
 	CONN("", "", ""),
 	CL("EHLO client.test\r\n", "", "", ""),
-	UP("554 5.3.2 go away\r\n", "554 5.3.2 go away\r\n", "", "close"),
+	UP("554 5.3.2 go away\r\n",
+	   "421 4.4.1 proxy.test Upstream server refused service (554); try again later\r\n", "",
+	   "close"),
 	END
 };
 
