@@ -69,7 +69,8 @@ static int is_number(const char *v)
 	return 1;
 }
 
-static void json_string(struct line *l, const char *v)
+/* A quoted value: JSON escapes (\u00XX) or text ones (\xXX) for control characters. */
+static void quoted(struct line *l, const char *v, int json)
 {
 	put(l, "\"", 1);
 	for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
@@ -79,7 +80,7 @@ static void json_string(struct line *l, const char *v)
 			esc[1] = (char)*p;
 			put(l, esc, 2);
 		} else if (*p < 0x20 || *p == 0x7f) {
-			snprintf(esc, sizeof(esc), "\\u%04x", *p);
+			snprintf(esc, sizeof(esc), json ? "\\u%04x" : "\\x%02x", *p);
 			puts_(l, esc);
 		} else {
 			put(l, (const char *)p, 1);
@@ -98,45 +99,25 @@ static int needs_quotes(const char *v)
 	return 0;
 }
 
-static void text_value(struct line *l, const char *v)
-{
-	if (!needs_quotes(v)) {
-		puts_(l, v);
-		return;
-	}
-	put(l, "\"", 1);
-	for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
-		char esc[8];
-		if (*p == '"' || *p == '\\') {
-			esc[0] = '\\';
-			esc[1] = (char)*p;
-			put(l, esc, 2);
-		} else if (*p < 0x20 || *p == 0x7f) {
-			snprintf(esc, sizeof(esc), "\\x%02x", *p);
-			puts_(l, esc);
-		} else {
-			put(l, (const char *)p, 1);
-		}
-	}
-	put(l, "\"", 1);
-}
-
 static void field(struct line *l, int *first, const char *k, const char *v, int raw_ok)
 {
 	if (log_json) {
 		puts_(l, *first ? "{" : ",");
-		json_string(l, k);
+		quoted(l, k, 1);
 		put(l, ":", 1);
 		if (raw_ok && is_number(v))
 			puts_(l, v);
 		else
-			json_string(l, v);
+			quoted(l, v, 1);
 	} else {
 		if (!*first)
 			put(l, " ", 1);
 		puts_(l, k);
 		put(l, "=", 1);
-		text_value(l, v);
+		if (needs_quotes(v))
+			quoted(l, v, 0);
+		else
+			puts_(l, v);
 	}
 	*first = 0;
 }

@@ -130,36 +130,51 @@ static int load_ca(WOLFSSL_CTX *ctx, const char *path, const char *what, char *e
 	return 0;
 }
 
+/* Wraps a configured wolfSSL context; frees it on failure. */
+static int ctx_wrap(WOLFSSL_CTX *ctx, int is_server, struct tls_ctx **out)
+{
+	struct tls_ctx *t = calloc(1, sizeof(*t));
+	if (!t) {
+		wolfSSL_CTX_free(ctx);
+		return TLS_E_NOMEM;
+	}
+	t->ctx = ctx;
+	t->is_server = is_server;
+	*out = t;
+	return 0;
+}
+
+static WOLFSSL_CTX *ctx_new(int is_server, int min_version, char *err, size_t errlen)
+{
+	WOLFSSL_CTX *ctx = wolfSSL_CTX_new(is_server ? wolfSSLv23_server_method()
+						     : wolfSSLv23_client_method());
+	if (!ctx) {
+		snprintf(err, errlen, "cannot create a TLS context");
+		return NULL;
+	}
+	if (ctx_common(ctx, min_version, err, errlen) < 0) {
+		wolfSSL_CTX_free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
 int tls_ctx_server_new(const struct tls_server_opts *o, struct tls_ctx **out, char *err,
 		       size_t errlen)
 {
 	*out = NULL;
-	WOLFSSL_CTX *ctx = wolfSSL_CTX_new(wolfSSLv23_server_method());
-	if (!ctx) {
-		snprintf(err, errlen, "cannot create a TLS context");
+	WOLFSSL_CTX *ctx = ctx_new(1, o->min_version, err, errlen);
+	if (!ctx)
+		return TLS_E_CONFIG;
+	if (load_identity(ctx, o->cert, o->key, "cert", "key", err, errlen) < 0 ||
+	    (o->client_ca && load_ca(ctx, o->client_ca, "client_ca", err, errlen) < 0)) {
+		wolfSSL_CTX_free(ctx);
 		return TLS_E_CONFIG;
 	}
-	if (ctx_common(ctx, o->min_version, err, errlen) < 0 ||
-	    load_identity(ctx, o->cert, o->key, "cert", "key", err, errlen) < 0)
-		goto fail;
-	if (o->client_ca) {
-		if (load_ca(ctx, o->client_ca, "client_ca", err, errlen) < 0)
-			goto fail;
-		wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER | WOLFSSL_VERIFY_FAIL_IF_NO_PEER_CERT,
-				       NULL);
-	} else {
-		wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_NONE, NULL);
-	}
-	struct tls_ctx *t = calloc(1, sizeof(*t));
-	if (!t)
-		goto fail;
-	t->ctx = ctx;
-	t->is_server = 1;
-	*out = t;
-	return 0;
-fail:
-	wolfSSL_CTX_free(ctx);
-	return TLS_E_CONFIG;
+	wolfSSL_CTX_set_verify(ctx, o->client_ca ? WOLFSSL_VERIFY_PEER |
+							   WOLFSSL_VERIFY_FAIL_IF_NO_PEER_CERT
+						 : WOLFSSL_VERIFY_NONE, NULL);
+	return ctx_wrap(ctx, 1, out);
 }
 
 static enum tls_verify classify(int error)
@@ -196,32 +211,20 @@ int tls_ctx_client_new(const struct tls_client_opts *o, struct tls_ctx **out, ch
 		       size_t errlen)
 {
 	*out = NULL;
-	WOLFSSL_CTX *ctx = wolfSSL_CTX_new(wolfSSLv23_client_method());
-	if (!ctx) {
-		snprintf(err, errlen, "cannot create a TLS context");
+	WOLFSSL_CTX *ctx = ctx_new(0, o->min_version, err, errlen);
+	if (!ctx)
+		return TLS_E_CONFIG;
+	if ((o->cert && load_identity(ctx, o->cert, o->key, "upstream_cert", "upstream_key", err,
+				      errlen) < 0) ||
+	    (o->ca && load_ca(ctx, o->ca, "upstream_ca", err, errlen) < 0)) {
+		wolfSSL_CTX_free(ctx);
 		return TLS_E_CONFIG;
 	}
-	if (ctx_common(ctx, o->min_version, err, errlen) < 0)
-		goto fail;
-	if (o->cert && load_identity(ctx, o->cert, o->key, "upstream_cert", "upstream_key", err,
-				     errlen) < 0)
-		goto fail;
-	if (o->ca) {
-		if (load_ca(ctx, o->ca, "upstream_ca", err, errlen) < 0)
-			goto fail;
+	if (o->ca)
 		wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER, verify_cb);
-	} else {
+	else
 		wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_NONE, NULL);
-	}
-	struct tls_ctx *t = calloc(1, sizeof(*t));
-	if (!t)
-		goto fail;
-	t->ctx = ctx;
-	*out = t;
-	return 0;
-fail:
-	wolfSSL_CTX_free(ctx);
-	return TLS_E_CONFIG;
+	return ctx_wrap(ctx, 0, out);
 }
 
 void tls_ctx_free(struct tls_ctx *t)
