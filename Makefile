@@ -91,7 +91,9 @@ fuzz:
 install: all
 	install -D -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/starttls-proxy
 	install -D -m 644 etc/starttls-proxy.conf $(DESTDIR)$(PREFIX)/share/doc/starttls-proxy/starttls-proxy.conf.example
-	install -D -m 644 systemd/starttls-proxy.service $(DESTDIR)$(PREFIX)/lib/systemd/system/starttls-proxy.service
+	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system
+	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' systemd/starttls-proxy.service \
+	  > $(DESTDIR)$(PREFIX)/lib/systemd/system/starttls-proxy.service
 	install -D -m 644 man/starttls-proxy.8 $(DESTDIR)$(PREFIX)/share/man/man8/starttls-proxy.8
 	install -D -m 644 man/starttls-proxy.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/starttls-proxy.conf.5
 

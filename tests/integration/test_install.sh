@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# make install honours PREFIX and DESTDIR: binary, man pages, example, systemd unit
+# pointing at the installed binary.
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+root=$T/root
+if make -s -C "$REPO_ROOT" install DESTDIR="$root" PREFIX=/opt/stp >"$T/install.log" 2>&1; then
+	pass install_ran
+else
+	fail install_ran "$(tail -n 5 "$T/install.log")"
+fi
+for f in bin/starttls-proxy share/man/man8/starttls-proxy.8 share/man/man5/starttls-proxy.conf.5 \
+	share/doc/starttls-proxy/starttls-proxy.conf.example lib/systemd/system/starttls-proxy.service; do
+	check "installed_${f##*/}" test -s "$root/opt/stp/$f"
+done
+check binary_runs grep -q 'wolfSSL' <("$root/opt/stp/bin/starttls-proxy" -V)
+check unit_points_at_prefix grep -q '^ExecStart=/opt/stp/bin/starttls-proxy ' \
+	"$root/opt/stp/lib/systemd/system/starttls-proxy.service"
+check nothing_outside_destdir test ! -e /opt/stp
+check man_page_is_roff grep -q '^\.TH STARTTLS-PROXY.CONF 5' "$root/opt/stp/share/man/man5/starttls-proxy.conf.5"
+finish
