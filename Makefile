@@ -18,7 +18,7 @@ CC       ?= cc
 OPT      ?= -O2 -g
 WERROR   ?= $(if $(CI),-Werror,)
 CFLAGS   ?= $(OPT)
-CFLAGS   += -std=gnu11 -Wall -Wextra $(WERROR) -Wno-unused-parameter -fno-strict-aliasing \
+CFLAGS   += -std=gnu11 -Wall -Wextra $(WERROR) -fno-strict-aliasing \
             -Iinclude $(WOLFSSL_CFLAGS) $(UV_CFLAGS) -DSTP_VERSION='"$(VERSION)"' -D_GNU_SOURCE
 LDLIBS   := $(UV_LIBS) $(WOLFSSL_LIBS)
 ifeq ($(SANITIZE),1)
