@@ -107,6 +107,9 @@ int cfg_parse_hostport(const char *s, char *host, size_t hostlen, uint16_t *port
 int cfg_parse_fingerprint(const char *s, uint8_t out[32]); /* "sha256:HEX" (colons allowed) */
 int cfg_parse_tls_version(const char *s, int *v);          /* "1.0".."1.3" -> 10..13 */
 
+/* Same resolved address and port. */
+int cfg_addr_equal(const struct cfg_addr *a, const struct cfg_addr *b);
+
 const char *cfg_proto_name(enum cfg_proto p);
 const char *cfg_tls_name(enum cfg_tls t);
 const char *cfg_policy_name(enum cfg_policy p);

@@ -13,6 +13,7 @@
 #include "endpoint.h"
 
 struct cfg;
+struct cfg_addr;
 struct session;
 
 struct client_count;
@@ -38,16 +39,26 @@ struct listener {
 	int fd;
 };
 
+/* A new configuration on its way to a worker: for route i of cfg, fds[i] is a new
+ * listening socket, or -1 to keep the worker's listener on the same address. */
+struct reload {
+	struct cfg *cfg; /* one reference, given to the worker */
+	int *fds;
+};
+
 struct worker {
 	int index;
 	uv_loop_t loop;
 	uv_thread_t thread;
 	uv_async_t wake;
 	uv_timer_t drain_timer;
-	struct cfg *cfg;
+	struct cfg *cfg; /* the worker's reference; new sessions take theirs from it */
 	struct stp_shared *shared;
-	struct listener *listeners;
+	struct listener **listeners;
 	size_t nlisteners;
+	uv_mutex_t lock;         /* guards the two fields below, set from the main thread */
+	struct reload *pending;
+	int stop_requested;
 	struct session *sessions; /* doubly linked through session->next/prev */
 	long nsessions;
 	int stopping;
@@ -63,6 +74,12 @@ int worker_bind(struct worker *w, char *err, size_t errlen);
 int worker_start(struct worker *w);
 /* Thread-safe: ask the worker to stop accepting and drain. */
 void worker_stop(struct worker *w);
+/* Thread-safe: hand the worker a new configuration (see struct reload; the worker owns r
+ * from now on). Sessions already open keep the configuration they started with. */
+void worker_reload(struct worker *w, struct reload *r);
+/* A listening socket for addr (SO_REUSEPORT, so each worker can have its own): the fd, or
+ * a negative errno with a message in err. */
+int worker_listen_socket(const struct cfg_addr *addr, char *err, size_t errlen);
 void worker_join(struct worker *w);
 
 /* For session.c: the session list and the shared counters. */

@@ -581,7 +581,7 @@ static void parse_global(struct parse *P, struct section *sec, struct cfg *c)
 	check_unknown(P, sec, global_keys);
 }
 
-static int addr_equal(const struct cfg_addr *a, const struct cfg_addr *b)
+int cfg_addr_equal(const struct cfg_addr *a, const struct cfg_addr *b)
 {
 	if (a->sslen == 0 || b->sslen == 0)
 		return strcmp(a->host, b->host) == 0 && a->port == b->port;
@@ -889,7 +889,7 @@ int cfg_load_flags(const char *path, int flags, struct cfg **out, struct cfg_err
 		struct cfg_route *r = &c->routes[c->nroutes++];
 		parse_route(&P, &P.s[i], c, r);
 		for (size_t j = 0; j + 1 < c->nroutes; j++)
-			if (r->listen.port && addr_equal(&c->routes[j].listen, &r->listen)) {
+			if (r->listen.port && cfg_addr_equal(&c->routes[j].listen, &r->listen)) {
 				ERR(&P, line_of(&P.s[i], "listen"),
 				    "listen address %s:%u is already used by route \"%s\" (line %d)",
 				    r->listen.host, r->listen.port, c->routes[j].name,

@@ -14,15 +14,16 @@ static int log_json;
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 
+/* Set by the main thread (start, reload) while workers log: relaxed atomics. */
 void log_setup(int level, int json)
 {
-	log_level = level;
-	log_json = json;
+	__atomic_store_n(&log_level, level, __ATOMIC_RELAXED);
+	__atomic_store_n(&log_json, json, __ATOMIC_RELAXED);
 }
 
 int log_enabled(int level)
 {
-	return level <= log_level;
+	return level <= __atomic_load_n(&log_level, __ATOMIC_RELAXED);
 }
 
 int log_level_parse(const char *s)
@@ -39,6 +40,7 @@ struct line {
 	char buf[4096];
 	size_t len;
 	int truncated;
+	int json;
 };
 
 static void put(struct line *l, const char *s, size_t n)
@@ -101,7 +103,7 @@ static int needs_quotes(const char *v)
 
 static void field(struct line *l, int *first, const char *k, const char *v, int raw_ok)
 {
-	if (log_json) {
+	if (l->json) {
 		puts_(l, *first ? "{" : ",");
 		quoted(l, k, 1);
 		put(l, ":", 1);
@@ -126,7 +128,7 @@ void log_event(int level, const char *session, const char *route, const char *ev
 {
 	if (!log_enabled(level))
 		return;
-	struct line l = { .len = 0 };
+	struct line l = { .len = 0, .json = __atomic_load_n(&log_json, __ATOMIC_RELAXED) };
 	int first = 1;
 	char ts[40];
 	struct timeval tv;
@@ -157,7 +159,7 @@ void log_event(int level, const char *session, const char *route, const char *ev
 	va_end(ap);
 	if (l.truncated)
 		field(&l, &first, "truncated", "yes", 0);
-	if (log_json)
+	if (l.json)
 		put(&l, "}", 1);
 	l.buf[l.len++] = '\n';
 	ssize_t w = write(STDERR_FILENO, l.buf, l.len);

@@ -60,13 +60,91 @@ static int drop_privileges(const char *user)
 static struct worker *workers;
 static int nworkers;
 static int stopping;
+static const char *config_path;
+static struct cfg *current; /* main's reference to the running configuration */
+
+static void reload_failed(const char *error)
+{
+	log_event(LOG_ERROR, NULL, NULL, "reload", "result", "failed", "error", error, NULL);
+}
+
+/* SIGHUP: load and check the file again (certificates and keys included); on success the
+ * workers switch to it, keeping the listeners of addresses that stay and the sessions
+ * already open; on any error the running configuration stays. */
+static void reload(void)
+{
+	struct cfg_errors errs = { 0 };
+	struct cfg *nc = NULL;
+	if (cfg_load(config_path, &nc, &errs) < 0) {
+		for (size_t i = 0; i < errs.n; i++)
+			reload_failed(errs.msg[i]);
+		cfg_errors_free(&errs);
+		return;
+	}
+	cfg_errors_free(&errs);
+	if (nc->workers != current->workers || (nc->user != current->user &&
+	    (!nc->user || !current->user || strcmp(nc->user, current->user))))
+		log_event(LOG_WARN, NULL, NULL, "reload", "note",
+			  "workers and user take effect at the next restart", NULL);
+	/* New addresses: probed and bound now, one socket per worker. */
+	int **fds = calloc((size_t)nworkers, sizeof(*fds));
+	int ok = fds != NULL;
+	for (int w = 0; ok && w < nworkers; w++) {
+		fds[w] = malloc((nc->nroutes ? nc->nroutes : 1) * sizeof(int));
+		ok = fds[w] != NULL;
+		for (size_t i = 0; ok && i < nc->nroutes; i++)
+			fds[w][i] = -1;
+	}
+	char err[300];
+	for (size_t i = 0; ok && i < nc->nroutes; i++) {
+		int kept = 0;
+		for (size_t j = 0; j < current->nroutes && !kept; j++)
+			kept = cfg_addr_equal(&current->routes[j].listen, &nc->routes[i].listen);
+		if (kept)
+			continue;
+		for (int w = 0; ok && w < nworkers; w++) {
+			fds[w][i] = worker_listen_socket(&nc->routes[i].listen, err, sizeof(err));
+			if (fds[w][i] < 0) {
+				reload_failed(err);
+				ok = 0;
+			}
+		}
+	}
+	if (!ok) {
+		for (int w = 0; fds && w < nworkers; w++) {
+			for (size_t i = 0; fds[w] && i < nc->nroutes; i++)
+				if (fds[w][i] >= 0)
+					close(fds[w][i]);
+			free(fds[w]);
+		}
+		free(fds);
+		cfg_unref(nc);
+		return;
+	}
+	log_setup(nc->log_level, nc->log_format == CFG_LOG_JSON);
+	for (int w = 0; w < nworkers; w++) {
+		struct reload *r = malloc(sizeof(*r));
+		if (!r) {
+			free(fds[w]);
+			continue;
+		}
+		r->cfg = cfg_ref(nc);
+		r->fds = fds[w];
+		worker_reload(&workers[w], r);
+	}
+	free(fds);
+	cfg_unref(current);
+	current = nc;
+	char n[16];
+	snprintf(n, sizeof(n), "%zu", nc->nroutes);
+	log_event(LOG_INFO, NULL, NULL, "reload", "result", "ok", "routes", n, NULL);
+}
 
 static void on_signal(uv_signal_t *h, int signum)
 {
 	if (signum == SIGHUP) {
-		log_event(LOG_WARN, NULL, NULL, "reload", "result", "ignored", "reason",
-			  "configuration reload is not supported by this version; restart to apply",
-			  NULL);
+		if (!stopping)
+			reload();
 		return;
 	}
 	if (stopping)
@@ -111,6 +189,8 @@ int main(int argc, char **argv)
 	struct cfg *cfg = load(path);
 	if (!cfg)
 		return 1;
+	config_path = path;
+	current = cfg;
 	if (check) {
 		printf("configuration OK\n");
 		cfg_unref(cfg);
@@ -133,7 +213,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < nworkers; i++) {
 		char err[256];
 		workers[i].index = i;
-		workers[i].cfg = cfg;
+		workers[i].cfg = cfg_ref(cfg);
 		workers[i].shared = &shared;
 		if (worker_bind(&workers[i], err, sizeof(err)) < 0) {
 			log_event(LOG_ERROR, NULL, NULL, "fatal", "error", err, NULL);
@@ -181,6 +261,6 @@ int main(int argc, char **argv)
 		worker_join(&workers[i]);
 	free(workers);
 	log_event(LOG_INFO, NULL, NULL, "stopped", NULL);
-	cfg_unref(cfg);
+	cfg_unref(current);
 	return 0;
 }

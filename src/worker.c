@@ -17,7 +17,7 @@ struct session_link { /* the first members of struct session */
 	struct session *next, *prev;
 };
 
-static int listen_socket(const struct cfg_addr *a, char *err, size_t errlen)
+int worker_listen_socket(const struct cfg_addr *a, char *err, size_t errlen)
 {
 	int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
@@ -71,10 +71,13 @@ int worker_bind(struct worker *w, char *err, size_t errlen)
 	if (!w->listeners)
 		return -ENOMEM;
 	for (size_t i = 0; i < w->nlisteners; i++) {
-		struct listener *l = &w->listeners[i];
+		struct listener *l = calloc(1, sizeof(*l));
+		if (!l)
+			return -ENOMEM;
+		w->listeners[i] = l;
 		l->w = w;
 		l->route = &w->cfg->routes[i];
-		l->fd = listen_socket(&l->route->listen, err, errlen);
+		l->fd = worker_listen_socket(&l->route->listen, err, errlen);
 		if (l->fd < 0)
 			return l->fd;
 	}
@@ -116,15 +119,112 @@ static void drain_timeout(uv_timer_t *t)
 	}
 }
 
+static void listener_closed(uv_handle_t *h)
+{
+	free(h->data);
+}
+
+static void close_listener(struct listener *l)
+{
+	if (!uv_is_closing((uv_handle_t *)&l->tcp))
+		uv_close((uv_handle_t *)&l->tcp, listener_closed);
+}
+
+static int open_listener(struct worker *w, struct listener *l)
+{
+	int rc;
+	uv_tcp_init(&w->loop, &l->tcp);
+	l->tcp.data = l;
+	if ((rc = uv_tcp_open(&l->tcp, l->fd)) < 0 ||
+	    (rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection)) < 0)
+		log_event(LOG_ERROR, NULL, l->route->name, "listen_failed", "error", uv_strerror(rc),
+			  NULL);
+	return rc;
+}
+
+/* Switches to a new configuration: listeners on addresses that stay are kept (so no
+ * connection is refused during a reload), new ones open, the others close. */
+static void apply_reload(struct worker *w, struct reload *r)
+{
+	struct cfg *nc = r->cfg;
+	struct listener **nl = calloc(nc->nroutes ? nc->nroutes : 1, sizeof(*nl));
+	if (!nl) {
+		cfg_unref(nc);
+		free(r->fds);
+		free(r);
+		return;
+	}
+	for (size_t i = 0; i < nc->nroutes; i++) {
+		struct cfg_route *route = &nc->routes[i];
+		struct listener *l = NULL;
+		if (r->fds[i] < 0) {
+			for (size_t j = 0; j < w->nlisteners && !l; j++)
+				if (w->listeners[j] &&
+				    cfg_addr_equal(&w->listeners[j]->route->listen, &route->listen)) {
+					l = w->listeners[j];
+					w->listeners[j] = NULL;
+				}
+		}
+		if (!l) {
+			l = calloc(1, sizeof(*l));
+			if (!l) {
+				if (r->fds[i] >= 0)
+					close(r->fds[i]);
+				continue;
+			}
+			l->w = w;
+			l->fd = r->fds[i];
+			l->route = route;
+			if (l->fd < 0 || open_listener(w, l) < 0) {
+				if (l->fd >= 0)
+					close_listener(l);
+				else
+					free(l);
+				continue;
+			}
+		}
+		l->route = route;
+		nl[i] = l;
+	}
+	for (size_t j = 0; j < w->nlisteners; j++)
+		if (w->listeners[j])
+			close_listener(w->listeners[j]);
+	free(w->listeners);
+	w->listeners = nl;
+	w->nlisteners = nc->nroutes;
+	struct cfg *old = w->cfg;
+	w->cfg = nc;
+	cfg_unref(old); /* open sessions hold their own references */
+	free(r->fds);
+	free(r);
+}
+
 static void wake_cb(uv_async_t *a)
 {
 	struct worker *w = a->data;
-	if (w->stopping)
+	uv_mutex_lock(&w->lock);
+	struct reload *r = w->pending;
+	w->pending = NULL;
+	int stop = w->stop_requested;
+	uv_mutex_unlock(&w->lock);
+	if (r) {
+		if (w->stopping) {
+			for (size_t i = 0; i < r->cfg->nroutes; i++)
+				if (r->fds[i] >= 0)
+					close(r->fds[i]);
+			cfg_unref(r->cfg);
+			free(r->fds);
+			free(r);
+		} else {
+			apply_reload(w, r);
+		}
+	}
+	if (!stop || w->stopping)
 		return;
 	w->stopping = 1;
 	for (size_t i = 0; i < w->nlisteners; i++)
-		if (!uv_is_closing((uv_handle_t *)&w->listeners[i].tcp))
-			uv_close((uv_handle_t *)&w->listeners[i].tcp, NULL);
+		if (w->listeners[i])
+			close_listener(w->listeners[i]);
 	if (w->nsessions == 0) {
 		finish(w);
 		return;
@@ -147,19 +247,35 @@ int worker_start(struct worker *w)
 	w->wake.data = w;
 	uv_timer_init(&w->loop, &w->drain_timer);
 	w->drain_timer.data = w;
-	for (size_t i = 0; i < w->nlisteners; i++) {
-		struct listener *l = &w->listeners[i];
-		uv_tcp_init(&w->loop, &l->tcp);
-		l->tcp.data = l;
-		if ((rc = uv_tcp_open(&l->tcp, l->fd)) < 0 ||
-		    (rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection)) < 0)
+	uv_mutex_init(&w->lock);
+	for (size_t i = 0; i < w->nlisteners; i++)
+		if ((rc = open_listener(w, w->listeners[i])) < 0)
 			return rc;
-	}
 	return uv_thread_create(&w->thread, run, w);
 }
 
 void worker_stop(struct worker *w)
 {
+	uv_mutex_lock(&w->lock);
+	w->stop_requested = 1;
+	uv_mutex_unlock(&w->lock);
+	uv_async_send(&w->wake);
+}
+
+void worker_reload(struct worker *w, struct reload *r)
+{
+	uv_mutex_lock(&w->lock);
+	struct reload *old = w->pending;
+	w->pending = r;
+	uv_mutex_unlock(&w->lock);
+	if (old) { /* two reloads before the worker woke: the newer wins */
+		for (size_t i = 0; i < old->cfg->nroutes; i++)
+			if (old->fds[i] >= 0)
+				close(old->fds[i]);
+		cfg_unref(old->cfg);
+		free(old->fds);
+		free(old);
+	}
 	uv_async_send(&w->wake);
 }
 
@@ -169,6 +285,9 @@ void worker_join(struct worker *w)
 	uv_loop_close(&w->loop);
 	free(w->listeners);
 	w->listeners = NULL;
+	uv_mutex_destroy(&w->lock);
+	cfg_unref(w->cfg);
+	w->cfg = NULL;
 }
 
 void worker_session_added(struct worker *w, struct session *s)
