@@ -133,8 +133,9 @@ void session_close(struct session *s, const char *reason)
 
 static void arm_timer(struct session *s);
 
-/* Ends the session gracefully: the upstream is dropped, the client gets what was queued
- * for it (a final reply, close_notify) and a FIN, then everything closes. */
+/* Ends the session gracefully: the upstream gets close_notify and FIN (or is closed when it
+ * is not usable), the client gets what was queued for it (a final reply, close_notify) and
+ * a FIN, then everything closes; LINGER_MS bounds the wait. */
 static void session_end(struct session *s, const char *reason, const char *detail)
 {
 	if (s->ending || s->closed)
@@ -666,23 +667,28 @@ static int start_proto(struct session *s)
 	return s->ps ? 0 : -1;
 }
 
-/* A connection over a limit: mail protocols get a temporary reply first (sent in
- * plaintext before any TLS: the client retries later either way). */
+/* A connection over a limit: mail protocols get a temporary reply before the close (inside
+ * TLS for implicit TLS, after the handshake; the client retries later either way). */
 static void refuse(struct session *s, const char *why)
 {
 	log_event(LOG_WARN, s->id, s->r->name, "refused", "reason", why, "client", s->client,
 		  NULL);
-	if (s->proto && s->r->client_tls != CFG_TLS_IMPLICIT) {
-		char msg[300];
-		snprintf(msg, sizeof(msg), "421 4.7.0 %s Too many connections, try again later\r\n",
-			 s->cfg->helo_name);
-		s->down_ready = 1;
-		ep_connected(&s->down);
-		ep_write(&s->down, msg, strlen(msg));
-		session_end(s, why, NULL);
+	if (!s->proto) {
+		session_close(s, why);
 		return;
 	}
-	session_close(s, why);
+	char msg[300];
+	snprintf(msg, sizeof(msg), "421 4.7.0 %s Too many connections, try again later\r\n",
+		 s->cfg->helo_name);
+	if (s->r->client_tls == CFG_TLS_IMPLICIT &&
+	    ep_start_tls(&s->down, s->r->client_side_tls, NULL) < 0) {
+		session_close(s, why);
+		return;
+	}
+	s->down_ready = s->r->client_tls != CFG_TLS_IMPLICIT;
+	ep_connected(&s->down);
+	ep_write(&s->down, msg, strlen(msg));
+	session_end(s, why, NULL);
 }
 
 void session_accept(struct worker *w, struct cfg_route *r, uv_stream_t *server)

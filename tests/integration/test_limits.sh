@@ -7,7 +7,8 @@
 start_server echo --mode echo
 wait_servers
 ECHO=127.0.0.1:$(port_of echo)
-free_port P_OLD; free_port P_NEW; free_port P_PER; free_port P_SMTP; free_port SINK
+free_port P_OLD; free_port P_NEW; free_port P_PER; free_port P_SMTP; free_port P_SMTPS
+free_port SINK
 
 # A tiny SMTP server for the smtp route: greets, answers QUIT.
 python3 - "$SINK" >"$T/sink.log" 2>&1 <<'PY' &
@@ -54,6 +55,13 @@ max_connections_per_client = 2
 [route smtp]
 listen = 127.0.0.1:$P_SMTP
 protocol = smtp
+upstream = 127.0.0.1:$SINK
+max_connections_per_client = 1
+
+[route smtps]
+listen = 127.0.0.1:$P_SMTPS
+protocol = smtp
+client_tls = implicit
 upstream = 127.0.0.1:$SINK
 max_connections_per_client = 1
 CONF
@@ -132,4 +140,30 @@ print("second", data.decode().strip())
 PY
 check smtp_first_greeted grep -q '^first 220 sink ESMTP' "$T/smtp.out"
 check smtp_second_421 grep -Eq '^second 421 4\.7\.0 .*Too many connections' "$T/smtp.out"
+
+# Implicit TLS: the refusal comes inside TLS, after the handshake.
+python3 - "$P_SMTPS" "$CERTS/ca.pem" >"$T/smtps.out" 2>&1 <<'PY'
+import socket, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+def connect():
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
+    s.settimeout(3)
+    return s
+a = connect()
+print("first", a.recv(200).decode().strip())
+b = connect()
+data = b""
+try:
+    while True:
+        x = b.recv(200)
+        if not x:
+            break
+        data += x
+except (OSError, ssl.SSLError):
+    pass
+print("second", data.decode().strip())
+PY
+check smtps_first_greeted grep -q '^first 220 sink ESMTP' "$T/smtps.out"
+check smtps_second_421_in_tls grep -Eq '^second 421 4\.7\.0 .*Too many connections' "$T/smtps.out"
 finish
