@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 
 struct tls_ctx;
+struct metrics_route;
 
 enum cfg_proto { CFG_PROTO_SMTP, CFG_PROTO_LMTP, CFG_PROTO_IMAP, CFG_PROTO_POP3, CFG_PROTO_TCP };
 enum cfg_tls { CFG_TLS_NONE, CFG_TLS_STARTTLS, CFG_TLS_IMPLICIT };
@@ -62,6 +63,7 @@ struct cfg_route {
 	/* Built at load from the keys above; owned by the configuration. */
 	struct tls_ctx *client_side_tls;   /* server context toward clients, or NULL */
 	struct tls_ctx *upstream_side_tls; /* client context toward the upstream, or NULL */
+	struct metrics_route *metrics;     /* set by main.c; counters outlive the configuration */
 };
 
 struct cfg {

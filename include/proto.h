@@ -21,13 +21,14 @@ enum proto_act_type {
 	PA_STARTTLS, /* begin TLS on side now (everything sent before goes in plaintext) */
 	PA_READY,    /* the upstream is usable: the greeting/STARTTLS phase is over */
 	PA_CLOSE,    /* end the session after what was sent to the client has left */
+	PA_POLICY,   /* a TLS requirement failed (reason: RFC 8460 result), for the counters */
 };
 
 struct proto_act {
 	enum proto_act_type type;
 	enum proto_side side;
 	size_t off, len;    /* PA_SEND: bytes in proto_actions.buf */
-	const char *reason; /* PA_CLOSE: static string */
+	const char *reason; /* PA_CLOSE, PA_POLICY: static string */
 };
 
 struct proto_actions {
@@ -43,6 +44,7 @@ void proto_sendf(struct proto_actions *a, enum proto_side side, const char *fmt,
 void proto_starttls(struct proto_actions *a, enum proto_side side);
 void proto_ready(struct proto_actions *a);
 void proto_close(struct proto_actions *a, const char *reason);
+void proto_policy(struct proto_actions *a, const char *result);
 void proto_actions_clear(struct proto_actions *a);
 void proto_actions_free(struct proto_actions *a);
 

@@ -23,6 +23,7 @@ struct stp_shared {
 	long active;        /* open sessions, all routes */
 	uint64_t next_id;   /* session id sequence */
 	uint64_t id_key;    /* random, mixes the sequence into ids */
+	int workers_done;   /* worker threads whose loop has ended */
 	uv_mutex_t clients_lock;
 	struct client_count *clients[1024]; /* (route, client address) -> open sessions */
 };

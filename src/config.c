@@ -570,7 +570,10 @@ static void parse_global(struct parse *P, struct section *sec, struct cfg *c)
 	int fmt = CFG_LOG_TEXT;
 	get_enum(P, sec, "log_format", format_names, &fmt);
 	c->log_format = fmt;
-	refuse_unsupported(P, sec, "admin_listen", NULL);
+	if (get(sec, "admin_listen")) {
+		get_addr(P, sec, "admin_listen", &c->admin_listen, 1, 0);
+		c->has_admin_listen = 1;
+	}
 	get_uint(P, sec, "max_connections", 1, 10000000, &c->max_connections);
 	get_string(sec, "helo_name", &c->helo_name);
 	get_file(P, sec, "cert", &c->cert);

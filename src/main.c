@@ -1,6 +1,8 @@
 /* main.c - command line, configuration check, workers, signals. */
+#include "admin.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -60,6 +62,29 @@ static int drop_privileges(const char *user)
 static struct worker *workers;
 static int nworkers;
 static int stopping;
+static struct stp_shared shared;
+static uv_signal_t sigs[3];
+static uv_timer_t stop_poll;
+
+/* Every route gets its counters (kept across reloads, by route name). */
+static void attach_metrics(struct cfg *c)
+{
+	for (size_t i = 0; i < c->nroutes; i++)
+		c->routes[i].metrics = metrics_route(c->routes[i].name);
+}
+
+/* While the workers drain, the main loop keeps answering /readyz (503); once every
+ * worker's loop has ended, the main loop's handles close and it returns. */
+static void poll_workers(uv_timer_t *t)
+{
+	if (__atomic_load_n(&shared.workers_done, __ATOMIC_ACQUIRE) < nworkers)
+		return;
+	uv_close((uv_handle_t *)t, NULL);
+	admin_stop();
+	for (int i = 0; i < 3; i++)
+		if (!uv_is_closing((uv_handle_t *)&sigs[i]))
+			uv_close((uv_handle_t *)&sigs[i], NULL);
+}
 static const char *config_path;
 static struct cfg *current; /* main's reference to the running configuration */
 
@@ -122,6 +147,11 @@ static void reload(void)
 		return;
 	}
 	log_setup(nc->log_level, nc->log_format == CFG_LOG_JSON);
+	attach_metrics(nc);
+	if (nc->has_admin_listen != current->has_admin_listen ||
+	    (nc->has_admin_listen && !cfg_addr_equal(&nc->admin_listen, &current->admin_listen)))
+		log_event(LOG_WARN, NULL, NULL, "reload", "note",
+			  "admin_listen takes effect at the next restart", NULL);
 	for (int w = 0; w < nworkers; w++) {
 		struct reload *r = malloc(sizeof(*r));
 		if (!r) {
@@ -152,9 +182,11 @@ static void on_signal(uv_signal_t *h, int signum)
 	stopping = 1;
 	log_event(LOG_INFO, NULL, NULL, "shutdown", "signal", signum == SIGTERM ? "TERM" : "INT",
 		  NULL);
+	admin_set_ready(0);
 	for (int i = 0; i < nworkers; i++)
 		worker_stop(&workers[i]);
-	uv_stop(h->loop);
+	uv_timer_init(h->loop, &stop_poll);
+	uv_timer_start(&stop_poll, poll_workers, 0, 100);
 }
 
 int main(int argc, char **argv)
@@ -199,7 +231,6 @@ int main(int argc, char **argv)
 	log_setup(cfg->log_level, cfg->log_format == CFG_LOG_JSON);
 	signal(SIGPIPE, SIG_IGN);
 
-	static struct stp_shared shared;
 	uv_mutex_init(&shared.clients_lock);
 	if (getrandom(&shared.id_key, sizeof(shared.id_key), 0) != sizeof(shared.id_key))
 		shared.id_key = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)time(NULL);
@@ -220,8 +251,14 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+	uv_loop_t *loop = uv_default_loop();
+	if (cfg->has_admin_listen && admin_start(loop, &cfg->admin_listen, perr, sizeof(perr)) < 0) {
+		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", perr, NULL);
+		return 1;
+	}
 	if (cfg->user && drop_privileges(cfg->user) < 0)
 		return 1;
+	attach_metrics(cfg);
 	for (size_t i = 0; i < cfg->nroutes; i++) {
 		char addr[300];
 		const struct cfg_route *r = &cfg->routes[i];
@@ -243,18 +280,13 @@ int main(int argc, char **argv)
 	log_event(LOG_INFO, NULL, NULL, "ready", "version", STP_VERSION, "workers", nw, "wolfssl",
 		  tls_library_version(), "libuv", uv_version_string(), NULL);
 
-	uv_loop_t *loop = uv_default_loop();
-	uv_signal_t sigs[3];
 	static const int signums[3] = { SIGTERM, SIGINT, SIGHUP };
 	for (int i = 0; i < 3; i++) {
 		uv_signal_init(loop, &sigs[i]);
 		uv_signal_start(&sigs[i], on_signal, signums[i]);
 	}
-	uv_run(loop, UV_RUN_DEFAULT); /* until SIGTERM/SIGINT stops it */
-	for (int i = 0; i < 3; i++)
-		if (!uv_is_closing((uv_handle_t *)&sigs[i]))
-			uv_close((uv_handle_t *)&sigs[i], NULL);
-	uv_run(loop, UV_RUN_DEFAULT);
+	admin_set_ready(1);
+	uv_run(loop, UV_RUN_DEFAULT); /* until SIGTERM/SIGINT and every worker has drained */
 	uv_loop_close(loop);
 
 	for (int i = 0; i < nworkers; i++)

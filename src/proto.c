@@ -83,6 +83,13 @@ void proto_close(struct proto_actions *a, const char *reason)
 	x->reason = reason;
 }
 
+void proto_policy(struct proto_actions *a, const char *result)
+{
+	struct proto_act *x = push(a);
+	x->type = PA_POLICY;
+	x->reason = result;
+}
+
 void proto_actions_clear(struct proto_actions *a)
 {
 	a->n = 0;

@@ -245,8 +245,10 @@ static void upstream_ready(struct smtp *s, struct proto_actions *a)
 	process_client(s, a);
 }
 
-static void policy_log(struct smtp *s, const char *result, const char *detail)
+static void policy_log(struct smtp *s, struct proto_actions *a, const char *result,
+		       const char *detail)
 {
+	proto_policy(a, result);
 	log_event(LOG_WARN, s->p.session_id, s->p.route, "policy_failure", "side", "upstream",
 		  "result", result, "mode",
 		  s->p.policy_mode == CFG_MODE_ENFORCE ? "enforce" : "testing", "policy",
@@ -258,7 +260,7 @@ static void starttls_unavailable(struct smtp *s, struct proto_actions *a, const 
 {
 	int may = s->p.upstream_policy == CFG_POLICY_MAY;
 	if (!may)
-		policy_log(s, "starttls-not-supported", detail);
+		policy_log(s, a, "starttls-not-supported", detail);
 	if (may || s->p.policy_mode == CFG_MODE_TESTING) {
 		log_event(LOG_INFO, s->p.session_id, s->p.route, "upstream_tls", "tls", "none",
 			  "policy", cfg_policy_name(s->p.upstream_policy), "detail", detail, NULL);

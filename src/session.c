@@ -3,6 +3,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
 #include "tls.h"
 #include "worker.h"
@@ -88,6 +89,7 @@ static void handle_closed(struct session *s)
 		return;
 	if (s->counted_client)
 		client_release(s->w->shared, s->r, s->client_ip);
+	metrics_conn_close(s->r->metrics);
 	worker_session_removed(s->w, s);
 	if (s->proto)
 		s->proto->destroy(s->ps);
@@ -232,6 +234,7 @@ static void timer_cb(uv_timer_t *t)
 		session_close(s, s->close_reason ? s->close_reason : "linger timeout");
 		return;
 	case T_HANDSHAKE_CLIENT:
+		metrics_handshake(s->r->metrics, METRICS_CLIENT, NULL, 0);
 		log_event(LOG_WARN, s->id, s->r->name, "client_tls_failed", "result",
 			  "tls-handshake-failure", "error", "handshake timeout", NULL);
 		session_close(s, "client handshake timeout");
@@ -241,6 +244,7 @@ static void timer_cb(uv_timer_t *t)
 		return;
 	case T_HANDSHAKE_UPSTREAM:
 		if (s->up.tls && !s->up.tls_ready) {
+			metrics_handshake(s->r->metrics, METRICS_UPSTREAM, NULL, 0);
 			policy_failure(s, "tls-handshake-failure", "handshake timeout");
 			fail_upstream(s, PF_TLS_POLICY, "tls-handshake-failure",
 				      "upstream handshake timeout");
@@ -273,6 +277,7 @@ static int enforcing(const struct session *s)
 /* Logs a failed upstream TLS requirement; the caller enforces it. */
 static void policy_failure(struct session *s, const char *result, const char *detail)
 {
+	metrics_policy_failure(s->r->metrics, result, !enforcing(s));
 	log_event(LOG_WARN, s->id, s->r->name, "policy_failure", "side", "upstream", "result",
 		  result, "mode", enforcing(s) ? "enforce" : "testing", "policy",
 		  cfg_policy_name(s->r->upstream_policy), "upstream", s->upstream, "detail", detail,
@@ -319,6 +324,7 @@ static int check_upstream_tls(struct session *s)
 	}
 	if (result)
 		verify = "failed";
+	metrics_handshake(r->metrics, METRICS_UPSTREAM, tls_conn_version(t), 1);
 	log_event(LOG_INFO, s->id, r->name, "upstream_tls", "version", tls_conn_version(t),
 		  "cipher", tls_conn_cipher(t), "verify", verify, "policy",
 		  cfg_policy_name(r->upstream_policy),
@@ -395,6 +401,9 @@ static void exec_actions(struct session *s)
 		case PA_CLOSE:
 			session_end(s, x.reason, NULL);
 			break;
+		case PA_POLICY:
+			metrics_policy_failure(s->r->metrics, x.reason, !enforcing(s));
+			break;
 		}
 	}
 	if (--s->exec_depth == 0)
@@ -407,6 +416,7 @@ static void on_data(struct endpoint *ep, const uint8_t *data, size_t len)
 	if (s->ending || s->closed)
 		return;
 	s->last_activity_ms = now_ms(s);
+	metrics_bytes(s->r->metrics, ep == &s->down, len);
 	if (s->proto) {
 		s->proto->data(s->ps, ep == &s->down ? PROTO_CLIENT : PROTO_UPSTREAM, data, len,
 			       &s->acts);
@@ -495,12 +505,14 @@ static void on_tls(struct endpoint *ep, int status)
 		return;
 	if (ep == &s->down) {
 		if (status < 0) {
+			metrics_handshake(s->r->metrics, METRICS_CLIENT, NULL, 0);
 			log_event(LOG_WARN, s->id, s->r->name, "client_tls_failed", "result",
 				  "tls-handshake-failure", "error", tls_conn_error_text(ep->tls),
 				  NULL);
 			session_close(s, "client handshake failed");
 			return;
 		}
+		metrics_handshake(s->r->metrics, METRICS_CLIENT, tls_conn_version(ep->tls), 1);
 		log_event(LOG_INFO, s->id, s->r->name, "client_tls", "version",
 			  tls_conn_version(ep->tls), "cipher", tls_conn_cipher(ep->tls), NULL);
 		s->down_ready = 1;
@@ -515,6 +527,7 @@ static void on_tls(struct endpoint *ep, int status)
 		const char *e = tls_conn_error_text(ep->tls);
 		if (!e[0])
 			e = "handshake failed";
+		metrics_handshake(s->r->metrics, METRICS_UPSTREAM, NULL, 0);
 		if (s->r->upstream_policy != CFG_POLICY_MAY)
 			policy_failure(s, "tls-handshake-failure", e);
 		if (s->proto && s->r->upstream_tls == CFG_TLS_STARTTLS && !s->plain_retry &&
@@ -711,6 +724,7 @@ void session_accept(struct worker *w, struct cfg_route *r, uv_stream_t *server)
 	if (ep_init(&s->up, &w->loop, &up_ops, s, w->readbuf) == 0)
 		s->handles++;
 	worker_session_added(w, s);
+	metrics_conn_open(r->metrics);
 	if (s->handles != 3 || uv_accept(server, (uv_stream_t *)&s->down.tcp) < 0) {
 		session_close(s, "accept failed");
 		return;

@@ -236,6 +236,7 @@ static void run(void *arg)
 {
 	struct worker *w = arg;
 	uv_run(&w->loop, UV_RUN_DEFAULT);
+	__atomic_add_fetch(&w->shared->workers_done, 1, __ATOMIC_RELEASE);
 }
 
 int worker_start(struct worker *w)

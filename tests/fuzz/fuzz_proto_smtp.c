@@ -260,6 +260,10 @@ static void collect(struct ctx *c)
 			trace_add(c, (int)x->side, d, x->len);
 			break;
 		}
+		case PA_POLICY:
+			CHECK(x->reason && !strcmp(x->reason, "starttls-not-supported"),
+			      "PA_POLICY with an unexpected result");
+			break;
 		case PA_STARTTLS:
 			CHECK(!c->tls_pending[x->side] && !c->tls_done[x->side],
 			      "second STARTTLS on side %d", (int)x->side);

@@ -163,6 +163,7 @@ struct run {
 	void *st;
 	struct proto_actions a;
 	int closed, tls_pending[2], tls_done_called[2];
+	int policy_reports; /* PA_POLICY actions seen */
 	struct buf all_client, all_up;
 	struct buf sc_client, sc_up, sc_acts;
 	int failures;
@@ -269,6 +270,13 @@ static void collect(struct run *r, int stepno)
 			r->closed = 1;
 			buf_adds(&r->sc_acts, " close");
 			break;
+		case PA_POLICY:
+			/* Counted by the session; must name an RFC 8460 result. */
+			if (!x->reason || strcmp(x->reason, "starttls-not-supported") != 0)
+				run_fail(r, stepno, "PA_POLICY with result \"%s\"",
+					 x->reason ? x->reason : "(null)");
+			r->policy_reports++;
+			break;
 		}
 	}
 	proto_actions_clear(a);
@@ -365,6 +373,10 @@ static int run_script_mode(const struct script *sc, int mode, size_t splitpos)
 		}
 		check_step(&r, i, s);
 	}
+	/* Every enforced "does not offer STARTTLS" refusal was reported for the counters. */
+	if (r.all_client.n && memmem(r.all_client.p, r.all_client.n, "does not offer STARTTLS", 23) &&
+	    r.policy_reports == 0)
+		run_fail(&r, 0, "STARTTLS refusal without PA_POLICY");
 	proto_smtp_ops.destroy(r.st);
 	proto_actions_free(&r.a);
 	buf_free(&r.all_client);

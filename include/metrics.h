@@ -1,0 +1,28 @@
+/* metrics.h - per-route counters for the Prometheus endpoint (admin.c).
+ *
+ * Contract: counters are looked up by route name once (metrics_route) and then updated
+ * with atomic operations from any worker thread. A route's counters live as long as the
+ * process, so they survive reloads. */
+#ifndef STP_METRICS_H
+#define STP_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum { METRICS_CLIENT = 0, METRICS_UPSTREAM = 1 };
+
+struct metrics_route;
+
+/* Finds or creates the counters of a route; NULL only when out of memory. */
+struct metrics_route *metrics_route(const char *name);
+void metrics_conn_open(struct metrics_route *m);
+void metrics_conn_close(struct metrics_route *m);
+/* Plaintext read from the client (up = 1) or from the upstream (up = 0). */
+void metrics_bytes(struct metrics_route *m, int up, uint64_t n);
+/* version: "TLSv1.3" ... (NULL or unknown when the handshake failed). */
+void metrics_handshake(struct metrics_route *m, int side, const char *version, int ok);
+void metrics_policy_failure(struct metrics_route *m, const char *result, int testing);
+/* The exposition text (malloc'd, NUL-terminated); NULL when out of memory. */
+char *metrics_render(size_t *len);
+
+#endif
