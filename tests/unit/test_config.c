@@ -26,12 +26,9 @@
 
 #include "config.h"
 #include "log.h"
+#include "unit_fixture.h"
 
 /* ------------------------------------------------------------------ fixtures */
-
-static char tmpdir[256];
-static char certdir[512];
-static int have_certs;
 
 #define MAX_TMPFILES 512
 static char *tmpfiles[MAX_TMPFILES];
@@ -43,34 +40,11 @@ static void track(const char *path)
 		tmpfiles[ntmpfiles++] = strdup(path);
 }
 
-static int file_exists(const char *path)
-{
-	struct stat st;
-	return stat(path, &st) == 0;
-}
-
 static int group_setup(void **state)
 {
 	(void)state;
-	snprintf(tmpdir, sizeof tmpdir, "/tmp/stp-unit-config-XXXXXX");
-	if (!mkdtemp(tmpdir))
+	if (fixture_setup("config") < 0)
 		return -1;
-
-	const char *env = getenv("STP_TEST_CERTS");
-	char probe[600];
-	if (env && *env) {
-		snprintf(certdir, sizeof certdir, "%s", env);
-	} else {
-		/* Stand-alone run: generate the certificates next to the temp files. */
-		char cmd[1024];
-		snprintf(certdir, sizeof certdir, "%s/certs", tmpdir);
-		snprintf(cmd, sizeof cmd, "bash scripts/gen-test-certs.sh '%s' >/dev/null 2>&1",
-			 certdir);
-		if (system(cmd) != 0)
-			print_message("note: could not generate certificates; cert tests skip\n");
-	}
-	snprintf(probe, sizeof probe, "%s/server.pem", certdir);
-	have_certs = file_exists(probe);
 
 	/* Auxiliary files referenced by the full configuration. */
 	char path[600];
@@ -101,11 +75,7 @@ static int group_teardown(void **state)
 		free(tmpfiles[i]);
 	}
 	ntmpfiles = 0;
-	char cmd[600];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-	if (system(cmd) != 0)
-		return -1;
-	return 0;
+	return fixture_teardown();
 }
 
 /* Replaces @C@ (certificate dir) and @T@ (temp dir) in a template. */

@@ -23,45 +23,22 @@
 #include <wolfssl/ssl.h>
 
 #include "tls.h"
+#include "unit_fixture.h"
 
 /* ------------------------------------------------------------------ fixtures */
-
-static char tmpdir[256];
-static char certdir[512];
-static int have_certs;
 
 static int group_setup(void **state)
 {
 	(void)state;
 	if (tls_global_init() != 0)
 		return -1;
-	snprintf(tmpdir, sizeof tmpdir, "/tmp/stp-unit-tls-XXXXXX");
-	if (!mkdtemp(tmpdir))
-		return -1;
-	const char *env = getenv("STP_TEST_CERTS");
-	if (env && *env) {
-		snprintf(certdir, sizeof certdir, "%s", env);
-	} else {
-		char cmd[1024];
-		snprintf(certdir, sizeof certdir, "%s/certs", tmpdir);
-		snprintf(cmd, sizeof cmd, "bash scripts/gen-test-certs.sh '%s' >/dev/null 2>&1",
-			 certdir);
-		if (system(cmd) != 0)
-			print_message("note: could not generate certificates; TLS tests skip\n");
-	}
-	char probe[600];
-	struct stat st;
-	snprintf(probe, sizeof probe, "%s/server.pem", certdir);
-	have_certs = stat(probe, &st) == 0;
-	return 0;
+	return fixture_setup("tls");
 }
 
 static int group_teardown(void **state)
 {
 	(void)state;
-	char cmd[600];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-	return system(cmd) == 0 ? 0 : -1;
+	return fixture_teardown();
 }
 
 /* Certificate path in a static rotating buffer: valid for the next 31 calls. */
