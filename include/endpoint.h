@@ -69,6 +69,8 @@ void ep_connected(struct endpoint *ep);
  * yet delivered are dropped (STARTTLS boundary). server_name: SNI (client side). */
 int ep_start_tls(struct endpoint *ep, struct tls_ctx *ctx, const char *server_name);
 int ep_write(struct endpoint *ep, const void *data, size_t len);
+/* Drops what was written before the side was ready: the owner rejected the peer. */
+void ep_discard_held(struct endpoint *ep);
 /* Bytes written but not yet accepted by the kernel. */
 size_t ep_pending(const struct endpoint *ep);
 void ep_pause(struct endpoint *ep);

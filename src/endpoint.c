@@ -330,6 +330,11 @@ int ep_write(struct endpoint *ep, const void *data, size_t len)
 	return raw_write(ep, data, len);
 }
 
+void ep_discard_held(struct endpoint *ep)
+{
+	buf_free(&ep->held);
+}
+
 size_t ep_pending(const struct endpoint *ep)
 {
 	return ep->queued + ep->held.len + (ep->tls ? tls_conn_out_len(ep->tls) : 0);

@@ -48,6 +48,11 @@ struct session {
 	int exec_depth;
 	int counted_client; /* holds a max_connections_per_client slot */
 	unsigned reconnecting : 1, plain_retry : 1;
+	/* tcp routes: client bytes (and a client FIN) that arrived before the upstream was
+	 * accepted (connected, and its TLS handshake passed the policy). They stay here, never
+	 * in the upstream endpoint, so that a rejected upstream can never receive them. */
+	struct buf early;
+	unsigned early_eof : 1;
 };
 
 static const struct ep_ops down_ops, up_ops;
@@ -93,6 +98,7 @@ static void handle_closed(struct session *s)
 	worker_session_removed(s->w, s);
 	if (s->proto)
 		s->proto->destroy(s->ps);
+	buf_free(&s->early);
 	proto_actions_free(&s->acts);
 	cfg_unref(s->cfg);
 	free(s);
@@ -146,6 +152,10 @@ static void session_end(struct session *s, const char *reason, const char *detai
 	s->close_reason = reason;
 	if (detail)
 		snprintf(s->close_detail, sizeof(s->close_detail), "%s", detail);
+	/* An upstream the session never accepted gets nothing more of the client's. */
+	buf_free(&s->early);
+	if (!s->up_ready)
+		ep_discard_held(&s->up);
 	if (s->up.connected && !s->up.failed && !s->up.closing &&
 	    (!s->up.tls || s->up.tls_ready)) {
 		ep_pause(&s->up);
@@ -352,11 +362,26 @@ static void maybe_done(struct session *s)
 		session_close(s, "closed");
 }
 
+/* The upstream is accepted: connected, and its TLS (if any) passed the policy. Only now
+ * do the client's early bytes (tcp routes) move. */
 static void up_ready(struct session *s)
 {
 	s->up_ready = 1;
 	s->last_activity_ms = now_ms(s);
 	arm_timer(s);
+	if (s->proto || s->ending || s->closed)
+		return;
+	if (s->early.len) {
+		struct buf b = s->early;
+		memset(&s->early, 0, sizeof(s->early));
+		if (ep_write(&s->up, buf_ptr(&b), b.len) == 0 && ep_pending(&s->up) > HIGH_WATER)
+			ep_pause(&s->down);
+		buf_free(&b);
+	}
+	if (s->early_eof)
+		ep_shutdown(&s->up);
+	if (s->down.paused && !s->early_eof && ep_pending(&s->up) < LOW_WATER)
+		ep_resume(&s->down);
 }
 
 /* Carries out what the protocol module asked for, in order. Actions appended while
@@ -423,6 +448,15 @@ static void on_data(struct endpoint *ep, const uint8_t *data, size_t len)
 		exec_actions(s);
 		return;
 	}
+	if (ep == &s->down && !s->up_ready) {
+		if (buf_append(&s->early, data, len) < 0) {
+			session_end(s, "out of memory", NULL);
+			return;
+		}
+		if (s->early.len > HIGH_WATER)
+			ep_pause(ep);
+		return;
+	}
 	struct endpoint *to = peer_of(s, ep);
 	if (ep_write(to, data, len) == 0 && ep_pending(to) > HIGH_WATER)
 		ep_pause(ep);
@@ -446,6 +480,9 @@ static void on_eof(struct endpoint *ep)
 		s->proto->client_eof(s->ps, &s->acts);
 		exec_actions(s);
 		return;
+	} else if (!s->up_ready) {
+		s->early_eof = 1; /* the FIN follows the early bytes once the upstream is accepted */
+		return;
 	}
 	ep_shutdown(peer_of(s, ep));
 	maybe_done(s);
@@ -456,6 +493,8 @@ static void on_eof(struct endpoint *ep)
 static int may_read(struct session *s, struct endpoint *ep)
 {
 	if (ep_pending(peer_of(s, ep)) >= LOW_WATER)
+		return 0;
+	if (ep == &s->down && !s->up_ready && s->early.len >= LOW_WATER)
 		return 0;
 	return !(s->proto && ep == &s->down && ep_pending(&s->down) >= LOW_WATER);
 }
