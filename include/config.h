@@ -23,6 +23,8 @@ enum cfg_mode { CFG_MODE_ENFORCE, CFG_MODE_TESTING };
 enum cfg_pp { CFG_PP_NONE, CFG_PP_V1, CFG_PP_V2 };
 enum cfg_log_format { CFG_LOG_TEXT, CFG_LOG_JSON };
 enum cfg_transparent { CFG_TRANSPARENT_NO, CFG_TRANSPARENT_TPROXY };
+/* SMTP DATA: what a bare CR or LF (one not part of CRLF) in a message gets. */
+enum cfg_bare_newline { CFG_BARE_NORMALIZE, CFG_BARE_REJECT };
 
 /* A listen or upstream address. host is kept as written (for SNI and logs); ss holds the
  * resolved address (host names are resolved once, at load). */
@@ -56,8 +58,9 @@ struct cfg_route {
 	char *policy_table;
 	enum cfg_pp proxy_protocol_in, proxy_protocol_out;
 	int xclient;
+	enum cfg_bare_newline bare_newline;
 	uint64_t connect_timeout_ms, handshake_timeout_ms, idle_timeout_ms;
-	unsigned max_connections_per_client; /* 0 = unlimited */
+	unsigned max_connections_per_client; /* 0 = unlimited; default 50 */
 	enum cfg_transparent transparent;
 	int source_client; /* source = client */
 	/* Built at load from the keys above; owned by the configuration. */

@@ -58,6 +58,7 @@ struct proto_params {
 	enum cfg_mode policy_mode;
 	const char *helo_name;
 	int xclient;
+	enum cfg_bare_newline bare_newline;
 	const char *client_ip; /* textual, without brackets */
 	unsigned client_port;
 };

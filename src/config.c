@@ -191,6 +191,7 @@ static const char *const mode_names[] = { "enforce", "testing", NULL };
 static const char *const pp_names[] = { "none", "v1", "v2", NULL };
 static const char *const format_names[] = { "text", "json", NULL };
 static const char *const yesno_names[] = { "no", "yes", NULL };
+static const char *const bare_newline_names[] = { "normalize", "reject", NULL };
 static const char *const transparent_names[] = { "no", "tproxy", NULL };
 
 const char *cfg_proto_name(enum cfg_proto p) { return proto_names[p]; }
@@ -515,7 +516,7 @@ static const char *const route_keys[] = {
 	"client_min_tls", "upstream_min_tls", "upstream_ca", "upstream_fingerprint",
 	"upstream_cert", "upstream_key", "policy_table", "proxy_protocol_in",
 	"proxy_protocol_out", "xclient", "connect_timeout", "handshake_timeout", "idle_timeout",
-	"max_connections_per_client", "transparent", "source", NULL
+	"max_connections_per_client", "transparent", "source", "bare_newline", NULL
 };
 
 static void check_unknown(struct parse *P, struct section *sec, const char *const *known)
@@ -614,6 +615,7 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	r->connect_timeout_ms = 10000;
 	r->handshake_timeout_ms = 30000;
 	r->idle_timeout_ms = 300000;
+	r->max_connections_per_client = 50;
 	int v;
 
 	if (!get(sec, "listen"))
@@ -756,6 +758,11 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	r->xclient = v;
 	if (v && r->protocol != CFG_PROTO_SMTP && r->protocol != CFG_PROTO_LMTP)
 		ERR(P, line_of(sec, "xclient"), "xclient = yes needs protocol = smtp or lmtp");
+	v = CFG_BARE_NORMALIZE;
+	get_enum(P, sec, "bare_newline", bare_newline_names, &v);
+	r->bare_newline = v;
+	if (get(sec, "bare_newline") && r->protocol != CFG_PROTO_SMTP && r->protocol != CFG_PROTO_LMTP)
+		ERR(P, line_of(sec, "bare_newline"), "bare_newline needs protocol = smtp or lmtp");
 	get_duration(P, sec, "connect_timeout", &r->connect_timeout_ms);
 	get_duration(P, sec, "handshake_timeout", &r->handshake_timeout_ms);
 	get_duration(P, sec, "idle_timeout", &r->idle_timeout_ms);

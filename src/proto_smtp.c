@@ -69,7 +69,7 @@ struct smtp {
 	int helo_seen;
 	int in_tx, rcpt_ok, auth_done, quit_seen, client_eof;
 	uint64_t bdat_left;
-	int body_state, body_cr;  /* DATA end detection and bare CR/LF normalisation */
+	int body_ls, body_dot, body_cr, body_bad; /* DATA end detection (body_bytes) */
 	int xclient_state;        /* 0 not tried, 1 running, 2 done */
 	int xclient_helo_is_ehlo;
 	char xclient_helo[256];
@@ -510,8 +510,8 @@ static void handle_reply(struct smtp *s, struct proto_actions *a)
 		relay_reply(s, a);
 		if (code == 354) {
 			s->c = C_BODY;
-			s->body_state = 0;
-			s->body_cr = 0;
+			s->body_ls = 1;
+			s->body_dot = s->body_cr = s->body_bad = 0;
 		} else {
 			s->c = C_COMMAND;
 		}
@@ -785,15 +785,27 @@ static int handle_command(struct smtp *s, struct proto_actions *a, char *line, s
 	return 0;
 }
 
-/* DATA body: bare CR and bare LF become CRLF (so that only <CRLF>.<CRLF> ends the data,
- * on both sides of the proxy alike: no smuggling), everything else passes unchanged.
- * Returns the number of input bytes consumed; sets *ended when the end marker passed. */
+/* DATA body (RFC 5321 §4.5.2): only <CRLF>.<CRLF> ends a message, and the upstream must
+ * never read an end where the proxy did not (SMTP smuggling, CVE-2023-51764 and its kin:
+ * <LF>.<LF>, <CR>.<CR>, <LF>.<CR><LF>, ...). What goes up is canonical, so that any server
+ * reads it the same way:
+ * - a line the client ended with CRLF passes as sent: its dot-stuffing is the client's, and
+ *   "." alone on such a line (after CRLF or at the start of the data) is the end;
+ * - a bare CR or bare LF (not part of CRLF) is not a line end for the proxy. Under
+ *   bare_newline = normalize it reaches the upstream as CRLF, and the line that follows is
+ *   dot-stuffed when it starts with "." (the client did not stuff it: for the client it was
+ *   not a line start), so "<LF>.<CRLF>" arrives as "<CRLF>..<CRLF>", content and not an end;
+ *   a lone "." before a bare CR or LF goes up as "..". Under reject the message is refused
+ *   at its end with 521 5.5.2 and the upstream never receives the end of it.
+ * body_ls: 0 mid-line, 1 line start after CRLF (or the start of the data), 2 line start
+ * after a normalised bare CR/LF; body_dot: a "." at a CRLF line start is pending; body_cr:
+ * a CR is pending. Returns the input bytes consumed; *ended when the end marker passed. */
 static size_t body_bytes(struct smtp *s, struct proto_actions *a, const uint8_t *d, size_t n,
 			 int *ended)
 {
-	/* body_state: 0 line start, 1 mid-line, 2 "." at line start, 3 ".\r" at line start */
 	uint8_t out[8192];
 	size_t o = 0, i = 0;
+	int reject = s->p.bare_newline == CFG_BARE_REJECT;
 	*ended = 0;
 #define EMIT(ch)                                                                            \
 	do {                                                                               \
@@ -801,41 +813,64 @@ static size_t body_bytes(struct smtp *s, struct proto_actions *a, const uint8_t 
 			proto_send(a, PROTO_UPSTREAM, out, o);                             \
 			o = 0;                                                             \
 		}                                                                          \
-		out[o++] = (ch);                                                           \
+		if (!s->body_bad)                                                          \
+			out[o++] = (ch);                                                   \
 	} while (0)
-	for (; i < n && !*ended; i++) {
+	while (i < n && !*ended) {
 		uint8_t c = d[i];
 		if (s->body_cr) {
 			s->body_cr = 0;
-			EMIT('\r');
-			EMIT('\n');
-			if (s->body_state == 3) {
-				*ended = 1;
-			} else {
-				s->body_state = 0;
-			}
-			if (c == '\n')
+			if (c == '\n') { /* CRLF */
+				i++;
+				if (s->body_dot) {
+					s->body_dot = 0;
+					EMIT('.');
+					EMIT('\r');
+					EMIT('\n');
+					*ended = 1;
+					break;
+				}
+				EMIT('\r');
+				EMIT('\n');
+				s->body_ls = 1;
 				continue;
-			if (*ended) {
-				break; /* c belongs to the next command */
 			}
+			goto bare; /* a bare CR; c is looked at again on the next turn */
 		}
+		i++;
 		if (c == '\r') {
 			s->body_cr = 1;
-			if (s->body_state == 2)
-				s->body_state = 3;
 			continue;
 		}
-		if (c == '\n') { /* bare LF */
-			EMIT('\r');
-			EMIT('\n');
-			if (s->body_state == 2)
-				*ended = 1;
-			s->body_state = 0;
+		if (c == '\n')
+			goto bare;
+		if (s->body_dot) { /* ".x" at a CRLF line start: the client's stuffing, as sent */
+			s->body_dot = 0;
+			EMIT('.');
+		} else if (c == '.' && s->body_ls == 1) {
+			s->body_dot = 1;
+			s->body_ls = 0;
 			continue;
+		} else if (c == '.' && s->body_ls == 2) {
+			EMIT('.'); /* stuffed: the upstream sees a line start here */
 		}
 		EMIT(c);
-		s->body_state = (s->body_state == 0 && c == '.') ? 2 : 1;
+		s->body_ls = 0;
+		continue;
+	bare:
+		if (reject && !s->body_bad) {
+			s->body_bad = 1;
+			log_event(LOG_WARN, s->p.session_id, s->p.route, "bare_newline", "action",
+				  "reject", NULL);
+		}
+		if (s->body_dot) {
+			s->body_dot = 0;
+			EMIT('.');
+			EMIT('.');
+		}
+		EMIT('\r');
+		EMIT('\n');
+		s->body_ls = 2;
 	}
 #undef EMIT
 	if (o)
@@ -860,6 +895,15 @@ static void process_client(struct smtp *s, struct proto_actions *a)
 			int ended;
 			size_t used = body_bytes(s, a, buf_ptr(&s->in), s->in.len, &ended);
 			buf_consume(&s->in, used);
+			if (ended && s->body_bad) {
+				/* The upstream never got the end: it drops what it has of the message. */
+				char r[300];
+				snprintf(r, sizeof(r),
+					 "521 5.5.2 %s Error: bare <CR> or <LF> received in message data",
+					 s->p.helo_name);
+				finish(s, a, r, "bare newline in message");
+				return;
+			}
 			if (ended) {
 				q_push(s, E_DATA_END);
 				s->c = C_COMMAND;

@@ -712,7 +712,7 @@ static int start_proto(struct session *s)
 		.client_tls = r->client_tls, .upstream_tls = r->upstream_tls,
 		.client_policy = r->client_policy, .upstream_policy = r->upstream_policy,
 		.policy_mode = r->policy_mode, .helo_name = s->cfg->helo_name,
-		.xclient = r->xclient, .client_ip = s->client_ip, .client_port = s->client_port,
+		.xclient = r->xclient, .bare_newline = r->bare_newline, .client_ip = s->client_ip, .client_port = s->client_port,
 	};
 	s->proto = &proto_smtp_ops;
 	s->ps = s->proto->create(&p);

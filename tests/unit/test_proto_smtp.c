@@ -1179,13 +1179,15 @@ static const struct step s_data[] = {
 	END
 };
 
-/* Bare LF and bare CR in the body become CRLF on the way up; "\n.\n" ends the data. */
+/* Bare LF and bare CR in the body become CRLF on the way up, but never end the data: the
+ * "." after them goes up stuffed, so "\n.\n" is content; "\r\n.\r\n" ends it. */
 static const struct step s_data_lf[] = {
 	PLAIN_OPEN,
 	CL("MAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\n", "", "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n",
 	   ""),
 	UP("250 Ok\r\n250 Ok\r\n354 go\r\n", "250 Ok\r\n250 Ok\r\n354 go\r\n", "", ""),
-	CL("one\ntwo\r\nthree\rfour\n.\nNOOP\n", "", "one\r\ntwo\r\nthree\r\nfour\r\n.\r\nNOOP\r\n", ""),
+	CL("one\ntwo\r\nthree\rfour\n.\nNOOP\n", "", "one\r\ntwo\r\nthree\r\nfour\r\n..\r\nNOOP\r\n", ""),
+	CL("\r\n.\r\nNOOP\r\n", "", "\r\n.\r\nNOOP\r\n", ""),
 	UP("250 queued\r\n250 Ok\r\n", "250 queued\r\n250 Ok\r\n", "", ""),
 	END
 };
@@ -1430,6 +1432,98 @@ static void test_long_line(void **state)
 }
 
 /* Large DATA body: byte-exact, however it is cut. */
+/* SMTP smuggling (CVE-2023-51764 class): every bare CR/LF variant of an end-of-data marker,
+ * followed by a second transaction. Exactly one message goes up: the would-be second
+ * transaction is content ("hello\r\n..\r\nMAIL FROM:..."), and only the client's real
+ * <CRLF>.<CRLF> ends it. Under bare_newline = reject, the message is refused (521) at its
+ * real end and the upstream never gets an end marker. */
+static const struct proto_params P_PLAIN_REJECT = {
+	.session_id = "0123456789abcdef", .route = "unit", .protocol = SMTP,
+	.client_tls = T_NONE, .client_policy = CFG_POLICY_MAY, .upstream_tls = T_NONE,
+	.upstream_policy = CFG_POLICY_NONE, .policy_mode = ENF, .helo_name = "proxy.test",
+	.bare_newline = CFG_BARE_REJECT, .client_ip = "192.0.2.7", .client_port = 40000
+};
+
+#define SMUGGLED "MAIL FROM:<ceo@bank.test>\r\nRCPT TO:<victim@mx.test>\r\nDATA\r\n" \
+		 "From: ceo@bank.test\r\n\r\nspoofed\r\n"
+
+static void test_smuggling(void **state)
+{
+	(void)state;
+	static const char *const variants[] = {
+		"\n.\n", "\n.\r\n", "\r\n.\n", "\r.\r", "\r\n.\r", "\r.\r\n", "\r.\n", "\n.\r",
+	};
+	int failures = 0;
+	for (size_t v = 0; v < sizeof(variants) / sizeof(variants[0]); v++) {
+		char in[512], name[64];
+		snprintf(in, sizeof(in), "hello%s" SMUGGLED ".\r\nQUIT\r\n", variants[v]);
+		const struct step norm[] = {
+			PLAIN_OPEN,
+			CL("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", "", ANY, ""),
+			UP("250 Ok\r\n250 Ok\r\n354 go\r\n", ANY, "", ""),
+			CL(in, "", "hello\r\n..\r\n" SMUGGLED ".\r\nQUIT\r\n", ""),
+			UP("250 2.0.0 queued\r\n", "250 2.0.0 queued\r\n", "", ""),
+			UP("221 bye\r\n", "221 bye\r\n", "", "close"),
+			END
+		};
+		const struct step rej[] = {
+			PLAIN_OPEN,
+			CL("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", "", ANY, ""),
+			UP("250 Ok\r\n250 Ok\r\n354 go\r\n", ANY, "", ""),
+			/* what went up before the bare CR/LF, and nothing after it */
+			CL(in, "521 5.5.2 proxy.test Error: bare <CR> or <LF> received*\r\n",
+			   variants[v][0] == '\r' && variants[v][1] == '\n' ? "hello\r\n" : "hello",
+			   "close"),
+			END
+		};
+		snprintf(name, sizeof(name), "smuggle_%zu_normalize", v);
+		const struct script sn = { name, &P_PLAIN, norm, 0 };
+		failures += run_script(&sn) ? 1 : 0;
+		char name2[64];
+		snprintf(name2, sizeof(name2), "smuggle_%zu_reject", v);
+		const struct script sr = { name2, &P_PLAIN_REJECT, rej, 0 };
+		failures += run_script(&sr) ? 1 : 0;
+	}
+	assert_int_equal(failures, 0);
+}
+
+/* The body rules one case at a time: input after the 354, what goes up. */
+static void test_body_table(void **state)
+{
+	(void)state;
+	static const struct { const char *in, *up; } cases[] = {
+		{ ".\r\n", ".\r\n" },                         /* empty message */
+		{ "..\r\n.\r\n", "..\r\n.\r\n" },             /* client stuffing kept */
+		{ ".x\r\n.\r\n", ".x\r\n.\r\n" },             /* unstuffed dot line, as sent */
+		{ "a\n.x\r\n.\r\n", "a\r\n..x\r\n.\r\n" },    /* after bare LF: stuffed */
+		{ "a\r.x\r\n.\r\n", "a\r\n..x\r\n.\r\n" },    /* after bare CR: stuffed */
+		{ "a\r\r\n.\r\n", "a\r\n\r\n.\r\n" },        /* bare CR then CRLF */
+		{ "a\r\n.\r\r\n.\r\n", "a\r\n..\r\n\r\n.\r\n" },
+		{ "a\r\n. \r\n.\r\n", "a\r\n. \r\n.\r\n" },   /* ". " is not an end */
+		{ "\n.\r\n.\r\n", "\r\n..\r\n.\r\n" },
+		{ "a\n\n.\n\r\n.\r\n", "a\r\n\r\n..\r\n\r\n.\r\n" },
+		{ "x\x01y\xff\r\n.\r\n", "x\x01y\xff\r\n.\r\n" }, /* 8-bit and controls pass */
+	};
+	int failures = 0;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "body_%zu", i);
+		size_t inlen = strlen(cases[i].in);
+		const struct step st[] = {
+			PLAIN_OPEN,
+			CL("DATA\r\n", "", "DATA\r\n", ""),
+			UP("354 go\r\n", "354 go\r\n", "", ""),
+			{ .op = OP_CL, .in = cases[i].in, .inlen = inlen, .to_client = "",
+			  .to_up = cases[i].up, .acts = "" },
+			CL("NOOP\r\n", "", "NOOP\r\n", ""),
+			END
+		};
+		const struct script sc = { name, &P_PLAIN, st, 0 };
+		failures += run_script(&sc) ? 1 : 0;
+	}
+	assert_int_equal(failures, 0);
+}
+
 static void test_data_large(void **state)
 {
 	(void)state;
@@ -1739,6 +1833,8 @@ int main(void)
 		cmocka_unit_test(test_commands),
 		cmocka_unit_test(test_long_line),
 		cmocka_unit_test(test_data_large),
+		cmocka_unit_test(test_smuggling),
+		cmocka_unit_test(test_body_table),
 		cmocka_unit_test(test_failures),
 		cmocka_unit_test(test_xclient),
 		cmocka_unit_test(test_empty_reads),
