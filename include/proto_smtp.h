@@ -18,17 +18,30 @@
 #define SMTP_HOLD_MAX (1024 * 1024)
 /* Commands in flight toward the upstream before the module stops reading commands. */
 #define SMTP_PIPELINE_MAX 256
+/* The largest BDAT chunk the proxy takes when the upstream announced no SIZE (RFC 1870):
+ * a larger one is refused with 552 and the session ends (its octets are not skipped). */
+#define SMTP_BDAT_MAX (1ULL << 30)
+
+/* What smtp_rewrite_ehlo() leaves out besides STARTTLS, XCLIENT and XFORWARD. */
+#define SMTP_HIDE_AUTH 1       /* AUTH and AUTH= lines (client_policy = encrypt before TLS) */
+#define SMTP_HIDE_REQUIRETLS 2 /* REQUIRETLS (RFC 8689): never offered on a plaintext leg */
 
 /* 1 when an EHLO reply line ("250-STARTTLS", "250 AUTH PLAIN") announces keyword: the
  * first word of its text, whole and case-insensitive ("AUTH" also matches "AUTH=..."). */
 int smtp_line_has_keyword(const char *line, size_t len, const char *keyword);
 
 /* Rewrites a complete EHLO/LHLO reply (lines of "250-..." / "250 ...", each ending in
- * CRLF or LF) for the client: STARTTLS, XCLIENT and XFORWARD lines are dropped; AUTH lines
- * too when hide_auth; "STARTTLS" is added when add_starttls. The first line (the domain)
- * is never dropped. Writes CRLF lines with correct continuation marks into out and
- * returns the length, or -1 when out is too small. */
-long smtp_rewrite_ehlo(const char *reply, size_t len, int add_starttls, int hide_auth,
+ * CRLF or LF) for the client: STARTTLS, XCLIENT and XFORWARD lines are dropped, and the
+ * lines hide (SMTP_HIDE_*) names; "STARTTLS" is added when add_starttls. The first line
+ * (the domain) is never dropped. Writes CRLF lines with correct continuation marks into
+ * out and returns the length, or -1 when out is too small. */
+long smtp_rewrite_ehlo(const char *reply, size_t len, int add_starttls, unsigned hide,
 		       char *out, size_t cap);
+
+/* For tests: 1 when the module ended the session because a reply arrived before its
+ * command was sent. That check depends on how the upstream's bytes were cut into reads
+ * (a reply read after the command went out cannot be told from a genuine one), so a test
+ * comparing differently cut runs allows exactly this difference. */
+int smtp_saw_early_reply(const void *st);
 
 #endif

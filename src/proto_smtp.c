@@ -46,13 +46,15 @@ enum ekind {
 	E_EHLO, E_HELO, E_MAIL, E_RCPT, E_DATA, E_DATA_END, E_BDAT, E_BDAT_LAST, E_AUTH,
 	E_RSET, E_QUIT, E_OTHER,
 	/* answered by the module when they reach the head of the queue */
-	E_LOCAL, E_LOCAL_STARTTLS,
+	E_LOCAL, E_LOCAL_STARTTLS, E_LOCAL_CLOSE,
 };
 
 struct entry {
 	enum ekind kind;
 	int replies_left; /* LMTP end of data: answers still due (-1: not known yet) */
-	char text[200];   /* E_LOCAL: the whole reply */
+	uint64_t sent_at; /* upstream bytes received when the command was sent: a reply that
+			     starts before this offset cannot be its answer */
+	char text[200];   /* E_LOCAL, E_LOCAL_CLOSE: the whole reply */
 };
 
 struct smtp {
@@ -69,6 +71,10 @@ struct smtp {
 	int helo_seen;
 	int in_tx, rcpt_ok, auth_done, quit_seen, client_eof;
 	uint64_t bdat_left;
+	int bdat_skip;            /* the chunk was refused: its octets are dropped */
+	int wait_caps;            /* a BDAT waits for the EHLO reply (is CHUNKING offered?) */
+	int chunking;             /* the upstream offered CHUNKING to this client session */
+	uint64_t size_limit;      /* its SIZE (0: none announced) */
 	int body_ls, body_dot, body_cr, body_bad; /* DATA end detection (body_bytes) */
 	int xclient_state;        /* 0 not tried, 1 running, 2 done */
 	int xclient_helo_is_ehlo;
@@ -79,6 +85,9 @@ struct smtp {
 	size_t reply_lines;
 	int upstream_tls;
 	struct buf greeting;    /* the upstream's greeting, sent to the client when ready */
+	uint64_t up_rx;           /* upstream bytes received so far */
+	uint64_t reply_start;     /* offset of the first byte of the reply being parsed */
+	int early_reply;          /* a reply came before its command was sent */
 	/* expected replies */
 	struct entry q[SMTP_PIPELINE_MAX + 8];
 	size_t qhead, qlen;
@@ -108,6 +117,7 @@ static struct entry *q_push(struct smtp *s, enum ekind k)
 	s->qlen++;
 	e->kind = k;
 	e->replies_left = -1;
+	e->sent_at = s->up_rx;
 	e->text[0] = '\0';
 	return e;
 }
@@ -176,14 +186,15 @@ int smtp_line_has_keyword(const char *line, size_t len, const char *keyword)
 	return strcasecmp(keyword, "AUTH") == 0 && t[kl] == '=';
 }
 
-static int drop_line(const char *l, size_t n, int hide_auth)
+static int drop_line(const char *l, size_t n, unsigned hide)
 {
 	return smtp_line_has_keyword(l, n, "STARTTLS") || smtp_line_has_keyword(l, n, "XCLIENT") ||
 	       smtp_line_has_keyword(l, n, "XFORWARD") ||
-	       (hide_auth && smtp_line_has_keyword(l, n, "AUTH"));
+	       ((hide & SMTP_HIDE_AUTH) && smtp_line_has_keyword(l, n, "AUTH")) ||
+	       ((hide & SMTP_HIDE_REQUIRETLS) && smtp_line_has_keyword(l, n, "REQUIRETLS"));
 }
 
-long smtp_rewrite_ehlo(const char *reply, size_t len, int add_starttls, int hide_auth,
+long smtp_rewrite_ehlo(const char *reply, size_t len, int add_starttls, unsigned hide,
 		       char *out, size_t cap)
 {
 	/* Collect the kept lines' text (after "ddd?"), then re-emit with marks. */
@@ -199,7 +210,7 @@ long smtp_rewrite_ehlo(const char *reply, size_t len, int add_starttls, int hide
 		size_t n = (size_t)(le - p);
 		if (n >= 3 && first)
 			memcpy(code, p, 3);
-		if (first || !drop_line(p, n, hide_auth)) {
+		if (first || !drop_line(p, n, hide)) {
 			if (nk == SMTP_REPLY_LINES_MAX)
 				return -1;
 			const char *t = n > 4 ? p + 4 : p + n;
@@ -289,14 +300,43 @@ static void relay_reply(struct smtp *s, struct proto_actions *a)
 	proto_send(a, PROTO_CLIENT, buf_ptr(&s->reply), s->reply.len);
 }
 
+/* The upstream's capabilities the module acts on, from the EHLO reply the client gets. */
+static void learn_caps(struct smtp *s)
+{
+	const char *p = (const char *)buf_ptr(&s->reply), *end = p + s->reply.len;
+	s->chunking = 0;
+	s->size_limit = 0;
+	int first = 1;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *le = nl ? nl + 1 : end;
+		size_t n = (size_t)(le - p);
+		if (!first && smtp_line_has_keyword(p, n, "CHUNKING"))
+			s->chunking = 1;
+		if (!first && smtp_line_has_keyword(p, n, "SIZE") && n > 9) {
+			uint64_t v = 0;
+			const char *q = p + 9;
+			while (q < le && isdigit((unsigned char)*q) && v < (1ULL << 60))
+				v = v * 10 + (uint64_t)(*q++ - '0');
+			s->size_limit = v;
+		}
+		first = 0;
+		p = le;
+	}
+}
+
 static void relay_ehlo(struct smtp *s, struct proto_actions *a)
 {
 	int add = s->p.client_tls == CFG_TLS_STARTTLS && !s->client_tls;
-	int hide_auth = s->p.client_tls == CFG_TLS_STARTTLS && !s->client_tls &&
-			s->p.client_policy == CFG_POLICY_ENCRYPT;
+	unsigned hide = 0;
+	if (add && s->p.client_policy == CFG_POLICY_ENCRYPT)
+		hide |= SMTP_HIDE_AUTH;
+	if (!s->client_tls) /* REQUIRETLS means something only where TLS is */
+		hide |= SMTP_HIDE_REQUIRETLS;
+	learn_caps(s);
 	size_t cap = s->reply.len + 32;
 	char *out = malloc(cap);
-	long n = out ? smtp_rewrite_ehlo((const char *)buf_ptr(&s->reply), s->reply.len, add, hide_auth,
+	long n = out ? smtp_rewrite_ehlo((const char *)buf_ptr(&s->reply), s->reply.len, add, hide,
 					 out, cap)
 		     : -1;
 	if (n > 0)
@@ -378,6 +418,20 @@ static void send_xclient(struct smtp *s, struct proto_actions *a)
 
 static void drain_locals(struct smtp *s, struct proto_actions *a);
 
+/* An EHLO/HELO reply was handled: a BDAT that waited for it is looked at again. */
+static void caps_known(struct smtp *s)
+{
+	int pending = 0;
+	for (size_t i = 0; i < s->qlen; i++) {
+		enum ekind k = s->q[(s->qhead + i) % QCAP].kind;
+		pending |= k == E_EHLO || k == E_HELO;
+	}
+	if (s->wait_caps && !pending) {
+		s->wait_caps = 0;
+		s->c = C_COMMAND;
+	}
+}
+
 /* One complete reply from the upstream. */
 static void handle_reply(struct smtp *s, struct proto_actions *a)
 {
@@ -390,6 +444,13 @@ static void handle_reply(struct smtp *s, struct proto_actions *a)
 			return;
 		}
 		protocol_error(s, a, "reply without a command", "upstream protocol error");
+		return;
+	}
+	if (s->reply_start < e->sent_at) {
+		/* Written before the upstream could have read the command (e.g. a "220" glued to
+		 * the EHLO reply ahead of our STARTTLS): never taken as its answer. */
+		s->early_reply = 1;
+		protocol_error(s, a, "reply before its command was sent", "upstream protocol error");
 		return;
 	}
 	enum ekind k = e->kind;
@@ -488,11 +549,16 @@ static void handle_reply(struct smtp *s, struct proto_actions *a)
 		} else {
 			relay_reply(s, a);
 		}
+		caps_known(s);
 		break;
 	case E_HELO:
 		relay_reply(s, a);
-		if (code == 250)
+		if (code == 250) {
 			s->in_tx = 0;
+			s->chunking = 0; /* no extensions after HELO */
+			s->size_limit = 0;
+		}
+		caps_known(s);
 		break;
 	case E_MAIL:
 		relay_reply(s, a);
@@ -592,6 +658,8 @@ static void upstream_bytes(struct smtp *s, struct proto_actions *a)
 			protocol_error(s, a, "malformed reply line", "upstream protocol error");
 			return;
 		}
+		if (s->reply.len == 0)
+			s->reply_start = s->up_rx - s->rin.len + (off - n);
 		if (s->reply.len && memcmp(buf_ptr(&s->reply), start, 3) != 0) {
 			protocol_error(s, a, "reply code changed within a reply",
 				       "upstream protocol error");
@@ -636,6 +704,13 @@ static void drain_locals(struct smtp *s, struct proto_actions *a)
 			q_pop(s);
 			continue;
 		}
+		if (e->kind == E_LOCAL_CLOSE) {
+			char r[sizeof(e->text)];
+			memcpy(r, e->text, sizeof(r));
+			q_pop(s);
+			finish(s, a, r, "client protocol error");
+			return;
+		}
 		q_pop(s); /* E_LOCAL_STARTTLS */
 		if (s->in_tx || s->auth_done) {
 			proto_sendf(a, PROTO_CLIENT, "503 5.5.1 %s\r\n",
@@ -657,6 +732,104 @@ static void forward_cmd(struct smtp *s, struct proto_actions *a, const char *lin
 	proto_send(a, PROTO_UPSTREAM, line, len);
 	proto_send(a, PROTO_UPSTREAM, "\r\n", 2);
 	q_push(s, k);
+}
+
+/* "BDAT" SP chunk-size [SP "LAST"] (RFC 3030 §2), strictly: one space, digits only (at
+ * most 18), "LAST" in any case. 0, or -1 on a syntax error. */
+static int parse_bdat(const char *p, size_t n, uint64_t *size, int *last)
+{
+	size_t i = 0, digits = 0;
+	uint64_t v = 0;
+	if (n < 2 || p[0] != ' ')
+		return -1;
+	for (i = 1; i < n && isdigit((unsigned char)p[i]); i++) {
+		if (++digits > 18)
+			return -1;
+		v = v * 10 + (uint64_t)(p[i] - '0');
+	}
+	if (!digits)
+		return -1;
+	*size = v;
+	*last = 0;
+	if (i == n)
+		return 0;
+	if (n - i == 5 && p[i] == ' ' && strncasecmp(p + i + 1, "LAST", 4) == 0) {
+		*last = 1;
+		return 0;
+	}
+	return -1;
+}
+
+/* A reply the module gives after every earlier one, then the end of the session. */
+static void local_close(struct smtp *s, const char *fmt, const char *arg)
+{
+	struct entry *e = q_push(s, E_LOCAL_CLOSE);
+	snprintf(e->text, sizeof(e->text), fmt, s->p.helo_name, arg ? arg : "");
+	s->c = C_DISCARD; /* what follows cannot be told apart from chunk octets */
+	s->in.len = 0;
+}
+
+/* A BDAT the module refuses with reply: the chunk's octets are still data (RFC 3030), so
+ * they are skipped, never read as commands. A size that cannot be parsed or skipped
+ * safely ends the session, as Postfix does. Returns 0 (the line is consumed). */
+static int bdat_refuse(struct smtp *s, const char *line, size_t len, size_t vl,
+		       const char *reply)
+{
+	uint64_t n;
+	int last;
+	if (parse_bdat(line + vl, len - vl, &n, &last) < 0) {
+		local_close(s, "521 5.5.4 %s Syntax: BDAT chunk-size [LAST]; closing connection%s",
+			    NULL);
+		return 0;
+	}
+	if (n > SMTP_BDAT_MAX) {
+		local_close(s, "552 5.3.4 %s Chunk size exceeds the limit; closing connection%s",
+			    NULL);
+		return 0;
+	}
+	local_reply(s, "%s", reply);
+	s->bdat_left = n;
+	s->bdat_skip = 1;
+	if (n)
+		s->c = C_BDAT;
+	return 0;
+}
+
+/* BDAT: the chunk's octets are data for whoever takes the command, so the proxy and the
+ * upstream must agree on who does. It goes up only when the upstream offered CHUNKING in
+ * its reply to this client's EHLO (if that reply is still due, the line waits for it) and
+ * the size is within its SIZE (else SMTP_BDAT_MAX); otherwise the module answers it and
+ * skips the chunk. Returns 1 when the line must be kept for later. */
+static int bdat_command(struct smtp *s, struct proto_actions *a, const char *line, size_t len,
+			size_t vl)
+{
+	for (size_t i = 0; i < s->qlen; i++) {
+		enum ekind k = s->q[(s->qhead + i) % QCAP].kind;
+		if (k == E_EHLO || k == E_HELO) {
+			s->wait_caps = 1;
+			s->c = C_HOLD;
+			return 1;
+		}
+	}
+	uint64_t n;
+	int last;
+	if (parse_bdat(line + vl, len - vl, &n, &last) < 0)
+		return bdat_refuse(s, line, len, vl, NULL);
+	uint64_t limit = s->size_limit ? s->size_limit : SMTP_BDAT_MAX;
+	if (n > limit) {
+		local_close(s, "552 5.3.4 %s Chunk size exceeds the limit; closing connection%s",
+			    NULL);
+		return 0;
+	}
+	if (!s->chunking)
+		return bdat_refuse(s, line, len, vl,
+				   "502 5.5.1 BDAT not available: the server does not offer CHUNKING");
+	forward_cmd(s, a, line, len, last ? E_BDAT_LAST : E_BDAT);
+	s->bdat_left = n;
+	s->bdat_skip = 0;
+	if (n)
+		s->c = C_BDAT;
+	return 0;
 }
 
 /* One command line (terminator removed). Returns 1 when the line must be kept for later
@@ -707,11 +880,16 @@ static int handle_command(struct smtp *s, struct proto_actions *a, char *line, s
 	if (s->p.client_tls == CFG_TLS_STARTTLS && !s->client_tls &&
 	    s->p.client_policy == CFG_POLICY_ENCRYPT && !is_hello && strcmp(verb, "NOOP") &&
 	    strcmp(verb, "RSET") && strcmp(verb, "QUIT")) {
+		if (!strcmp(verb, "BDAT"))
+			return bdat_refuse(s, line, len, vl,
+					   "530 5.7.0 Must issue a STARTTLS command first");
 		local_reply(s, "530 5.7.0 Must issue a STARTTLS command first%s", NULL);
 		return 0;
 	}
 	if (s->helo_required && !s->helo_seen && !is_hello && strcmp(verb, "NOOP") &&
 	    strcmp(verb, "RSET") && strcmp(verb, "QUIT")) {
+		if (!strcmp(verb, "BDAT"))
+			return bdat_refuse(s, line, len, vl, "503 5.5.1 Send EHLO or HELO first");
 		local_reply(s, "503 5.5.1 Send EHLO or HELO first%s", NULL);
 		return 0;
 	}
@@ -744,33 +922,7 @@ static int handle_command(struct smtp *s, struct proto_actions *a, char *line, s
 		forward_cmd(s, a, line, len, E_DATA);
 		s->c = C_HOLD;
 	} else if (!strcmp(verb, "BDAT")) {
-		/* BDAT size [LAST]: the size octets that follow are data, whatever they hold. */
-		const char *p = line + vl;
-		while (*p == ' ' && p < line + len)
-			p++;
-		uint64_t n = 0;
-		int digits = 0;
-		while (p < line + len && isdigit((unsigned char)*p) && digits < 18) {
-			n = n * 10 + (uint64_t)(*p++ - '0');
-			digits++;
-		}
-		int last = 0;
-		while (p < line + len && *p == ' ')
-			p++;
-		if (p + 4 <= line + len && strncasecmp(p, "LAST", 4) == 0) {
-			last = 1;
-			p += 4;
-		}
-		while (p < line + len && *p == ' ')
-			p++;
-		if (!digits || p != line + len) {
-			local_reply(s, "501 5.5.4 Syntax: BDAT size [LAST]%s", NULL);
-			return 0;
-		}
-		forward_cmd(s, a, line, len, last ? E_BDAT_LAST : E_BDAT);
-		s->bdat_left = n;
-		if (n)
-			s->c = C_BDAT;
+		return bdat_command(s, a, line, len, vl);
 	} else if (!strcmp(verb, "AUTH")) {
 		forward_cmd(s, a, line, len, E_AUTH);
 		s->c = C_HOLD;
@@ -912,7 +1064,8 @@ static void process_client(struct smtp *s, struct proto_actions *a)
 		}
 		case C_BDAT: {
 			size_t n = s->in.len < s->bdat_left ? s->in.len : (size_t)s->bdat_left;
-			proto_send(a, PROTO_UPSTREAM, buf_ptr(&s->in), n);
+			if (!s->bdat_skip)
+				proto_send(a, PROTO_UPSTREAM, buf_ptr(&s->in), n);
 			buf_consume(&s->in, n);
 			s->bdat_left -= n;
 			if (s->bdat_left == 0)
@@ -971,6 +1124,11 @@ static void process_client(struct smtp *s, struct proto_actions *a)
 
 /* ---- module interface ------------------------------------------------------------ */
 
+int smtp_saw_early_reply(const void *st)
+{
+	return ((const struct smtp *)st)->early_reply;
+}
+
 static void *smtp_create(const struct proto_params *p)
 {
 	struct smtp *s = calloc(1, sizeof(*s));
@@ -1018,6 +1176,7 @@ static void smtp_data(void *st, enum proto_side from, const uint8_t *d, size_t n
 			finish(s, a, "421 4.3.0 Out of memory", "out of memory");
 			return;
 		}
+		s->up_rx += n;
 		upstream_bytes(s, a);
 		return;
 	}
@@ -1056,6 +1215,8 @@ static void smtp_tls_done(void *st, enum proto_side side, struct proto_actions *
 	s->in_tx = 0;
 	s->rcpt_ok = 0;
 	s->auth_done = 0;
+	s->chunking = 0;
+	s->size_limit = 0;
 	s->c = C_COMMAND;
 	send_up(s, a, "RSET");
 	q_push(s, E_INT_RSET);

@@ -516,6 +516,8 @@ static void on_drain(struct endpoint *ep)
 	maybe_done(s);
 }
 
+static void upstream_tls_failed(struct session *s, const char *error);
+
 static void on_error(struct endpoint *ep, const char *what, int err)
 {
 	struct session *s = ep->owner;
@@ -525,7 +527,9 @@ static void on_error(struct endpoint *ep, const char *what, int err)
 	if (s->closed)
 		return;
 	if (ep == &s->up && !s->ending) {
-		if (!s->up_ready)
+		if (ep->tls && !ep->tls_ready && ep->connected)
+			upstream_tls_failed(s, detail);
+		else if (!s->up_ready)
 			upstream_unreachable(s, detail);
 		else
 			fail_upstream(s, PF_LOST, detail, "upstream error");
@@ -536,6 +540,22 @@ static void on_error(struct endpoint *ep, const char *what, int err)
 }
 
 static void retry_plain(struct session *s, const char *error);
+
+/* The upstream TLS handshake failed: a TLS error, or the peer closed or reset the
+ * connection during it. Either way a TLS failure, counted and reported under the policy,
+ * never "unreachable". */
+static void upstream_tls_failed(struct session *s, const char *error)
+{
+	metrics_handshake(s->r->metrics, METRICS_UPSTREAM, NULL, 0);
+	if (s->r->upstream_policy != CFG_POLICY_MAY)
+		policy_failure(s, "tls-handshake-failure", error);
+	if (s->proto && s->r->upstream_tls == CFG_TLS_STARTTLS && !s->plain_retry &&
+	    (s->r->upstream_policy == CFG_POLICY_MAY || !enforcing(s))) {
+		retry_plain(s, error);
+		return;
+	}
+	fail_upstream(s, PF_TLS_POLICY, "tls-handshake-failure", "upstream handshake failed");
+}
 
 static void on_tls(struct endpoint *ep, int status)
 {
@@ -564,17 +584,7 @@ static void on_tls(struct endpoint *ep, int status)
 	}
 	if (status < 0) {
 		const char *e = tls_conn_error_text(ep->tls);
-		if (!e[0])
-			e = "handshake failed";
-		metrics_handshake(s->r->metrics, METRICS_UPSTREAM, NULL, 0);
-		if (s->r->upstream_policy != CFG_POLICY_MAY)
-			policy_failure(s, "tls-handshake-failure", e);
-		if (s->proto && s->r->upstream_tls == CFG_TLS_STARTTLS && !s->plain_retry &&
-		    (s->r->upstream_policy == CFG_POLICY_MAY || !enforcing(s))) {
-			retry_plain(s, e);
-			return;
-		}
-		fail_upstream(s, PF_TLS_POLICY, "tls-handshake-failure", "upstream handshake failed");
+		upstream_tls_failed(s, e[0] ? e : "handshake failed");
 		return;
 	}
 	if (check_upstream_tls(s) < 0)

@@ -1,6 +1,7 @@
 /* fuzz_ehlo.c - libFuzzer harness for smtp_rewrite_ehlo() and smtp_line_has_keyword().
  *
- * Byte 0: bit 0 add_starttls, bit 1 hide_auth, bit 2 LF-only line ends, bit 3 raw mode.
+ * Byte 0: bit 0 add_starttls, bit 1 SMTP_HIDE_AUTH, bit 2 LF-only line ends, bit 3 raw mode,
+ *         bit 4 SMTP_HIDE_REQUIRETLS.
  * Byte 1: the output capacity: 0 generous, 1 exactly the expected length, 2 one less,
  *         else that many bytes times 4.
  * The rest is the reply text.
@@ -12,7 +13,7 @@
  * Structured mode builds a well-formed EHLO reply from the text (one line per '\n'
  * separated piece, CR removed, "250-"/"250 " marks) and compares the result with an
  * independent model of the contract: the first line always kept; STARTTLS, XCLIENT,
- * XFORWARD (and AUTH / AUTH= when hide_auth) lines dropped by whole-keyword,
+ * XFORWARD (and AUTH / AUTH= and REQUIRETLS when hidden) lines dropped by whole-keyword,
  * case-insensitive match of the first word; "STARTTLS" appended when add_starttls; CRLF
  * line ends; '-' on every line but the last, which has ' '; -1 exactly when the output
  * does not fit cap or more than SMTP_REPLY_LINES_MAX lines are kept. */
@@ -49,7 +50,8 @@ struct line {
 	size_t n;
 };
 
-static void structured(const uint8_t *d, size_t size, int add, int hide, int lf, uint8_t capsel)
+static void structured(const uint8_t *d, size_t size, int add, unsigned hide, int lf,
+		       uint8_t capsel)
 {
 	/* Split into line texts, dropping CR and LF. */
 	char *text = malloc(size + 1);
@@ -87,7 +89,9 @@ static void structured(const uint8_t *d, size_t size, int add, int hide, int lf,
 		const char *t = lines[i].t;
 		size_t n = lines[i].n;
 		if (i > 0 && (model_is(t, n, "STARTTLS") || model_is(t, n, "XCLIENT") ||
-			      model_is(t, n, "XFORWARD") || (hide && model_is(t, n, "AUTH"))))
+			      model_is(t, n, "XFORWARD") ||
+			      ((hide & SMTP_HIDE_AUTH) && model_is(t, n, "AUTH")) ||
+			      ((hide & SMTP_HIDE_REQUIRETLS) && model_is(t, n, "REQUIRETLS"))))
 			continue;
 		out[kept++] = lines[i];
 	}
@@ -151,7 +155,7 @@ static void structured(const uint8_t *d, size_t size, int add, int hide, int lf,
 	free(text);
 }
 
-static void raw(const uint8_t *d, size_t size, int add, int hide, uint8_t capsel)
+static void raw(const uint8_t *d, size_t size, int add, unsigned hide, uint8_t capsel)
 {
 	size_t cap = capsel == 0 ? size * 2 + 64 : capsel < 3 ? size + capsel : (size_t)capsel * 4;
 	char *o = malloc(cap ? cap : 1);
@@ -178,10 +182,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* the copy is exactly size bytes: reads past the end are caught */
 	uint8_t *d = malloc(size ? size : 1);
 	memcpy(d, data, size);
+	unsigned hide = ((flags & 2) ? SMTP_HIDE_AUTH : 0) | ((flags & 16) ? SMTP_HIDE_REQUIRETLS : 0);
 	if (flags & 8)
-		raw(d, size, flags & 1, (flags >> 1) & 1, capsel);
+		raw(d, size, flags & 1, hide, capsel);
 	else
-		structured(d, size, flags & 1, (flags >> 1) & 1, (flags >> 2) & 1, capsel);
+		structured(d, size, flags & 1, hide, (flags >> 2) & 1, capsel);
 	free(d);
 	return 0;
 }

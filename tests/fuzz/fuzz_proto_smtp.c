@@ -25,7 +25,9 @@
  *
  * Each input runs twice: data records fed whole, then fed one byte at a time (repeated
  * records in pieces of 61 bytes); the transcripts (bytes per side, in order, and the other
- * actions) must be identical.
+ * actions) must be identical, unless the whole run ended on a reply that came before its
+ * command (smtp_saw_early_reply: fed one byte at a time, such a reply is read after the
+ * command went out and cannot be told from a genuine one).
  * Invariants checked on every run (abort() on violation):
  *  - upstream_tls = starttls with encrypt/fingerprint/verify in enforce mode: nothing but
  *    the module's own EHLO/LHLO/STARTTLS/QUIT goes upstream before tls_done(UPSTREAM);
@@ -343,6 +345,8 @@ static void params_from(struct proto_params *p, uint8_t b0, uint8_t b1)
 	p->helo_name = "proxy.fuzz.test";
 }
 
+static int early; /* the last run ended on a reply before its command */
+
 static void run(const uint8_t *data, size_t size, int bytewise, struct buf *trace_out)
 {
 	struct ctx c;
@@ -436,6 +440,7 @@ static void run(const uint8_t *data, size_t size, int bytewise, struct buf *trac
 	}
 	check_client_stream(&c);
 	buf_add(trace_out, c.trace.p, c.trace.n);
+	early = smtp_saw_early_reply(c.st);
 	proto_smtp_ops.destroy(c.st);
 	proto_actions_free(&c.a);
 	buf_free(&c.trace);
@@ -459,6 +464,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	struct buf whole = { 0 }, bytes = { 0 };
 	run(data, size, 0, &whole);
+	int whole_early = early;
 	run(data, size, 1, &bytes);
 	const char *tr = getenv("FUZZ_TRACE");
 	if (tr) {
@@ -481,7 +487,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		fprintf(stderr, "\n");
 	}
-	if (whole.n != bytes.n || (whole.n && memcmp(whole.p, bytes.p, whole.n) != 0)) {
+	if (!whole_early &&
+	    (whole.n != bytes.n || (whole.n && memcmp(whole.p, bytes.p, whole.n) != 0))) {
 		size_t k = 0;
 		while (k < whole.n && k < bytes.n && whole.p[k] == bytes.p[k])
 			k++;

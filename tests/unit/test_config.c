@@ -679,7 +679,8 @@ static void test_load_full(void **state)
 	assert_int_equal(r->proxy_protocol_in, CFG_PP_NONE);
 	assert_int_equal(r->proxy_protocol_out, CFG_PP_NONE);
 	assert_int_equal(r->xclient, 0);
-	assert_int_equal(r->max_connections_per_client, 0);
+	assert_int_equal(r->max_connections_per_client, 50); /* like Postfix's default */
+	assert_int_equal(r->bare_newline, CFG_BARE_NORMALIZE);
 	assert_int_equal(r->transparent, CFG_TRANSPARENT_NO);
 	assert_int_equal(r->source_client, 0);
 	assert_true(r->connect_timeout_ms > 0);
@@ -1015,6 +1016,7 @@ static const struct badval_case badval_cases[] = {
 	{ 1, "proxy_protocol_in", "v3" },
 	{ 1, "proxy_protocol_out", "v9" },
 	{ 1, "xclient", "maybe" },
+	{ 1, "bare_newline", "strip" },
 	{ 1, "transparent", "redirect" },
 	{ 1, "source", "server" },
 	{ 1, "client_min_tls", "1.4" },
@@ -1241,7 +1243,7 @@ struct optional_case {
 };
 
 enum { OPT_ADMIN, OPT_TICKETS, OPT_POLICY_TABLE, OPT_PP_IN, OPT_PP_OUT, OPT_XCLIENT, OPT_IMAP,
-       OPT_POP3, OPT_TPROXY, OPT_ORIGDST };
+       OPT_POP3, OPT_TPROXY, OPT_ORIGDST, OPT_BARE_REJECT, OPT_PER_CLIENT0 };
 
 static int optional_field_ok(const struct cfg *c, int feature)
 {
@@ -1264,6 +1266,8 @@ static int optional_field_ok(const struct cfg *c, int feature)
 	case OPT_POP3: return r->protocol == CFG_PROTO_POP3;
 	case OPT_TPROXY: return r->transparent == CFG_TRANSPARENT_TPROXY;
 	case OPT_ORIGDST: return r->upstream.original_dst == 1;
+	case OPT_BARE_REJECT: return r->bare_newline == CFG_BARE_REJECT;
+	case OPT_PER_CLIENT0: return r->max_connections_per_client == 0;
 	}
 	return 0;
 }
@@ -1278,6 +1282,8 @@ static void test_load_optional_features(void **state)
 		{ NULL, "proxy_protocol_in = v2", OPT_PP_IN },
 		{ NULL, "proxy_protocol_out = v1", OPT_PP_OUT },
 		{ NULL, "xclient = yes", OPT_XCLIENT },
+		{ NULL, "bare_newline = reject", OPT_BARE_REJECT },
+		{ NULL, "max_connections_per_client = 0", OPT_PER_CLIENT0 },
 		{ NULL, "protocol = imap", OPT_IMAP },
 		{ NULL, "protocol = pop3", OPT_POP3 },
 		{ NULL, "transparent = tproxy", OPT_TPROXY },

@@ -492,6 +492,17 @@ static const struct proto_params P_XCLIENT6 =
 #define UP_ERR_PRE "421 4.4.1 *\r\n"
 #define UP_ERR_MID "421 4.4.2 *\r\n"
 
+/* A plain session up to EHLO, with an upstream that offers CHUNKING (and SIZE). */
+#define CHUNKING_OPEN                                                                 \
+	CONN("", "", ""), UP(GREET, GREET, "", "ready"),                              \
+	CL("EHLO client.test\r\n", "", "EHLO client.test\r\n", ""),                   \
+	UP("250-mx.test\r\n250-CHUNKING\r\n250 SIZE 1000\r\n",                         \
+	   "250-mx.test\r\n250-CHUNKING\r\n250 SIZE 1000\r\n", "", "")
+#define LMTP_CHUNKING_OPEN                                                            \
+	CONN("", "", ""), UP(GREET, GREET, "", "ready"),                              \
+	CL("LHLO client.test\r\n", "", "LHLO client.test\r\n", ""),                   \
+	UP("250-mx.test\r\n250 CHUNKING\r\n", "250-mx.test\r\n250 CHUNKING\r\n", "", "")
+
 /* A plain session up to the point where the client has been greeted and said EHLO. */
 #define PLAIN_OPEN                                                                    \
 	CONN("", "", ""), UP(GREET, GREET, "", "ready"),                              \
@@ -637,14 +648,14 @@ static void test_rewrite_ehlo(void **state)
 		} else if (c->cap < 0) {
 			/* the length of the correct output (computed with room to spare) */
 			char tmp[4096];
-			long n = smtp_rewrite_ehlo(c->in, strlen(c->in), c->add, c->hide, tmp,
+			long n = smtp_rewrite_ehlo(c->in, strlen(c->in), c->add, (unsigned)c->hide, tmp,
 						   sizeof(tmp));
 			assert_true(n > 0);
 			cap = (size_t)n - (c->cap == CAP_SHORT ? 1 : 0);
 		}
 		char *out = malloc(cap + 1);
 		memset(out, 0x5a, cap + 1);
-		long n = smtp_rewrite_ehlo(c->in, strlen(c->in), c->add, c->hide, out, cap);
+		long n = smtp_rewrite_ehlo(c->in, strlen(c->in), c->add, (unsigned)c->hide, out, cap);
 		int ok;
 		if (!c->want)
 			ok = n == -1;
@@ -895,7 +906,44 @@ static const struct step s_implicit_inj[] = {
 	END
 };
 
+/* REQUIRETLS (RFC 8689) is never offered to a plaintext client. */
+static const struct step s_requiretls_inject[] = {
+	CONN("", "", ""),
+	UP(GREET, "", "EHLO proxy.test\r\n", ""),
+	UP(CAPS_TLS, "", "STARTTLS\r\n", ""),
+	UP("220 go\r\n", "", "", "tls:up"),
+	TLSU(GREET, "", "ready"),
+	CL("EHLO client.test\r\n", "", "EHLO client.test\r\n", ""),
+	UP("250-mx.test\r\n250-REQUIRETLS\r\n250-requiretls\r\n250 SIZE 100\r\n",
+	   "250-mx.test\r\n250 SIZE 100\r\n", "", ""),
+	END
+};
+
+/* A "220" glued to the EHLO reply, written before the proxy's STARTTLS could have been
+ * read: a protocol error, never the answer to STARTTLS (no TLS starts). Only detectable
+ * when it arrives with the EHLO reply, hence M_WHOLE. */
+static const struct step s_early_reply[] = {
+	CONN("", "", ""),
+	CL("EHLO client.test\r\n", "", "", ""),
+	UP(GREET, "", "EHLO proxy.test\r\n", ""),
+	UP("250-mx.test\r\n250 STARTTLS\r\n220 2.0.0 go\r\n", UP_ERR_PRE, "STARTTLS\r\n",
+	   "close"),
+	END
+};
+/* Control: replies that arrive after their commands were sent are taken as usual. */
+static const struct step s_early_reply_relay[] = {
+	PLAIN_OPEN,
+	CL("NOOP\r\n", "", "NOOP\r\n", ""),
+	UP("250 Ok\r\n", "250 Ok\r\n", "", ""),
+	CL("MAIL FROM:<a@b>\r\n", "", "MAIL FROM:<a@b>\r\n", ""),
+	UP("250 2.1.0 Ok\r\n", "250 2.1.0 Ok\r\n", "", ""),
+	END
+};
+
 static const struct script inject_scripts[] = {
+	{ "requiretls_inject", &P_INJ_VERIFY, s_requiretls_inject, 0 },
+	{ "early_reply_starttls", &P_INJ_VERIFY, s_early_reply, M_WHOLE },
+	{ "early_reply_relay", &P_PLAIN, s_early_reply_relay, 0 },
 	{ "inject_basic", &P_INJ_ENCRYPT, s_inject_basic, 0 },
 	{ "inject_basic_verify", &P_INJ_VERIFY, s_inject_basic, 0 },
 	{ "inject_basic_fingerprint", &P_INJ_FPR, s_inject_basic, 0 },
@@ -1118,7 +1166,24 @@ static const struct step s_term_after_auth[] = {
 	END
 };
 
+/* REQUIRETLS: hidden before the client's STARTTLS, offered inside TLS. */
+static const struct step s_requiretls_terminate[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("EHLO client.test\r\n", "", "EHLO client.test\r\n", ""),
+	UP("250-mx.test\r\n250-REQUIRETLS\r\n250 SIZE 100\r\n",
+	   "250-mx.test\r\n250-SIZE 100\r\n250 STARTTLS\r\n", "", ""),
+	CL("STARTTLS\r\n", C220TLS, "", "tls:client"),
+	TLSC("", "RSET\r\n", ""),
+	UP("250 2.0.0 Ok\r\n", "", "", ""),
+	CL("EHLO client.test\r\n", "", "EHLO client.test\r\n", ""),
+	UP("250-mx.test\r\n250-REQUIRETLS\r\n250 SIZE 100\r\n",
+	   "250-mx.test\r\n250-REQUIRETLS\r\n250 SIZE 100\r\n", "", ""),
+	END
+};
+
 static const struct script terminate_scripts[] = {
+	{ "requiretls_terminate", &P_TERM_MAY, s_requiretls_terminate, 0 },
 	{ "terminate_encrypt", &P_TERM_ENCRYPT, s_term_encrypt, 0 },
 	{ "terminate_may", &P_TERM_MAY, s_term_may, 0 },
 	{ "terminate_mail_pipelined", &P_TERM_MAY, s_term_mail_pipelined, 0 },
@@ -1212,7 +1277,7 @@ static const struct step s_data_rejected[] = {
 };
 
 static const struct step s_bdat[] = {
-	PLAIN_OPEN,
+	CHUNKING_OPEN,
 	CL("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", "", "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", ""),
 	/* 11 octets that look like an end of data and a QUIT */
 	CL("BDAT 11\r\n\r\n.\r\nQUIT\r\nNOOP\r\n", "", "BDAT 11\r\n\r\n.\r\nQUIT\r\nNOOP\r\n", ""),
@@ -1224,16 +1289,85 @@ static const struct step s_bdat[] = {
 	END
 };
 
-static const struct step s_bdat_syntax[] = {
+/* A BDAT whose size cannot be read: where its chunk ends is unknown, so the session ends
+ * (like Postfix), and nothing after it is read as a command. */
+#define BDAT_SYNTAX(name, cmd)                                                          \
+	static const struct step name[] = {                                             \
+		CHUNKING_OPEN,                                                          \
+		CL(cmd "XCLIENT ADDR=6.6.6.6\r\nNOOP\r\n",                            \
+		   "521 5.5.4 proxy.test Syntax: BDAT chunk-size [LAST]; closing connection\r\n", \
+		   "", "close"),                                                        \
+		END                                                                     \
+	}
+BDAT_SYNTAX(s_bdat_syntax0, "BDAT\r\n");
+BDAT_SYNTAX(s_bdat_syntax1, "BDAT x\r\n");
+BDAT_SYNTAX(s_bdat_syntax2, "BDAT -1\r\n");
+BDAT_SYNTAX(s_bdat_syntax3, "BDAT 5 LASTX\r\n");
+BDAT_SYNTAX(s_bdat_syntax4, "BDAT 5 LAST x\r\n");
+BDAT_SYNTAX(s_bdat_syntax5, "BDAT 5x\r\n");
+BDAT_SYNTAX(s_bdat_syntax6, "BDAT 99999999999999999999\r\n");
+BDAT_SYNTAX(s_bdat_syntax7, "BDAT  5\r\n");
+BDAT_SYNTAX(s_bdat_syntax8, "BDAT 5 \r\n");
+BDAT_SYNTAX(s_bdat_syntax9, "BDAT +5\r\n");
+
+/* The upstream did not offer CHUNKING: BDAT is refused, and its chunk is skipped, never
+ * read as commands (an upstream that answers 500 would read them as commands). */
+static const struct step s_bdat_not_offered[] = {
 	PLAIN_OPEN,
-	CL("BDAT\r\n", "501 5.5.4 *\r\n", "", ""),
-	CL("BDAT x\r\n", "501 5.5.4 *\r\n", "", ""),
-	CL("BDAT -1\r\n", "501 5.5.4 *\r\n", "", ""),
-	CL("BDAT 5 LASTX\r\n", "501 5.5.4 *\r\n", "", ""),
-	CL("BDAT 5 LAST x\r\n", "501 5.5.4 *\r\n", "", ""),
-	CL("BDAT 5x\r\n", "501 5.5.4 *\r\n", "", ""),
-	CL("BDAT 99999999999999999999\r\n", "501 5.5.4 *\r\n", "", ""),
-	CL("NOOP\r\n", "", "NOOP\r\n", ""),
+	CL("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", "", ANY, ""),
+	UP("250 Ok\r\n250 Ok\r\n", ANY, "", ""),
+	CL("BDAT 44\r\nXCLIENT ADDR=6.6.6.6\r\nMAIL FROM:<ceo@bank>\r\nNOOP\r\n",
+	   "502 5.5.1 BDAT not available*\r\n", "NOOP\r\n", ""),
+	UP("250 Ok\r\n", "250 Ok\r\n", "", ""),
+	/* the largest size and LAST: skipped as well */
+	CL("BDAT 3 LAST\r\nabcRSET\r\n", "502 5.5.1 *\r\n", "RSET\r\n", ""),
+	END
+};
+
+/* A size beyond SMTP_BDAT_MAX without CHUNKING, or beyond the upstream's SIZE with it:
+ * 552 and the end of the session (the octets are not skipped for ever). */
+static const struct step s_bdat_huge[] = {
+	PLAIN_OPEN,
+	CL("BDAT 999999999999999999\r\nXCLIENT ADDR=6.6.6.6\r\n",
+	   "552 5.3.4 proxy.test Chunk size exceeds the limit; closing connection\r\n", "",
+	   "close"),
+	END
+};
+static const struct step s_bdat_over_size[] = {
+	CHUNKING_OPEN,
+	CL("BDAT 1001\r\nXCLIENT ADDR=6.6.6.6\r\n", "552 5.3.4 *closing connection\r\n", "",
+	   "close"),
+	END
+};
+
+/* Pipelined behind the EHLO whose reply tells whether CHUNKING is offered: the BDAT waits
+ * for that reply, then goes up (offered) ... */
+static const struct step s_bdat_waits_for_caps[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 5 LAST\r\nhelloQUIT\r\n", "",
+	   "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", ""),
+	UP("250-mx.test\r\n250 CHUNKING\r\n", "250-mx.test\r\n250 CHUNKING\r\n",
+	   "BDAT 5 LAST\r\nhelloQUIT\r\n", ""),
+	END
+};
+/* ... or is refused with its chunk skipped (not offered). */
+static const struct step s_bdat_waits_no_caps[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 5 LAST\r\nhelloQUIT\r\n", "",
+	   "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", ""),
+	UP("250-mx.test\r\n250 SIZE\r\n", "250-mx.test\r\n250 SIZE\r\n", "QUIT\r\n", ""),
+	UP("250 Ok\r\n250 Ok\r\n", "250 Ok\r\n250 Ok\r\n502 5.5.1 *\r\n", "", ""),
+	END
+};
+/* CHUNKING offered before the client's STARTTLS does not count inside TLS until the new
+ * EHLO reply says so; HELO (no extensions) withdraws it. */
+static const struct step s_bdat_after_helo[] = {
+	CHUNKING_OPEN,
+	CL("HELO c\r\n", "", "HELO c\r\n", ""),
+	UP("250 mx.test\r\n", "250 mx.test\r\n", "", ""),
+	CL("BDAT 2\r\nab", "502 5.5.1 *\r\n", "", ""),
 	END
 };
 
@@ -1292,8 +1426,7 @@ static const struct step s_lmtp_data[] = {
 
 /* LMTP BDAT LAST after the RCPT replies: one reply per accepted recipient. */
 static const struct step s_lmtp_bdat[] = {
-	CONN("", "", ""),
-	UP(GREET, GREET, "", "ready"),
+	LMTP_CHUNKING_OPEN,
 	CL("MAIL FROM:<a@b>\r\nRCPT TO:<u1@d>\r\nRCPT TO:<u2@d>\r\n", "", ANY, ""),
 	UP("250 Ok\r\n250 Ok\r\n250 Ok\r\n", "250 Ok\r\n250 Ok\r\n250 Ok\r\n", "", ""),
 	CL("BDAT 3 LAST\r\nabc", "", "BDAT 3 LAST\r\nabc", ""),
@@ -1306,8 +1439,7 @@ static const struct step s_lmtp_bdat[] = {
 /* LMTP + CHUNKING (RFC 2033 §4.2, RFC 3030): RCPT and BDAT LAST pipelined in one go; the
  * number of replies to BDAT LAST is only known once the RCPT replies are in. */
 static const struct step s_lmtp_bdat_pipelined[] = {
-	CONN("", "", ""),
-	UP(GREET, GREET, "", "ready"),
+	LMTP_CHUNKING_OPEN,
 	CL("MAIL FROM:<a@b>\r\nRCPT TO:<u1@d>\r\nRCPT TO:<u2@d>\r\nBDAT 3 LAST\r\nabc", "",
 	   "MAIL FROM:<a@b>\r\nRCPT TO:<u1@d>\r\nRCPT TO:<u2@d>\r\nBDAT 3 LAST\r\nabc", ""),
 	UP("250 Ok\r\n250 Ok\r\n250 Ok\r\n250 u1 delivered\r\n250 u2 delivered\r\n",
@@ -1318,8 +1450,7 @@ static const struct step s_lmtp_bdat_pipelined[] = {
 
 /* LMTP "BDAT 0 LAST" (an empty last chunk) is answered once per recipient too. */
 static const struct step s_lmtp_bdat0_last[] = {
-	CONN("", "", ""),
-	UP(GREET, GREET, "", "ready"),
+	LMTP_CHUNKING_OPEN,
 	CL("MAIL FROM:<a@b>\r\nRCPT TO:<u1@d>\r\nRCPT TO:<u2@d>\r\n", "", ANY, ""),
 	UP("250 Ok\r\n250 Ok\r\n250 Ok\r\n", ANY, "", ""),
 	CL("BDAT 5\r\nhelloBDAT 0 LAST\r\n", "", "BDAT 5\r\nhelloBDAT 0 LAST\r\n", ""),
@@ -1337,7 +1468,22 @@ static const struct script command_scripts[] = {
 	{ "data_empty", &P_PLAIN, s_data_empty, 0 },
 	{ "data_rejected", &P_PLAIN, s_data_rejected, 0 },
 	{ "bdat", &P_PLAIN, s_bdat, 0 },
-	{ "bdat_syntax", &P_PLAIN, s_bdat_syntax, 0 },
+	{ "bdat_syntax0", &P_PLAIN, s_bdat_syntax0, 0 },
+	{ "bdat_syntax1", &P_PLAIN, s_bdat_syntax1, 0 },
+	{ "bdat_syntax2", &P_PLAIN, s_bdat_syntax2, 0 },
+	{ "bdat_syntax3", &P_PLAIN, s_bdat_syntax3, 0 },
+	{ "bdat_syntax4", &P_PLAIN, s_bdat_syntax4, 0 },
+	{ "bdat_syntax5", &P_PLAIN, s_bdat_syntax5, 0 },
+	{ "bdat_syntax6", &P_PLAIN, s_bdat_syntax6, 0 },
+	{ "bdat_syntax7", &P_PLAIN, s_bdat_syntax7, 0 },
+	{ "bdat_syntax8", &P_PLAIN, s_bdat_syntax8, 0 },
+	{ "bdat_syntax9", &P_PLAIN, s_bdat_syntax9, 0 },
+	{ "bdat_not_offered", &P_PLAIN, s_bdat_not_offered, 0 },
+	{ "bdat_huge", &P_PLAIN, s_bdat_huge, 0 },
+	{ "bdat_over_size", &P_PLAIN, s_bdat_over_size, 0 },
+	{ "bdat_waits_for_caps", &P_PLAIN, s_bdat_waits_for_caps, 0 },
+	{ "bdat_waits_no_caps", &P_PLAIN, s_bdat_waits_no_caps, 0 },
+	{ "bdat_after_helo", &P_PLAIN, s_bdat_after_helo, 0 },
 	{ "auth", &P_PLAIN, s_auth, 0 },
 	{ "client_xclient", &P_PLAIN, s_client_xclient, 0 },
 	{ "lmtp_data", &P_PLAIN_LMTP, s_lmtp_data, 0 },
@@ -1579,7 +1725,7 @@ static const struct step s_lost_after_body[] = {
 };
 
 static const struct step s_lost_in_bdat[] = {
-	PLAIN_OPEN,
+	CHUNKING_OPEN,
 	CL("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", "", ANY, ""),
 	UP("250 Ok\r\n250 Ok\r\n", ANY, "", ""),
 	CL("BDAT 100 LAST\r\nsome", "", "BDAT 100 LAST\r\nsome", ""),

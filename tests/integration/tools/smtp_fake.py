@@ -30,6 +30,11 @@ with STARTTLS) that can misbehave on purpose. One thread per connection.
   --lmtp              accept LHLO
   --reply VERB=TEXT   answer VERB (EHLO, MAIL, ..., or GREETING) with TEXT instead; after a
                       421 the connection is closed (repeatable)
+  --caps KEYWORD      one more EHLO keyword (repeatable); CHUNKING also makes BDAT work
+                      (without it, BDAT gets 500 and the chunk is read as commands, as a
+                      server without CHUNKING does)
+  --early-220         glue "220 2.0.0 go" to the EHLO reply, before any STARTTLS arrived
+  --reset-in-handshake  answer STARTTLS with 220, read the ClientHello, then reset
 """
 
 import argparse
@@ -60,6 +65,9 @@ p.add_argument("--die-after-data", action="store_true")
 p.add_argument("--xclient", action="store_true")
 p.add_argument("--lmtp", action="store_true")
 p.add_argument("--reply", action="append", default=[])
+p.add_argument("--caps", action="append", default=[])
+p.add_argument("--early-220", action="store_true")
+p.add_argument("--reset-in-handshake", action="store_true")
 ARGS = p.parse_args()
 OVERRIDE = dict(r.split("=", 1) for r in ARGS.reply)
 
@@ -124,6 +132,7 @@ class Conn:
                  "250 8BITMIME", "250 ENHANCEDSTATUSCODES"]
         if ARGS.xclient:
             lines.append("250 XCLIENT NAME ADDR PORT PROTO HELO")
+        lines += ["250 %s" % c for c in ARGS.caps]
         if not self.tls and ARGS.starttls in ("offer", "refuse"):
             lines.append("250 STARTTLS")
         if not self.tls and ARGS.starttls == "lowercase":
@@ -134,6 +143,12 @@ class Conn:
         return lines
 
     def starttls(self):
+        if ARGS.reset_in_handshake:
+            self.send(b"220 2.0.0 Ready to start TLS\r\n")
+            self.fill()  # the ClientHello
+            log_line(b"# reset during the handshake")
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            raise Closed()
         if ARGS.inject:
             self.send(b"220 go\r\n250 injected\r\n")
         else:
@@ -174,21 +189,24 @@ class Conn:
         # Dot-unstuffing.
         lines = msg.split(b"\r\n")
         msg = b"\r\n".join(l[1:] if l.startswith(b".") else l for l in lines)
+        self.store(mail_from, rcpts, msg)
+        if ARGS.lmtp:
+            for r in rcpts:
+                self.reply("250 2.0.0 <%s> delivered" % r)
+        else:
+            self.reply("250 2.0.0 Ok: queued as fake-%d" % (COUNTER[0]))
+
+    def store(self, mail_from, rcpts, msg):
+        with LOCK:
+            COUNTER[0] += 1
+            n = COUNTER[0]
         if ARGS.store:
-            with LOCK:
-                COUNTER[0] += 1
-                n = COUNTER[0]
             base = os.path.join(ARGS.store, "msg-%d" % n)
             with open(base + ".eml", "wb") as f:
                 f.write(msg)
             with open(base + ".json", "w") as f:
                 json.dump({"mail_from": mail_from, "rcpt_tos": rcpts, "helo": self.helo,
                            "tls": self.tls, "peer": "%s:%d" % self.peer}, f)
-        if ARGS.lmtp:
-            for r in rcpts:
-                self.reply("250 2.0.0 <%s> delivered" % r)
-        else:
-            self.reply("250 2.0.0 Ok: queued as fake-%d" % (COUNTER[0]))
 
     def run(self):
         if ARGS.stall == "greeting":
@@ -220,7 +238,30 @@ class Conn:
                 if ARGS.huge_ehlo:
                     self.send(b"250-fake.test " + b"x" * ARGS.huge_ehlo + b"\r\n250 OK\r\n")
                     continue
+                if ARGS.early_220:
+                    out = b""
+                    lines = self.ehlo_lines(arg)
+                    for i, l in enumerate(lines):
+                        out += ("%s%s%s\r\n" % (l[:3], " " if i == len(lines) - 1 else "-",
+                                                l[4:])).encode()
+                    self.send(out + b"220 2.0.0 go\r\n")
+                    continue
                 self.reply(*self.ehlo_lines(arg))
+            elif verb == "BDAT" and "CHUNKING" in ARGS.caps:
+                parts = arg.split()
+                n = int(parts[0])
+                while len(self.buf) < n:
+                    self.fill()
+                chunk, self.buf = self.buf[:n], self.buf[n:]
+                log_line((b"tls: " if self.tls else b"plain: ") + b"<chunk %d octets>" % n)
+                self.chunks = getattr(self, "chunks", b"") + chunk
+                if len(parts) > 1 and parts[1].upper() == "LAST":
+                    msg, self.chunks = self.chunks, b""
+                    self.store(mail_from, rcpts, msg)
+                    mail_from, rcpts = None, []
+                    self.reply("250 2.0.0 Ok: queued as fake-%d" % COUNTER[0])
+                else:
+                    self.reply("250 2.0.0 %d octets received" % n)
             elif verb == "HELO":
                 self.helo = arg
                 self.reply("250 fake.test")
