@@ -43,8 +43,10 @@ all: check-deps $(BIN)
 check-deps:
 	@test -f "$(WOLFSSL_PREFIX)/lib/libwolfssl.a" || { echo "wolfSSL missing: run 'make deps'"; exit 1; }
 
+# Everything the build and the tests need (scripts/deps.sh: no host service is started,
+# stopped or replaced); `make demo` installs only what the build needs.
 deps:
-	@bash scripts/deps.sh
+	@bash scripts/deps.sh test
 
 $(BIN): $(OBJS)
 	$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
@@ -66,26 +68,26 @@ unit-bins: $(UNIT_BINS)
 
 # The one command: dependencies (when missing), build, unit and integration tests.
 test:
-	@bash scripts/deps.sh
+	@bash scripts/deps.sh test
 	@$(MAKE) --no-print-directory all unit-bins $(CERTS)/.complete
 	@STP_BIN=$(abspath $(BIN)) STP_UNIT_DIR=$(abspath $(BUILD)/tests) \
 	  STP_TEST_CERTS=$(abspath $(CERTS)) bash tests/run.sh
 
 demo:
-	@bash scripts/deps.sh
+	@bash scripts/deps.sh build
 	@$(MAKE) --no-print-directory all
 	@bash scripts/demo.sh
 
 # Side-by-side benchmarks against stunnel and haproxy; writes bench/RESULTS.md.
 bench:
-	@bash scripts/deps.sh
+	@bash scripts/deps.sh test
 	@$(MAKE) --no-print-directory all
 	@STP_BIN=$(abspath $(BIN)) bash bench/run.sh
 
 # libFuzzer harnesses for every parser, FUZZ_SECONDS each.
 FUZZ_SECONDS ?= 60
 fuzz:
-	@bash scripts/deps.sh
+	@bash scripts/deps.sh test
 	@bash tests/fuzz/run.sh $(FUZZ_SECONDS)
 
 install: all

@@ -27,16 +27,16 @@ wait_port() {
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 bash scripts/gen-test-certs.sh "$dir/certs" >/dev/null
-APP_PORT=$(free_port); EDGE_PORT=$(free_port); LEGACY_PORT=$(free_port)
+/usr/bin/python3 scripts/demo_smtp.py server "$dir/legacy.port" "$dir/legacy.out" &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$dir/legacy.port" ] && break; sleep 0.05; done
+LEGACY_PORT=$(cat "$dir/legacy.port")
+APP_PORT=$(free_port); EDGE_PORT=$(free_port)
 while [ "$EDGE_PORT" = "$APP_PORT" ]; do EDGE_PORT=$(free_port); done
-while [ "$LEGACY_PORT" = "$APP_PORT" ] || [ "$LEGACY_PORT" = "$EDGE_PORT" ]; do LEGACY_PORT=$(free_port); done
 sed -e "s|@CERTS@|$dir/certs|g" -e "s|@APP_PORT@|$APP_PORT|g" -e "s|@EDGE_PORT@|$EDGE_PORT|g" \
 	-e "s|@LEGACY_PORT@|$LEGACY_PORT|g" etc/demo.conf > "$dir/demo.conf"
 
-step "Legacy SMTP server without TLS (aiosmtpd) on 127.0.0.1:$LEGACY_PORT"
-/usr/bin/python3 -u -m aiosmtpd -n -l "127.0.0.1:$LEGACY_PORT" -c aiosmtpd.handlers.Debugging \
-	> "$dir/legacy.out" 2>&1 &
-pids+=($!)
+step "Legacy SMTP server without TLS (scripts/demo_smtp.py) on 127.0.0.1:$LEGACY_PORT"
 wait_port "$LEGACY_PORT"
 
 step "starttls-proxy with etc/demo.conf"
@@ -46,12 +46,10 @@ pids+=($!)
 for _ in $(seq 100); do grep -q 'event=ready' "$dir/proxy.log" && break; sleep 0.05; done
 grep -E 'event=(listening|ready)' "$dir/proxy.log" || { cat "$dir/proxy.log"; exit 1; }
 
-step "swaks sends a message in plaintext to 127.0.0.1:$APP_PORT (the legacy app's view)"
-swaks --server "127.0.0.1:$APP_PORT" --from app@legacy.demo.test --to ops@legacy.demo.test \
-	--header "Subject: starttls-proxy demo" --body "Hello from a client that cannot speak TLS." \
-	--helo legacy-app.demo.test
+step "A legacy app (Python smtplib) sends a message in plaintext to 127.0.0.1:$APP_PORT"
+/usr/bin/python3 scripts/demo_smtp.py send "$APP_PORT" 2>&1 | sed -n "s/^send: b\?'\(.*\)'$/  app> \1/p; s/^reply: b'\(.*\)'$/  app< \1/p" | sed 's/\\r\\n$//'
 
-sleep 0.3
+for _ in $(seq 100); do grep -q 'MESSAGE END' "$dir/legacy.out" && break; sleep 0.05; done
 step "What the legacy server received"
 sed -n '/MESSAGE FOLLOWS/,/MESSAGE END/p' "$dir/legacy.out"
 

@@ -27,13 +27,23 @@
 SMTP_PY=/usr/bin/python3        # Debian's python: has python3-aiosmtpd
 PF_DIRS=()
 declare -A PF_PORT=()
+# Postfix unpacked privately by `make deps` on a host whose own MTA the postfix package would
+# replace (scripts/deps.sh): its programs run from there with their own directories.
+PF_ROOT=${STP_POSTFIX_ROOT:-$(cat "${STP_DEPS_DIR:-/var/cache/starttls-proxy}/postfix.current" 2>/dev/null)}
+pf_cmd() {
+	if [ -n "$PF_ROOT" ]; then
+		LD_LIBRARY_PATH=$PF_ROOT/usr/lib/postfix "$PF_ROOT/usr/sbin/postfix" "$@"
+	else
+		postfix "$@"
+	fi
+}
 
 # --- Postfix -----------------------------------------------------------------------------
 
 pf_stop_all() {
 	local d pid i
 	for d in "${PF_DIRS[@]}"; do
-		postfix -c "$d/etc" stop >/dev/null 2>&1
+		pf_cmd -c "$d/etc" stop >/dev/null 2>&1
 	done
 	for d in "${PF_DIRS[@]}"; do
 		pid=$(tr -d ' ' 2>/dev/null <"$d/spool/pid/master.pid")
@@ -116,6 +126,15 @@ maximal_backoff_time = 2s
 smtpd_banner = \$myhostname ESMTP Postfix-under-test
 biff = no
 EOF
+	if [ -n "$PF_ROOT" ]; then
+		cat >>"$d/etc/main.cf" <<EOF
+command_directory = $PF_ROOT/usr/sbin
+daemon_directory = $PF_ROOT/usr/lib/postfix/sbin
+shlib_directory = $PF_ROOT/usr/lib/postfix
+meta_directory = $PF_ROOT/etc/postfix
+import_environment = MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C LD_LIBRARY_PATH=$PF_ROOT/usr/lib/postfix
+EOF
+	fi
 	[ -n "${PF_EXTRA:-}" ] && printf '%s\n' "$PF_EXTRA" >>"$d/etc/main.cf"
 	: >"$d/etc/master.cf"
 	for l in "$@"; do
@@ -154,7 +173,7 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 EOF
 	PF_DIRS+=("$d")
-	if ! postfix -c "$d/etc" start >"$d/start.log" 2>&1; then
+	if ! pf_cmd -c "$d/etc" start >"$d/start.log" 2>&1; then
 		fail "pf_start($name)" "postfix start: $(tail -n 3 "$d/start.log")"
 		exit 1
 	fi
