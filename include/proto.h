@@ -1,11 +1,13 @@
 /* proto.h - the interface between a session and a protocol module (SMTP/LMTP, later IMAP
- * and POP3).
+ * and POP3), and the table of modules.
  *
  * Contract: a protocol module does no I/O. The session hands it bytes and events; the
  * module appends actions (send bytes to a side, start TLS on a side, the upstream is
- * ready, end the session) to a struct proto_actions, which the session carries out in
- * order after the call returns. A module never sees a TLS library or a socket; certificate
- * policy is applied by the session before it reports tls_done. */
+ * ready, a policy failure, end the session) to a struct proto_actions, which the session
+ * carries out in order after the call returns. A module never sees a TLS library or a
+ * socket; certificate policy is applied by the session before it reports tls_done. The
+ * pieces modules share (line reader, expected replies, capability words, the STARTTLS
+ * boundary) are in proto_kit.h. */
 #ifndef STP_PROTO_H
 #define STP_PROTO_H
 
@@ -21,13 +23,14 @@ enum proto_act_type {
 	PA_STARTTLS, /* begin TLS on side now (everything sent before goes in plaintext) */
 	PA_READY,    /* the upstream is usable: the greeting/STARTTLS phase is over */
 	PA_CLOSE,    /* end the session after what was sent to the client has left */
-	PA_POLICY,   /* a TLS requirement failed (reason: RFC 8460 result), for the counters */
+	PA_POLICY,   /* a TLS requirement toward the upstream failed: the session logs and
+			counts it (reason: RFC 8460 result; off/len: a detail text) */
 };
 
 struct proto_act {
 	enum proto_act_type type;
 	enum proto_side side;
-	size_t off, len;    /* PA_SEND: bytes in proto_actions.buf */
+	size_t off, len;    /* PA_SEND: bytes in proto_actions.buf; PA_POLICY: detail */
 	const char *reason; /* PA_CLOSE, PA_POLICY: static string */
 };
 
@@ -36,6 +39,7 @@ struct proto_actions {
 	size_t n, cap;
 	uint8_t *buf;
 	size_t blen, bcap;
+	int failed; /* an allocation failed: actions are missing, the session must end */
 };
 
 void proto_send(struct proto_actions *a, enum proto_side side, const void *data, size_t len);
@@ -44,7 +48,7 @@ void proto_sendf(struct proto_actions *a, enum proto_side side, const char *fmt,
 void proto_starttls(struct proto_actions *a, enum proto_side side);
 void proto_ready(struct proto_actions *a);
 void proto_close(struct proto_actions *a, const char *reason);
-void proto_policy(struct proto_actions *a, const char *result);
+void proto_policy(struct proto_actions *a, const char *result, const char *detail);
 void proto_actions_clear(struct proto_actions *a);
 void proto_actions_free(struct proto_actions *a);
 
@@ -61,6 +65,12 @@ struct proto_params {
 	enum cfg_bare_newline bare_newline;
 	const char *client_ip; /* textual, without brackets */
 	unsigned client_port;
+};
+
+/* Why the session turns a client away before anything else happened. */
+enum proto_refusal {
+	PR_LIMIT,       /* max_connections or max_connections_per_client */
+	PR_NOT_ALLOWED, /* client_allow */
 };
 
 /* Why the session is failing the upstream side. */
@@ -91,8 +101,15 @@ struct proto_ops {
 	void (*upstream_retry_plain)(void *st);
 	/* The upstream failed; result is an RFC 8460 type for PF_TLS_POLICY, else detail. */
 	void (*fail)(void *st, enum proto_failure why, const char *result, struct proto_actions *a);
+	/* The protocol's refusal of a client turned away before any exchange (no module state
+	 * exists): the reply to send, then PA_CLOSE. */
+	void (*refuse)(const struct proto_params *p, enum proto_refusal why,
+		       struct proto_actions *a);
 };
 
 extern const struct proto_ops proto_smtp_ops; /* smtp and lmtp */
+
+/* The module of a protocol, or NULL for tcp (a plain relay). */
+const struct proto_ops *proto_lookup(enum cfg_proto protocol);
 
 #endif

@@ -1,4 +1,6 @@
-/* proto.c - the action list shared by protocol modules and the session (see proto.h). */
+/* proto.c - the table of protocol modules and the action list they share with the session
+ * (see proto.h). An allocation failure marks the list failed instead of ending the
+ * process: the session sees proto_actions.failed and ends that one session. */
 #include "proto.h"
 
 #include <stdarg.h>
@@ -6,13 +8,33 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* More bytes than one call of a module can ever produce (its inputs are bounded reads):
+ * beyond this the list fails rather than asking the allocator for absurd sizes. */
+#define ACTIONS_BYTES_MAX ((size_t)1 << 30)
+
+const struct proto_ops *proto_lookup(enum cfg_proto protocol)
+{
+	switch (protocol) {
+	case CFG_PROTO_SMTP:
+	case CFG_PROTO_LMTP:
+		return &proto_smtp_ops;
+	default:
+		return NULL;
+	}
+}
+
 static struct proto_act *push(struct proto_actions *a)
 {
+	static struct proto_act sink; /* where the actions of a failed list go */
+	if (a->failed)
+		return &sink;
 	if (a->n == a->cap) {
 		size_t cap = a->cap ? a->cap * 2 : 8;
 		struct proto_act *n = realloc(a->a, cap * sizeof(*n));
-		if (!n)
-			abort(); /* a few hundred bytes: treat like a stack overflow */
+		if (!n) {
+			a->failed = 1;
+			return &sink;
+		}
 		a->a = n;
 		a->cap = cap;
 	}
@@ -21,9 +43,33 @@ static struct proto_act *push(struct proto_actions *a)
 	return x;
 }
 
+/* Appends data to the list's byte buffer: its offset, or -1. */
+static long keep_bytes(struct proto_actions *a, const void *data, size_t len)
+{
+	if (len > ACTIONS_BYTES_MAX - a->blen) {
+		a->failed = 1;
+		return -1;
+	}
+	if (a->blen + len > a->bcap) {
+		size_t cap = a->bcap ? a->bcap : 4096;
+		while (cap < a->blen + len)
+			cap *= 2;
+		uint8_t *nb = realloc(a->buf, cap);
+		if (!nb) {
+			a->failed = 1;
+			return -1;
+		}
+		a->buf = nb;
+		a->bcap = cap;
+	}
+	memcpy(a->buf + a->blen, data, len);
+	a->blen += len;
+	return (long)(a->blen - len);
+}
+
 void proto_send(struct proto_actions *a, enum proto_side side, const void *data, size_t len)
 {
-	if (len == 0)
+	if (len == 0 || a->failed)
 		return;
 	/* Consecutive sends to one side are merged into one write. */
 	if (a->n && a->a[a->n - 1].type == PA_SEND && a->a[a->n - 1].side == side &&
@@ -36,18 +82,7 @@ void proto_send(struct proto_actions *a, enum proto_side side, const void *data,
 		x->off = a->blen;
 		x->len = len;
 	}
-	if (a->blen + len > a->bcap) {
-		size_t cap = a->bcap ? a->bcap : 4096;
-		while (cap < a->blen + len)
-			cap *= 2;
-		uint8_t *nb = realloc(a->buf, cap);
-		if (!nb)
-			abort();
-		a->buf = nb;
-		a->bcap = cap;
-	}
-	memcpy(a->buf + a->blen, data, len);
-	a->blen += len;
+	keep_bytes(a, data, len);
 }
 
 void proto_sendf(struct proto_actions *a, enum proto_side side, const char *fmt, ...)
@@ -83,17 +118,22 @@ void proto_close(struct proto_actions *a, const char *reason)
 	x->reason = reason;
 }
 
-void proto_policy(struct proto_actions *a, const char *result)
+void proto_policy(struct proto_actions *a, const char *result, const char *detail)
 {
+	size_t n = detail ? strlen(detail) : 0;
+	long off = keep_bytes(a, detail ? detail : "", n);
 	struct proto_act *x = push(a);
 	x->type = PA_POLICY;
 	x->reason = result;
+	x->off = off < 0 ? 0 : (size_t)off;
+	x->len = off < 0 ? 0 : n;
 }
 
 void proto_actions_clear(struct proto_actions *a)
 {
 	a->n = 0;
 	a->blen = 0;
+	a->failed = 0;
 	if (a->bcap > 1 << 20) { /* do not pin a large burst's buffer */
 		free(a->buf);
 		a->buf = NULL;

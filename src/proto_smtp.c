@@ -1,21 +1,33 @@
-/* proto_smtp.c - SMTP and LMTP: STARTTLS injection toward the upstream, STARTTLS
- * termination toward the client, and the command/reply bookkeeping both need.
+/* proto_smtp.c - SMTP and LMTP (RFC 5321, 2033, 3207): STARTTLS injection toward the
+ * upstream, STARTTLS termination toward the client, and the command/reply bookkeeping both
+ * need. Bytes in, actions out; no I/O (proto.h).
  *
- * Bytes in, actions out; no I/O. Two parsers run side by side: client commands (bounded
- * lines; message data passed through, never parsed as commands) and upstream replies
- * (bounded, multi-line). A FIFO of expected replies keeps pipelined commands, replies the
- * module answers itself, and the module's own commands (EHLO, STARTTLS, RSET, XCLIENT) in
- * order. */
+ * Two state variables, each changed only through its enter_*() (which logs the change):
+ * - the upstream state (struct smtp.u): connecting, greeting, ehlo, starttls, handshake,
+ *   ready, done. Before "ready" the module talks to the upstream itself (the greeting, and
+ *   for injected STARTTLS its own EHLO and STARTTLS); nothing of the client goes up.
+ * - the client state (struct smtp.c): what the client's next bytes are: commands, held
+ *   until a reply arrives (to DATA, AUTH, the XCLIENT exchange, or the EHLO that tells
+ *   whether CHUNKING is offered), message data (DATA body, BDAT chunk), an AUTH response
+ *   line, or nothing (dropped: the client's TLS handshake is due).
+ *
+ * Client commands are looked up in one table (verb, when the verb is allowed, what it
+ * does). Replies are matched, in order, to the expected-reply queue (proto_kit.h), which
+ * also orders the replies the module gives itself; each kind of expectation has its own
+ * handler. */
 #include "proto_smtp.h"
 
 #include "buf.h"
 #include "log.h"
+#include "proto_kit.h"
 
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+
+/* ---- states -------------------------------------------------------------------------- */
 
 enum ustate {
 	U_CONNECTING, /* waiting for TCP (or implicit TLS) */
@@ -26,19 +38,25 @@ enum ustate {
 	U_READY,      /* relaying */
 	U_DONE,       /* failed or closing */
 };
-
 static const char *const ustate_names[] = { "connecting", "greeting", "ehlo", "starttls",
 					    "handshake", "ready", "done" };
 
 enum cstate {
-	C_COMMAND,   /* parsing commands */
-	C_HOLD,      /* waiting for a reply before the next client byte means anything */
-	C_BODY,      /* DATA body until <CRLF>.<CRLF> */
-	C_BDAT,      /* BDAT chunk octets */
-	C_AUTH_LINE, /* the next line is an AUTH response, not a command */
-	C_DISCARD,   /* after STARTTLS: everything before the handshake is dropped */
+	C_COMMAND,      /* commands */
+	C_WAIT_DATA,    /* DATA sent: the reply decides whether data or commands follow */
+	C_WAIT_AUTH,    /* AUTH (or a response line) sent: 334 means another response line */
+	C_WAIT_XCLIENT, /* the XCLIENT exchange runs before the client's EHLO (kept) */
+	C_WAIT_CAPS,    /* a BDAT waits for the EHLO reply that says whether CHUNKING is there */
+	C_BODY,         /* DATA body until <CRLF>.<CRLF> */
+	C_BDAT,         /* BDAT chunk octets (forwarded, or skipped when refused) */
+	C_AUTH_LINE,    /* the next line is an AUTH response, not a command */
+	C_STARTTLS,     /* STARTTLS accepted: nothing counts until the client's handshake */
 };
+static const char *const cstate_names[] = { "command", "wait-data", "wait-auth",
+					    "wait-xclient", "wait-caps", "body", "bdat",
+					    "auth-line", "starttls" };
 
+/* What a queued expectation is for. */
 enum ekind {
 	/* replies to commands the module sent itself (not relayed) */
 	E_GREETING, E_INT_EHLO, E_INT_STARTTLS, E_INT_RSET, E_INT_XEHLO, E_INT_XCLIENT,
@@ -47,24 +65,20 @@ enum ekind {
 	E_RSET, E_QUIT, E_OTHER,
 	/* answered by the module when they reach the head of the queue */
 	E_LOCAL, E_LOCAL_STARTTLS, E_LOCAL_CLOSE,
+	E_KINDS
 };
 
-struct entry {
-	enum ekind kind;
-	int replies_left; /* LMTP end of data: answers still due (-1: not known yet) */
-	uint64_t sent_at; /* upstream bytes received when the command was sent: a reply that
-			     starts before this offset cannot be its answer */
-	char text[200];   /* E_LOCAL, E_LOCAL_CLOSE: the whole reply */
-};
+/* Entries in flight: commands toward the upstream plus the module's own replies. */
+#define QUEUE_MAX (SMTP_PIPELINE_MAX + 8)
 
 struct smtp {
 	struct proto_params p;
 	int lmtp;
 	enum ustate u;
 	enum cstate c;
+	struct expect_queue q;
 	/* client side */
-	struct buf in;          /* client bytes not yet processed */
-	int long_line;            /* dropping the tail of an overlong command line */
+	struct line_reader cin;   /* client bytes: command lines, or data */
 	int client_greeted;
 	int client_tls;           /* TLS active toward the client */
 	int helo_required;        /* after client TLS: EHLO/HELO before anything else */
@@ -72,7 +86,6 @@ struct smtp {
 	int in_tx, rcpt_ok, auth_done, quit_seen, client_eof;
 	uint64_t bdat_left;
 	int bdat_skip;            /* the chunk was refused: its octets are dropped */
-	int wait_caps;            /* a BDAT waits for the EHLO reply (is CHUNKING offered?) */
 	int chunking;             /* the upstream offered CHUNKING to this client session */
 	uint64_t size_limit;      /* its SIZE (0: none announced) */
 	int body_ls, body_dot, body_cr, body_bad; /* DATA end detection (body_bytes) */
@@ -80,69 +93,46 @@ struct smtp {
 	int xclient_helo_is_ehlo;
 	char xclient_helo[256];
 	/* upstream side */
-	struct buf rin;         /* upstream bytes not yet parsed into lines */
-	struct buf reply;       /* current (multi-line) reply */
+	struct line_reader uin;   /* upstream bytes: reply lines */
+	struct buf reply;         /* current (multi-line) reply, CRLF lines */
 	size_t reply_lines;
+	uint64_t reply_start;     /* stream offset of the reply's first byte */
 	int upstream_tls;
-	struct buf greeting;    /* the upstream's greeting, sent to the client when ready */
-	uint64_t up_rx;           /* upstream bytes received so far */
-	uint64_t reply_start;     /* offset of the first byte of the reply being parsed */
+	struct buf greeting;      /* the upstream's greeting, sent to the client when ready */
 	int early_reply;          /* a reply came before its command was sent */
-	/* expected replies */
-	struct entry q[SMTP_PIPELINE_MAX + 8];
-	size_t qhead, qlen;
 };
 
-#define QCAP (SMTP_PIPELINE_MAX + 8)
+/* ---- state changes ----------------------------------------------------------------- */
 
-/* ---- small helpers ----------------------------------------------------------------- */
-
-static void enter_state(struct smtp *s, enum ustate u)
+static void enter_ustate(struct smtp *s, enum ustate u)
 {
 	if (s->u == u)
 		return;
-	log_event(LOG_DEBUG, s->p.session_id, s->p.route, "smtp_state", "from",
-		  ustate_names[s->u], "to", ustate_names[u], NULL);
+	log_event(LOG_DEBUG, s->p.session_id, s->p.route, "smtp_state", "side", "upstream",
+		  "from", ustate_names[s->u], "to", ustate_names[u], NULL);
 	s->u = u;
 }
+
+static void enter_cstate(struct smtp *s, enum cstate c)
+{
+	if (s->c == c)
+		return;
+	log_event(LOG_DEBUG, s->p.session_id, s->p.route, "smtp_state", "side", "client",
+		  "from", cstate_names[s->c], "to", cstate_names[c], NULL);
+	s->c = c;
+}
+
+static int waiting(const struct smtp *s)
+{
+	return s->c == C_WAIT_DATA || s->c == C_WAIT_AUTH || s->c == C_WAIT_XCLIENT ||
+	       s->c == C_WAIT_CAPS;
+}
+
+/* ---- small helpers ----------------------------------------------------------------- */
 
 static const char *hello_verb(const struct smtp *s)
 {
 	return s->lmtp ? "LHLO" : "EHLO";
-}
-
-static struct entry *q_push(struct smtp *s, enum ekind k)
-{
-	struct entry *e = &s->q[(s->qhead + s->qlen) % QCAP];
-	s->qlen++;
-	e->kind = k;
-	e->replies_left = -1;
-	e->sent_at = s->up_rx;
-	e->text[0] = '\0';
-	return e;
-}
-
-static struct entry *q_head(struct smtp *s)
-{
-	return s->qlen ? &s->q[s->qhead] : NULL;
-}
-
-static void q_pop(struct smtp *s)
-{
-	s->qhead = (s->qhead + 1) % QCAP;
-	s->qlen--;
-}
-
-static void local_reply(struct smtp *s, const char *fmt, const char *arg)
-{
-	struct entry *e = q_push(s, E_LOCAL);
-	snprintf(e->text, sizeof(e->text), fmt, arg ? arg : "");
-}
-
-static void send_up(struct smtp *s, struct proto_actions *a, const char *line)
-{
-	proto_sendf(a, PROTO_UPSTREAM, "%s\r\n", line);
-	(void)s;
 }
 
 /* Ends the session with a final reply to the client. */
@@ -153,8 +143,48 @@ static void finish(struct smtp *s, struct proto_actions *a, const char *reply,
 		return;
 	if (reply)
 		proto_sendf(a, PROTO_CLIENT, "%s\r\n", reply);
-	enter_state(s, U_DONE);
+	enter_ustate(s, U_DONE);
 	proto_close(a, reason);
+}
+
+static void out_of_memory(struct smtp *s, struct proto_actions *a)
+{
+	finish(s, a, "421 4.3.0 Out of memory, closing connection", "out of memory");
+}
+
+/* An expectation for a command sent now, or a reply of the module's own (text). */
+static int expect(struct smtp *s, struct proto_actions *a, enum ekind k, const char *text)
+{
+	if (eq_push(&s->q, (int)k, text))
+		return 0;
+	out_of_memory(s, a);
+	return -1;
+}
+
+/* A reply the module gives once everything before it has been answered. */
+static void local_reply(struct smtp *s, struct proto_actions *a, const char *fmt,
+			const char *arg)
+{
+	char text[300];
+	snprintf(text, sizeof(text), fmt, arg ? arg : "");
+	expect(s, a, E_LOCAL, text);
+}
+
+/* A reply the module gives after every earlier one, then the end of the session; what the
+ * client sends meanwhile cannot be told apart from chunk octets and is dropped. */
+static void local_close(struct smtp *s, struct proto_actions *a, const char *fmt)
+{
+	char text[300];
+	snprintf(text, sizeof(text), fmt, s->p.helo_name);
+	expect(s, a, E_LOCAL_CLOSE, text);
+	enter_cstate(s, C_STARTTLS);
+	lr_discard(&s->cin);
+}
+
+static void send_up(struct smtp *s, struct proto_actions *a, const char *line, enum ekind k)
+{
+	proto_sendf(a, PROTO_UPSTREAM, "%s\r\n", line);
+	expect(s, a, k, NULL);
 }
 
 /* The upstream broke the protocol: the client gets a temporary failure and the end. */
@@ -169,21 +199,56 @@ static void protocol_error(struct smtp *s, struct proto_actions *a, const char *
 	       reason);
 }
 
-/* ---- EHLO reply rewriting -------------------------------------------------------- */
+static int reply_code(const struct smtp *s)
+{
+	const uint8_t *b = buf_ptr(&s->reply);
+	return (b[0] - '0') * 100 + (b[1] - '0') * 10 + (b[2] - '0');
+}
+
+static void relay_reply(struct smtp *s, struct proto_actions *a)
+{
+	proto_send(a, PROTO_CLIENT, buf_ptr(&s->reply), s->reply.len);
+}
+
+/* The lines of the current reply after the first one (the EHLO keywords): the text after
+ * "250-", CRLF removed. */
+struct keywords {
+	const char *p, *end;
+};
+
+static struct keywords keywords_of(const struct smtp *s)
+{
+	const char *p = (const char *)buf_ptr(&s->reply), *end = p + s->reply.len;
+	const char *nl = memchr(p, '\n', (size_t)(end - p));
+	return (struct keywords){ nl ? nl + 1 : end, end };
+}
+
+/* 1 with the next keyword line's text in *t, *n; 0 at the end. */
+static int next_keyword(struct keywords *k, const char **t, size_t *n)
+{
+	while (k->p < k->end) {
+		const char *nl = memchr(k->p, '\n', (size_t)(k->end - k->p));
+		const char *le = nl ? nl + 1 : k->end, *line = k->p;
+		k->p = le;
+		size_t len = (size_t)(le - line);
+		while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+			len--;
+		if (len > 4) {
+			*t = line + 4;
+			*n = len - 4;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* ---- EHLO reply rewriting -------------------------------------------------------------- */
 
 int smtp_line_has_keyword(const char *line, size_t len, const char *keyword)
 {
 	if (len < 4)
 		return 0;
-	const char *t = line + 4, *end = line + len;
-	while (end > t && (end[-1] == '\n' || end[-1] == '\r'))
-		end--;
-	size_t kl = strlen(keyword);
-	if ((size_t)(end - t) < kl || strncasecmp(t, keyword, kl) != 0)
-		return 0;
-	if (t + kl == end || t[kl] == ' ')
-		return 1;
-	return strcasecmp(keyword, "AUTH") == 0 && t[kl] == '=';
+	return cap_word_is(line + 4, len - 4, keyword);
 }
 
 static int drop_line(const char *l, size_t n, unsigned hide)
@@ -242,86 +307,23 @@ long smtp_rewrite_ehlo(const char *reply, size_t len, int add_starttls, unsigned
 	return (long)o;
 }
 
-/* ---- client greeting ------------------------------------------------------------- */
-
-static void process_client(struct smtp *s, struct proto_actions *a);
-
-static void upstream_ready(struct smtp *s, struct proto_actions *a)
-{
-	enter_state(s, U_READY);
-	proto_ready(a);
-	proto_send(a, PROTO_CLIENT, buf_ptr(&s->greeting), s->greeting.len);
-	buf_free(&s->greeting);
-	s->client_greeted = 1;
-	process_client(s, a);
-}
-
-static void policy_log(struct smtp *s, struct proto_actions *a, const char *result,
-		       const char *detail)
-{
-	proto_policy(a, result);
-	log_event(LOG_WARN, s->p.session_id, s->p.route, "policy_failure", "side", "upstream",
-		  "result", result, "mode",
-		  s->p.policy_mode == CFG_MODE_ENFORCE ? "enforce" : "testing", "policy",
-		  cfg_policy_name(s->p.upstream_policy), "detail", detail, NULL);
-}
-
-/* The upstream does not offer STARTTLS, or refused it. */
-static void starttls_unavailable(struct smtp *s, struct proto_actions *a, const char *detail)
-{
-	int may = s->p.upstream_policy == CFG_POLICY_MAY;
-	if (!may)
-		policy_log(s, a, "starttls-not-supported", detail);
-	if (may || s->p.policy_mode == CFG_MODE_TESTING) {
-		log_event(LOG_INFO, s->p.session_id, s->p.route, "upstream_tls", "tls", "none",
-			  "policy", cfg_policy_name(s->p.upstream_policy), "detail", detail, NULL);
-		upstream_ready(s, a);
-		return;
-	}
-	send_up(s, a, "QUIT");
-	char r[300];
-	snprintf(r, sizeof(r),
-		 "421 4.7.0 %s TLS is required toward the upstream server and it does not offer "
-		 "STARTTLS; try again later",
-		 s->p.helo_name);
-	finish(s, a, r, "upstream policy failure");
-}
-
-/* ---- replies --------------------------------------------------------------------- */
-
-static int reply_code(const struct smtp *s)
-{
-	const uint8_t *b = buf_ptr(&s->reply);
-	return (b[0] - '0') * 100 + (b[1] - '0') * 10 + (b[2] - '0');
-}
-
-static void relay_reply(struct smtp *s, struct proto_actions *a)
-{
-	proto_send(a, PROTO_CLIENT, buf_ptr(&s->reply), s->reply.len);
-}
-
 /* The upstream's capabilities the module acts on, from the EHLO reply the client gets. */
 static void learn_caps(struct smtp *s)
 {
-	const char *p = (const char *)buf_ptr(&s->reply), *end = p + s->reply.len;
 	s->chunking = 0;
 	s->size_limit = 0;
-	int first = 1;
-	while (p < end) {
-		const char *nl = memchr(p, '\n', (size_t)(end - p));
-		const char *le = nl ? nl + 1 : end;
-		size_t n = (size_t)(le - p);
-		if (!first && smtp_line_has_keyword(p, n, "CHUNKING"))
+	struct keywords k = keywords_of(s);
+	const char *t;
+	size_t n;
+	while (next_keyword(&k, &t, &n)) {
+		if (cap_word_is(t, n, "CHUNKING"))
 			s->chunking = 1;
-		if (!first && smtp_line_has_keyword(p, n, "SIZE") && n > 9) {
+		if (cap_word_is(t, n, "SIZE") && n > 5) {
 			uint64_t v = 0;
-			const char *q = p + 9;
-			while (q < le && isdigit((unsigned char)*q) && v < (1ULL << 60))
-				v = v * 10 + (uint64_t)(*q++ - '0');
+			for (size_t i = 5; i < n && isdigit((unsigned char)t[i]) && v < (1ULL << 60); i++)
+				v = v * 10 + (uint64_t)(t[i] - '0');
 			s->size_limit = v;
 		}
-		first = 0;
-		p = le;
 	}
 }
 
@@ -342,9 +344,47 @@ static void relay_ehlo(struct smtp *s, struct proto_actions *a)
 	if (n > 0)
 		proto_send(a, PROTO_CLIENT, out, (size_t)n);
 	else /* never relay it unfiltered */
-		finish(s, a, "421 4.3.0 Out of memory, closing connection", "out of memory");
+		out_of_memory(s, a);
 	free(out);
 }
+
+/* ---- the upstream's greeting and injected STARTTLS ------------------------------------ */
+
+static void process_client(struct smtp *s, struct proto_actions *a);
+
+/* The upstream is usable: the client gets the upstream's greeting and is heard. */
+static void upstream_ready(struct smtp *s, struct proto_actions *a)
+{
+	enter_ustate(s, U_READY);
+	proto_ready(a);
+	proto_send(a, PROTO_CLIENT, buf_ptr(&s->greeting), s->greeting.len);
+	buf_free(&s->greeting);
+	s->client_greeted = 1;
+	process_client(s, a);
+}
+
+/* The upstream does not offer STARTTLS, or refused it. */
+static void starttls_unavailable(struct smtp *s, struct proto_actions *a, const char *detail)
+{
+	int may = s->p.upstream_policy == CFG_POLICY_MAY;
+	if (!may)
+		proto_policy(a, "starttls-not-supported", detail);
+	if (may || s->p.policy_mode == CFG_MODE_TESTING) {
+		log_event(LOG_INFO, s->p.session_id, s->p.route, "upstream_tls", "tls", "none",
+			  "policy", cfg_policy_name(s->p.upstream_policy), "detail", detail, NULL);
+		upstream_ready(s, a);
+		return;
+	}
+	proto_sendf(a, PROTO_UPSTREAM, "QUIT\r\n");
+	char r[300];
+	snprintf(r, sizeof(r),
+		 "421 4.7.0 %s TLS is required toward the upstream server and it does not offer "
+		 "STARTTLS; try again later",
+		 s->p.helo_name);
+	finish(s, a, r, "upstream policy failure");
+}
+
+/* ---- XCLIENT (the real client's address toward a Postfix upstream) --------------------- */
 
 /* xtext (RFC 3461) for XCLIENT attribute values. */
 static void xtext(const char *in, char *out, size_t cap)
@@ -360,36 +400,32 @@ static void xtext(const char *in, char *out, size_t cap)
 	out[o] = '\0';
 }
 
-static void xclient_done(struct smtp *s, struct proto_actions *a, const char *result)
+static void xclient_done(struct smtp *s, const char *result)
 {
 	log_event(result[0] == 'o' ? LOG_INFO : LOG_WARN, s->p.session_id, s->p.route,
 		  "xclient", "result", result, NULL);
 	s->xclient_state = 2;
-	s->c = C_COMMAND;
-	(void)a;
+	enter_cstate(s, C_COMMAND);
 }
 
 static void send_xclient(struct smtp *s, struct proto_actions *a)
 {
 	/* Which attributes the upstream accepts: "250-XCLIENT NAME ADDR PORT PROTO HELO". */
-	const char *p = (const char *)buf_ptr(&s->reply), *end = p + s->reply.len;
 	char attrs[512] = "";
 	int offered = 0;
-	while (p < end) {
-		const char *nl = memchr(p, '\n', (size_t)(end - p));
-		const char *le = nl ? nl + 1 : end;
-		if (smtp_line_has_keyword(p, (size_t)(le - p), "XCLIENT")) {
-			size_t n = (size_t)(le - p) - 4;
-			if (n >= sizeof(attrs))
-				n = sizeof(attrs) - 1;
-			memcpy(attrs, p + 4, n);
-			attrs[n] = '\0';
+	struct keywords kw = keywords_of(s);
+	const char *t;
+	size_t tn;
+	while (next_keyword(&kw, &t, &tn)) {
+		if (cap_word_is(t, tn, "XCLIENT")) {
+			size_t k = tn < sizeof(attrs) ? tn : sizeof(attrs) - 1;
+			memcpy(attrs, t, k);
+			attrs[k] = '\0';
 			offered = 1;
 		}
-		p = le;
 	}
 	if (!offered) {
-		xclient_done(s, a, "not-offered");
+		xclient_done(s, "not-offered");
 		return;
 	}
 	char cmd[1024], v[600];
@@ -412,31 +448,239 @@ static void send_xclient(struct smtp *s, struct proto_actions *a)
 		n += snprintf(cmd + n, sizeof(cmd) - (size_t)n, " HELO=%s", v);
 	}
 #undef HAS
-	send_up(s, a, cmd);
-	q_push(s, E_INT_XCLIENT);
+	send_up(s, a, cmd, E_INT_XCLIENT);
 }
+
+/* ---- replies, one handler per kind of expectation ---------------------------------------- */
 
 static void drain_locals(struct smtp *s, struct proto_actions *a);
 
 /* An EHLO/HELO reply was handled: a BDAT that waited for it is looked at again. */
 static void caps_known(struct smtp *s)
 {
-	int pending = 0;
-	for (size_t i = 0; i < s->qlen; i++) {
-		enum ekind k = s->q[(s->qhead + i) % QCAP].kind;
-		pending |= k == E_EHLO || k == E_HELO;
+	for (size_t i = 0; i < eq_len(&s->q); i++) {
+		int k = eq_at(&s->q, i)->kind;
+		if (k == E_EHLO || k == E_HELO)
+			return;
 	}
-	if (s->wait_caps && !pending) {
-		s->wait_caps = 0;
-		s->c = C_COMMAND;
+	if (s->c == C_WAIT_CAPS)
+		enter_cstate(s, C_COMMAND);
+}
+
+typedef void reply_fn(struct smtp *s, struct proto_actions *a, struct expect *e, int code);
+
+static void on_greeting(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)e;
+	if (code != 220) {
+		log_event(LOG_WARN, s->p.session_id, s->p.route, "upstream_refused", "code",
+			  code == 554 ? "554" : code / 100 == 4 ? "4xx" : "5xx", NULL);
+		if (s->p.upstream_tls == CFG_TLS_STARTTLS) {
+			/* A greeting before STARTTLS is unauthenticated: anyone on the path could
+			 * have written it, so it must not make the client bounce. */
+			char r[300];
+			snprintf(r, sizeof(r),
+				 "421 4.4.1 %s Upstream server refused service (%d); try again later",
+				 s->p.helo_name, code);
+			finish(s, a, r, "upstream refused service");
+			return;
+		}
+		/* Otherwise it comes from the upstream itself: tell the client in its words. */
+		relay_reply(s, a);
+		finish(s, a, NULL, "upstream refused service");
+		return;
+	}
+	if (buf_append(&s->greeting, buf_ptr(&s->reply), s->reply.len) < 0) {
+		out_of_memory(s, a);
+		return;
+	}
+	if (s->p.upstream_tls == CFG_TLS_STARTTLS && !s->upstream_tls) {
+		char cmd[300];
+		snprintf(cmd, sizeof(cmd), "%s %s", hello_verb(s), s->p.helo_name);
+		send_up(s, a, cmd, E_INT_EHLO);
+		enter_ustate(s, U_EHLO);
+	} else {
+		upstream_ready(s, a);
 	}
 }
+
+static void on_int_ehlo(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)e;
+	int offered = 0;
+	struct keywords k = keywords_of(s);
+	const char *t;
+	size_t n;
+	while (code == 250 && next_keyword(&k, &t, &n))
+		offered |= cap_word_is(t, n, "STARTTLS");
+	if (!offered) {
+		starttls_unavailable(s, a, code == 250 ? "STARTTLS not offered" : "EHLO rejected");
+		return;
+	}
+	send_up(s, a, "STARTTLS", E_INT_STARTTLS);
+	enter_ustate(s, U_STARTTLS);
+}
+
+static void on_int_starttls(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)e;
+	if (code != 220) {
+		char d[64];
+		snprintf(d, sizeof(d), "STARTTLS refused with %d", code);
+		starttls_unavailable(s, a, d);
+		return;
+	}
+	/* Whatever the upstream sent after its 220 was sent before TLS: dropped. */
+	enter_ustate(s, U_HANDSHAKE);
+	kit_starttls(a, PROTO_UPSTREAM, &s->uin);
+}
+
+static void on_int_rset(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)s, (void)a, (void)e, (void)code;
+}
+
+static void on_int_xehlo(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)e;
+	if (code != 250)
+		xclient_done(s, "ehlo-rejected");
+	else
+		send_xclient(s, a);
+}
+
+static void on_int_xclient(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)a, (void)e;
+	xclient_done(s, code == 220 ? "ok" : "rejected");
+	if (code == 220) /* XCLIENT restarts the session: the client's EHLO follows */
+		s->helo_seen = 0;
+}
+
+static void on_ehlo(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)e;
+	if (code == 250) {
+		relay_ehlo(s, a);
+		s->in_tx = 0;
+	} else {
+		relay_reply(s, a);
+	}
+	caps_known(s);
+}
+
+static void on_helo(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)e;
+	relay_reply(s, a);
+	if (code == 250) {
+		s->in_tx = 0;
+		s->chunking = 0; /* no extensions after HELO */
+		s->size_limit = 0;
+	}
+	caps_known(s);
+}
+
+static void on_mail(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)e;
+	relay_reply(s, a);
+	if (code / 100 == 2) {
+		s->in_tx = 1;
+		s->rcpt_ok = 0;
+	}
+}
+
+static void on_rcpt(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)e;
+	relay_reply(s, a);
+	if (code / 100 == 2)
+		s->rcpt_ok++;
+}
+
+static void on_data(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)e;
+	relay_reply(s, a);
+	if (code == 354) {
+		s->body_ls = 1;
+		s->body_dot = s->body_cr = s->body_bad = 0;
+		enter_cstate(s, C_BODY);
+	} else {
+		enter_cstate(s, C_COMMAND);
+	}
+}
+
+/* The end of a message (DATA or BDAT LAST). LMTP answers once per accepted recipient (RFC
+ * 2033 §4.2); every RCPT reply came before this one, so the count is known now, also when
+ * BDAT was pipelined. */
+static void on_message_end(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	relay_reply(s, a);
+	int left = e->count;
+	if (left < 0)
+		left = s->lmtp && s->rcpt_ok > 1 ? s->rcpt_ok : 1;
+	if (--left > 0 && code != 421) {
+		eq_unpop(&s->q); /* the entry stays at the head for the next answer */
+		eq_head(&s->q)->count = left;
+		return;
+	}
+	s->in_tx = 0;
+	s->rcpt_ok = 0;
+}
+
+static void on_auth(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)e;
+	relay_reply(s, a);
+	if (code == 334) {
+		enter_cstate(s, C_AUTH_LINE);
+		return;
+	}
+	if (code == 235)
+		s->auth_done = 1;
+	enter_cstate(s, C_COMMAND);
+}
+
+static void on_rset(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)e;
+	relay_reply(s, a);
+	if (code / 100 == 2)
+		s->in_tx = 0;
+}
+
+static void on_quit(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)e, (void)code;
+	relay_reply(s, a);
+	finish(s, a, NULL, "quit");
+}
+
+static void on_other(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)e, (void)code;
+	relay_reply(s, a);
+}
+
+static reply_fn *const reply_handlers[E_KINDS] = {
+	[E_GREETING] = on_greeting,	  [E_INT_EHLO] = on_int_ehlo,
+	[E_INT_STARTTLS] = on_int_starttls, [E_INT_RSET] = on_int_rset,
+	[E_INT_XEHLO] = on_int_xehlo,	  [E_INT_XCLIENT] = on_int_xclient,
+	[E_EHLO] = on_ehlo,		  [E_HELO] = on_helo,
+	[E_MAIL] = on_mail,		  [E_RCPT] = on_rcpt,
+	[E_DATA] = on_data,		  [E_DATA_END] = on_message_end,
+	[E_BDAT] = on_other,		  [E_BDAT_LAST] = on_message_end,
+	[E_AUTH] = on_auth,		  [E_RSET] = on_rset,
+	[E_QUIT] = on_quit,		  [E_OTHER] = on_other,
+};
 
 /* One complete reply from the upstream. */
 static void handle_reply(struct smtp *s, struct proto_actions *a)
 {
 	int code = reply_code(s);
-	struct entry *e = q_head(s);
+	struct expect *e = eq_head(&s->q);
 	if (!e || e->kind >= E_LOCAL) {
 		if (code == 421 && s->client_greeted) {
 			relay_reply(s, a);
@@ -446,299 +690,130 @@ static void handle_reply(struct smtp *s, struct proto_actions *a)
 		protocol_error(s, a, "reply without a command", "upstream protocol error");
 		return;
 	}
-	if (s->reply_start < e->sent_at) {
+	if (!eq_answers(e, s->reply_start)) {
 		/* Written before the upstream could have read the command (e.g. a "220" glued to
 		 * the EHLO reply ahead of our STARTTLS): never taken as its answer. */
 		s->early_reply = 1;
 		protocol_error(s, a, "reply before its command was sent", "upstream protocol error");
 		return;
 	}
-	enum ekind k = e->kind;
-	q_pop(s);
+	enum ekind k = (enum ekind)e->kind;
+	struct expect answered = *e;
+	eq_pop(&s->q);
 	if (code == 421 && k < E_EHLO && s->client_greeted) {
 		/* The upstream is closing while answering one of our own commands. */
 		relay_reply(s, a);
 		finish(s, a, NULL, "upstream closed (421)");
 		return;
 	}
-	switch (k) {
-	case E_GREETING:
-		if (code != 220) {
-			log_event(LOG_WARN, s->p.session_id, s->p.route, "upstream_refused", "code",
-				  code == 554 ? "554" : code / 100 == 4 ? "4xx" : "5xx", NULL);
-			if (s->p.upstream_tls == CFG_TLS_STARTTLS) {
-				/* A greeting before STARTTLS is unauthenticated: anyone on the path
-				 * could have written it, so it must not make the client bounce. */
-				char r[300];
-				snprintf(r, sizeof(r),
-					 "421 4.4.1 %s Upstream server refused service (%d); try again later",
-					 s->p.helo_name, code);
-				finish(s, a, r, "upstream refused service");
-				return;
-			}
-			/* Otherwise it comes from the upstream itself: tell the client in its words. */
-			relay_reply(s, a);
-			finish(s, a, NULL, "upstream refused service");
-			return;
-		}
-		buf_append(&s->greeting, buf_ptr(&s->reply), s->reply.len);
-		if (s->p.upstream_tls == CFG_TLS_STARTTLS && !s->upstream_tls) {
-			char cmd[300];
-			snprintf(cmd, sizeof(cmd), "%s %s", hello_verb(s), s->p.helo_name);
-			send_up(s, a, cmd);
-			q_push(s, E_INT_EHLO);
-			enter_state(s, U_EHLO);
-		} else {
-			upstream_ready(s, a);
-		}
-		return;
-	case E_INT_EHLO: {
-		int offered = 0;
-		if (code == 250) {
-			const char *p = (const char *)buf_ptr(&s->reply), *end = p + s->reply.len;
-			int first = 1;
-			while (p < end) {
-				const char *nl = memchr(p, '\n', (size_t)(end - p));
-				const char *le = nl ? nl + 1 : end;
-				if (!first && smtp_line_has_keyword(p, (size_t)(le - p), "STARTTLS"))
-					offered = 1;
-				first = 0;
-				p = le;
-			}
-		}
-		if (!offered) {
-			starttls_unavailable(s, a, code == 250 ? "STARTTLS not offered"
-							       : "EHLO rejected");
-			return;
-		}
-		send_up(s, a, "STARTTLS");
-		q_push(s, E_INT_STARTTLS);
-		enter_state(s, U_STARTTLS);
-		return;
-	}
-	case E_INT_STARTTLS:
-		if (code != 220) {
-			char d[64];
-			snprintf(d, sizeof(d), "STARTTLS refused with %d", code);
-			starttls_unavailable(s, a, d);
-			return;
-		}
-		/* Whatever the upstream sent after its 220 was sent before TLS: dropped. */
-		s->rin.len = 0;
-		enter_state(s, U_HANDSHAKE);
-		proto_starttls(a, PROTO_UPSTREAM);
-		return;
-	case E_INT_RSET:
-		return;
-	case E_INT_XEHLO:
-		if (code != 250) {
-			xclient_done(s, a, "ehlo-rejected");
-			return;
-		}
-		send_xclient(s, a);
-		return;
-	case E_INT_XCLIENT:
-		xclient_done(s, a, code == 220 ? "ok" : "rejected");
-		if (code == 220) /* XCLIENT restarts the session: the client's EHLO follows */
-			s->helo_seen = 0;
-		return;
-	case E_EHLO:
-		if (code == 250) {
-			relay_ehlo(s, a);
-			s->in_tx = 0;
-		} else {
-			relay_reply(s, a);
-		}
-		caps_known(s);
-		break;
-	case E_HELO:
-		relay_reply(s, a);
-		if (code == 250) {
-			s->in_tx = 0;
-			s->chunking = 0; /* no extensions after HELO */
-			s->size_limit = 0;
-		}
-		caps_known(s);
-		break;
-	case E_MAIL:
-		relay_reply(s, a);
-		if (code / 100 == 2) {
-			s->in_tx = 1;
-			s->rcpt_ok = 0;
-		}
-		break;
-	case E_RCPT:
-		relay_reply(s, a);
-		if (code / 100 == 2)
-			s->rcpt_ok++;
-		break;
-	case E_DATA:
-		relay_reply(s, a);
-		if (code == 354) {
-			s->c = C_BODY;
-			s->body_ls = 1;
-			s->body_dot = s->body_cr = s->body_bad = 0;
-		} else {
-			s->c = C_COMMAND;
-		}
-		break;
-	case E_DATA_END:
-	case E_BDAT_LAST: {
-		relay_reply(s, a);
-		/* LMTP answers once per accepted recipient (RFC 2033 §4.2). Every RCPT reply came
-		 * before this one, so the count is known now, also when BDAT was pipelined. */
-		int left = e->replies_left;
-		if (left < 0)
-			left = s->lmtp && s->rcpt_ok > 1 ? s->rcpt_ok : 1;
-		if (--left > 0 && code != 421) {
-			s->qhead = (s->qhead + QCAP - 1) % QCAP; /* the entry stays at the head */
-			s->qlen++;
-			s->q[s->qhead].replies_left = left;
-			break;
-		}
-		s->in_tx = 0;
-		s->rcpt_ok = 0;
-		break;
-	}
-	case E_BDAT:
-		relay_reply(s, a);
-		break;
-	case E_AUTH:
-		relay_reply(s, a);
-		if (code == 334) {
-			s->c = C_AUTH_LINE;
-		} else {
-			if (code == 235)
-				s->auth_done = 1;
-			s->c = C_COMMAND;
-		}
-		break;
-	case E_RSET:
-		relay_reply(s, a);
-		if (code / 100 == 2)
-			s->in_tx = 0;
-		break;
-	case E_QUIT:
-		relay_reply(s, a);
-		finish(s, a, NULL, "quit");
-		return;
-	default:
-		relay_reply(s, a);
-		break;
-	}
-	if (code == 421) {
+	reply_handlers[k](s, a, &answered, code);
+	if (code == 421 && k >= E_EHLO && s->u != U_DONE)
 		finish(s, a, NULL, "upstream closed (421)");
-		return;
-	}
 }
 
 /* Parses upstream bytes into replies. A malformed or oversized reply ends the session. */
 static void upstream_bytes(struct smtp *s, struct proto_actions *a)
 {
-	size_t off = 0;
-	while (s->u != U_DONE && s->u != U_HANDSHAKE) {
-		uint8_t *start = buf_ptr(&s->rin) + off;
-		size_t avail = s->rin.len - off;
-		uint8_t *nl = memchr(start, '\n', avail);
-		if (!nl) {
-			if (avail > SMTP_REPLY_LINE_MAX)
-				goto toolong;
-			break;
+	struct line l;
+	int rc;
+	while (s->u != U_DONE && s->u != U_HANDSHAKE && (rc = lr_next(&s->uin, &l)) != LR_MORE) {
+		if (rc == LR_TOO_LONG) {
+			lr_discard(&s->uin);
+			protocol_error(s, a, "reply too long", "upstream reply too long");
+			return;
 		}
-		size_t n = (size_t)(nl - start) + 1;
-		if (n > SMTP_REPLY_LINE_MAX)
-			goto toolong;
-		off += n;
-		size_t tl = n - 1;
-		if (tl && start[tl - 1] == '\r')
-			tl--;
-		if (tl < 3 || !isdigit(start[0]) || !isdigit(start[1]) || !isdigit(start[2]) ||
-		    (tl > 3 && start[3] != ' ' && start[3] != '-') || start[0] < '2' ||
-		    start[0] > '5') {
+		const uint8_t *t = l.p;
+		size_t tl = l.len;
+		if (tl < 3 || !isdigit(t[0]) || !isdigit(t[1]) || !isdigit(t[2]) ||
+		    (tl > 3 && t[3] != ' ' && t[3] != '-') || t[0] < '2' || t[0] > '5') {
 			protocol_error(s, a, "malformed reply line", "upstream protocol error");
 			return;
 		}
 		if (s->reply.len == 0)
-			s->reply_start = s->up_rx - s->rin.len + (off - n);
-		if (s->reply.len && memcmp(buf_ptr(&s->reply), start, 3) != 0) {
+			s->reply_start = s->q.rx - lr_pending(&s->uin);
+		else if (memcmp(buf_ptr(&s->reply), t, 3) != 0) {
 			protocol_error(s, a, "reply code changed within a reply",
 				       "upstream protocol error");
 			return;
 		}
 		if (s->reply.len + tl + 2 > SMTP_REPLY_MAX ||
-		    ++s->reply_lines > SMTP_REPLY_LINES_MAX)
-			goto toolong;
-		buf_append(&s->reply, start, tl);
-		buf_append(&s->reply, "\r\n", 2);
-		if (tl == 3 || start[3] == ' ') {
-			handle_reply(s, a);
-			s->reply.len = 0;
-			s->reply_lines = 0;
-			drain_locals(s, a);
-			process_client(s, a);
-			if (s->client_eof && s->qlen == 0)
-				finish(s, a, NULL, s->quit_seen ? "quit" : "client closed");
+		    ++s->reply_lines > SMTP_REPLY_LINES_MAX) {
+			lr_discard(&s->uin);
+			protocol_error(s, a, "reply too long", "upstream reply too long");
+			return;
 		}
-		if (s->u == U_HANDSHAKE) { /* STARTTLS accepted: the rest was dropped */
-			off = 0;
-			s->rin.len = 0;
-			break;
+		if (buf_append(&s->reply, t, tl) < 0 || buf_append(&s->reply, "\r\n", 2) < 0) {
+			out_of_memory(s, a);
+			return;
 		}
+		int more = tl > 3 && t[3] == '-';
+		lr_consume(&s->uin, l.size); /* t is gone from here on */
+		if (more)
+			continue;
+		handle_reply(s, a);
+		s->reply.len = 0;
+		s->reply_lines = 0;
+		drain_locals(s, a);
+		process_client(s, a);
+		if (s->client_eof && eq_len(&s->q) == 0)
+			finish(s, a, NULL, s->quit_seen ? "quit" : "client closed");
 	}
-	buf_consume(&s->rin, off);
-	return;
-toolong:
-	s->rin.len = 0;
-	protocol_error(s, a, "reply too long", "upstream reply too long");
 }
 
-/* ---- client commands ------------------------------------------------------------- */
+/* ---- client commands --------------------------------------------------------------------- */
 
 /* Answers the replies the module owns once everything before them has been answered. */
 static void drain_locals(struct smtp *s, struct proto_actions *a)
 {
-	struct entry *e;
-	while (s->u != U_DONE && (e = q_head(s)) && e->kind >= E_LOCAL) {
+	struct expect *e;
+	while (s->u != U_DONE && (e = eq_head(&s->q)) && e->kind >= E_LOCAL) {
 		if (e->kind == E_LOCAL) {
 			proto_sendf(a, PROTO_CLIENT, "%s\r\n", e->text);
-			q_pop(s);
+			eq_pop(&s->q);
 			continue;
 		}
 		if (e->kind == E_LOCAL_CLOSE) {
-			char r[sizeof(e->text)];
-			memcpy(r, e->text, sizeof(r));
-			q_pop(s);
+			char r[300];
+			snprintf(r, sizeof(r), "%s", e->text);
+			eq_pop(&s->q);
 			finish(s, a, r, "client protocol error");
 			return;
 		}
-		q_pop(s); /* E_LOCAL_STARTTLS */
+		eq_pop(&s->q); /* E_LOCAL_STARTTLS */
 		if (s->in_tx || s->auth_done) {
 			proto_sendf(a, PROTO_CLIENT, "503 5.5.1 %s\r\n",
 				    s->in_tx ? "STARTTLS not permitted within a mail transaction"
 					     : "STARTTLS not permitted after AUTH");
-			s->c = C_COMMAND;
+			enter_cstate(s, C_COMMAND);
 			continue;
 		}
 		proto_sendf(a, PROTO_CLIENT, "220 2.0.0 Ready to start TLS\r\n");
-		s->in.len = 0; /* pipelined after STARTTLS: never processed */
-		s->c = C_DISCARD;
-		proto_starttls(a, PROTO_CLIENT);
+		/* pipelined after STARTTLS: never processed */
+		kit_starttls(a, PROTO_CLIENT, &s->cin);
 	}
 }
 
-static void forward_cmd(struct smtp *s, struct proto_actions *a, const char *line, size_t len,
-			enum ekind k)
+/* One command line, as the table sees it. */
+struct cmdline {
+	const char *line; /* NUL-terminated, terminator removed */
+	size_t len;
+	size_t vl;        /* verb length */
+	char verb[16];    /* upper case ("" when longer) */
+};
+
+static void forward(struct smtp *s, struct proto_actions *a, const struct cmdline *c,
+		    enum ekind k)
 {
-	proto_send(a, PROTO_UPSTREAM, line, len);
+	proto_send(a, PROTO_UPSTREAM, c->line, c->len);
 	proto_send(a, PROTO_UPSTREAM, "\r\n", 2);
-	q_push(s, k);
+	expect(s, a, k, NULL);
 }
 
 /* "BDAT" SP chunk-size [SP "LAST"] (RFC 3030 §2), strictly: one space, digits only (at
  * most 18), "LAST" in any case. 0, or -1 on a syntax error. */
 static int parse_bdat(const char *p, size_t n, uint64_t *size, int *last)
 {
-	size_t i = 0, digits = 0;
+	size_t i, digits = 0;
 	uint64_t v = 0;
 	if (n < 2 || p[0] != ' ')
 		return -1;
@@ -760,38 +835,92 @@ static int parse_bdat(const char *p, size_t n, uint64_t *size, int *last)
 	return -1;
 }
 
-/* A reply the module gives after every earlier one, then the end of the session. */
-static void local_close(struct smtp *s, const char *fmt, const char *arg)
-{
-	struct entry *e = q_push(s, E_LOCAL_CLOSE);
-	snprintf(e->text, sizeof(e->text), fmt, s->p.helo_name, arg ? arg : "");
-	s->c = C_DISCARD; /* what follows cannot be told apart from chunk octets */
-	s->in.len = 0;
-}
-
 /* A BDAT the module refuses with reply: the chunk's octets are still data (RFC 3030), so
  * they are skipped, never read as commands. A size that cannot be parsed or skipped
- * safely ends the session, as Postfix does. Returns 0 (the line is consumed). */
-static int bdat_refuse(struct smtp *s, const char *line, size_t len, size_t vl,
+ * safely ends the session, as Postfix does. */
+static int bdat_refuse(struct smtp *s, struct proto_actions *a, const struct cmdline *c,
 		       const char *reply)
 {
 	uint64_t n;
 	int last;
-	if (parse_bdat(line + vl, len - vl, &n, &last) < 0) {
-		local_close(s, "521 5.5.4 %s Syntax: BDAT chunk-size [LAST]; closing connection%s",
-			    NULL);
+	if (parse_bdat(c->line + c->vl, c->len - c->vl, &n, &last) < 0) {
+		local_close(s, a, "521 5.5.4 %s Syntax: BDAT chunk-size [LAST]; closing connection");
 		return 0;
 	}
 	if (n > SMTP_BDAT_MAX) {
-		local_close(s, "552 5.3.4 %s Chunk size exceeds the limit; closing connection%s",
-			    NULL);
+		local_close(s, a, "552 5.3.4 %s Chunk size exceeds the limit; closing connection");
 		return 0;
 	}
-	local_reply(s, "%s", reply);
+	local_reply(s, a, "%s", reply);
 	s->bdat_left = n;
 	s->bdat_skip = 1;
 	if (n)
-		s->c = C_BDAT;
+		enter_cstate(s, C_BDAT);
+	return 0;
+}
+
+/* Command handlers: 0 when the line is done with, 1 when it must be kept and looked at
+ * again later (the line waits for a reply). */
+typedef int cmd_fn(struct smtp *s, struct proto_actions *a, const struct cmdline *c);
+
+static int cmd_starttls(struct smtp *s, struct proto_actions *a, const struct cmdline *c)
+{
+	if (c->len > 8)
+		local_reply(s, a, "501 5.5.4 Syntax: STARTTLS takes no parameters%s", NULL);
+	else if (s->client_tls)
+		local_reply(s, a, "554 5.5.1 TLS is already active%s", NULL);
+	else if (s->p.client_tls != CFG_TLS_STARTTLS)
+		local_reply(s, a, "502 5.5.1 STARTTLS is not available%s", NULL);
+	else if (expect(s, a, E_LOCAL_STARTTLS, NULL) == 0)
+		enter_cstate(s, C_STARTTLS);
+	return 0;
+}
+
+static int cmd_not_available(struct smtp *s, struct proto_actions *a, const struct cmdline *c)
+{
+	(void)c;
+	local_reply(s, a, "502 5.5.1 Command not available%s", NULL);
+	return 0;
+}
+
+static int cmd_hello(struct smtp *s, struct proto_actions *a, const struct cmdline *c)
+{
+	if (s->p.xclient && s->xclient_state == 0) {
+		/* Learn the post-TLS capabilities, then XCLIENT, then this EHLO. */
+		s->xclient_state = 1;
+		s->xclient_helo_is_ehlo = strcmp(c->verb, "HELO") != 0;
+		size_t hl = c->len > c->vl + 1 ? c->len - c->vl - 1 : 0;
+		if (hl >= sizeof(s->xclient_helo))
+			hl = sizeof(s->xclient_helo) - 1;
+		memcpy(s->xclient_helo, c->line + c->vl + (c->len > c->vl), hl);
+		s->xclient_helo[hl] = '\0';
+		char cmd[300];
+		snprintf(cmd, sizeof(cmd), "%s %s", hello_verb(s), s->p.helo_name);
+		send_up(s, a, cmd, E_INT_XEHLO);
+		enter_cstate(s, C_WAIT_XCLIENT);
+		return 1;
+	}
+	s->helo_seen = 1;
+	forward(s, a, c, strcmp(c->verb, "HELO") ? E_EHLO : E_HELO);
+	return 0;
+}
+
+static int cmd_mail(struct smtp *s, struct proto_actions *a, const struct cmdline *c)
+{
+	forward(s, a, c, E_MAIL);
+	return 0;
+}
+
+static int cmd_rcpt(struct smtp *s, struct proto_actions *a, const struct cmdline *c)
+{
+	forward(s, a, c, E_RCPT);
+	return 0;
+}
+
+static int cmd_data(struct smtp *s, struct proto_actions *a, const struct cmdline *c)
+{
+	forward(s, a, c, E_DATA);
+	enter_cstate(s, C_WAIT_DATA);
 	return 0;
 }
 
@@ -799,143 +928,132 @@ static int bdat_refuse(struct smtp *s, const char *line, size_t len, size_t vl,
  * upstream must agree on who does. It goes up only when the upstream offered CHUNKING in
  * its reply to this client's EHLO (if that reply is still due, the line waits for it) and
  * the size is within its SIZE (else SMTP_BDAT_MAX); otherwise the module answers it and
- * skips the chunk. Returns 1 when the line must be kept for later. */
-static int bdat_command(struct smtp *s, struct proto_actions *a, const char *line, size_t len,
-			size_t vl)
+ * skips the chunk. */
+static int cmd_bdat(struct smtp *s, struct proto_actions *a, const struct cmdline *c)
 {
-	for (size_t i = 0; i < s->qlen; i++) {
-		enum ekind k = s->q[(s->qhead + i) % QCAP].kind;
+	for (size_t i = 0; i < eq_len(&s->q); i++) {
+		int k = eq_at(&s->q, i)->kind;
 		if (k == E_EHLO || k == E_HELO) {
-			s->wait_caps = 1;
-			s->c = C_HOLD;
+			enter_cstate(s, C_WAIT_CAPS);
 			return 1;
 		}
 	}
 	uint64_t n;
 	int last;
-	if (parse_bdat(line + vl, len - vl, &n, &last) < 0)
-		return bdat_refuse(s, line, len, vl, NULL);
-	uint64_t limit = s->size_limit ? s->size_limit : SMTP_BDAT_MAX;
-	if (n > limit) {
-		local_close(s, "552 5.3.4 %s Chunk size exceeds the limit; closing connection%s",
-			    NULL);
+	if (parse_bdat(c->line + c->vl, c->len - c->vl, &n, &last) < 0)
+		return bdat_refuse(s, a, c, NULL);
+	if (n > (s->size_limit ? s->size_limit : SMTP_BDAT_MAX)) {
+		local_close(s, a, "552 5.3.4 %s Chunk size exceeds the limit; closing connection");
 		return 0;
 	}
 	if (!s->chunking)
-		return bdat_refuse(s, line, len, vl,
+		return bdat_refuse(s, a, c,
 				   "502 5.5.1 BDAT not available: the server does not offer CHUNKING");
-	forward_cmd(s, a, line, len, last ? E_BDAT_LAST : E_BDAT);
+	forward(s, a, c, last ? E_BDAT_LAST : E_BDAT);
 	s->bdat_left = n;
 	s->bdat_skip = 0;
 	if (n)
-		s->c = C_BDAT;
+		enter_cstate(s, C_BDAT);
 	return 0;
 }
 
-/* One command line (terminator removed). Returns 1 when the line must be kept for later
- * (the XCLIENT exchange runs first), else 0. */
-static int handle_command(struct smtp *s, struct proto_actions *a, char *line, size_t len)
+static int cmd_auth(struct smtp *s, struct proto_actions *a, const struct cmdline *c)
+{
+	forward(s, a, c, E_AUTH);
+	enter_cstate(s, C_WAIT_AUTH);
+	return 0;
+}
+
+static int cmd_rset(struct smtp *s, struct proto_actions *a, const struct cmdline *c)
+{
+	forward(s, a, c, E_RSET);
+	return 0;
+}
+
+static int cmd_quit(struct smtp *s, struct proto_actions *a, const struct cmdline *c)
+{
+	s->quit_seen = 1;
+	forward(s, a, c, E_QUIT);
+	return 0;
+}
+
+static int cmd_other(struct smtp *s, struct proto_actions *a, const struct cmdline *c)
+{
+	forward(s, a, c, E_OTHER);
+	return 0;
+}
+
+/* When a verb may be used. A verb without CMD_ANYTIME is refused before the client's
+ * STARTTLS under client_policy = encrypt (530) and, inside the client's TLS, before its
+ * new EHLO (503). */
+#define CMD_ANYTIME 1
+
+static const struct command {
+	const char *verb;
+	unsigned flags;
+	cmd_fn *run;
+} commands[] = {
+	{ "EHLO", CMD_ANYTIME, cmd_hello },	 { "HELO", CMD_ANYTIME, cmd_hello },
+	{ "LHLO", CMD_ANYTIME, cmd_hello },	 { "STARTTLS", CMD_ANYTIME, cmd_starttls },
+	{ "XCLIENT", CMD_ANYTIME, cmd_not_available },
+	{ "XFORWARD", CMD_ANYTIME, cmd_not_available },
+	{ "NOOP", CMD_ANYTIME, cmd_other },	 { "RSET", CMD_ANYTIME, cmd_rset },
+	{ "QUIT", CMD_ANYTIME, cmd_quit },	 { "MAIL", 0, cmd_mail },
+	{ "RCPT", 0, cmd_rcpt },		 { "DATA", 0, cmd_data },
+	{ "BDAT", 0, cmd_bdat },		 { "AUTH", 0, cmd_auth },
+};
+static const struct command other_command = { "", 0, cmd_other };
+
+/* A refusal of a command that is not allowed yet. A refused BDAT still has its chunk. */
+static int refuse(struct smtp *s, struct proto_actions *a, const struct cmdline *c,
+		  const char *reply)
+{
+	if (!strcmp(c->verb, "BDAT"))
+		return bdat_refuse(s, a, c, reply);
+	local_reply(s, a, "%s", reply);
+	return 0;
+}
+
+/* One command line (terminator removed, NUL-terminated). Returns 1 when the line must be
+ * kept for later, else 0. */
+static int handle_command(struct smtp *s, struct proto_actions *a, const char *line, size_t len)
 {
 	if (memchr(line, '\0', len) || memchr(line, '\r', len)) {
-		local_reply(s, "500 5.5.2 Syntax error: bare CR or NUL in command%s", NULL);
+		local_reply(s, a, "500 5.5.2 Syntax error: bare CR or NUL in command%s", NULL);
 		return 0;
 	}
 	/* The verb is letters and digits, ended by a space or the end of the line: anything
 	 * else (" DATA", "DATA\t", "STARTTLS\f") is refused here, so that the proxy and the
 	 * upstream can never read one line as two different commands. */
-	size_t vl = 0;
-	while (vl < len && isalnum((unsigned char)line[vl]))
-		vl++;
-	if (vl == 0 || (vl < len && line[vl] != ' ')) {
-		local_reply(s, "500 5.5.2 Syntax error: command not recognized%s", NULL);
+	struct cmdline c = { .line = line, .len = len };
+	while (c.vl < len && isalnum((unsigned char)line[c.vl]))
+		c.vl++;
+	if (c.vl == 0 || (c.vl < len && line[c.vl] != ' ')) {
+		local_reply(s, a, "500 5.5.2 Syntax error: command not recognized%s", NULL);
 		return 0;
 	}
-	char verb[16] = "";
-	if (vl < sizeof(verb)) {
-		for (size_t i = 0; i < vl; i++)
-			verb[i] = (char)toupper((unsigned char)line[i]);
-		verb[vl] = '\0';
+	if (c.vl < sizeof(c.verb)) {
+		for (size_t i = 0; i < c.vl; i++)
+			c.verb[i] = (char)toupper((unsigned char)line[i]);
+		c.verb[c.vl] = '\0';
 	}
 	log_event(LOG_DEBUG, s->p.session_id, s->p.route, "smtp_command", "verb",
-		  verb[0] ? verb : "?", NULL);
-	int is_hello = !strcmp(verb, "EHLO") || !strcmp(verb, "HELO") || !strcmp(verb, "LHLO");
-
-	if (!strcmp(verb, "STARTTLS")) {
-		if (len > 8)
-			local_reply(s, "501 5.5.4 Syntax: STARTTLS takes no parameters%s", NULL);
-		else if (s->client_tls)
-			local_reply(s, "554 5.5.1 TLS is already active%s", NULL);
-		else if (s->p.client_tls != CFG_TLS_STARTTLS)
-			local_reply(s, "502 5.5.1 STARTTLS is not available%s", NULL);
-		else {
-			q_push(s, E_LOCAL_STARTTLS);
-			s->c = C_DISCARD;
-		}
-		return 0;
+		  c.verb[0] ? c.verb : "?", NULL);
+	const struct command *cmd = &other_command;
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (!strcmp(c.verb, commands[i].verb))
+			cmd = &commands[i];
+	if (!(cmd->flags & CMD_ANYTIME)) {
+		if (s->p.client_tls == CFG_TLS_STARTTLS && !s->client_tls &&
+		    s->p.client_policy == CFG_POLICY_ENCRYPT)
+			return refuse(s, a, &c, "530 5.7.0 Must issue a STARTTLS command first");
+		if (s->helo_required && !s->helo_seen)
+			return refuse(s, a, &c, "503 5.5.1 Send EHLO or HELO first");
 	}
-	if (!strcmp(verb, "XCLIENT") || !strcmp(verb, "XFORWARD")) {
-		local_reply(s, "502 5.5.1 Command not available%s", NULL);
-		return 0;
-	}
-	if (s->p.client_tls == CFG_TLS_STARTTLS && !s->client_tls &&
-	    s->p.client_policy == CFG_POLICY_ENCRYPT && !is_hello && strcmp(verb, "NOOP") &&
-	    strcmp(verb, "RSET") && strcmp(verb, "QUIT")) {
-		if (!strcmp(verb, "BDAT"))
-			return bdat_refuse(s, line, len, vl,
-					   "530 5.7.0 Must issue a STARTTLS command first");
-		local_reply(s, "530 5.7.0 Must issue a STARTTLS command first%s", NULL);
-		return 0;
-	}
-	if (s->helo_required && !s->helo_seen && !is_hello && strcmp(verb, "NOOP") &&
-	    strcmp(verb, "RSET") && strcmp(verb, "QUIT")) {
-		if (!strcmp(verb, "BDAT"))
-			return bdat_refuse(s, line, len, vl, "503 5.5.1 Send EHLO or HELO first");
-		local_reply(s, "503 5.5.1 Send EHLO or HELO first%s", NULL);
-		return 0;
-	}
-	if (is_hello) {
-		if (s->p.xclient && s->xclient_state == 0) {
-			/* Learn the post-TLS capabilities, then XCLIENT, then this EHLO. */
-			s->xclient_state = 1;
-			s->xclient_helo_is_ehlo = strcmp(verb, "HELO") != 0;
-			size_t hl = len > vl + 1 ? len - vl - 1 : 0;
-			if (hl >= sizeof(s->xclient_helo))
-				hl = sizeof(s->xclient_helo) - 1;
-			memcpy(s->xclient_helo, line + vl + (len > vl), hl);
-			s->xclient_helo[hl] = '\0';
-			char cmd[300];
-			snprintf(cmd, sizeof(cmd), "%s %s", hello_verb(s), s->p.helo_name);
-			send_up(s, a, cmd);
-			q_push(s, E_INT_XEHLO);
-			s->c = C_HOLD;
-			return 1;
-		}
-		s->helo_seen = 1;
-		forward_cmd(s, a, line, len, strcmp(verb, "HELO") ? E_EHLO : E_HELO);
-		return 0;
-	}
-	if (!strcmp(verb, "MAIL")) {
-		forward_cmd(s, a, line, len, E_MAIL);
-	} else if (!strcmp(verb, "RCPT")) {
-		forward_cmd(s, a, line, len, E_RCPT);
-	} else if (!strcmp(verb, "DATA")) {
-		forward_cmd(s, a, line, len, E_DATA);
-		s->c = C_HOLD;
-	} else if (!strcmp(verb, "BDAT")) {
-		return bdat_command(s, a, line, len, vl);
-	} else if (!strcmp(verb, "AUTH")) {
-		forward_cmd(s, a, line, len, E_AUTH);
-		s->c = C_HOLD;
-	} else if (!strcmp(verb, "RSET")) {
-		forward_cmd(s, a, line, len, E_RSET);
-	} else if (!strcmp(verb, "QUIT")) {
-		s->quit_seen = 1;
-		forward_cmd(s, a, line, len, E_QUIT);
-	} else {
-		forward_cmd(s, a, line, len, E_OTHER);
-	}
-	return 0;
+	return cmd->run(s, a, &c);
 }
+
+/* ---- message data ---------------------------------------------------------------------- */
 
 /* DATA body (RFC 5321 §4.5.2): only <CRLF>.<CRLF> ends a message, and the upstream must
  * never read an end where the proxy did not (SMTP smuggling, CVE-2023-51764 and its kin:
@@ -1030,23 +1148,25 @@ static size_t body_bytes(struct smtp *s, struct proto_actions *a, const uint8_t 
 	return i;
 }
 
+/* ---- the client's bytes, by client state -------------------------------------------------- */
+
 static void process_client(struct smtp *s, struct proto_actions *a)
 {
-	while (s->u != U_DONE && s->client_greeted && s->in.len) {
-		switch (s->c) {
-		case C_DISCARD:
-			s->in.len = 0;
+	while (s->u != U_DONE && s->client_greeted && lr_pending(&s->cin)) {
+		if (s->c == C_STARTTLS) {
+			lr_discard(&s->cin);
 			return;
-		case C_HOLD:
-			if (s->in.len > SMTP_HOLD_MAX) {
+		}
+		if (waiting(s)) {
+			if (lr_pending(&s->cin) > SMTP_HOLD_MAX)
 				finish(s, a, "421 4.5.0 Too much pipelined input, closing connection",
 				       "client pipelining overflow");
-			}
 			return;
-		case C_BODY: {
+		}
+		if (s->c == C_BODY) {
 			int ended;
-			size_t used = body_bytes(s, a, buf_ptr(&s->in), s->in.len, &ended);
-			buf_consume(&s->in, used);
+			size_t used = body_bytes(s, a, lr_data(&s->cin), lr_pending(&s->cin), &ended);
+			lr_consume(&s->cin, used);
 			if (ended && s->body_bad) {
 				/* The upstream never got the end: it drops what it has of the message. */
 				char r[300];
@@ -1056,73 +1176,60 @@ static void process_client(struct smtp *s, struct proto_actions *a)
 				finish(s, a, r, "bare newline in message");
 				return;
 			}
-			if (ended) {
-				q_push(s, E_DATA_END);
-				s->c = C_COMMAND;
-			}
+			if (ended && expect(s, a, E_DATA_END, NULL) == 0)
+				enter_cstate(s, C_COMMAND);
 			continue;
 		}
-		case C_BDAT: {
-			size_t n = s->in.len < s->bdat_left ? s->in.len : (size_t)s->bdat_left;
+		if (s->c == C_BDAT) {
+			size_t n = lr_pending(&s->cin);
+			if (n > s->bdat_left)
+				n = (size_t)s->bdat_left;
 			if (!s->bdat_skip)
-				proto_send(a, PROTO_UPSTREAM, buf_ptr(&s->in), n);
-			buf_consume(&s->in, n);
+				proto_send(a, PROTO_UPSTREAM, lr_data(&s->cin), n);
+			lr_consume(&s->cin, n);
 			s->bdat_left -= n;
 			if (s->bdat_left == 0)
-				s->c = C_COMMAND;
+				enter_cstate(s, C_COMMAND);
 			continue;
 		}
-		case C_AUTH_LINE:
-		case C_COMMAND: {
-			if (s->qlen >= SMTP_PIPELINE_MAX)
-				return; /* wait for replies */
-			uint8_t *nl = memchr(buf_ptr(&s->in), '\n', s->in.len);
-			if (!nl) {
-				if (s->in.len >= SMTP_CMD_MAX) {
-					if (!s->long_line)
-						local_reply(s, "500 5.5.2 Line too long%s", NULL);
-					s->long_line = 1;
-					s->in.len = 0;
-					drain_locals(s, a);
-				}
-				return;
-			}
-			size_t n = (size_t)(nl - buf_ptr(&s->in)) + 1;
-			if (s->long_line || n > SMTP_CMD_MAX) {
-				if (!s->long_line)
-					local_reply(s, "500 5.5.2 Line too long%s", NULL);
-				s->long_line = 0;
-				buf_consume(&s->in, n);
-				drain_locals(s, a);
-				continue;
-			}
-			size_t len = n - 1;
-			if (len && buf_ptr(&s->in)[len - 1] == '\r')
-				len--;
-			if (s->c == C_AUTH_LINE) {
-				/* An AUTH response (credentials): forwarded, never logged. */
-				forward_cmd(s, a, (const char *)buf_ptr(&s->in), len, E_AUTH);
-				buf_consume(&s->in, n);
-				s->c = C_HOLD;
-				continue;
-			}
-			char *line = malloc(len + 1);
-			if (!line)
-				return;
-			memcpy(line, buf_ptr(&s->in), len);
-			line[len] = '\0';
-			int keep = handle_command(s, a, line, len);
-			free(line);
-			if (!keep)
-				buf_consume(&s->in, n);
+		/* C_COMMAND, C_AUTH_LINE: a line */
+		if (eq_len(&s->q) >= SMTP_PIPELINE_MAX)
+			return; /* wait for replies */
+		struct line l;
+		int rc = lr_next(&s->cin, &l);
+		if (rc == LR_MORE)
+			return;
+		if (rc == LR_TOO_LONG) {
+			local_reply(s, a, "500 5.5.2 Line too long%s", NULL);
 			drain_locals(s, a);
 			continue;
 		}
+		if (s->c == C_AUTH_LINE) {
+			/* An AUTH response (credentials): forwarded, never logged. */
+			proto_send(a, PROTO_UPSTREAM, l.p, l.len);
+			proto_send(a, PROTO_UPSTREAM, "\r\n", 2);
+			lr_consume(&s->cin, l.size);
+			if (expect(s, a, E_AUTH, NULL) == 0)
+				enter_cstate(s, C_WAIT_AUTH);
+			continue;
 		}
+		char *line = malloc(l.len + 1);
+		if (!line) {
+			out_of_memory(s, a);
+			return;
+		}
+		memcpy(line, l.p, l.len);
+		line[l.len] = '\0';
+		size_t size = l.size;
+		int keep = handle_command(s, a, line, l.len);
+		free(line);
+		if (!keep)
+			lr_consume(&s->cin, size);
+		drain_locals(s, a);
 	}
 }
 
-/* ---- module interface ------------------------------------------------------------ */
+/* ---- module interface ------------------------------------------------------------------- */
 
 int smtp_saw_early_reply(const void *st)
 {
@@ -1139,6 +1246,9 @@ static void *smtp_create(const struct proto_params *p)
 	s->u = U_CONNECTING;
 	s->c = C_COMMAND;
 	s->client_tls = p->client_tls == CFG_TLS_IMPLICIT;
+	eq_init(&s->q, QUEUE_MAX);
+	lr_init(&s->cin, SMTP_CMD_MAX);
+	lr_init(&s->uin, SMTP_REPLY_LINE_MAX);
 	return s;
 }
 
@@ -1147,8 +1257,9 @@ static void smtp_destroy(void *st)
 	struct smtp *s = st;
 	if (!s)
 		return;
-	buf_free(&s->in);
-	buf_free(&s->rin);
+	eq_free(&s->q);
+	lr_free(&s->cin);
+	lr_free(&s->uin);
 	buf_free(&s->reply);
 	buf_free(&s->greeting);
 	free(s);
@@ -1158,9 +1269,8 @@ static void smtp_upstream_connected(void *st, struct proto_actions *a)
 {
 	struct smtp *s = st;
 	s->upstream_tls = s->p.upstream_tls == CFG_TLS_IMPLICIT;
-	q_push(s, E_GREETING);
-	enter_state(s, U_GREETING);
-	(void)a;
+	if (expect(s, a, E_GREETING, NULL) == 0)
+		enter_ustate(s, U_GREETING);
 }
 
 static void smtp_data(void *st, enum proto_side from, const uint8_t *d, size_t n,
@@ -1172,23 +1282,24 @@ static void smtp_data(void *st, enum proto_side from, const uint8_t *d, size_t n
 	if (from == PROTO_UPSTREAM) {
 		if (s->u == U_HANDSHAKE)
 			return; /* cannot happen: TLS is below us by now */
-		if (buf_append(&s->rin, d, n) < 0) {
-			finish(s, a, "421 4.3.0 Out of memory", "out of memory");
+		if (lr_feed(&s->uin, d, n) < 0) {
+			out_of_memory(s, a);
 			return;
 		}
-		s->up_rx += n;
+		eq_received(&s->q, n);
 		upstream_bytes(s, a);
 		return;
 	}
-	if (s->c == C_DISCARD)
+	if (s->c == C_STARTTLS)
 		return;
-	if (s->in.len + n > SMTP_HOLD_MAX + SMTP_CMD_MAX && s->c != C_BODY && s->c != C_BDAT) {
+	if (lr_pending(&s->cin) + n > SMTP_HOLD_MAX + SMTP_CMD_MAX && s->c != C_BODY &&
+	    s->c != C_BDAT) {
 		finish(s, a, "421 4.5.0 Too much pipelined input, closing connection",
 		       "client pipelining overflow");
 		return;
 	}
-	if (buf_append(&s->in, d, n) < 0) {
-		finish(s, a, "421 4.3.0 Out of memory", "out of memory");
+	if (lr_feed(&s->cin, d, n) < 0) {
+		out_of_memory(s, a);
 		return;
 	}
 	process_client(s, a);
@@ -1200,7 +1311,7 @@ static void smtp_tls_done(void *st, enum proto_side side, struct proto_actions *
 	if (side == PROTO_UPSTREAM) {
 		/* Nothing learned before TLS is kept but the greeting shown to the client. */
 		s->upstream_tls = 1;
-		s->rin.len = 0;
+		lr_discard(&s->uin);
 		s->reply.len = 0;
 		s->reply_lines = 0;
 		upstream_ready(s, a);
@@ -1208,8 +1319,7 @@ static void smtp_tls_done(void *st, enum proto_side side, struct proto_actions *
 	}
 	/* Client side: a fresh SMTP session inside TLS (RFC 3207 §4.2). */
 	s->client_tls = 1;
-	s->in.len = 0;
-	s->long_line = 0;
+	lr_discard(&s->cin);
 	s->helo_seen = 0;
 	s->helo_required = 1;
 	s->in_tx = 0;
@@ -1217,9 +1327,8 @@ static void smtp_tls_done(void *st, enum proto_side side, struct proto_actions *
 	s->auth_done = 0;
 	s->chunking = 0;
 	s->size_limit = 0;
-	s->c = C_COMMAND;
-	send_up(s, a, "RSET");
-	q_push(s, E_INT_RSET);
+	enter_cstate(s, C_COMMAND);
+	send_up(s, a, "RSET", E_INT_RSET);
 }
 
 static void smtp_upstream_retry_plain(void *st)
@@ -1227,12 +1336,12 @@ static void smtp_upstream_retry_plain(void *st)
 	struct smtp *s = st;
 	s->p.upstream_tls = CFG_TLS_NONE;
 	s->upstream_tls = 0;
-	s->rin.len = 0;
+	lr_discard(&s->uin);
 	s->reply.len = 0;
 	s->reply_lines = 0;
 	s->greeting.len = 0;
-	s->qhead = s->qlen = 0;
-	enter_state(s, U_CONNECTING);
+	eq_clear(&s->q);
+	enter_ustate(s, U_CONNECTING);
 }
 
 static void smtp_client_eof(void *st, struct proto_actions *a)
@@ -1242,7 +1351,7 @@ static void smtp_client_eof(void *st, struct proto_actions *a)
 	if (s->u == U_DONE)
 		return;
 	/* Commands already sent still get their replies (QUIT's 221 among them). */
-	if (s->qlen == 0 || !s->client_greeted)
+	if (eq_len(&s->q) == 0 || !s->client_greeted)
 		finish(s, a, NULL, s->quit_seen ? "quit" : "client closed");
 }
 
@@ -1293,6 +1402,17 @@ static void smtp_fail(void *st, enum proto_failure why, const char *result,
 					       : "upstream lost");
 }
 
+static void smtp_refuse(const struct proto_params *p, enum proto_refusal why,
+			struct proto_actions *a)
+{
+	if (why == PR_NOT_ALLOWED)
+		proto_sendf(a, PROTO_CLIENT, "554 5.7.1 %s Access denied\r\n", p->helo_name);
+	else
+		proto_sendf(a, PROTO_CLIENT,
+			    "421 4.7.0 %s Too many connections, try again later\r\n", p->helo_name);
+	proto_close(a, why == PR_NOT_ALLOWED ? "client not allowed" : "connection limit");
+}
+
 const struct proto_ops proto_smtp_ops = {
 	.name = "smtp",
 	.create = smtp_create,
@@ -1303,4 +1423,5 @@ const struct proto_ops proto_smtp_ops = {
 	.client_eof = smtp_client_eof,
 	.upstream_retry_plain = smtp_upstream_retry_plain,
 	.fail = smtp_fail,
+	.refuse = smtp_refuse,
 };

@@ -389,6 +389,11 @@ static void up_ready(struct session *s)
 static void exec_actions(struct session *s)
 {
 	struct proto_actions *a = &s->acts;
+	if (a->failed) { /* some actions are missing: none is carried out */
+		proto_actions_clear(a);
+		session_end(s, "out of memory", NULL);
+		return;
+	}
 	s->exec_depth++;
 	for (size_t i = 0; i < a->n && !s->closed; i++) {
 		struct proto_act x = a->a[i];
@@ -426,9 +431,13 @@ static void exec_actions(struct session *s)
 		case PA_CLOSE:
 			session_end(s, x.reason, NULL);
 			break;
-		case PA_POLICY:
-			metrics_policy_failure(s->r->metrics, x.reason, !enforcing(s));
+		case PA_POLICY: {
+			char detail[200];
+			snprintf(detail, sizeof(detail), "%.*s", (int)x.len,
+				 (const char *)a->buf + x.off);
+			policy_failure(s, x.reason, detail[0] ? detail : NULL);
 			break;
+		}
 		}
 	}
 	if (--s->exec_depth == 0)
@@ -712,11 +721,9 @@ static void peer_address(struct session *s)
 	}
 }
 
-static int start_proto(struct session *s)
+static void fill_params(const struct session *s, struct proto_params *out)
 {
 	const struct cfg_route *r = s->r;
-	if (r->protocol != CFG_PROTO_SMTP && r->protocol != CFG_PROTO_LMTP)
-		return 0;
 	struct proto_params p = {
 		.session_id = s->id, .route = r->name, .protocol = r->protocol,
 		.client_tls = r->client_tls, .upstream_tls = r->upstream_tls,
@@ -724,7 +731,16 @@ static int start_proto(struct session *s)
 		.policy_mode = r->policy_mode, .helo_name = s->cfg->helo_name,
 		.xclient = r->xclient, .bare_newline = r->bare_newline, .client_ip = s->client_ip, .client_port = s->client_port,
 	};
-	s->proto = &proto_smtp_ops;
+	*out = p;
+}
+
+static int start_proto(struct session *s)
+{
+	s->proto = proto_lookup(s->r->protocol);
+	if (!s->proto)
+		return 0;
+	struct proto_params p;
+	fill_params(s, &p);
 	s->ps = s->proto->create(&p);
 	return s->ps ? 0 : -1;
 }
@@ -739,9 +755,6 @@ static void refuse(struct session *s, const char *why)
 		session_close(s, why);
 		return;
 	}
-	char msg[300];
-	snprintf(msg, sizeof(msg), "421 4.7.0 %s Too many connections, try again later\r\n",
-		 s->cfg->helo_name);
 	if (s->r->client_tls == CFG_TLS_IMPLICIT &&
 	    ep_start_tls(&s->down, s->r->client_side_tls, NULL) < 0) {
 		session_close(s, why);
@@ -749,7 +762,13 @@ static void refuse(struct session *s, const char *why)
 	}
 	s->down_ready = s->r->client_tls != CFG_TLS_IMPLICIT;
 	ep_connected(&s->down);
-	ep_write(&s->down, msg, strlen(msg));
+	struct proto_params p;
+	fill_params(s, &p);
+	s->proto->refuse(&p, PR_LIMIT, &s->acts);
+	for (size_t i = 0; i < s->acts.n; i++) /* the reply; its PA_CLOSE is session_end's */
+		if (s->acts.a[i].type == PA_SEND)
+			ep_write(&s->down, s->acts.buf + s->acts.a[i].off, s->acts.a[i].len);
+	proto_actions_clear(&s->acts);
 	session_end(s, why, NULL);
 }
 
