@@ -1,21 +1,38 @@
 /* session.h - one proxied connection: a downstream (client) endpoint and an upstream
- * endpoint, the route's policy, timers, and one teardown path.
+ * endpoint, the route's policy, the protocol module, timers, and one teardown path.
  *
- * Contract: session_start() takes an accepted client and owns it from then on. The session
- * frees itself after both handles and its timer have closed; session_close() is the only
- * way to end it and logs one close line with the reason and the counters. */
+ * Contract: session_accept() takes a connection waiting on a listening stream and owns it
+ * from then on. The session frees itself after both handles and its timer have closed;
+ * session_close() is the one way to end it and logs one close line with the reason and the
+ * counters. A session lives on the loop of its struct session_host (one per worker) and
+ * is listed there while it lives. */
 #ifndef STP_SESSION_H
 #define STP_SESSION_H
 
-#include "endpoint.h"
+#include <stdint.h>
+#include <uv.h>
 
-struct worker;
 struct cfg;
 struct cfg_route;
 struct session;
+struct stp_shared;
 
-/* Accept one client from the listener stream. */
-void session_accept(struct worker *w, struct cfg_route *route, uv_stream_t *server);
+/* What sessions need from the event loop that runs them (a worker). */
+struct session_host {
+	uv_loop_t *loop;
+	uint8_t *readbuf;          /* EP_READ_SIZE bytes, shared by the loop's endpoints */
+	struct cfg *cfg;           /* new sessions take a reference to it */
+	struct stp_shared *shared; /* counts and ids shared by all hosts */
+	struct session *sessions;  /* the open sessions (session_next) */
+	long nsessions;
+	int stopping;              /* no new sessions; the host waits for the open ones */
+	/* Called when the last session ended while stopping. */
+	void (*drained)(struct session_host *h);
+	void *owner;               /* the worker */
+};
+
+/* Accept one client waiting on the listening stream server, for route. */
+void session_accept(struct session_host *h, struct cfg_route *route, uv_stream_t *server);
 /* Ends the session now: reason is a static string. */
 void session_close(struct session *s, const char *reason);
 /* Ends the session because the proxy stops: protocols say so to the client first. */

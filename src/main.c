@@ -3,6 +3,8 @@
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
+#include "listener.h"
+#include "shared.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -128,7 +130,7 @@ static void reload(void)
 		if (kept)
 			continue;
 		for (int w = 0; ok && w < nworkers; w++) {
-			fds[w][i] = worker_listen_socket(&nc->routes[i].listen, err, sizeof(err));
+			fds[w][i] = listener_socket(&nc->routes[i].listen, err, sizeof(err));
 			if (fds[w][i] < 0) {
 				reload_failed(err);
 				ok = 0;
@@ -231,22 +233,24 @@ int main(int argc, char **argv)
 	log_setup(cfg->log_level, cfg->log_format == CFG_LOG_JSON);
 	signal(SIGPIPE, SIG_IGN);
 
-	uv_mutex_init(&shared.clients_lock);
-	if (getrandom(&shared.id_key, sizeof(shared.id_key), 0) != sizeof(shared.id_key))
-		shared.id_key = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)time(NULL);
+	if (shared_init(&shared) < 0) {
+		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", "cannot initialise", NULL);
+		return 1;
+	}
 	char perr[300];
-	if (worker_probe(cfg, perr, sizeof(perr)) < 0) {
+	if (listener_probe(cfg, perr, sizeof(perr)) < 0) {
 		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", perr, NULL);
 		return 1;
 	}
 	nworkers = cfg->workers;
 	workers = calloc((size_t)nworkers, sizeof(*workers));
+	if (!workers) {
+		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", "out of memory", NULL);
+		return 1;
+	}
 	for (int i = 0; i < nworkers; i++) {
 		char err[256];
-		workers[i].index = i;
-		workers[i].cfg = cfg_ref(cfg);
-		workers[i].shared = &shared;
-		if (worker_bind(&workers[i], err, sizeof(err)) < 0) {
+		if (worker_init(&workers[i], i, cfg, &shared, err, sizeof(err)) < 0) {
 			log_event(LOG_ERROR, NULL, NULL, "fatal", "error", err, NULL);
 			return 1;
 		}
@@ -294,5 +298,6 @@ int main(int argc, char **argv)
 	free(workers);
 	log_event(LOG_INFO, NULL, NULL, "stopped", NULL);
 	cfg_unref(current);
+	shared_destroy(&shared);
 	return 0;
 }

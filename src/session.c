@@ -1,12 +1,14 @@
 /* session.c - one downstream/upstream pair (see session.h). */
 #include "session.h"
 
+#include "buf.h"
 #include "config.h"
+#include "endpoint.h"
 #include "log.h"
 #include "metrics.h"
 #include "proto.h"
+#include "shared.h"
 #include "tls.h"
-#include "worker.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -22,8 +24,8 @@
 enum timer_kind { T_NONE, T_CONNECT, T_HANDSHAKE_CLIENT, T_HANDSHAKE_UPSTREAM, T_IDLE, T_LINGER };
 
 struct session {
-	struct session *next, *prev;
-	struct worker *w;
+	struct session *next, *prev; /* in the host's list */
+	struct session_host *h;
 	struct cfg *cfg;
 	struct cfg_route *r;
 	char id[17];
@@ -59,7 +61,7 @@ static const struct ep_ops down_ops, up_ops;
 
 static uint64_t now_ms(struct session *s)
 {
-	return uv_now(&s->w->loop);
+	return uv_now(s->h->loop);
 }
 
 static const char *uv_err_text(int err)
@@ -86,6 +88,34 @@ static void addr_text(const struct sockaddr *sa, char *buf, size_t len)
 	}
 }
 
+/* ---- the host's list ------------------------------------------------------------- */
+
+static void list(struct session *s)
+{
+	struct session_host *h = s->h;
+	s->prev = NULL;
+	s->next = h->sessions;
+	if (h->sessions)
+		h->sessions->prev = s;
+	h->sessions = s;
+	h->nsessions++;
+}
+
+static void unlist(struct session *s)
+{
+	struct session_host *h = s->h;
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		h->sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	h->nsessions--;
+	shared_session_closed(h->shared);
+	if (h->stopping && h->nsessions == 0 && h->drained)
+		h->drained(h);
+}
+
 /* ---- teardown -------------------------------------------------------------------- */
 
 static void handle_closed(struct session *s)
@@ -93,9 +123,9 @@ static void handle_closed(struct session *s)
 	if (--s->handles > 0)
 		return;
 	if (s->counted_client)
-		client_release(s->w->shared, s->r, s->client_ip);
+		shared_client_release(s->h->shared, s->r, s->client_ip);
 	metrics_conn_close(s->r->metrics);
-	worker_session_removed(s->w, s);
+	unlist(s);
 	if (s->proto)
 		s->proto->destroy(s->ps);
 	buf_free(&s->early);
@@ -617,7 +647,7 @@ static void on_closed(struct endpoint *ep)
 	if (ep == &s->up && s->reconnecting && !s->closed && !s->ending) {
 		/* The plaintext retry: a fresh connection in the same handle slot. */
 		s->reconnecting = 0;
-		if (ep_init(&s->up, &s->w->loop, ep->ops, s, s->w->readbuf) == 0) {
+		if (ep_init(&s->up, s->h->loop, ep->ops, s, s->h->readbuf) == 0) {
 			connect_upstream(s);
 			return;
 		}
@@ -695,14 +725,6 @@ static void connect_upstream(struct session *s)
 
 /* ---- accept ---------------------------------------------------------------------- */
 
-static uint64_t mix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ULL;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-	return x ^ (x >> 31);
-}
-
 static void peer_address(struct session *s)
 {
 	struct sockaddr_storage peer;
@@ -772,45 +794,64 @@ static void refuse(struct session *s, const char *why)
 	session_end(s, why, NULL);
 }
 
-void session_accept(struct worker *w, struct cfg_route *r, uv_stream_t *server)
+static void reject_closed(uv_handle_t *h)
+{
+	free(h);
+}
+
+/* No session can be made (out of memory): the connection is taken and closed at once,
+ * so that it does not wait in the backlog. */
+static void reject(uv_loop_t *loop, uv_stream_t *server)
+{
+	uv_tcp_t *t = malloc(sizeof(*t));
+	if (!t)
+		return;
+	uv_tcp_init(loop, t);
+	if (uv_accept(server, (uv_stream_t *)t) < 0)
+		log_event(LOG_WARN, NULL, NULL, "accept_failed", "error", "out of memory", NULL);
+	uv_close((uv_handle_t *)t, reject_closed);
+}
+
+void session_accept(struct session_host *h, struct cfg_route *r, uv_stream_t *server)
 {
 	struct session *s = calloc(1, sizeof(*s));
-	if (!s)
+	if (!s) {
+		reject(h->loop, server);
 		return;
-	s->w = w;
-	s->cfg = cfg_ref(w->cfg);
+	}
+	s->h = h;
+	s->cfg = cfg_ref(h->cfg);
 	s->r = r;
-	uint64_t seq = __atomic_add_fetch(&w->shared->next_id, 1, __ATOMIC_RELAXED);
-	snprintf(s->id, sizeof(s->id), "%016llx",
-		 (unsigned long long)mix64(seq ^ w->shared->id_key));
+	shared_session_id(h->shared, s->id);
 	s->started_ms = s->last_activity_ms = s->client_hs_ms = now_ms(s);
-	uv_timer_init(&w->loop, &s->timer);
+	uv_timer_init(h->loop, &s->timer);
 	s->timer.data = s;
 	s->handles = 1;
-	if (ep_init(&s->down, &w->loop, &down_ops, s, w->readbuf) == 0)
+	if (ep_init(&s->down, h->loop, &down_ops, s, h->readbuf) == 0)
 		s->handles++;
-	if (ep_init(&s->up, &w->loop, &up_ops, s, w->readbuf) == 0)
+	if (ep_init(&s->up, h->loop, &up_ops, s, h->readbuf) == 0)
 		s->handles++;
-	worker_session_added(w, s);
+	list(s);
+	long active = shared_session_opened(h->shared);
 	metrics_conn_open(r->metrics);
 	if (s->handles != 3 || uv_accept(server, (uv_stream_t *)&s->down.tcp) < 0) {
 		session_close(s, "accept failed");
 		return;
 	}
 	peer_address(s);
-	long active = __atomic_load_n(&w->shared->active, __ATOMIC_RELAXED);
 	log_event(LOG_INFO, s->id, r->name, "accept", "client", s->client, NULL);
 	if (start_proto(s) < 0) {
 		session_close(s, "out of memory");
 		return;
 	}
-	if ((unsigned long)active > w->cfg->max_connections) {
+	if ((unsigned long)active > h->cfg->max_connections) {
 		refuse(s, "max_connections");
 		return;
 	}
 	if (r->max_connections_per_client) {
-		s->counted_client = 1;
-		if (client_acquire(w->shared, r, s->client_ip) > r->max_connections_per_client) {
+		unsigned n = shared_client_acquire(h->shared, r, s->client_ip);
+		s->counted_client = n > 0;
+		if (n == 0 || n > r->max_connections_per_client) {
 			refuse(s, "max_connections_per_client");
 			return;
 		}
