@@ -1,8 +1,9 @@
 /* config.h - configuration file (INI) -> immutable configuration.
  *
  * Contract: cfg_load() parses the whole file, validates every key and every cross-key
- * rule, and either returns 0 with *out set, or a negative count of errors with every
- * error appended to errs as "FILE:LINE: message". The returned struct is never modified
+ * rule, and either returns 0 with *out set, or -EINVAL with every error appended to errs
+ * as "FILE:LINE: message" (-ENOMEM when out of memory). Functions return 0 or a negative
+ * errno. The returned struct is never modified
  * afterwards, so several worker threads may read it at once; a reload builds a new one. */
 #ifndef STP_CONFIG_H
 #define STP_CONFIG_H
@@ -105,7 +106,7 @@ void cfg_errors_add(struct cfg_errors *errs, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void cfg_errors_free(struct cfg_errors *errs);
 
-/* Value parsers, exported for tests. Each returns 0 or -1. */
+/* Value parsers, exported for tests. Each returns 0 or -EINVAL. */
 int cfg_parse_duration(const char *s, uint64_t *ms);      /* "250ms", "30s", "5m", "30" (s) */
 int cfg_parse_hostport(const char *s, char *host, size_t hostlen, uint16_t *port);
                                                            /* "h:p", "1.2.3.4:p", "[::1]:p" */

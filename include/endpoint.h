@@ -4,7 +4,11 @@
  * Contract: the owner (session.c) receives plaintext through the callbacks in struct
  * ep_ops and writes plaintext with ep_write(). Writes made before the side is ready (not
  * connected, or TLS handshake not finished) are held and sent once it is; ep_pending()
- * counts every byte not yet handed to the kernel, for the owner's watermarks. */
+ * counts every byte not yet handed to the kernel, for the owner's watermarks. Every read
+ * is delivered to the owner before the next one, so an endpoint never holds plaintext the
+ * owner has not seen: the STARTTLS boundary for bytes read before ep_start_tls() is the
+ * protocol module's (kit_starttls in proto_kit.h). Functions return 0 or a negative
+ * errno. */
 #ifndef STP_ENDPOINT_H
 #define STP_ENDPOINT_H
 
@@ -65,9 +69,11 @@ int ep_init(struct endpoint *ep, uv_loop_t *loop, const struct ep_ops *ops, void
 	    uint8_t *readbuf);
 /* The TCP connection is up (accepted, or connect completed): start reading. */
 void ep_connected(struct endpoint *ep);
-/* Begin TLS on this side now; later reads/writes go through it. Bytes received and not
- * yet delivered are dropped (STARTTLS boundary). server_name: SNI (client side). */
+/* Begin TLS on this side now; later reads/writes go through it. server_name: SNI
+ * (client side). -ENOMEM. */
 int ep_start_tls(struct endpoint *ep, struct tls_ctx *ctx, const char *server_name);
+/* 0, or -EPIPE (the side is closing or failed), -ENOMEM, or the write's error (the side
+ * has failed: on_error follows or has run). */
 int ep_write(struct endpoint *ep, const void *data, size_t len);
 /* Drops what was written before the side was ready: the owner rejected the peer. */
 void ep_discard_held(struct endpoint *ep);

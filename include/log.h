@@ -15,7 +15,7 @@ int log_enabled(int level);
  * skips its key. session and route may be NULL. */
 void log_event(int level, const char *session, const char *route, const char *event, ...)
 	__attribute__((sentinel));
-/* Parses "error|warn|info|debug"; returns the level or -1. */
+/* Parses "error|warn|info|debug"; returns the level or -EINVAL. */
 int log_level_parse(const char *s);
 
 #endif

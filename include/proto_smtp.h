@@ -34,7 +34,7 @@ int smtp_line_has_keyword(const char *line, size_t len, const char *keyword);
  * CRLF or LF) for the client: STARTTLS, XCLIENT and XFORWARD lines are dropped, and the
  * lines hide (SMTP_HIDE_*) names; "STARTTLS" is added when add_starttls. The first line
  * (the domain) is never dropped. Writes CRLF lines with correct continuation marks into
- * out and returns the length, or -1 when out is too small. */
+ * out and returns the length, or -ENOBUFS when out is too small. */
 long smtp_rewrite_ehlo(const char *reply, size_t len, int add_starttls, unsigned hide,
 		       char *out, size_t cap);
 

@@ -10,16 +10,18 @@
 #ifndef STP_TLS_H
 #define STP_TLS_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 
+/* Negative errno values, like every other module's errors. */
 enum {
-	TLS_AGAIN = -1,      /* needs more input */
-	TLS_CLOSED = -2,     /* peer sent close_notify */
-	TLS_E_HANDSHAKE = -3,
-	TLS_E_IO = -4,       /* fatal TLS error after the handshake */
-	TLS_E_NOMEM = -5,
-	TLS_E_CONFIG = -6,
+	TLS_AGAIN = -EAGAIN,          /* needs more input */
+	TLS_CLOSED = -ESHUTDOWN,      /* peer sent close_notify */
+	TLS_E_HANDSHAKE = -EPROTO,
+	TLS_E_IO = -EIO,              /* fatal TLS error after the handshake */
+	TLS_E_NOMEM = -ENOMEM,
+	TLS_E_CONFIG = -EINVAL,
 };
 
 /* Verification outcome of the peer certificate chain (RFC 8460 result names). */

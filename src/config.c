@@ -64,12 +64,12 @@ void cfg_errors_free(struct cfg_errors *errs)
 int cfg_parse_duration(const char *s, uint64_t *ms)
 {
 	if (!s || !isdigit((unsigned char)*s))
-		return -1;
+		return -EINVAL;
 	errno = 0;
 	char *end;
 	unsigned long long v = strtoull(s, &end, 10);
 	if (errno)
-		return -1;
+		return -EINVAL;
 	uint64_t mult;
 	if (*end == '\0' || strcmp(end, "s") == 0)
 		mult = 1000;
@@ -80,9 +80,9 @@ int cfg_parse_duration(const char *s, uint64_t *ms)
 	else if (strcmp(end, "h") == 0)
 		mult = 3600000;
 	else
-		return -1;
+		return -EINVAL;
 	if (v > UINT64_MAX / mult / 1000) /* keep far from overflow in later arithmetic */
-		return -1;
+		return -EINVAL;
 	*ms = v * mult;
 	return 0;
 }
@@ -90,17 +90,17 @@ int cfg_parse_duration(const char *s, uint64_t *ms)
 static int parse_port(const char *s, uint16_t *port)
 {
 	if (!*s)
-		return -1;
+		return -EINVAL;
 	unsigned long v = 0;
 	for (const char *p = s; *p; p++) {
 		if (!isdigit((unsigned char)*p))
-			return -1;
+			return -EINVAL;
 		v = v * 10 + (unsigned long)(*p - '0');
 		if (v > 65535)
-			return -1;
+			return -EINVAL;
 	}
 	if (v == 0)
-		return -1;
+		return -EINVAL;
 	*port = (uint16_t)v;
 	return 0;
 }
@@ -112,28 +112,28 @@ int cfg_parse_hostport(const char *s, char *host, size_t hostlen, uint16_t *port
 	if (*s == '[') {
 		const char *rb = strchr(s, ']');
 		if (!rb || rb[1] != ':')
-			return -1;
+			return -EINVAL;
 		hl = (size_t)(rb - s - 1);
 		if (hl == 0 || !memchr(s + 1, ':', hl))
-			return -1;
+			return -EINVAL;
 		s++;
 		colon = rb + 1;
 	} else {
 		colon = strrchr(s, ':');
 		if (!colon)
-			return -1;
+			return -EINVAL;
 		hl = (size_t)(colon - s);
 		if (hl == 0 || memchr(s, ':', hl))
-			return -1;
+			return -EINVAL;
 		for (size_t i = 0; i < hl; i++)
 			if (!isalnum((unsigned char)s[i]) && s[i] != '.' && s[i] != '-' && s[i] != '_' &&
 			    s[i] != '*')
-				return -1;
+				return -EINVAL;
 	}
 	if (hl >= hostlen)
-		return -1;
+		return -EINVAL;
 	if (parse_port(colon + 1, port) < 0)
-		return -1;
+		return -EINVAL;
 	memcpy(host, s, hl);
 	host[hl] = '\0';
 	return 0;
@@ -152,7 +152,7 @@ static int hexval(int c)
 int cfg_parse_fingerprint(const char *s, uint8_t out[32])
 {
 	if (strncasecmp(s, "sha256:", 7) != 0)
-		return -1;
+		return -EINVAL;
 	s += 7;
 	size_t n = 0;
 	while (*s) {
@@ -163,11 +163,11 @@ int cfg_parse_fingerprint(const char *s, uint8_t out[32])
 		int hi = hexval((unsigned char)s[0]);
 		int lo = s[1] ? hexval((unsigned char)s[1]) : -1;
 		if (hi < 0 || lo < 0 || n == 32)
-			return -1;
+			return -EINVAL;
 		out[n++] = (uint8_t)(hi << 4 | lo);
 		s += 2;
 	}
-	return n == 32 ? 0 : -1;
+	return n == 32 ? 0 : -EINVAL;
 }
 
 int cfg_parse_tls_version(const char *s, int *v)
@@ -180,7 +180,7 @@ int cfg_parse_tls_version(const char *s, int *v)
 			*v = t[i].v;
 			return 0;
 		}
-	return -1;
+	return -EINVAL;
 }
 
 static const char *const proto_names[] = { "smtp", "lmtp", "imap", "pop3", "tcp", NULL };
@@ -263,9 +263,10 @@ static int read_sections(struct parse *P)
 {
 	FILE *f = fopen(P->path, "r");
 	if (!f) {
-		cfg_errors_add(P->errs, "%s:0: cannot open: %s", P->path, strerror(errno));
+		int e = errno;
+		cfg_errors_add(P->errs, "%s:0: cannot open: %s", P->path, strerror(e));
 		P->nerr++;
-		return -1;
+		return -e;
 	}
 	char line[MAX_LINE + 2];
 	int lineno = 0;
@@ -479,7 +480,7 @@ static int resolve(struct parse *P, int line, const char *what, struct cfg_addr 
 	int rc = getaddrinfo(host, port, &hints, &res);
 	if (rc != 0 || !res) {
 		ERR(P, line, "%s: cannot resolve \"%s\": %s", what, a->host, gai_strerror(rc));
-		return -1;
+		return -EINVAL;
 	}
 	memcpy(&a->ss, res->ai_addr, res->ai_addrlen);
 	a->sslen = res->ai_addrlen;
@@ -855,7 +856,7 @@ int cfg_load_flags(const char *path, int flags, struct cfg **out, struct cfg_err
 	*out = NULL;
 	struct cfg *c = calloc(1, sizeof(*c));
 	if (!c)
-		return -1;
+		return -ENOMEM;
 	c->path = strdup(path);
 	c->log_level = LOG_INFO;
 	c->max_connections = 10000;
@@ -865,7 +866,7 @@ int cfg_load_flags(const char *path, int flags, struct cfg **out, struct cfg_err
 	if (read_sections(&P) < 0) {
 		free_sections(&P);
 		cfg_free(c);
-		return -P.nerr;
+		return -EINVAL;
 	}
 	struct section *glob = NULL;
 	size_t nroutes = 0;
@@ -916,7 +917,7 @@ int cfg_load_flags(const char *path, int flags, struct cfg **out, struct cfg_err
 	free_sections(&P);
 	if (P.nerr) {
 		cfg_free(c);
-		return -P.nerr;
+		return -EINVAL;
 	}
 	*out = c;
 	return 0;

@@ -3,6 +3,7 @@
 
 #include "tls.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,7 +56,7 @@ static int raw_write(struct endpoint *ep, const uint8_t *data, size_t len)
 			len -= (size_t)n;
 		} else if (n != UV_EAGAIN && n != UV_ENOSYS) {
 			fail(ep, "write failed", n);
-			return -1;
+			return n;
 		}
 		if (len == 0)
 			return 0;
@@ -63,7 +64,7 @@ static int raw_write(struct endpoint *ep, const uint8_t *data, size_t len)
 	struct wreq *w = malloc(sizeof(*w) + len);
 	if (!w) {
 		fail(ep, "out of memory", UV_ENOMEM);
-		return -1;
+		return -ENOMEM;
 	}
 	w->ep = ep;
 	w->len = len;
@@ -73,7 +74,7 @@ static int raw_write(struct endpoint *ep, const uint8_t *data, size_t len)
 	if (rc < 0) {
 		free(w);
 		fail(ep, "write failed", rc);
-		return -1;
+		return rc;
 	}
 	ep->queued += len;
 	return 0;
@@ -296,7 +297,7 @@ int ep_start_tls(struct endpoint *ep, struct tls_ctx *ctx, const char *server_na
 {
 	ep->tls = tls_conn_new(ctx, server_name);
 	if (!ep->tls)
-		return -1;
+		return -ENOMEM;
 	ep->tls_ready = 0;
 	if (ep->connected) {
 		tls_progress(ep);
@@ -308,7 +309,7 @@ int ep_start_tls(struct endpoint *ep, struct tls_ctx *ctx, const char *server_na
 int ep_write(struct endpoint *ep, const void *data, size_t len)
 {
 	if (ep->closing || ep->failed)
-		return -1;
+		return -EPIPE;
 	if (len == 0)
 		return 0;
 	ep->bytes_written += len;
@@ -316,14 +317,15 @@ int ep_write(struct endpoint *ep, const void *data, size_t len)
 		ep->bytes_written -= len; /* counted when actually sent */
 		if (buf_append(&ep->held, data, len) < 0) {
 			fail(ep, "out of memory", UV_ENOMEM);
-			return -1;
+			return -ENOMEM;
 		}
 		return 0;
 	}
 	if (ep->tls) {
-		if (tls_conn_write(ep->tls, data, len) < 0) {
+		int rc = tls_conn_write(ep->tls, data, len);
+		if (rc < 0) {
 			fail(ep, "TLS error", 0);
-			return -1;
+			return rc;
 		}
 		return flush_tls(ep);
 	}

@@ -2,6 +2,7 @@
 #include "log.h"
 
 #include <stdarg.h>
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -33,7 +34,7 @@ int log_level_parse(const char *s)
 			return i;
 	if (strcasecmp(s, "warning") == 0)
 		return LOG_WARN;
-	return -1;
+	return -EINVAL;
 }
 
 struct line {

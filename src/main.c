@@ -8,6 +8,7 @@
 #include "tls.h"
 #include "worker.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <grp.h>
 #include <pwd.h>
@@ -51,12 +52,12 @@ static int drop_privileges(const char *user)
 	struct passwd *pw = getpwnam(user);
 	if (!pw) {
 		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", "unknown user", "user", user, NULL);
-		return -1;
+		return -EPERM;
 	}
 	if (setgroups(1, &pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
 		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", "cannot drop privileges", "user",
 			  user, NULL);
-		return -1;
+		return -EPERM;
 	}
 	return 0;
 }

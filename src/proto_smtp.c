@@ -22,6 +22,7 @@
 #include "proto_kit.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -277,7 +278,7 @@ long smtp_rewrite_ehlo(const char *reply, size_t len, int add_starttls, unsigned
 			memcpy(code, p, 3);
 		if (first || !drop_line(p, n, hide)) {
 			if (nk == SMTP_REPLY_LINES_MAX)
-				return -1;
+				return -ENOBUFS;
 			const char *t = n > 4 ? p + 4 : p + n;
 			const char *te = le;
 			while (te > t && (te[-1] == '\n' || te[-1] == '\r'))
@@ -296,7 +297,7 @@ long smtp_rewrite_ehlo(const char *reply, size_t len, int add_starttls, unsigned
 	for (size_t i = 0; i < nk; i++) {
 		size_t need = 4 + klen[i] + 2;
 		if (o + need > cap)
-			return -1;
+			return -ENOBUFS;
 		memcpy(out + o, code, 3);
 		out[o + 3] = i + 1 < nk ? '-' : ' ';
 		memcpy(out + o + 4, kept[i], klen[i]);

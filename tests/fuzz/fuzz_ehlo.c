@@ -15,10 +15,11 @@
  * independent model of the contract: the first line always kept; STARTTLS, XCLIENT,
  * XFORWARD (and AUTH / AUTH= and REQUIRETLS when hidden) lines dropped by whole-keyword,
  * case-insensitive match of the first word; "STARTTLS" appended when add_starttls; CRLF
- * line ends; '-' on every line but the last, which has ' '; -1 exactly when the output
+ * line ends; '-' on every line but the last, which has ' '; -ENOBUFS exactly when the output
  * does not fit cap or more than SMTP_REPLY_LINES_MAX lines are kept. */
 #include <stddef.h>
 #include <stdint.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,7 +120,7 @@ static void structured(const uint8_t *d, size_t size, int add, unsigned hide, in
 	char *o = malloc(cap ? cap : 1);
 	long r = smtp_rewrite_ehlo(reply, rn, add, hide, o, cap);
 	if (too_many || en > cap) {
-		CHECK(r == -1, "expected -1 (kept %zu lines, need %zu, cap %zu), got %ld", kept, en,
+		CHECK(r == -ENOBUFS, "expected -ENOBUFS (kept %zu lines, need %zu, cap %zu), got %ld", kept, en,
 		      cap, r);
 	} else {
 		CHECK(r == (long)en, "length %ld, want %zu (cap %zu)", r, en, cap);
@@ -160,7 +161,7 @@ static void raw(const uint8_t *d, size_t size, int add, unsigned hide, uint8_t c
 	size_t cap = capsel == 0 ? size * 2 + 64 : capsel < 3 ? size + capsel : (size_t)capsel * 4;
 	char *o = malloc(cap ? cap : 1);
 	long r = smtp_rewrite_ehlo((const char *)d, size, add, hide, o, cap);
-	CHECK(r == -1 || (r >= 0 && (size_t)r <= cap), "returned %ld for cap %zu", r, cap);
+	CHECK(r == -ENOBUFS || (r >= 0 && (size_t)r <= cap), "returned %ld for cap %zu", r, cap);
 	free(o);
 	/* and the keyword test on every prefix length of the first line */
 	const uint8_t *nl = memchr(d, '\n', size);

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,9 +28,9 @@ static void test_level_parse(void **state)
 	(void)state;
 	static const struct level_case cases[] = {
 		{ "error", LOG_ERROR }, { "warn", LOG_WARN }, { "info", LOG_INFO },
-		{ "debug", LOG_DEBUG }, { "", -1 },           { "verbose", -1 },
-		{ "err", -1 },          { "info ", -1 },      { "infos", -1 },
-		{ "trace", -1 },        { "0", -1 },
+		{ "debug", LOG_DEBUG }, { "", -EINVAL },      { "verbose", -EINVAL },
+		{ "err", -EINVAL },     { "info ", -EINVAL }, { "infos", -EINVAL },
+		{ "trace", -EINVAL },   { "0", -EINVAL },
 	};
 	int failures = 0;
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
