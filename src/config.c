@@ -227,9 +227,19 @@ struct parse {
 	int flags;
 	struct cfg_errors *errs;
 	int nerr;
+	int oom; /* an allocation failed: the load fails with -ENOMEM */
 	struct section *s;
 	size_t n, cap;
 };
+
+/* strdup that records a failure in P (every caller copes with NULL until the load ends). */
+static char *pdup(struct parse *P, const char *s)
+{
+	char *d = strdup(s);
+	if (!d)
+		P->oom = 1;
+	return d;
+}
 
 #define ERR(P, LINE, ...)                                                                  \
 	do {                                                                               \
@@ -331,13 +341,19 @@ static int read_sections(struct parse *P)
 				continue;
 			}
 			if (P->n == P->cap) {
-				P->cap = P->cap ? P->cap * 2 : 8;
-				P->s = realloc(P->s, P->cap * sizeof(*P->s));
+				size_t cap = P->cap ? P->cap * 2 : 8;
+				struct section *ns = realloc(P->s, cap * sizeof(*ns));
+				if (!ns) {
+					P->oom = 1;
+					break;
+				}
+				P->s = ns;
+				P->cap = cap;
 			}
 			cur = &P->s[P->n++];
 			memset(cur, 0, sizeof(*cur));
 			cur->is_route = is_route;
-			cur->name = strdup(is_route ? rname : "global");
+			cur->name = pdup(P, is_route ? rname : "global");
 			cur->line = lineno;
 			continue;
 		}
@@ -366,10 +382,22 @@ static int read_sections(struct parse *P)
 		if (dup)
 			continue;
 		if (cur->n == cur->cap) {
-			cur->cap = cur->cap ? cur->cap * 2 : 16;
-			cur->e = realloc(cur->e, cur->cap * sizeof(*cur->e));
+			size_t cap = cur->cap ? cur->cap * 2 : 16;
+			struct entry *ne = realloc(cur->e, cap * sizeof(*ne));
+			if (!ne) {
+				P->oom = 1;
+				break;
+			}
+			cur->e = ne;
+			cur->cap = cap;
 		}
-		cur->e[cur->n++] = (struct entry){ strdup(k), strdup(v), lineno, 0 };
+		char *dk = pdup(P, k), *dv = pdup(P, v);
+		if (!dk || !dv) {
+			free(dk);
+			free(dv);
+			break;
+		}
+		cur->e[cur->n++] = (struct entry){ dk, dv, lineno, 0 };
 	}
 	fclose(f);
 	return 0;
@@ -450,17 +478,17 @@ static void get_file(struct parse *P, struct section *sec, const char *key, char
 		return;
 	}
 	free(*out);
-	*out = strdup(e->value);
+	*out = pdup(P, e->value);
 	if (!(P->flags & CFG_NO_FILES) && access(e->value, R_OK) < 0)
 		ERR(P, e->line, "%s: cannot read \"%s\": %s", key, e->value, strerror(errno));
 }
 
-static void get_string(struct section *sec, const char *key, char **out)
+static void get_string(struct parse *P, struct section *sec, const char *key, char **out)
 {
 	struct entry *e = get(sec, key);
 	if (e) {
 		free(*out);
-		*out = strdup(e->value);
+		*out = pdup(P, e->value);
 	}
 }
 
@@ -556,7 +584,7 @@ static void parse_global(struct parse *P, struct section *sec, struct cfg *c)
 	}
 	e = get(sec, "user");
 	if (e) {
-		c->user = strdup(e->value);
+		c->user = pdup(P, e->value);
 		if (!(P->flags & CFG_NO_FILES) && !getpwnam(e->value))
 			ERR(P, e->line, "user: no such user \"%s\"", e->value);
 	}
@@ -577,7 +605,7 @@ static void parse_global(struct parse *P, struct section *sec, struct cfg *c)
 		c->has_admin_listen = 1;
 	}
 	get_uint(P, sec, "max_connections", 1, 10000000, &c->max_connections);
-	get_string(sec, "helo_name", &c->helo_name);
+	get_string(P, sec, "helo_name", &c->helo_name);
 	get_file(P, sec, "cert", &c->cert);
 	get_file(P, sec, "key", &c->key);
 	get_file(P, sec, "ca", &c->ca);
@@ -610,7 +638,7 @@ static int is_ip_literal(const char *h)
 
 static void parse_route(struct parse *P, struct section *sec, struct cfg *c, struct cfg_route *r)
 {
-	r->name = strdup(sec->name);
+	r->name = pdup(P, sec->name ? sec->name : "");
 	r->line = sec->line;
 	r->client_min_tls = r->upstream_min_tls = 12;
 	r->connect_timeout_ms = 10000;
@@ -680,9 +708,9 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	get_enum(P, sec, "policy_mode", mode_names, &v);
 	r->policy_mode = v;
 
-	get_string(sec, "upstream_name", &r->upstream_name);
+	get_string(P, sec, "upstream_name", &r->upstream_name);
 	if (!r->upstream_name && !r->upstream.original_dst && r->upstream.host[0])
-		r->upstream_name = strdup(r->upstream.host);
+		r->upstream_name = pdup(P, r->upstream.host);
 	if (r->upstream_policy == CFG_POLICY_VERIFY && r->upstream_name &&
 	    is_ip_literal(r->upstream_name))
 		ERR(P, line_of(sec, get(sec, "upstream_name") ? "upstream_name" : "upstream"),
@@ -691,9 +719,9 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	get_file(P, sec, "cert", &r->cert);
 	get_file(P, sec, "key", &r->key);
 	if (!r->cert && c->cert)
-		r->cert = strdup(c->cert);
+		r->cert = pdup(P, c->cert);
 	if (!r->key && c->key)
-		r->key = strdup(c->key);
+		r->key = pdup(P, c->key);
 	get_file(P, sec, "client_ca", &r->client_ca);
 	if (r->client_ca && r->client_tls == CFG_TLS_NONE)
 		ERR(P, line_of(sec, "client_ca"), "client_ca needs client_tls = starttls or implicit");
@@ -713,10 +741,10 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 
 	get_file(P, sec, "upstream_ca", &r->upstream_ca);
 	if (!r->upstream_ca && c->ca)
-		r->upstream_ca = strdup(c->ca);
+		r->upstream_ca = pdup(P, c->ca);
 	if (r->upstream_policy == CFG_POLICY_VERIFY && !r->upstream_ca) {
 		if (access(DEFAULT_CA, R_OK) == 0)
-			r->upstream_ca = strdup(DEFAULT_CA);
+			r->upstream_ca = pdup(P, DEFAULT_CA);
 		else
 			ERR(P, line_of(sec, "upstream_policy"),
 			    "upstream_policy = verify needs a trust store: set upstream_ca or ca");
@@ -857,16 +885,18 @@ int cfg_load_flags(const char *path, int flags, struct cfg **out, struct cfg_err
 	struct cfg *c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
-	c->path = strdup(path);
+	c->path = pdup(&P, path);
 	c->log_level = LOG_INFO;
 	c->max_connections = 10000;
 	c->drain_timeout_ms = 30000;
 	c->refs = 1;
 
-	if (read_sections(&P) < 0) {
+	if (read_sections(&P) < 0 || P.oom) {
 		free_sections(&P);
 		cfg_free(c);
-		return -EINVAL;
+		if (P.oom)
+			cfg_errors_add(errs, "%s:0: out of memory", path);
+		return P.oom ? -ENOMEM : -EINVAL;
 	}
 	struct section *glob = NULL;
 	size_t nroutes = 0;
@@ -886,7 +916,7 @@ int cfg_load_flags(const char *path, int flags, struct cfg **out, struct cfg_err
 		char h[256] = "localhost";
 		if (gethostname(h, sizeof(h) - 1) < 0)
 			snprintf(h, sizeof(h), "localhost");
-		c->helo_name = strdup(h);
+		c->helo_name = pdup(&P, h);
 	}
 	if (nroutes == 0) {
 		cfg_errors_add(errs, "%s:%d: no [route NAME] section: nothing to do", path,
@@ -894,7 +924,9 @@ int cfg_load_flags(const char *path, int flags, struct cfg **out, struct cfg_err
 		P.nerr++;
 	}
 	c->routes = calloc(nroutes ? nroutes : 1, sizeof(*c->routes));
-	for (size_t i = 0; i < P.n; i++) {
+	if (!c->routes)
+		P.oom = 1;
+	for (size_t i = 0; i < P.n && c->routes; i++) {
 		if (!P.s[i].is_route)
 			continue;
 		struct cfg_route *r = &c->routes[c->nroutes++];
@@ -908,13 +940,18 @@ int cfg_load_flags(const char *path, int flags, struct cfg **out, struct cfg_err
 				break;
 			}
 	}
-	if (P.nerr == 0 && !(flags & CFG_NO_FILES)) {
+	if (P.nerr == 0 && !P.oom && !(flags & CFG_NO_FILES)) {
 		size_t k = 0;
 		for (size_t i = 0; i < P.n; i++)
 			if (P.s[i].is_route)
 				build_tls(&P, &P.s[i], glob, &c->routes[k++]);
 	}
 	free_sections(&P);
+	if (P.oom) {
+		cfg_errors_add(errs, "%s:0: out of memory", path);
+		cfg_free(c);
+		return -ENOMEM;
+	}
 	if (P.nerr) {
 		cfg_free(c);
 		return -EINVAL;
