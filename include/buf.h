@@ -1,6 +1,6 @@
 /* buf.h - a growable byte queue: bytes are appended at the end and consumed at the front.
  *
- * Contract: buf_append() returns 0 or -1 (out of memory, the buffer unchanged). Consuming
+ * Contract: buf_append() returns 0 or -ENOMEM (the buffer unchanged). Consuming
  * everything releases a large allocation, so one burst does not pin memory for the life of
  * a connection. A zeroed struct buf is an empty buffer. */
 #ifndef STP_BUF_H

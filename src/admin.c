@@ -17,6 +17,7 @@ static int server_open;
 static int ready;
 
 struct conn {
+	struct conn *next, **prev;
 	uv_tcp_t tcp;
 	uv_timer_t timer;
 	uv_write_t wreq;
@@ -25,6 +26,7 @@ struct conn {
 	char *resp;
 	int answered, handles;
 };
+static struct conn *conns;
 
 static void conn_closed(uv_handle_t *h)
 {
@@ -38,6 +40,8 @@ static void conn_closed(uv_handle_t *h)
 static void conn_close(struct conn *c)
 {
 	if (!uv_is_closing((uv_handle_t *)&c->tcp)) {
+		if ((*c->prev = c->next))
+			c->next->prev = c->prev;
 		uv_close((uv_handle_t *)&c->tcp, conn_closed);
 		uv_close((uv_handle_t *)&c->timer, conn_closed);
 	}
@@ -154,6 +158,8 @@ static void timeout_cb(uv_timer_t *t)
 	struct conn *c = t->data;
 	if (!c->answered)
 		text(c, 408, "Request Timeout", "timeout\n");
+	else
+		conn_close(c);
 }
 
 static void on_connection(uv_stream_t *srv, int status)
@@ -167,6 +173,10 @@ static void on_connection(uv_stream_t *srv, int status)
 	uv_timer_init(srv->loop, &c->timer);
 	c->tcp.data = c->timer.data = c;
 	c->handles = 2;
+	if ((c->next = conns))
+		conns->prev = &c->next;
+	conns = c;
+	c->prev = &conns;
 	if (uv_accept(srv, (uv_stream_t *)&c->tcp) < 0 ||
 	    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) < 0) {
 		conn_close(c);
@@ -198,4 +208,6 @@ void admin_stop(void)
 {
 	if (server_open && !uv_is_closing((uv_handle_t *)&server))
 		uv_close((uv_handle_t *)&server, NULL);
+	while (conns)
+		conn_close(conns);
 }

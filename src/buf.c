@@ -1,6 +1,7 @@
 /* buf.c - growable byte queue (see buf.h). */
 #include "buf.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +12,8 @@ int buf_append(struct buf *b, const void *p, size_t n)
 {
 	if (n == 0)
 		return 0;
+	if (n > SIZE_MAX / 2 - b->len)
+		return -ENOMEM;
 	if (b->off && b->off + b->len + n > b->cap) {
 		memmove(b->data, b->data + b->off, b->len);
 		b->off = 0;
@@ -21,7 +24,7 @@ int buf_append(struct buf *b, const void *p, size_t n)
 			cap *= 2;
 		uint8_t *nd = realloc(b->data, cap);
 		if (!nd)
-			return -1;
+			return -ENOMEM;
 		b->data = nd;
 		b->cap = cap;
 	}

@@ -17,12 +17,12 @@ static const char *const results[] = {
 
 struct metrics_route {
 	struct metrics_route *next;
-	char name[128];
 	uint64_t connections_total;
 	int64_t connections_active;
 	uint64_t bytes_up, bytes_down;
 	uint64_t handshakes[2][NVERSIONS][2]; /* side, version, ok */
 	uint64_t policy[NRESULTS][2];         /* result, testing */
+	char name[];
 };
 
 static uv_once_t once = UV_ONCE_INIT;
@@ -41,8 +41,8 @@ struct metrics_route *metrics_route(const char *name)
 	struct metrics_route *m = routes;
 	while (m && strcmp(m->name, name) != 0)
 		m = m->next;
-	if (!m && (m = calloc(1, sizeof(*m)))) {
-		snprintf(m->name, sizeof(m->name), "%s", name);
+	if (!m && (m = calloc(1, sizeof(*m) + strlen(name) + 1))) {
+		strcpy(m->name, name);
 		*tail = m; /* kept in order of first appearance */
 		tail = &m->next;
 	}
@@ -141,7 +141,6 @@ char *metrics_render(size_t *len)
 	o.buf[0] = '\0';
 	uv_mutex_lock(&lock);
 	struct metrics_route *first = routes;
-	uv_mutex_unlock(&lock); /* the list only grows at its tail */
 	emit(&o, "# HELP starttls_proxy_connections_total Client connections accepted.\n"
 		 "# TYPE starttls_proxy_connections_total counter\n");
 	for (struct metrics_route *m = first; m; m = m->next)
@@ -187,6 +186,7 @@ char *metrics_render(size_t *len)
 		emit(&o, "starttls_proxy_bytes_total{route=\"%s\",direction=\"down\"} %llu\n",
 		     m->name, (unsigned long long)GET(m->bytes_down));
 	}
+	uv_mutex_unlock(&lock);
 	if (o.failed) {
 		free(o.buf);
 		return NULL;

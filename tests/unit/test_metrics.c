@@ -1,0 +1,814 @@
+/* test_metrics.c - per-route counters and their Prometheus text (metrics.h).
+ *
+ * The counters are process-wide and live forever, so every test uses route names of its own
+ * and looks only at the lines of its routes; the first test sees the rendering before any
+ * route exists. The whole rendering is checked against a strict reading of the Prometheus
+ * text format (version 0.0.4), and the checker is itself checked on known-bad texts. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <ctype.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "metrics.h"
+
+/* ------------------------------------------------------------------ helpers */
+
+static char *render(void)
+{
+	size_t len = (size_t)-1;
+	char *s = metrics_render(&len);
+	assert_non_null(s);
+	assert_int_equal(len, strlen(s));
+	return s;
+}
+
+/* The sample lines of one route, in order, each ending in '\n'. */
+static char *route_lines(const char *text, const char *route)
+{
+	size_t cap = 1, len = 0;
+	char *out = calloc(1, cap);
+	assert_non_null(out);
+	char key[4200];
+	snprintf(key, sizeof key, "{route=\"%s\"", route);
+	size_t kl = strlen(key);
+	for (const char *l = text; *l;) {
+		const char *e = strchr(l, '\n');
+		size_t ll = e ? (size_t)(e - l) + 1 : strlen(l);
+		const char *k = memchr(l, '{', ll);
+		if (k && (size_t)(l + ll - k) > kl && memcmp(k, key, kl) == 0 &&
+		    (k[kl] == ',' || k[kl] == '}')) {
+			out = realloc(out, cap + ll);
+			assert_non_null(out);
+			cap += ll;
+			memcpy(out + len, l, ll);
+			len += ll;
+			out[len] = '\0';
+		}
+		l += ll;
+	}
+	return out;
+}
+
+static void assert_route_lines(const char *route, const char *want)
+{
+	char *text = render();
+	char *got = route_lines(text, route);
+	if (strcmp(got, want) != 0)
+		print_message("route %s:\n--- got\n%s--- want\n%s---\n", route, got, want);
+	assert_string_equal(got, want);
+	free(got);
+	free(text);
+}
+
+/* ------------------------------------------------------------------ format checker */
+
+struct family {
+	char name[128];
+	char type[16];
+	int help, samples;
+};
+
+struct checker {
+	struct family fam[32];
+	int nfam;
+	int current; /* family of the last TYPE line, -1 before any */
+	char **series;
+	size_t nseries, cap;
+	int problems;
+};
+
+static void problem(struct checker *c, int lineno, const char *line, const char *what)
+{
+	if (c->problems++ < 10)
+		print_message("exposition line %d: %s: \"%.*s\"\n", lineno, what,
+			      (int)strcspn(line, "\n"), line);
+}
+
+static size_t metric_name_len(const char *s)
+{
+	size_t i = 0;
+	if (!(isalpha((unsigned char)s[0]) || s[0] == '_' || s[0] == ':'))
+		return 0;
+	while (isalnum((unsigned char)s[i]) || s[i] == '_' || s[i] == ':')
+		i++;
+	return i;
+}
+
+static size_t label_name_len(const char *s)
+{
+	size_t i = 0;
+	if (!(isalpha((unsigned char)s[0]) || s[0] == '_'))
+		return 0;
+	while (isalnum((unsigned char)s[i]) || s[i] == '_')
+		i++;
+	return i;
+}
+
+static int find_family(struct checker *c, const char *name, size_t nl)
+{
+	for (int i = 0; i < c->nfam; i++)
+		if (strlen(c->fam[i].name) == nl && memcmp(c->fam[i].name, name, nl) == 0)
+			return i;
+	return -1;
+}
+
+static int add_family(struct checker *c, const char *name, size_t nl)
+{
+	int f = find_family(c, name, nl);
+	if (f >= 0 || c->nfam == 32 || nl >= sizeof(c->fam[0].name))
+		return f;
+	f = c->nfam++;
+	memset(&c->fam[f], 0, sizeof(c->fam[f]));
+	memcpy(c->fam[f].name, name, nl);
+	return f;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int cmp_label(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+/* One sample line: name{label="value",...} integer. Labels are sorted into a series key. */
+static void check_sample(struct checker *c, int lineno, const char *line, size_t ll)
+{
+	size_t nl = metric_name_len(line);
+	if (!nl) {
+		problem(c, lineno, line, "bad metric name");
+		return;
+	}
+	int f = find_family(c, line, nl);
+	if (f < 0 || !c->fam[f].type[0]) {
+		problem(c, lineno, line, "sample without a TYPE");
+		return;
+	}
+	if (f != c->current)
+		problem(c, lineno, line, "sample outside its family's block");
+	c->fam[f].samples++;
+	const char *p = line + nl, *end = line + ll;
+	char labels[16][4200];
+	int nlabels = 0;
+	if (*p == '{') {
+		p++;
+		while (p < end && *p != '}') {
+			size_t ln = label_name_len(p);
+			if (!ln || p[ln] != '=' || p[ln + 1] != '"') {
+				problem(c, lineno, line, "bad label");
+				return;
+			}
+			if (nlabels == 16) {
+				problem(c, lineno, line, "too many labels");
+				return;
+			}
+			char *o = labels[nlabels];
+			size_t ol = 0;
+			memcpy(o, p, ln + 2);
+			ol = ln + 2;
+			p += ln + 2;
+			while (p < end && *p != '"') {
+				if (*p == '\n') {
+					problem(c, lineno, line, "raw newline in a label value");
+					return;
+				}
+				if (*p == '\\') {
+					if (p[1] != '\\' && p[1] != '"' && p[1] != 'n') {
+						problem(c, lineno, line,
+							"bad escape in a label value");
+						return;
+					}
+					o[ol++] = *p++;
+				}
+				if (ol >= sizeof(labels[0]) - 2) {
+					problem(c, lineno, line,
+						"label value too long for the checker");
+					return;
+				}
+				o[ol++] = *p++;
+			}
+			if (p >= end) {
+				problem(c, lineno, line, "unterminated label value");
+				return;
+			}
+			o[ol++] = '"';
+			o[ol] = '\0';
+			p++;
+			for (int i = 0; i < nlabels; i++)
+				if (strncmp(labels[i], o, ln + 1) == 0)
+					problem(c, lineno, line, "duplicate label name");
+			nlabels++;
+			if (*p == ',' && p[1] != '}')
+				p++;
+			else if (*p != '}') {
+				problem(c, lineno, line, "expected ',' or '}' after a label");
+				return;
+			}
+		}
+		if (p >= end) {
+			problem(c, lineno, line, "unterminated label set");
+			return;
+		}
+		p++;
+	}
+	if (*p != ' ') {
+		problem(c, lineno, line, "expected one space before the value");
+		return;
+	}
+	p++;
+	const char *v = p;
+	if (*p == '-') {
+		if (strcmp(c->fam[f].type, "counter") == 0)
+			problem(c, lineno, line, "negative counter");
+		p++;
+	}
+	if (!isdigit((unsigned char)*p))
+		problem(c, lineno, line, "value is not an integer");
+	while (isdigit((unsigned char)*p))
+		p++;
+	if (p != end || (*v == '0' && p - v > 1))
+		problem(c, lineno, line, "trailing text after the value (or leading zero)");
+	/* The series key: the name and its labels sorted. */
+	qsort(labels, (size_t)nlabels, sizeof(labels[0]), cmp_label);
+	size_t kl = nl + 3;
+	for (int i = 0; i < nlabels; i++)
+		kl += strlen(labels[i]) + 1;
+	char *key = malloc(kl);
+	assert_non_null(key);
+	memcpy(key, line, nl);
+	size_t kp = nl;
+	key[kp++] = '{';
+	for (int i = 0; i < nlabels; i++) {
+		size_t l = strlen(labels[i]);
+		memcpy(key + kp, labels[i], l);
+		kp += l;
+		key[kp++] = ',';
+	}
+	key[kp++] = '}';
+	key[kp] = '\0';
+	if (c->nseries == c->cap) {
+		c->cap = c->cap ? c->cap * 2 : 64;
+		c->series = realloc(c->series, c->cap * sizeof(*c->series));
+		assert_non_null(c->series);
+	}
+	c->series[c->nseries++] = key;
+}
+
+/* Returns the number of problems (printed); *samples gets the number of sample lines. */
+static int check_exposition(const char *text, size_t len, int *samples)
+{
+	struct checker c = { .current = -1 };
+	if (len != strlen(text))
+		problem(&c, 0, "", "NUL byte in the text");
+	if (len == 0 || text[len - 1] != '\n')
+		problem(&c, 0, "", "the text does not end with a newline");
+	int lineno = 0;
+	for (const char *l = text; *l;) {
+		const char *e = strchr(l, '\n');
+		size_t ll = e ? (size_t)(e - l) : strlen(l);
+		lineno++;
+		if (ll == 0) {
+			problem(&c, lineno, l, "empty line");
+		} else if (strncmp(l, "# HELP ", 7) == 0 || strncmp(l, "# TYPE ", 7) == 0) {
+			int help = l[2] == 'H';
+			const char *n = l + 7;
+			size_t nl = metric_name_len(n);
+			if (!nl || n[nl] != ' ' || (size_t)(n + nl + 1 - l) >= ll) {
+				problem(&c, lineno, l, "bad HELP/TYPE line");
+			} else {
+				int f = add_family(&c, n, nl);
+				const char *rest = n + nl + 1;
+				size_t rl = ll - (size_t)(rest - l);
+				if (f < 0) {
+					problem(&c, lineno, l, "too many families");
+				} else if (help) {
+					if (c.fam[f].help++)
+						problem(&c, lineno, l, "second HELP");
+					for (size_t i = 0; i < rl; i++)
+						if (rest[i] == '\\' && rest[i + 1] != '\\' &&
+						    rest[i + 1] != 'n')
+							problem(&c, lineno, l,
+								"bad escape in HELP");
+						else if (rest[i] == '\\')
+							i++;
+				} else {
+					if (c.fam[f].type[0])
+						problem(&c, lineno, l, "second TYPE");
+					else if (c.fam[f].samples)
+						problem(&c, lineno, l, "TYPE after samples");
+					if ((rl == 7 && memcmp(rest, "counter", 7) == 0) ||
+					    (rl == 5 && memcmp(rest, "gauge", 5) == 0))
+						memcpy(c.fam[f].type, rest, rl);
+					else
+						problem(&c, lineno, l, "unknown TYPE");
+					c.current = f;
+				}
+			}
+		} else if (l[0] == '#') {
+			problem(&c, lineno, l, "comment line");
+		} else {
+			check_sample(&c, lineno, l, ll);
+		}
+		l += ll + (e ? 1 : 0);
+	}
+	for (int f = 0; f < c.nfam; f++) {
+		if (!c.fam[f].help || !c.fam[f].type[0])
+			problem(&c, 0, c.fam[f].name, "family without both HELP and TYPE");
+		if (strcmp(c.fam[f].type, "counter") == 0 &&
+		    strcmp(c.fam[f].name + strlen(c.fam[f].name) - 6, "_total") != 0)
+			problem(&c, 0, c.fam[f].name, "counter not named *_total");
+	}
+	if (c.nseries)
+		qsort(c.series, c.nseries, sizeof(*c.series), cmp_str);
+	for (size_t i = 1; i < c.nseries; i++)
+		if (strcmp(c.series[i - 1], c.series[i]) == 0)
+			problem(&c, 0, c.series[i], "duplicate series");
+	for (size_t i = 0; i < c.nseries; i++)
+		free(c.series[i]);
+	free(c.series);
+	if (samples)
+		*samples = (int)c.nseries;
+	return c.problems;
+}
+
+/* The checker rejects each of these (and accepts the first). */
+static void test_checker_self_check(void **state)
+{
+	(void)state;
+	static const char head[] = "# HELP a_total A.\n# TYPE a_total counter\n";
+	static const struct {
+		const char *body;
+		int bad;
+	} cases[] = {
+		{ "a_total{route=\"r\",x=\"q\\\"\\\\\\n\"} 3\na_total{route=\"s\"} 0\n", 0 },
+		{ "a_total{route=\"r\"} 1\na_total{route=\"r\"} 2\n", 1 }, /* duplicate series */
+		{ "a_total{x=\"1\",y=\"2\"} 1\na_total{y=\"2\",x=\"1\"} 2\n",
+		  1 },                                         /* same, reordered */
+		{ "a_total{route=\"r\"q\"} 1\n", 1 },          /* raw quote */
+		{ "a_total{route=\"r\\q\"} 1\n", 1 },          /* bad escape */
+		{ "a_total{route=\"r\"} -1\n", 1 },            /* negative counter */
+		{ "a_total{route=\"r\"} 1 1700000000\n", 1 },  /* timestamp */
+		{ "a_total{route=\"r\"}  1\n", 1 },            /* two spaces */
+		{ "a_total{route=\"r\",route=\"s\"} 1\n", 1 }, /* label twice */
+		{ "a_total{9x=\"r\"} 1\n", 1 },                /* label name */
+		{ "a_total{route=\"r\"} 1\n\n", 1 },           /* empty line */
+		{ "a_total{route=\"r\"} 1", 1 },               /* no final newline */
+		{ "b_total{route=\"r\"} 1\n", 1 },             /* no TYPE */
+		{ "# comment\n", 1 },                          /* comment line */
+		{ "# TYPE a_total counter\n", 1 },             /* second TYPE */
+		{ "# HELP b_total B.\n# TYPE b_total counter\na_total 1\n", 1 }, /* interleaved */
+		{ "# TYPE g gauge\n", 1 }, /* TYPE without HELP */
+	};
+	int failures = 0;
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		char text[512];
+		snprintf(text, sizeof text, "%s%s", head, cases[i].body);
+		size_t len = strlen(text);
+		int bad = check_exposition(text, len, NULL) > 0;
+		if (bad != cases[i].bad) {
+			print_message("checker case %zu: %s, want %s\n", i,
+				      bad ? "rejected" : "accepted",
+				      cases[i].bad ? "rejected" : "accepted");
+			failures++;
+		}
+	}
+	assert_int_equal(failures, 0);
+}
+
+/* ------------------------------------------------------------------ rendering */
+
+static const char *const families[][2] = {
+	{ "starttls_proxy_connections_total", "counter" },
+	{ "starttls_proxy_connections_active", "gauge" },
+	{ "starttls_proxy_tls_handshakes_total", "counter" },
+	{ "starttls_proxy_policy_failures_total", "counter" },
+	{ "starttls_proxy_bytes_total", "counter" },
+};
+#define NFAMILIES (sizeof families / sizeof families[0])
+
+/* Runs first: with no route, the text is the families' HELP and TYPE lines only. */
+static void test_render_without_routes(void **state)
+{
+	(void)state;
+	size_t len = 0;
+	char *text = metrics_render(&len);
+	assert_non_null(text);
+	int samples = -1;
+	assert_int_equal(check_exposition(text, len, &samples), 0);
+	assert_int_equal(samples, 0);
+	const char *p = text;
+	for (size_t i = 0; i < NFAMILIES; i++) {
+		char help[128], type[128];
+		snprintf(help, sizeof help, "# HELP %s ", families[i][0]);
+		snprintf(type, sizeof type, "# TYPE %s %s\n", families[i][0], families[i][1]);
+		assert_memory_equal(p, help, strlen(help));
+		p = strchr(p, '\n');
+		assert_non_null(p);
+		p++;
+		assert_memory_equal(p, type, strlen(type));
+		p += strlen(type);
+	}
+	assert_int_equal(*p, '\0');
+	free(text);
+}
+
+static void test_route_find_or_create(void **state)
+{
+	(void)state;
+	char long_a[300], long_b[300], huge[4000];
+	memset(long_a, 'a', sizeof long_a - 1);
+	long_a[sizeof long_a - 1] = '\0';
+	memcpy(long_b, long_a, sizeof long_b);
+	long_b[sizeof long_b - 2] = 'b'; /* differs only in its last character */
+	memset(huge, 'h', sizeof huge - 1);
+	huge[sizeof huge - 1] = '\0';
+	const char *names[] = {
+		"find-a", "find-b", "find-a.b", "find_A", "f", long_a, long_b, huge
+	};
+	enum { N = sizeof names / sizeof names[0] };
+	struct metrics_route *first[N];
+	for (int i = 0; i < N; i++) {
+		first[i] = metrics_route(names[i]);
+		assert_non_null(first[i]);
+	}
+	for (int i = 0; i < N; i++) {
+		/* A copy of the name, not the same pointer, finds the same counters. */
+		char *copy = strdup(names[i]);
+		assert_ptr_equal(metrics_route(copy), first[i]);
+		free(copy);
+		for (int j = 0; j < i; j++)
+			assert_ptr_not_equal(first[i], first[j]);
+	}
+	/* Each name is one series per metric, with the name in full. */
+	for (int i = 0; i < N; i++)
+		metrics_conn_open(first[i]);
+	char *text = render();
+	assert_int_equal(check_exposition(text, strlen(text), NULL), 0);
+	for (int i = 0; i < N; i++) {
+		char *lines = route_lines(text, names[i]);
+		size_t n = 0;
+		for (const char *p = lines; *p; p++)
+			n += *p == '\n';
+		if (n != 4)
+			print_message("route %.20s... (%zu chars): %zu lines\n", names[i],
+				      strlen(names[i]), n);
+		assert_int_equal(n, 4); /* total, active, bytes up, bytes down */
+		free(lines);
+	}
+	free(text);
+}
+
+static void test_render_known_updates(void **state)
+{
+	(void)state;
+	struct metrics_route *m = metrics_route("known");
+	assert_non_null(m);
+	assert_route_lines("known",
+			   "starttls_proxy_connections_total{route=\"known\"} 0\n"
+			   "starttls_proxy_connections_active{route=\"known\"} 0\n"
+			   "starttls_proxy_bytes_total{route=\"known\",direction=\"up\"} 0\n"
+			   "starttls_proxy_bytes_total{route=\"known\",direction=\"down\"} 0\n");
+
+	for (int i = 0; i < 3; i++)
+		metrics_conn_open(m);
+	metrics_conn_close(m);
+	metrics_bytes(m, 1, 100);
+	metrics_bytes(m, 1, 23);
+	metrics_bytes(m, 0, 7);
+	metrics_bytes(m, 0, 0);
+	metrics_handshake(m, METRICS_CLIENT, "TLSv1.3", 1);
+	metrics_handshake(m, METRICS_UPSTREAM, "TLSv1.2", 1);
+	metrics_handshake(m, METRICS_UPSTREAM, "TLSv1.2", 1);
+	metrics_handshake(m, METRICS_UPSTREAM, NULL, 0);
+	metrics_policy_failure(m, "certificate-expired", 0);
+	metrics_policy_failure(m, "starttls-not-supported", 1);
+	metrics_policy_failure(m, "starttls-not-supported", 1);
+	assert_route_lines("known",
+			   "starttls_proxy_connections_total{route=\"known\"} 3\n"
+			   "starttls_proxy_connections_active{route=\"known\"} 2\n"
+			   "starttls_proxy_tls_handshakes_total{route=\"known\",side=\"client\","
+			   "version=\"TLSv1.3\",result=\"ok\"} 1\n"
+			   "starttls_proxy_tls_handshakes_total{route=\"known\",side=\"upstream\","
+			   "version=\"TLSv1.2\",result=\"ok\"} 2\n"
+			   "starttls_proxy_tls_handshakes_total{route=\"known\",side=\"upstream\","
+			   "version=\"none\",result=\"failed\"} 1\n"
+			   "starttls_proxy_policy_failures_total{route=\"known\","
+			   "result=\"starttls-not-supported\",mode=\"testing\"} 2\n"
+			   "starttls_proxy_policy_failures_total{route=\"known\","
+			   "result=\"certificate-expired\",mode=\"enforce\"} 1\n"
+			   "starttls_proxy_bytes_total{route=\"known\",direction=\"up\"} 123\n"
+			   "starttls_proxy_bytes_total{route=\"known\",direction=\"down\"} 7\n");
+
+	/* The active gauge goes back down to zero (and below, if closes outnumber opens). */
+	metrics_conn_close(m);
+	metrics_conn_close(m);
+	metrics_conn_close(m);
+	char *text = render();
+	char *lines = route_lines(text, "known");
+	assert_non_null(strstr(lines, "starttls_proxy_connections_total{route=\"known\"} 3\n"));
+	assert_non_null(strstr(lines, "starttls_proxy_connections_active{route=\"known\"} -1\n"));
+	assert_int_equal(check_exposition(text, strlen(text), NULL), 0);
+	free(lines);
+	free(text);
+	metrics_conn_open(m);
+
+	/* Counters of another route are untouched; a NULL route (out of memory) is a no-op. */
+	assert_non_null(metrics_route("known-other"));
+	assert_route_lines(
+		"known-other",
+		"starttls_proxy_connections_total{route=\"known-other\"} 0\n"
+		"starttls_proxy_connections_active{route=\"known-other\"} 0\n"
+		"starttls_proxy_bytes_total{route=\"known-other\",direction=\"up\"} 0\n"
+		"starttls_proxy_bytes_total{route=\"known-other\",direction=\"down\"} 0\n");
+	char *before = render();
+	metrics_conn_open(NULL);
+	metrics_conn_close(NULL);
+	metrics_bytes(NULL, 1, 5);
+	metrics_handshake(NULL, METRICS_CLIENT, "TLSv1.3", 1);
+	metrics_policy_failure(NULL, "other", 0);
+	char *after = render();
+	assert_string_equal(before, after);
+	free(before);
+	free(after);
+}
+
+/* Every version and result value, and what unknown ones become. */
+static void test_label_values(void **state)
+{
+	(void)state;
+	static const struct {
+		int side;
+		const char *version;
+		int ok;
+		const char *labels;
+	} hs[] = {
+		{ METRICS_CLIENT, "TLSv1", 1, "side=\"client\",version=\"TLSv1\",result=\"ok\"" },
+		{ METRICS_CLIENT, "TLSv1.1", 0,
+		  "side=\"client\",version=\"TLSv1.1\",result=\"failed\"" },
+		{ METRICS_UPSTREAM, "TLSv1.2", 1,
+		  "side=\"upstream\",version=\"TLSv1.2\",result=\"ok\"" },
+		{ METRICS_UPSTREAM, "TLSv1.3", 0,
+		  "side=\"upstream\",version=\"TLSv1.3\",result=\"failed\"" },
+		{ METRICS_CLIENT, NULL, 0, "side=\"client\",version=\"none\",result=\"failed\"" },
+		{ METRICS_CLIENT, "SSLv3", 1, "side=\"client\",version=\"none\",result=\"ok\"" },
+		{ METRICS_UPSTREAM, "TLSv1.3 ", 1,
+		  "side=\"upstream\",version=\"none\",result=\"ok\"" },
+		{ METRICS_UPSTREAM, "", 0, "side=\"upstream\",version=\"none\",result=\"failed\"" },
+		{ 7, "TLSv1.3", 1, "side=\"upstream\",version=\"TLSv1.3\",result=\"ok\"" },
+		{ METRICS_CLIENT, "TLSv1.3", 5,
+		  "side=\"client\",version=\"TLSv1.3\",result=\"ok\"" },
+	};
+	static const struct {
+		const char *result;
+		int testing;
+		const char *labels;
+	} pf[] = {
+		{ "starttls-not-supported", 0,
+		  "result=\"starttls-not-supported\",mode=\"enforce\"" },
+		{ "certificate-host-mismatch", 1,
+		  "result=\"certificate-host-mismatch\",mode=\"testing\"" },
+		{ "certificate-expired", 0, "result=\"certificate-expired\",mode=\"enforce\"" },
+		{ "certificate-not-trusted", 1,
+		  "result=\"certificate-not-trusted\",mode=\"testing\"" },
+		{ "validation-failure", 0, "result=\"validation-failure\",mode=\"enforce\"" },
+		{ "tls-handshake-failure", 1, "result=\"tls-handshake-failure\",mode=\"testing\"" },
+		{ "other", 0, "result=\"other\",mode=\"enforce\"" },
+		{ "no-such-result", 1, "result=\"other\",mode=\"testing\"" },
+		{ NULL, 0, "result=\"other\",mode=\"enforce\"" },
+		{ "validation-failure", 9, "result=\"validation-failure\",mode=\"testing\"" },
+	};
+	int failures = 0;
+	for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++) {
+		char name[32], want[300];
+		snprintf(name, sizeof name, "hs-%zu", i);
+		struct metrics_route *m = metrics_route(name);
+		metrics_handshake(m, hs[i].side, hs[i].version, hs[i].ok);
+		snprintf(want, sizeof want,
+			 "starttls_proxy_tls_handshakes_total{route=\"%s\",%s} 1\n", name,
+			 hs[i].labels);
+		char *text = render();
+		char *lines = route_lines(text, name);
+		if (!strstr(lines, want) ||
+		    strstr(lines, "starttls_proxy_tls_handshakes_total") != strstr(lines, want)) {
+			print_message("handshake case %zu:\n%swant %s", i, lines, want);
+			failures++;
+		}
+		free(lines);
+		free(text);
+	}
+	for (size_t i = 0; i < sizeof pf / sizeof pf[0]; i++) {
+		char name[32], want[300];
+		snprintf(name, sizeof name, "pf-%zu", i);
+		struct metrics_route *m = metrics_route(name);
+		metrics_policy_failure(m, pf[i].result, pf[i].testing);
+		snprintf(want, sizeof want,
+			 "starttls_proxy_policy_failures_total{route=\"%s\",%s} 1\n", name,
+			 pf[i].labels);
+		char *text = render();
+		char *lines = route_lines(text, name);
+		if (!strstr(lines, want) ||
+		    strstr(lines, "starttls_proxy_policy_failures_total") != strstr(lines, want)) {
+			print_message("policy case %zu:\n%swant %s", i, lines, want);
+			failures++;
+		}
+		free(lines);
+		free(text);
+	}
+	assert_int_equal(failures, 0);
+}
+
+/* Route names go into label values unescaped: that is safe because the configuration
+ * only accepts names that need no escaping. Every byte is tried in a route name. */
+static void test_route_names_need_no_escaping(void **state)
+{
+	(void)state;
+	char path[] = "/tmp/stp-unit-metrics-XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	close(fd);
+	int accepted = 0, failures = 0;
+	for (int ch = 1; ch < 256; ch++) {
+		FILE *f = fopen(path, "w");
+		assert_non_null(f);
+		fprintf(f,
+			"[route a%cb]\nlisten = 127.0.0.1:20001\nprotocol = tcp\n"
+			"upstream = 127.0.0.1:20002\n",
+			ch);
+		fclose(f);
+		struct cfg *c = NULL;
+		struct cfg_errors errs = { 0 };
+		if (cfg_load_flags(path, CFG_NO_FILES, &c, &errs) == 0) {
+			accepted++;
+			const char *name = c->routes[0].name;
+			for (const char *p = name; *p; p++)
+				if (*p == '"' || *p == '\\' || *p == '\n' ||
+				    (unsigned char)*p >= 0x80 || !isprint((unsigned char)*p)) {
+					print_message("byte 0x%02x: route name \"%s\" accepted\n",
+						      ch, name);
+					failures++;
+					break;
+				}
+			/* And its rendering passes the checker. */
+			struct metrics_route *m = metrics_route(name);
+			metrics_conn_open(m);
+			char *text = render();
+			if (check_exposition(text, strlen(text), NULL) != 0)
+				failures++;
+			free(text);
+			cfg_free(c);
+		}
+		cfg_errors_free(&errs);
+	}
+	unlink(path);
+	assert_int_equal(failures, 0);
+	/* Letters, digits and "-_." at least: the test does try names that load. */
+	assert_true(accepted >= 26 + 26 + 10 + 3);
+}
+
+/* The whole text after all the tests above, and after many routes. */
+static void test_exposition_format(void **state)
+{
+	(void)state;
+	for (int i = 0; i < 200; i++) {
+		char name[32];
+		snprintf(name, sizeof name, "fmt-%03d", i);
+		struct metrics_route *m = metrics_route(name);
+		metrics_conn_open(m);
+		metrics_bytes(m, i & 1, (uint64_t)i * 1000003u);
+		metrics_handshake(m, i & 1, i % 3 ? "TLSv1.3" : "TLSv1.2", i % 5 != 0);
+		metrics_policy_failure(m, i % 2 ? "other" : "validation-failure", i % 4 == 0);
+	}
+	/* The largest values print in full. */
+	struct metrics_route *big = metrics_route("fmt-big");
+	metrics_bytes(big, 1, UINT64_MAX);
+	size_t len = 0;
+	char *text = metrics_render(&len);
+	assert_non_null(text);
+	int samples = 0;
+	assert_int_equal(check_exposition(text, len, &samples), 0);
+	assert_true(samples >= 200 * 6);
+	assert_non_null(strstr(text,
+			       "starttls_proxy_bytes_total{route=\"fmt-big\",direction=\"up\"} "
+			       "18446744073709551615\n"));
+	free(text);
+}
+
+/* ------------------------------------------------------------------ threads */
+
+#define NTHREADS 8
+#define ITER 200000
+
+static struct metrics_route *seen[NTHREADS];
+static volatile int stop_side;
+
+static void *updater(void *arg)
+{
+	int id = (int)(intptr_t)arg;
+	struct metrics_route *m = metrics_route("concurrent");
+	seen[id] = m;
+	for (int i = 0; i < ITER; i++) {
+		metrics_conn_open(m);
+		metrics_bytes(m, 1, 3);
+		metrics_bytes(m, 0, 5);
+		metrics_handshake(m, METRICS_UPSTREAM, "TLSv1.3", 1);
+		metrics_policy_failure(m, "certificate-expired", i & 1);
+		if (i & 1)
+			metrics_conn_close(m);
+	}
+	return NULL;
+}
+
+/* While the counters move: new routes appear and the text is rendered, and each rendering
+ * is well-formed. */
+static void *creator(void *arg)
+{
+	(void)arg;
+	for (int i = 0; !__atomic_load_n(&stop_side, __ATOMIC_RELAXED) && i < 2000; i++) {
+		char name[32];
+		snprintf(name, sizeof name, "conc-new-%d", i);
+		metrics_conn_open(metrics_route(name));
+	}
+	return NULL;
+}
+
+static int render_problems;
+
+static void *renderer(void *arg)
+{
+	(void)arg;
+	while (!__atomic_load_n(&stop_side, __ATOMIC_RELAXED)) {
+		size_t len = 0;
+		char *text = metrics_render(&len);
+		if (!text || check_exposition(text, len, NULL) != 0)
+			render_problems++;
+		free(text);
+	}
+	return NULL;
+}
+
+static void test_concurrent_updates(void **state)
+{
+	(void)state;
+	pthread_t t[NTHREADS], side[2];
+	stop_side = 0;
+	assert_int_equal(pthread_create(&side[0], NULL, creator, NULL), 0);
+	assert_int_equal(pthread_create(&side[1], NULL, renderer, NULL), 0);
+	for (int i = 0; i < NTHREADS; i++)
+		assert_int_equal(pthread_create(&t[i], NULL, updater, (void *)(intptr_t)i), 0);
+	for (int i = 0; i < NTHREADS; i++)
+		assert_int_equal(pthread_join(t[i], NULL), 0);
+	__atomic_store_n(&stop_side, 1, __ATOMIC_RELAXED);
+	assert_int_equal(pthread_join(side[0], NULL), 0);
+	assert_int_equal(pthread_join(side[1], NULL), 0);
+	assert_int_equal(render_problems, 0);
+	for (int i = 1; i < NTHREADS; i++)
+		assert_ptr_equal(seen[i], seen[0]);
+
+	char want[2048];
+	unsigned long long n = (unsigned long long)NTHREADS * ITER;
+	snprintf(want, sizeof want,
+		 "starttls_proxy_connections_total{route=\"concurrent\"} %llu\n"
+		 "starttls_proxy_connections_active{route=\"concurrent\"} %llu\n"
+		 "starttls_proxy_tls_handshakes_total{route=\"concurrent\",side=\"upstream\","
+		 "version=\"TLSv1.3\",result=\"ok\"} %llu\n"
+		 "starttls_proxy_policy_failures_total{route=\"concurrent\","
+		 "result=\"certificate-expired\",mode=\"enforce\"} %llu\n"
+		 "starttls_proxy_policy_failures_total{route=\"concurrent\","
+		 "result=\"certificate-expired\",mode=\"testing\"} %llu\n"
+		 "starttls_proxy_bytes_total{route=\"concurrent\",direction=\"up\"} %llu\n"
+		 "starttls_proxy_bytes_total{route=\"concurrent\",direction=\"down\"} %llu\n",
+		 n, n / 2, n, n / 2, n / 2, 3 * n, 5 * n);
+	assert_route_lines("concurrent", want);
+	char *text = render();
+	assert_int_equal(check_exposition(text, strlen(text), NULL), 0);
+	free(text);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_render_without_routes),
+		cmocka_unit_test(test_checker_self_check),
+		cmocka_unit_test(test_route_find_or_create),
+		cmocka_unit_test(test_render_known_updates),
+		cmocka_unit_test(test_label_values),
+		cmocka_unit_test(test_route_names_need_no_escaping),
+		cmocka_unit_test(test_exposition_format),
+		cmocka_unit_test(test_concurrent_updates),
+	};
+	return cmocka_run_group_tests_name("metrics", tests, NULL, NULL);
+}
