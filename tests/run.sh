@@ -8,7 +8,8 @@
 # .sh) matches one of the globs; STP_TEST_TIMEOUT (seconds, default 300) bounds each
 # integration script; STP_VERBOSE=1 shows the full output of unit binaries.
 # The last line is "N passed, N failed, N skipped"; the exit status is non-zero on any
-# failure.
+# failure. An integration script counts as one failure when it exits non-zero without a
+# FAIL line, times out, or reports no check at all; one that only SKIPs gets a note.
 set -u
 set -o pipefail
 
@@ -129,6 +130,15 @@ run_integration() {
 		printf '  %sFAIL%s %s: exited with status %s without reporting a failure\n' \
 			"$RED" "$RESET" "$name" "$rc"
 		f=1
+	elif [ $((p + f + s)) -eq 0 ]; then
+		# Status 0 and not one PASS/FAIL/SKIP line: the script checked nothing (it ended
+		# early, or its checks print something else). That is no success.
+		printf '  %sFAIL%s %s: reported no checks (no PASS, FAIL or SKIP line)\n' \
+			"$RED" "$RESET" "$name"
+		f=1
+	elif [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then
+		# Only SKIPs: not a failure (a missing optional tool), but nothing was proven.
+		echo "  note: every check of $name was skipped: it proved nothing here"
 	fi
 	passed=$((passed + p))
 	failed=$((failed + f))

@@ -8,6 +8,7 @@
 #
 # Output contract (read by tests/run.sh): one line per check, "PASS name",
 # "FAIL name: why" or "SKIP name: why"; the script exits non-zero when any check failed.
+# A script that prints none of them counts as failed.
 #
 # Everything a test starts is tracked and killed on exit, and the temp dir is removed,
 # whether the test passes, fails, or is interrupted.
@@ -186,6 +187,18 @@ wait_file() {
 	return 0
 }
 
+# wait_refused PORT [TIMEOUT]: until a connect to 127.0.0.1:PORT is refused (nothing
+# listens there any more); status 1 if connects still succeed after TIMEOUT (10) s.
+wait_refused() {
+	local p=$1 t=${2:-10} i=0
+	while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do
+		[ $i -ge $((t * 10)) ] && return 1
+		sleep 0.1
+		i=$((i + 1))
+	done
+	return 0
+}
+
 # wait_port PORT [TIMEOUT]: until something accepts on 127.0.0.1:PORT.
 wait_port() {
 	local p=$1 t=${2:-10} i=0
@@ -296,6 +309,28 @@ relay_blocked() {
 	relay_result "$name"
 }
 
+# relay_ok_within NAME SECS PORT [client options]: relay_ok, tried again every 0.2 s until a
+# line relays or SECS seconds have passed (then FAIL with the last attempt's reason). For a
+# resource the proxy frees just after the last event a test can see (a connection slot is
+# given back after the session's event=close line).
+relay_ok_within() {
+	local name=$1 secs=$2 t0
+	shift 2
+	t0=$(now_ns)
+	while :; do
+		relay_start "$name" ok "$@"
+		if client_wait "$name"; then
+			pass "$name"
+			return 0
+		fi
+		if awk -v e="$(elapsed_since "$t0")" -v s="$secs" 'BEGIN { exit !(e >= s) }'; then
+			fail "$name" "no relay within ${secs}s: $(json_get failed_step <<<"$CLIENT_OUT"): $(json_get why <<<"$CLIENT_OUT")"
+			return 1
+		fi
+		sleep 0.2
+	done
+}
+
 # json_get KEY [FILE]: value of KEY in the last line of FILE (or stdin), a flat JSON object
 # as the tools print it (strings unescaped only for \" and \\; null gives "").
 json_get() {
@@ -401,21 +436,52 @@ wait_log() {
 	return 0
 }
 
-# log_count PATTERN [LOG]: number of matching lines.
-log_count() { grep -Ec -- "$1" "${2:-$PROXY_LOG}" 2>/dev/null; }
+# log_count PATTERN [LOG]: prints the number of matching lines (0 included) and returns 0.
+# A missing log is not "0 lines": it prints nothing, says so on stderr and returns 2, so
+# that "[ "$(log_count RE)" -eq 0 ]" is false and "log_count RE | grep -qx 0" fails.
+log_count() {
+	local log=${2:-$PROXY_LOG}
+	if [ ! -f "$log" ]; then
+		echo "log_count: no log file $log" >&2
+		return 2
+	fi
+	grep -Ec -- "$1" "$log"
+	return 0
+}
 
 # log_line PATTERN [LOG]: the last matching line.
 log_line() { grep -E -- "$1" "${2:-$PROXY_LOG}" 2>/dev/null | tail -n 1; }
 
-# wait_count PATTERN N [TIMEOUT [LOG]]: until at least N lines match.
+# wait_count PATTERN N [TIMEOUT [LOG]]: until at least N lines match; status 1 when the
+# time runs out first, a missing log included (it never counts as enough lines).
 wait_count() {
-	local pat=$1 n=$2 t=${3:-5} log=${4:-$PROXY_LOG} i=0
-	while [ "$(log_count "$pat" "$log")" -lt "$n" ]; do
+	local pat=$1 n=$2 t=${3:-5} log=${4:-$PROXY_LOG} i=0 c
+	while :; do
+		c=$(log_count "$pat" "$log" 2>/dev/null)
+		[ -n "$c" ] && [ "$c" -ge "$n" ] && return 0
 		[ $i -ge $((t * 10)) ] && return 1
 		sleep 0.1
 		i=$((i + 1))
 	done
-	return 0
+}
+
+# log_never NAME PATTERN FENCE [N [TIMEOUT [LOG]]]: a check of absence. PASS NAME when the
+# log exists, N (default 1) lines matching FENCE show up within TIMEOUT (5) s, and then no
+# line matches PATTERN. FENCE is an event that can only be logged after any PATTERN line
+# would have been (the end of the session concerned, say; N picks the Nth such session):
+# without it the check proves nothing, and a missing log or a FENCE that never comes is a
+# FAIL, not a PASS.
+log_never() {
+	local name=$1 pat=$2 fence=$3 n=${4:-1} t=${5:-5} log=${6:-$PROXY_LOG}
+	if [ ! -f "$log" ]; then
+		fail "$name" "no log file $log"
+	elif ! wait_count "$fence" "$n" "$t" "$log"; then
+		fail "$name" "$(log_count "$fence" "$log") of $n fence lines /$fence/ after ${t}s: nothing proves the events were logged"
+	elif grep -Eq -- "$pat" "$log"; then
+		fail "$name" "$(grep -Em1 -- "$pat" "$log")"
+	else
+		pass "$name"
+	fi
 }
 
 # expect_log NAME PATTERN [TIMEOUT [LOG]]: PASS when the pattern shows up in the log.

@@ -21,6 +21,12 @@
 #   delivered_exact CHECK STORE TAG ORIG [via-postfix]
 #                                         message TAG arrived in STORE equal to ORIG
 #   wait_tag STORE TAG / msg_count STORE / raw_commands RAWFILE / lines_have FAKE ERE
+#   fake_idle FAKE [N] / fake_never CHECK FAKE ERE [N [CONTROL]] / raw_never CHECK RAWFILE
+#   ERE CONTROL / pf_sessions_done NAME LABEL N / pf_idle NAME
+#                                         checks of absence and the fences they need: what
+#                                         an observer never saw only counts once it is shown
+#                                         to exist and to have seen the session; a missing
+#                                         file or an observer that saw nothing is a FAIL
 #
 # Postfix instances are stopped by the EXIT trap (before lib.sh's cleanup removes $T).
 
@@ -226,8 +232,16 @@ smtp_dialog_to() {
 	"$SMTP_PY" "$TOOLS/smtp_dialog.py" "$@" >"$out" 2>&1
 }
 
-# msg_count STORE: number of complete messages in STORE.
-msg_count() { find "$1" -maxdepth 1 -name 'msg-*.json' 2>/dev/null | wc -l; }
+# msg_count STORE: number of complete messages in STORE. A missing STORE (the server never
+# started, or a wrong path) is not "0 messages": nothing printed, a message on stderr,
+# status 2.
+msg_count() {
+	if [ ! -d "$1" ]; then
+		echo "msg_count: no store $1" >&2
+		return 2
+	fi
+	find "$1" -maxdepth 1 -name 'msg-*.json' | wc -l
+}
 
 # same_message ORIG DELIVERED [via-postfix]: DELIVERED equals ORIG byte for byte; with
 # via-postfix, DELIVERED may start with Received: header lines Postfix prepends (and nothing
@@ -316,8 +330,60 @@ print("step %s: %s; transcript: %s" % (r.get("failed_step"), r.get("why"),
 # smtp_send ARGS: tools/smtp_send.py (Python smtplib client).
 smtp_send() { "$SMTP_PY" "$TOOLS/smtp_send.py" "$@"; }
 
-# lines_have NAME PATTERN: the fake server NAME received a line matching the ERE.
-lines_have() { grep -Eq -- "$2" "$T/$1.lines" 2>/dev/null; }
+# lines_have NAME PATTERN: the fake server NAME received a line matching the ERE: status 0
+# when it did, 1 when it did not, 2 (and a message on stderr) when its lines file does not
+# exist (the fake never started, or the name is wrong). "! lines_have" and "if lines_have
+# ...; then fail; else pass" read status 2 as "absent": a check of absence uses fake_never.
+lines_have() {
+	local f=$T/$1.lines
+	if [ ! -f "$f" ]; then
+		echo "lines_have: no lines file $f" >&2
+		return 2
+	fi
+	grep -Eq -- "$2" "$f"
+}
+
+# fake_idle NAME [N [TIMEOUT]]: the fence of a check of absence at a fake server: its lines
+# file exists, at least N (default 1) sessions reached it ("# connect from" lines), and every
+# one of them has ended (as many "# disconnect" lines), within TIMEOUT (10) s. A line the
+# fake did not get by then, it will not get. Status 1 otherwise, the reason in FAKE_WHY.
+FAKE_WHY=""
+fake_idle() {
+	local name=$1 n=${2:-1} t=${3:-10} f=$T/$1.lines i=0 c d
+	while :; do
+		if [ -f "$f" ]; then
+			c=$(grep -c '^# connect from' "$f")
+			d=$(grep -c '^# disconnect$' "$f")
+			[ "$c" -ge "$n" ] && [ "$d" -eq "$c" ] && return 0
+			FAKE_WHY="$name saw $c session(s) (want >= $n), $d ended"
+		else
+			FAKE_WHY="no lines file $f"
+		fi
+		if [ $i -ge $((t * 10)) ]; then
+			FAKE_WHY="$FAKE_WHY after ${t}s"
+			return 1
+		fi
+		sleep 0.1
+		i=$((i + 1))
+	done
+}
+
+# fake_never CHECK NAME PATTERN [N [CONTROL]]: PASS CHECK when the fake NAME saw at least N
+# (default 1) sessions, all of them ended (fake_idle), a line matches the ERE CONTROL if one
+# is given (the proxy did relay that far, so the fake was watching the right session), and
+# no received line matches the ERE PATTERN. Any of those unproven is a FAIL.
+fake_never() {
+	local check=$1 name=$2 pat=$3 n=${4:-1} control=${5:-}
+	if ! fake_idle "$name" "$n"; then
+		fail "$check" "the fake proves nothing: $FAKE_WHY"
+	elif [ -n "$control" ] && ! lines_have "$name" "$control"; then
+		fail "$check" "$name never got the control line /$control/: $(tail -n 4 "$T/$name.lines")"
+	elif lines_have "$name" "$pat"; then
+		fail "$check" "$(grep -E -- "$pat" "$T/$name.lines" | head -n 3)"
+	else
+		pass "$check"
+	fi
+}
 
 # port_open PORT [TIMEOUT]: until something accepts on 127.0.0.1:PORT (lib.sh's wait_port
 # with Debian's python: a pyenv shim in PATH costs most of a second per probe here).
@@ -364,14 +430,17 @@ delivered_exact() {
 }
 
 # raw_commands FILE: the command lines in a server's raw input (smtp_sink.py --raw), with
-# message data (DATA ... ".") left out, one per line.
+# message data (DATA ... ".") left out, one per line. A FILE that cannot be read is no empty
+# input: status 2 and the error on stderr. (In "raw_commands F | grep -q X" under pipefail
+# that still reads as "no X": a check of absence uses raw_never.)
 raw_commands() {
 	"$SMTP_PY" - "$1" <<'PY'
 import sys
 try:
     data = open(sys.argv[1], "rb").read()
-except OSError:
-    sys.exit(0)
+except OSError as e:
+    sys.stderr.write("raw_commands: %s\n" % e)
+    sys.exit(2)
 in_data = False
 for line in data.split(b"\r\n"):
     if in_data:
@@ -381,4 +450,43 @@ for line in data.split(b"\r\n"):
         in_data = True
     sys.stdout.write(line.decode("utf-8", "replace") + "\n")
 PY
+}
+
+# raw_never CHECK FILE PATTERN CONTROL: PASS CHECK when the server's raw input FILE (see
+# raw_commands) can be read, a command line matches the ERE CONTROL (the server saw the
+# sessions concerned: pick a command the client sent after the ones PATTERN looks for, and
+# that the server answered), and none matches the ERE PATTERN.
+raw_never() {
+	local check=$1 file=$2 pat=$3 control=$4 cmds
+	if ! cmds=$(raw_commands "$file" 2>&1); then
+		fail "$check" "$cmds"
+	elif ! grep -Eq -- "$control" <<<"$cmds"; then
+		fail "$check" "the server never got the control command /$control/: $(tail -n 4 <<<"$cmds")"
+	elif grep -Eq -- "$pat" <<<"$cmds"; then
+		fail "$check" "$(grep -E -- "$pat" <<<"$cmds" | head -n 2)"
+	else
+		pass "$check"
+	fi
+}
+
+# pf_sessions_done NAME LABEL N [TIMEOUT]: the fence of a check of absence in a Postfix log:
+# the smtpd of listener LABEL of instance NAME has logged at least N "disconnect from" lines
+# (its sessions ended, and Postfix's log, written by postlogd a moment later, holds what they
+# did) within TIMEOUT (10) s. Status 1 otherwise (a missing log included).
+pf_sessions_done() {
+	wait_count "postfix/$2/smtpd\[[0-9]+\]: disconnect from" "$3" "${4:-10}" "$(pf_log "$1")"
+}
+
+# pf_idle NAME [TIMEOUT]: Postfix instance NAME has no message left in its queue (all it
+# accepted has gone to the sink, or bounced), within TIMEOUT (15) s; the fence of "no such
+# message behind Postfix". Status 1 otherwise.
+pf_idle() {
+	local d=$T/pf-$1/spool t=${2:-15} i=0
+	[ -d "$d" ] || return 1
+	while [ -n "$(find "$d/maildrop" "$d/incoming" "$d/active" "$d/deferred" "$d/hold" -type f 2>/dev/null | head -n 1)" ]; do
+		[ $i -ge $((t * 10)) ] && return 1
+		sleep 0.1
+		i=$((i + 1))
+	done
+	return 0
 }

@@ -48,8 +48,15 @@ check readyz_200 sh -c "curl -sf $ADM/readyz | grep -qx ready"
 # Known traffic: three 5-byte echoes through plainout -> tlsin, one refused upstream.
 for i in 1 2 3; do relay_ok "echo_$i" "$POUT"; done
 relay_blocked bad_upstream_blocked "$PBAD"
-sleep 0.5
-curl -sf "$ADM/metrics" >"$T/metrics.txt"
+# The counters are final once every session is counted out, which the proxy does just after
+# its close line: /metrics is read again until no route has an active session (5 s at
+# most; after that the checks below judge what is there).
+for _ in $(seq 50); do
+	curl -sf "$ADM/metrics" >"$T/metrics.txt"
+	grep -q '^starttls_proxy_connections_active{' "$T/metrics.txt" &&
+		! grep -q '^starttls_proxy_connections_active{.*} [1-9]' "$T/metrics.txt" && break
+	sleep 0.1
+done
 metric() { grep -F "$1" "$T/metrics.txt" | awk '{print $NF}'; }
 want() { # NAME SERIES VALUE
 	local got
@@ -89,7 +96,11 @@ check oversized_431 sh -c "head -c 5000 /dev/zero | tr '\\\\0' a | timeout 5 soc
 
 # SIGTERM with a session open: /readyz turns 503 while draining, the process exits 0.
 kill -TERM "$PROXY"
-sleep 0.5
+# /readyz turns 503 just after event=shutdown: polled, 2 s at most (drain_timeout is 3 s).
+for _ in $(seq 20); do
+	[ "$(code "$ADM/readyz")" = 503 ] && break
+	sleep 0.1
+done
 check readyz_503_while_draining [ "$(code "$ADM/readyz")" = 503 ]
 check healthz_while_draining [ "$(code "$ADM/healthz")" = 200 ]
 touch "$T/hold.stop"

@@ -226,11 +226,12 @@ else
 	fail missing_config_file "exit $RC: $(head -n 2 <<<"$OUT")"
 fi
 
-# A broken configuration also stops a real start (non-zero exit, no event=ready).
+# A broken configuration also stops a real start: exit 1 with the FILE:LINE: error, no
+# event=ready (a crash or a timeout is not a refusal).
 f=$T/unknown-key.conf
 out=$(timeout 5 "$STP_BIN" -c "$f" 2>&1)
 rc=$?
-if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && ! grep -q 'event=ready' <<<"$out"; then
+if [ "$rc" -eq 1 ] && grep -qE "^$f:[0-9]+: " <<<"$out" && ! grep -q 'event=ready' <<<"$out"; then
 	pass start_refuses_broken_config
 else
 	fail start_refuses_broken_config "exit $rc: $(head -n 2 <<<"$out")"
@@ -261,12 +262,13 @@ else
 	fail help "exit $RC: $(head -n 3 <<<"$OUT")"
 fi
 
+# Exit 1 with the usage text (a crash is no rejection).
 OUT=$("$STP_BIN" --no-such-option 2>&1)
 RC=$?
-if [ "$RC" -ne 0 ]; then
+if [ "$RC" -eq 1 ] && grep -q '^usage:' <<<"$OUT"; then
 	pass unknown_option_rejected
 else
-	fail unknown_option_rejected "exit 0: $(head -n 2 <<<"$OUT")"
+	fail unknown_option_rejected "exit $RC: $(head -n 2 <<<"$OUT")"
 fi
 
 finish

@@ -11,7 +11,9 @@
 #    are left as they were;
 # 3. the private Postfix copy runs: a message goes through it.
 # Service-control commands are shims (tests/ cannot run systemd): they record each call
-# and, as on a real host, one that is not denied stops the running Postfix.
+# and, as on a real host, one that is not denied stops the running Postfix. APT runs dpkg,
+# and so the maintainer scripts, with PATH set to its DPkg::Path: an APT_CONFIG file puts
+# the shims first there, or no maintainer script would ever reach them.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/smtp_lib.sh
@@ -158,11 +160,19 @@ esac
 exec /usr/bin/dpkg-query "$@"
 EOF
 chmod +x "$T/shims/"*
+printf 'DPkg::Path "%s:/usr/sbin:/usr/bin:/sbin:/bin";\n' "$T/shims" >"$T/apt.conf"
 : >"$T/svc.calls"
 # The host's policy-rc.d becomes, for this test, one that allows every action and records it
 # (as on a host without one, where maintainer scripts start and restart services). deps.sh
 # must put its own in place for the install and give this one back afterwards.
 POLICY=/usr/sbin/policy-rc.d
+# Two runs of this test at once would each save the other's stand-in as "the host's":
+# one at a time.
+exec 9>/run/lock/starttls-proxy-test-deps.lock
+if ! flock -w 600 9; then
+	fail host_policy_rc_lock "another test_deps run holds /run/lock/starttls-proxy-test-deps.lock"
+	finish
+fi
 if [ -e "$POLICY" ]; then cp -p "$POLICY" "$T/policy-rc.d.host"; fi
 restore_policy() {
 	if [ -e "$T/policy-rc.d.host" ]; then cp -p "$T/policy-rc.d.host" "$POLICY"; else rm -f "$POLICY"; fi
@@ -179,7 +189,7 @@ chmod 755 "$POLICY"
 : >"$T/host-policy.calls"
 policy_before=$(sha256sum "$POLICY")
 sources_before=$(ls -la /etc/apt/sources.list.d/ /etc/apt/sources.list 2>&1 | sha256sum)
-env PATH="$T/shims:$PATH" STP_REINSTALL="postfix haproxy stunnel4" \
+env PATH="$T/shims:$PATH" APT_CONFIG="$T/apt.conf" STP_REINSTALL="postfix haproxy stunnel4" \
 	STP_POLICY_LOG="$T/deps-policy.calls" bash "$DEPS" test >"$T/real.out" 2>&1
 rc=$?
 if [ "$rc" = 0 ] && grep -q 'deps: reinstalling postfix haproxy stunnel4' "$T/real.out"; then
@@ -187,8 +197,12 @@ if [ "$rc" = 0 ] && grep -q 'deps: reinstalling postfix haproxy stunnel4' "$T/re
 else
 	fail real_install_ran "rc $rc: $(tail -n 5 "$T/real.out")"
 fi
+# The shims must have seen the maintainer scripts' service calls (postfix's postinst
+# restarts it): with no call recorded, "none acted" proves nothing.
 if grep -q '^ACTED' "$T/svc.calls"; then
 	fail no_service_action_taken "$(grep '^ACTED' "$T/svc.calls" | head -n 3)"
+elif ! grep -q '^denied .* postfix ' "$T/svc.calls"; then
+	fail no_service_action_taken "no service call for postfix reached the shims: $(tr '\n' ' ' <"$T/svc.calls")"
 else
 	pass no_service_action_taken
 fi

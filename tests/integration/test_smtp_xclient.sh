@@ -131,7 +131,12 @@ for seq in '\n.\n' '\r\n.\n' '\n.\r\n'; do
 		cmd:250:"MAIL FROM:<app@client.test>" cmd:250:"RCPT TO:<someone@dest.test>" cmd:354:DATA \
 		"raw:Subject: smuggle $n\r\n\r\nhello${seq}XCLIENT ADDR=10.66.66.$n NAME=spoofed$n.example\r\nMAIL FROM:<smuggled@evil.test>\r\nRCPT TO:<victim@dest.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled body\r\n.\r\n" \
 		"raw:\r\n.\r\nQUIT\r\n" drain:3
-	if grep -q "10\.66\.66\.$n\|spoofed$n" "$PFLOG"; then
+	# Fence: Postfix logged the end of this session (its plain listener's sessions so far:
+	# pf_start's readiness probe, the two dialogs above, and n attempts), so its log holds
+	# whatever the session did, a smuggled XCLIENT included.
+	if ! pf_sessions_done pf plain $((3 + n)); then
+		fail "smuggled_xclient_not_executed_$n" "Postfix did not log the end of the session: $(grep -c 'postfix/plain/smtpd.*disconnect from' "$PFLOG") plain sessions ended"
+	elif grep -q "10\.66\.66\.$n\|spoofed$n" "$PFLOG"; then
 		fail "smuggled_xclient_not_executed_$n" "$(grep -m2 "10\.66\.66\.$n\|spoofed$n" "$PFLOG")"
 	else
 		pass "smuggled_xclient_not_executed_$n"
