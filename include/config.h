@@ -14,6 +14,7 @@
 
 struct tls_ctx;
 struct metrics_route;
+struct policy_table;
 
 enum cfg_proto { CFG_PROTO_SMTP, CFG_PROTO_LMTP, CFG_PROTO_IMAP, CFG_PROTO_POP3, CFG_PROTO_TCP };
 enum cfg_tls { CFG_TLS_NONE, CFG_TLS_STARTTLS, CFG_TLS_IMPLICIT };
@@ -28,13 +29,17 @@ enum cfg_transparent { CFG_TRANSPARENT_NO, CFG_TRANSPARENT_TPROXY };
 enum cfg_bare_newline { CFG_BARE_NORMALIZE, CFG_BARE_REJECT };
 
 /* A listen or upstream address. host is kept as written (for SNI and logs); ss holds the
- * resolved address (host names are resolved once, at load). */
+ * address: listen addresses are resolved at load, an upstream IP literal too; an upstream
+ * host name is resolved by each session that needs it (sslen 0, needs_dns 1). */
 struct cfg_addr {
 	char host[256];
 	uint16_t port;
 	struct sockaddr_storage ss;
 	socklen_t sslen;
 	int original_dst; /* upstream = original-destination */
+	int needs_dns;    /* a host name, resolved when a session connects */
+	int transparent;  /* listen: IP_TRANSPARENT (transparent = tproxy) */
+	int line;         /* where it was written */
 };
 
 struct cfg_route {
@@ -57,6 +62,7 @@ struct cfg_route {
 	int has_upstream_fingerprint;
 	char *upstream_cert, *upstream_key;
 	char *policy_table;
+	struct policy_table *policy; /* loaded from policy_table (policy.h) */
 	enum cfg_pp proxy_protocol_in, proxy_protocol_out;
 	int xclient;
 	enum cfg_bare_newline bare_newline;

@@ -101,6 +101,9 @@ struct proto_ops {
 	void (*upstream_retry_plain)(void *st);
 	/* The upstream failed; result is an RFC 8460 type for PF_TLS_POLICY, else detail. */
 	void (*fail)(void *st, enum proto_failure why, const char *result, struct proto_actions *a);
+	/* The session decided its policy toward the upstream it is about to connect to (a
+	 * policy table may choose per destination): before every upstream_connected. */
+	void (*set_policy)(void *st, enum cfg_tls tls, enum cfg_policy level, enum cfg_mode mode);
 	/* The protocol's refusal of a client turned away before any exchange (no module state
 	 * exists): the reply to send, then PA_CLOSE. */
 	void (*refuse)(const struct proto_params *p, enum proto_refusal why,

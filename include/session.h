@@ -14,6 +14,7 @@
 
 struct cfg;
 struct cfg_route;
+struct dns_cache;
 struct session;
 struct stp_shared;
 
@@ -29,6 +30,7 @@ struct session_host {
 	/* Called when the last session ended while stopping. */
 	void (*drained)(struct session_host *h);
 	void *owner;               /* the worker */
+	struct dns_cache *dns;     /* upstream host names resolved lately (session.c) */
 };
 
 /* Accept one client waiting on the listening stream server, for route. */
@@ -38,5 +40,7 @@ void session_close(struct session *s, const char *reason);
 /* Ends the session because the proxy stops: protocols say so to the client first. */
 void session_shutdown(struct session *s);
 struct session *session_next(struct session *s);
+/* Frees what the host's sessions left behind (the DNS cache); no session may be open. */
+void session_host_cleanup(struct session_host *h);
 
 #endif

@@ -102,6 +102,19 @@ int tls_conn_has_peer_cert(struct tls_conn *c);
 int tls_name_match(const char *pattern, size_t pattern_len, const char *host);
 
 const char *tls_verify_result_name(enum tls_verify v); /* RFC 8460 result type */
+
+/* What a policy asks of the peer certificate. */
+enum tls_check { TLS_CHECK_NONE, TLS_CHECK_FINGERPRINT, TLS_CHECK_VERIFY };
+
+/* Applies a check to a finished handshake: FINGERPRINT passes when the certificate's SPKI
+ * SHA-256 is one of pins; VERIFY when the chain verified against the context's trust store
+ * and one of names matches (RFC 6125). NULL when it passes, else the RFC 8460 result type
+ * ("certificate-host-mismatch", "certificate-expired", "certificate-not-trusted",
+ * "validation-failure"), with what was wrong in detail (the pin the server has, the names
+ * wanted). */
+const char *tls_conn_check(struct tls_conn *c, enum tls_check check, const char *const *names,
+			   size_t nnames, const uint8_t (*pins)[32], size_t npins, char *detail,
+			   size_t dlen);
 const char *tls_strerror(int err);
 
 #endif

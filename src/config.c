@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include "log.h"
+#include "policy.h"
 #include "tls.h"
 
 #include <arpa/inet.h>
@@ -516,12 +517,15 @@ static int resolve(struct parse *P, int line, const char *what, struct cfg_addr 
 	return 0;
 }
 
+static int is_ip_literal(const char *h);
+
 static void get_addr(struct parse *P, struct section *sec, const char *key,
 		     struct cfg_addr *a, int passive, int allow_orig)
 {
 	struct entry *e = get(sec, key);
 	if (!e)
 		return;
+	a->line = e->line;
 	if (allow_orig && strcasecmp(e->value, "original-destination") == 0) {
 		a->original_dst = 1;
 		snprintf(a->host, sizeof(a->host), "original-destination");
@@ -530,6 +534,12 @@ static void get_addr(struct parse *P, struct section *sec, const char *key,
 	if (cfg_parse_hostport(e->value, a->host, sizeof(a->host), &a->port) < 0) {
 		ERR(P, e->line, "%s: invalid address \"%s\" (expected HOST:PORT or [IPv6]:PORT)",
 		    key, e->value);
+		return;
+	}
+	if (!passive && !is_ip_literal(a->host)) {
+		/* an upstream host name: each session resolves it (relays whose addresses rotate
+		 * keep working; a start with DNS briefly down does not fail) */
+		a->needs_dns = 1;
 		return;
 	}
 	resolve(P, e->line, key, a, passive);
@@ -634,6 +644,35 @@ static int is_ip_literal(const char *h)
 	struct in6_addr a6;
 	struct in_addr a4;
 	return inet_pton(AF_INET, h, &a4) == 1 || inet_pton(AF_INET6, h, &a6) == 1;
+}
+
+/* The rules between a route and the rows of its policy table, reported at the row. */
+static void check_table(struct parse *P, struct cfg_route *r)
+{
+	const struct policy_table *t = r->policy;
+	int has_name = r->upstream_name && !is_ip_literal(r->upstream_name);
+	for (size_t i = 0; i < t->n; i++) {
+		const struct policy_row *row = &t->rows[i];
+		if (r->protocol == CFG_PROTO_TCP && row->has_tls && row->tls == CFG_TLS_STARTTLS) {
+			cfg_errors_add(P->errs, "%s:%d: tls=starttls needs a mail protocol (route \"%s\" "
+				       "is tcp; use tls=implicit)", t->path, row->line, r->name);
+			P->nerr++;
+		}
+		if (row->level == CFG_POLICY_VERIFY && !row->nnames &&
+		    (r->upstream.original_dst || !has_name)) {
+			cfg_errors_add(P->errs, "%s:%d: verify needs names= here: %s", t->path,
+				       row->line,
+				       r->upstream.original_dst
+					       ? "a transparent route knows only the address"
+					       : "the route has no host name to verify");
+			P->nerr++;
+		}
+		if (row->ca && !(P->flags & CFG_NO_FILES) && access(row->ca, R_OK) < 0) {
+			cfg_errors_add(P->errs, "%s:%d: ca: cannot read \"%s\": %s", t->path,
+				       row->line, row->ca, strerror(errno));
+			P->nerr++;
+		}
+	}
 }
 
 static void parse_route(struct parse *P, struct section *sec, struct cfg *c, struct cfg_route *r)
@@ -771,7 +810,19 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 		ERR(P, line_of(sec, "upstream_cert"),
 		    "upstream_cert needs upstream_tls = starttls or implicit");
 
-	refuse_unsupported(P, sec, "policy_table", NULL);
+	if (get(sec, "policy_table")) {
+		get_file(P, sec, "policy_table", &r->policy_table);
+		if (r->policy_table && !(P->flags & CFG_NO_FILES) &&
+		    access(r->policy_table, R_OK) == 0) {
+			int rc = policy_load(r->policy_table, &r->policy, P->errs);
+			if (rc == -ENOMEM)
+				P->oom = 1;
+			else if (rc < 0)
+				P->nerr++;
+			else
+				check_table(P, r);
+		}
+	}
 	v = CFG_PP_NONE;
 	get_enum(P, sec, "proxy_protocol_in", pp_names, &v);
 	r->proxy_protocol_in = v;
@@ -799,11 +850,13 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	v = CFG_TRANSPARENT_NO;
 	get_enum(P, sec, "transparent", transparent_names, &v);
 	r->transparent = v;
-	if (r->transparent != CFG_TRANSPARENT_NO)
-		refuse_unsupported(P, sec, "transparent", NULL);
-	if (r->upstream.original_dst)
-		ERR(P, line_of(sec, "upstream"),
-		    "upstream = original-destination: not supported by this version of starttls-proxy");
+	r->listen.transparent = r->transparent == CFG_TRANSPARENT_TPROXY;
+	if (r->upstream.original_dst && r->upstream_policy == CFG_POLICY_VERIFY &&
+	    !r->upstream_name)
+		ERR(P, line_of(sec, get(sec, "upstream_policy") ? "upstream_policy" : "upstream"),
+		    "upstream = original-destination with upstream_policy = verify has no name to "
+		    "verify: set upstream_name, or choose the level per destination in a "
+		    "policy_table whose verify rows give names=");
 	e = get(sec, "source");
 	if (e) {
 		if (strcasecmp(e->value, "client") != 0)
@@ -811,7 +864,7 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 		else if (r->transparent != CFG_TRANSPARENT_TPROXY)
 			ERR(P, e->line, "source = client needs transparent = tproxy");
 		else
-			r->source_client = 1; /* refused above with transparent = tproxy */
+			r->source_client = 1;
 	}
 	check_unknown(P, sec, route_keys);
 }
@@ -855,13 +908,29 @@ static void build_tls(struct parse *P, struct section *sec, struct section *glob
 		if (tls_ctx_server_new(&o, &r->client_side_tls, err, sizeof(err)) < 0)
 			ERR(P, err_line(sec, glob, err), "route \"%s\": %s", r->name, err);
 	}
-	if (r->upstream_tls != CFG_TLS_NONE) {
-		struct tls_client_opts o = { .ca = r->upstream_policy == CFG_POLICY_VERIFY
+	/* With a policy table any level may apply, so the trust store is always loaded (an
+	 * outcome is only enforced where the policy is verify). */
+	if (r->upstream_tls != CFG_TLS_NONE || r->policy) {
+		struct tls_client_opts o = { .ca = r->upstream_policy == CFG_POLICY_VERIFY || r->policy
 							   ? r->upstream_ca : NULL,
 					     .cert = r->upstream_cert, .key = r->upstream_key,
 					     .min_version = r->upstream_min_tls };
 		if (tls_ctx_client_new(&o, &r->upstream_side_tls, err, sizeof(err)) < 0)
 			ERR(P, err_line(sec, glob, err), "route \"%s\": %s", r->name, err);
+	}
+	/* Rows with their own trust store or minimum version get their own context. */
+	for (size_t i = 0; r->policy && i < r->policy->n; i++) {
+		struct policy_row *row = &r->policy->rows[i];
+		if (!row->ca && !row->min_tls)
+			continue;
+		struct tls_client_opts o = { .ca = row->ca ? row->ca : r->upstream_ca,
+					     .cert = r->upstream_cert, .key = r->upstream_key,
+					     .min_version = row->min_tls ? row->min_tls
+									 : r->upstream_min_tls };
+		if (tls_ctx_client_new(&o, &row->ctx, err, sizeof(err)) < 0) {
+			cfg_errors_add(P->errs, "%s:%d: %s", r->policy->path, row->line, err);
+			P->nerr++;
+		}
 	}
 }
 
@@ -980,6 +1049,9 @@ void cfg_free(struct cfg *c)
 		free(r->upstream_cert);
 		free(r->upstream_key);
 		free(r->policy_table);
+		for (size_t k = 0; r->policy && k < r->policy->n; k++)
+			tls_ctx_free(r->policy->rows[k].ctx);
+		policy_free(r->policy);
 		tls_ctx_free(r->client_side_tls);
 		tls_ctx_free(r->upstream_side_tls);
 	}

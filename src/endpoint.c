@@ -313,7 +313,9 @@ int ep_write(struct endpoint *ep, const void *data, size_t len)
 	if (len == 0)
 		return 0;
 	ep->bytes_written += len;
-	if (!ready(ep)) {
+	/* Held bytes go first: a write from on_tls() (the side is ready, the held bytes not yet
+	 * flushed) waits behind them. */
+	if (!ready(ep) || ep->held.len) {
 		ep->bytes_written -= len; /* counted when actually sent */
 		if (buf_append(&ep->held, data, len) < 0) {
 			fail(ep, "out of memory", UV_ENOMEM);

@@ -24,6 +24,12 @@ int listener_socket(const struct cfg_addr *a, char *err, size_t errlen)
 		goto fail;
 	if (a->ss.ss_family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	/* TPROXY: accept connections addressed to other hosts (needs CAP_NET_ADMIN) */
+	if (a->transparent &&
+	    (a->ss.ss_family == AF_INET6
+		     ? setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one))
+		     : setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof(one))) < 0)
+		goto fail;
 	if (bind(fd, (const struct sockaddr *)&a->ss, a->sslen) < 0)
 		goto fail;
 	if (listen(fd, 1024) < 0)

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <netdb.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -45,6 +46,26 @@ static struct cfg *load(const char *path)
 	}
 	cfg_errors_free(&errs);
 	return cfg;
+}
+
+/* -t: an upstream host name that does not resolve now is a warning, not an error (sessions
+ * resolve it when they connect; DNS may be down for a moment at start). */
+static void warn_dns(const struct cfg *c)
+{
+	for (size_t i = 0; i < c->nroutes; i++) {
+		const struct cfg_addr *u = &c->routes[i].upstream;
+		if (!u->needs_dns)
+			continue;
+		struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res = NULL;
+		int rc = getaddrinfo(u->host, NULL, &hints, &res);
+		if (rc != 0)
+			fprintf(stderr,
+				"%s:%d: warning: upstream host \"%s\" does not resolve now (%s); "
+				"sessions resolve it when they connect\n",
+				c->path, u->line, u->host, gai_strerror(rc));
+		else
+			freeaddrinfo(res);
+	}
 }
 
 static int drop_privileges(const char *user)
@@ -227,6 +248,7 @@ int main(int argc, char **argv)
 	config_path = path;
 	current = cfg;
 	if (check) {
+		warn_dns(cfg);
 		printf("configuration OK\n");
 		cfg_unref(cfg);
 		return 0;

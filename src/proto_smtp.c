@@ -1332,6 +1332,15 @@ static void smtp_tls_done(void *st, enum proto_side side, struct proto_actions *
 	send_up(s, a, "RSET", E_INT_RSET);
 }
 
+static void smtp_set_policy(void *st, enum cfg_tls tls, enum cfg_policy level,
+			    enum cfg_mode mode)
+{
+	struct smtp *s = st;
+	s->p.upstream_tls = tls;
+	s->p.upstream_policy = level;
+	s->p.policy_mode = mode;
+}
+
 static void smtp_upstream_retry_plain(void *st)
 {
 	struct smtp *s = st;
@@ -1423,6 +1432,7 @@ const struct proto_ops proto_smtp_ops = {
 	.tls_done = smtp_tls_done,
 	.client_eof = smtp_client_eof,
 	.upstream_retry_plain = smtp_upstream_retry_plain,
+	.set_policy = smtp_set_policy,
 	.fail = smtp_fail,
 	.refuse = smtp_refuse,
 };

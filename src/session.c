@@ -6,11 +6,15 @@
 #include "endpoint.h"
 #include "log.h"
 #include "metrics.h"
+#include "policy.h"
 #include "proto.h"
 #include "shared.h"
 #include "tls.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +24,12 @@
 #define LOW_WATER (64 * 1024)
 /* How long a closing session waits for its last bytes (reply, close_notify) to leave. */
 #define LINGER_MS 3000
+
+/* Addresses of an upstream host name tried in turn. */
+#define SESSION_ADDRS_MAX 8
+/* How long a resolved upstream host name is reused. */
+#define DNS_CACHE_MS 30000
+#define DNS_CACHE_SIZE 32
 
 enum timer_kind { T_NONE, T_CONNECT, T_HANDSHAKE_CLIENT, T_HANDSHAKE_UPSTREAM, T_IDLE, T_LINGER };
 
@@ -55,9 +65,16 @@ struct session {
 	 * in the upstream endpoint, so that a rejected upstream can never receive them. */
 	struct buf early;
 	unsigned early_eof : 1;
+	/* the upstream: candidate addresses (the original destination, the route's address,
+	 * or what its host name resolved to), tried in turn; the policy toward the current one */
+	struct sockaddr_storage dst[SESSION_ADDRS_MAX];
+	int ndst, idst;
+	struct session_policy pol;
+	uv_getaddrinfo_t gai;
 };
 
 static const struct ep_ops down_ops, up_ops;
+static const char *sni(const struct session *s);
 
 static uint64_t now_ms(struct session *s)
 {
@@ -311,7 +328,7 @@ static void timer_cb(uv_timer_t *t)
 
 static int enforcing(const struct session *s)
 {
-	return s->r->policy_mode == CFG_MODE_ENFORCE;
+	return s->pol.mode == CFG_MODE_ENFORCE;
 }
 
 /* Logs a failed upstream TLS requirement; the caller enforces it. */
@@ -320,12 +337,23 @@ static void policy_failure(struct session *s, const char *result, const char *de
 	metrics_policy_failure(s->r->metrics, result, !enforcing(s));
 	log_event(LOG_WARN, s->id, s->r->name, "policy_failure", "side", "upstream", "result",
 		  result, "mode", enforcing(s) ? "enforce" : "testing", "policy",
-		  cfg_policy_name(s->r->upstream_policy), "upstream", s->upstream, "detail", detail,
+		  cfg_policy_name(s->pol.level), "upstream", s->upstream, "detail", detail,
 		  NULL);
 }
 
+/* The upstream could not be reached. While TCP never connected and the host name gave
+ * more addresses, the next one is tried; then the session fails. */
 static void upstream_unreachable(struct session *s, const char *error)
 {
+	if (!s->up_connected && !s->up_ready && s->idst + 1 < s->ndst && !s->ending &&
+	    !s->closed && s->up.open) {
+		log_event(LOG_INFO, s->id, s->r->name, "upstream_connect_failed", "upstream",
+			  s->upstream, "error", error, "action", "next address", NULL);
+		s->idst++;
+		s->reconnecting = 1; /* on_closed connects to the next address */
+		ep_close(&s->up);
+		return;
+	}
 	log_event(LOG_WARN, s->id, s->r->name, "upstream_unreachable", "result",
 		  "upstream-unreachable", "upstream", s->upstream, "error", error, NULL);
 	fail_upstream(s, PF_UNREACHABLE, error, "upstream unreachable");
@@ -337,42 +365,23 @@ static int check_upstream_tls(struct session *s)
 {
 	struct tls_conn *t = s->up.tls;
 	const struct cfg_route *r = s->r;
-	const char *result = NULL, *detail = NULL;
-	const char *verify = "skipped";
-	if (r->upstream_policy == CFG_POLICY_FINGERPRINT) {
-		uint8_t fp[32];
-		verify = "ok";
-		if (tls_conn_peer_spki_sha256(t, fp) < 0) {
-			result = "validation-failure";
-			detail = "no peer certificate";
-		} else if (memcmp(fp, r->upstream_fingerprint, 32) != 0) {
-			result = "validation-failure";
-			detail = "fingerprint mismatch";
-		}
-	} else if (r->upstream_policy == CFG_POLICY_VERIFY) {
-		verify = "ok";
-		enum tls_verify v = tls_conn_verify_result(t);
-		if (!tls_conn_has_peer_cert(t)) {
-			result = "validation-failure";
-			detail = "no peer certificate";
-		} else if (v != TLS_VERIFY_OK) {
-			result = tls_verify_result_name(v);
-		} else if (!tls_conn_peer_name_matches(t, r->upstream_name)) {
-			result = "certificate-host-mismatch";
-			detail = r->upstream_name;
-		}
-	}
-	if (result)
-		verify = "failed";
+	const struct session_policy *p = &s->pol;
+	char detail[200];
+	enum tls_check check = p->level == CFG_POLICY_FINGERPRINT ? TLS_CHECK_FINGERPRINT
+			       : p->level == CFG_POLICY_VERIFY	   ? TLS_CHECK_VERIFY
+								   : TLS_CHECK_NONE;
+	const char *result = tls_conn_check(t, check, p->names, p->nnames, p->pins, p->npins,
+					    detail, sizeof(detail));
+	const char *verify = check == TLS_CHECK_NONE ? "skipped" : result ? "failed" : "ok";
 	metrics_handshake(r->metrics, METRICS_UPSTREAM, tls_conn_version(t), 1);
 	log_event(LOG_INFO, s->id, r->name, "upstream_tls", "version", tls_conn_version(t),
 		  "cipher", tls_conn_cipher(t), "verify", verify, "policy",
-		  cfg_policy_name(r->upstream_policy),
-		  r->upstream_policy == CFG_POLICY_FINGERPRINT ? "fingerprint" : NULL,
+		  cfg_policy_name(p->level),
+		  check == TLS_CHECK_FINGERPRINT ? "fingerprint" : NULL,
 		  result ? "mismatch" : "ok", NULL);
 	if (!result)
 		return 0;
-	policy_failure(s, result, detail);
+	policy_failure(s, result, detail[0] ? detail : NULL);
 	if (!enforcing(s))
 		return 0;
 	fail_upstream(s, PF_TLS_POLICY, result, "upstream policy failure");
@@ -450,7 +459,7 @@ static void exec_actions(struct session *s)
 				if (ep_start_tls(ep, s->r->client_side_tls, NULL) < 0)
 					session_end(s, "out of memory", NULL);
 			} else {
-				if (ep_start_tls(ep, s->r->upstream_side_tls, s->r->upstream_name) < 0)
+				if (ep_start_tls(ep, s->pol.ctx, sni(s)) < 0)
 					session_end(s, "out of memory", NULL);
 			}
 			arm_timer(s);
@@ -586,10 +595,10 @@ static void retry_plain(struct session *s, const char *error);
 static void upstream_tls_failed(struct session *s, const char *error)
 {
 	metrics_handshake(s->r->metrics, METRICS_UPSTREAM, NULL, 0);
-	if (s->r->upstream_policy != CFG_POLICY_MAY)
+	if (s->pol.level != CFG_POLICY_MAY)
 		policy_failure(s, "tls-handshake-failure", error);
-	if (s->proto && s->r->upstream_tls == CFG_TLS_STARTTLS && !s->plain_retry &&
-	    (s->r->upstream_policy == CFG_POLICY_MAY || !enforcing(s))) {
+	if (s->proto && s->pol.tls == CFG_TLS_STARTTLS && !s->plain_retry &&
+	    (s->pol.level == CFG_POLICY_MAY || !enforcing(s))) {
 		retry_plain(s, error);
 		return;
 	}
@@ -632,7 +641,7 @@ static void on_tls(struct endpoint *ep, int status)
 		up_ready(s);
 		return;
 	}
-	if (s->r->upstream_tls == CFG_TLS_IMPLICIT)
+	if (s->pol.tls == CFG_TLS_IMPLICIT)
 		s->proto->upstream_connected(s->ps, &s->acts);
 	else
 		s->proto->tls_done(s->ps, PROTO_UPSTREAM, &s->acts);
@@ -645,7 +654,7 @@ static void on_closed(struct endpoint *ep)
 {
 	struct session *s = ep->owner;
 	if (ep == &s->up && s->reconnecting && !s->closed && !s->ending) {
-		/* The plaintext retry: a fresh connection in the same handle slot. */
+		/* A plaintext retry, or the next address: a fresh connection in the same slot. */
 		s->reconnecting = 0;
 		if (ep_init(&s->up, s->h->loop, ep->ops, s, s->h->readbuf) == 0) {
 			connect_upstream(s);
@@ -661,7 +670,7 @@ static void on_closed(struct endpoint *ep)
 static void retry_plain(struct session *s, const char *error)
 {
 	log_event(LOG_INFO, s->id, s->r->name, "upstream_tls", "tls", "none", "policy",
-		  cfg_policy_name(s->r->upstream_policy), "detail", error, "action",
+		  cfg_policy_name(s->pol.level), "detail", error, "action",
 		  "reconnect in plaintext", NULL);
 	s->plain_retry = 1;
 	s->reconnecting = 1;
@@ -674,12 +683,44 @@ static void retry_plain(struct session *s, const char *error)
 static const struct ep_ops down_ops = { on_data, on_eof, on_tls, on_error, on_drain, on_closed };
 static const struct ep_ops up_ops = { on_data, on_eof, on_tls, on_error, on_drain, on_closed };
 
-/* ---- upstream connect ------------------------------------------------------------ */
+/* ---- the upstream: destination, policy, connect ------------------------------------- */
+
+/* SNI and the first name to verify: the policy's first name (never an IP literal). */
+static const char *sni(const struct session *s)
+{
+	return s->pol.nnames ? s->pol.names[0] : NULL;
+}
+
+static uint16_t port_of(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)(const void *)ss)->sin_port);
+	return ntohs(((const struct sockaddr_in6 *)(const void *)ss)->sin6_port);
+}
+
+/* The session's policy toward the current candidate, decided and logged once per
+ * connection attempt; the protocol module is told. */
+static void decide(struct session *s)
+{
+	const struct sockaddr_storage *d = &s->dst[s->idst];
+	policy_decide(s->r, (const struct sockaddr *)d, port_of(d), &s->pol);
+	if (s->plain_retry) /* STARTTLS failed on this destination under may or testing */
+		s->pol.tls = CFG_TLS_NONE;
+	char src[32];
+	policy_source(&s->pol, src, sizeof(src));
+	addr_text((const struct sockaddr *)d, s->upstream, sizeof(s->upstream));
+	log_event(LOG_INFO, s->id, s->r->name, "policy", "upstream", s->upstream, "policy",
+		  cfg_policy_name(s->pol.level), "mode",
+		  s->pol.mode == CFG_MODE_ENFORCE ? "enforce" : "testing", "tls",
+		  cfg_tls_name(s->pol.tls), "name", sni(s), "source", src, NULL);
+	if (s->proto)
+		s->proto->set_policy(s->ps, s->pol.tls, s->pol.level, s->pol.mode);
+}
 
 static void connect_cb(uv_connect_t *req, int status)
 {
 	struct session *s = req->data;
-	if (s->closed || s->ending)
+	if (s->closed || s->ending || s->reconnecting || status == UV_ECANCELED)
 		return;
 	if (status < 0) {
 		upstream_unreachable(s, uv_strerror(status));
@@ -689,8 +730,8 @@ static void connect_cb(uv_connect_t *req, int status)
 	s->phase_started_ms = now_ms(s);
 	log_event(LOG_DEBUG, s->id, s->r->name, "upstream_connected", "upstream", s->upstream,
 		  NULL);
-	if (s->r->upstream_tls == CFG_TLS_IMPLICIT) {
-		if (ep_start_tls(&s->up, s->r->upstream_side_tls, s->r->upstream_name) < 0) {
+	if (s->pol.tls == CFG_TLS_IMPLICIT) {
+		if (ep_start_tls(&s->up, s->pol.ctx, sni(s)) < 0) {
 			session_end(s, "out of memory", NULL);
 			return;
 		}
@@ -698,28 +739,230 @@ static void connect_cb(uv_connect_t *req, int status)
 	ep_connected(&s->up);
 	if (s->closed || s->ending)
 		return;
-	if (s->r->upstream_tls != CFG_TLS_IMPLICIT && s->proto) {
+	if (s->pol.tls != CFG_TLS_IMPLICIT && s->proto) {
 		s->proto->upstream_connected(s->ps, &s->acts);
 		exec_actions(s);
-	} else if (s->r->upstream_tls == CFG_TLS_NONE) {
+	} else if (s->pol.tls == CFG_TLS_NONE) {
 		up_ready(s);
 	}
 	arm_timer(s);
 }
 
+/* source = client (TPROXY): the upstream socket is bound to the client's own address. */
+static int open_as_client(struct session *s, const struct sockaddr_storage *d)
+{
+	struct sockaddr_storage src;
+	int len = sizeof(src);
+	if (uv_tcp_getpeername(&s->down.tcp, (struct sockaddr *)&src, &len) < 0 ||
+	    src.ss_family != d->ss_family)
+		return -EAFNOSUPPORT;
+	if (src.ss_family == AF_INET)
+		((struct sockaddr_in *)(void *)&src)->sin_port = 0;
+	else
+		((struct sockaddr_in6 *)(void *)&src)->sin6_port = 0;
+	int fd = socket(src.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	int one = 1;
+	int rc = src.ss_family == AF_INET
+			 ? setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof(one))
+			 : setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one));
+	if (rc < 0 || bind(fd, (struct sockaddr *)&src, (socklen_t)len) < 0 ||
+	    uv_tcp_open(&s->up.tcp, fd) < 0) {
+		rc = -errno;
+		close(fd);
+		return rc ? rc : -EINVAL;
+	}
+	return 0;
+}
+
+/* Connects to the current candidate address. */
 static void connect_upstream(struct session *s)
 {
-	const struct cfg_route *r = s->r;
 	s->up_started = 1;
 	s->phase_started_ms = now_ms(s);
-	addr_text((const struct sockaddr *)&r->upstream.ss, s->upstream, sizeof(s->upstream));
+	decide(s);
+	const struct sockaddr_storage *d = &s->dst[s->idst];
+	if (s->r->source_client) {
+		int rc = open_as_client(s, d);
+		if (rc < 0) {
+			upstream_unreachable(s, uv_strerror(rc));
+			return;
+		}
+	}
 	s->connect_req.data = s;
-	int rc = uv_tcp_connect(&s->connect_req, &s->up.tcp,
-				(const struct sockaddr *)&r->upstream.ss, connect_cb);
+	int rc = uv_tcp_connect(&s->connect_req, &s->up.tcp, (const struct sockaddr *)d, connect_cb);
 	if (rc < 0) {
 		upstream_unreachable(s, uv_strerror(rc));
 		return;
 	}
+	arm_timer(s);
+}
+
+/* ---- where the upstream is -------------------------------------------------------------- */
+
+/* A resolved upstream host name, shared by the host's sessions for DNS_CACHE_MS. */
+struct dns_entry {
+	char host[256];
+	uint16_t port;
+	int n;
+	uint64_t expires;
+	struct sockaddr_storage a[SESSION_ADDRS_MAX];
+};
+
+struct dns_cache {
+	struct dns_entry e[DNS_CACHE_SIZE];
+	unsigned next;
+};
+
+static struct dns_entry *dns_lookup(struct session *s)
+{
+	struct dns_cache *c = s->h->dns;
+	const struct cfg_addr *u = &s->r->upstream;
+	for (int i = 0; c && i < DNS_CACHE_SIZE; i++)
+		if (c->e[i].n && c->e[i].port == u->port && c->e[i].expires > now_ms(s) &&
+		    !strcasecmp(c->e[i].host, u->host))
+			return &c->e[i];
+	return NULL;
+}
+
+static void dns_store(struct session *s)
+{
+	if (!s->h->dns && !(s->h->dns = calloc(1, sizeof(struct dns_cache))))
+		return;
+	struct dns_cache *c = s->h->dns;
+	struct dns_entry *e = &c->e[c->next++ % DNS_CACHE_SIZE];
+	snprintf(e->host, sizeof(e->host), "%s", s->r->upstream.host);
+	e->port = s->r->upstream.port;
+	e->n = s->ndst;
+	e->expires = now_ms(s) + DNS_CACHE_MS;
+	memcpy(e->a, s->dst, sizeof(e->a[0]) * (size_t)s->ndst);
+}
+
+static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	struct session *s = req->data;
+	if (!s->closed && !s->ending) {
+		for (struct addrinfo *ai = res; ai && s->ndst < SESSION_ADDRS_MAX; ai = ai->ai_next)
+			if ((ai->ai_family == AF_INET || ai->ai_family == AF_INET6) &&
+			    ai->ai_addrlen <= sizeof(s->dst[0]))
+				memcpy(&s->dst[s->ndst++], ai->ai_addr, ai->ai_addrlen);
+		if (status < 0 || s->ndst == 0) {
+			snprintf(s->upstream, sizeof(s->upstream), "%s:%u", s->r->upstream.host,
+				 s->r->upstream.port);
+			upstream_unreachable(s, status < 0 ? uv_strerror(status) : "no address");
+		} else {
+			dns_store(s);
+			connect_upstream(s);
+		}
+	}
+	uv_freeaddrinfo(res);
+	handle_closed(s); /* the resolver's hold on the session */
+}
+
+static int is_local_address(const struct sockaddr *sa)
+{
+	struct ifaddrs *ifs, *i;
+	int local = 0;
+	if (getifaddrs(&ifs) < 0)
+		return 0;
+	for (i = ifs; i && !local; i = i->ifa_next) {
+		const struct sockaddr *a = i->ifa_addr;
+		if (!a || a->sa_family != sa->sa_family)
+			continue;
+		if (a->sa_family == AF_INET)
+			local = ((const struct sockaddr_in *)(const void *)a)->sin_addr.s_addr ==
+				((const struct sockaddr_in *)(const void *)sa)->sin_addr.s_addr;
+		else
+			local = !memcmp(&((const struct sockaddr_in6 *)(const void *)a)->sin6_addr,
+					&((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
+	}
+	freeifaddrs(ifs);
+	return local;
+}
+
+/* The address the client dialled: SO_ORIGINAL_DST after a REDIRECT (iptables and nftables),
+ * or the accepted socket's own address under TPROXY. 0, or a negative errno. */
+static int original_destination(struct session *s, struct sockaddr_storage *out)
+{
+	int fd;
+	memset(out, 0, sizeof(*out));
+	if (uv_fileno((const uv_handle_t *)&s->down.tcp, &fd) < 0)
+		return -EBADF;
+	socklen_t len = sizeof(*out);
+	if (s->r->transparent == CFG_TRANSPARENT_TPROXY)
+		return getsockname(fd, (struct sockaddr *)out, &len) < 0 ? -errno : 0;
+	struct sockaddr_storage local;
+	socklen_t llen = sizeof(local);
+	if (getsockname(fd, (struct sockaddr *)&local, &llen) < 0)
+		return -errno;
+	/* SO_ORIGINAL_DST (linux/netfilter_ipv4.h) and IP6T_SO_ORIGINAL_DST are both 80 */
+	int rc = local.ss_family == AF_INET6
+			 ? getsockopt(fd, SOL_IPV6, 80, out, &len)
+			 : getsockopt(fd, SOL_IP, 80, out, &len);
+	return rc < 0 ? -errno : 0;
+}
+
+/* A destination that is this host on a port the proxy listens on: no redirection took
+ * place (a direct connection to the proxy), or a loop. */
+static int is_self(struct session *s, const struct sockaddr_storage *d)
+{
+	uint16_t port = port_of(d);
+	int listened = 0;
+	for (size_t i = 0; i < s->cfg->nroutes && !listened; i++)
+		listened = s->cfg->routes[i].listen.port == port;
+	return listened && is_local_address((const struct sockaddr *)d);
+}
+
+/* Finds the upstream's candidate addresses, then connects to the first. */
+static void start_upstream(struct session *s)
+{
+	const struct cfg_addr *u = &s->r->upstream;
+	s->ndst = s->idst = 0;
+	if (u->original_dst) {
+		struct sockaddr_storage d;
+		int rc = original_destination(s, &d);
+		if (rc < 0 || (d.ss_family != AF_INET && d.ss_family != AF_INET6) || is_self(s, &d)) {
+			char addr[64] = "none";
+			if (rc == 0)
+				addr_text((const struct sockaddr *)&d, addr, sizeof(addr));
+			log_event(LOG_WARN, s->id, s->r->name, "refused", "reason",
+				  "no original destination", "client", s->client, "destination",
+				  addr, "detail",
+				  rc < 0 ? strerror(-rc)
+					 : "the proxy itself: the connection was not redirected",
+				  NULL);
+			session_close(s, "no original destination");
+			return;
+		}
+		s->dst[s->ndst++] = d;
+		connect_upstream(s);
+		return;
+	}
+	if (!u->needs_dns) {
+		s->dst[s->ndst++] = u->ss;
+		connect_upstream(s);
+		return;
+	}
+	struct dns_entry *e = dns_lookup(s);
+	if (e) {
+		memcpy(s->dst, e->a, sizeof(e->a[0]) * (size_t)e->n);
+		s->ndst = e->n;
+		connect_upstream(s);
+		return;
+	}
+	char port[8];
+	snprintf(port, sizeof(port), "%u", u->port);
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
+	s->gai.data = s;
+	s->up_started = 1;
+	s->phase_started_ms = now_ms(s);
+	snprintf(s->upstream, sizeof(s->upstream), "%s:%u", u->host, u->port);
+	if (uv_getaddrinfo(s->h->loop, &s->gai, resolved, u->host, port, &hints) < 0) {
+		upstream_unreachable(s, "cannot resolve");
+		return;
+	}
+	s->handles++; /* released in resolved() */
 	arm_timer(s);
 }
 
@@ -868,7 +1111,7 @@ void session_accept(struct session_host *h, struct cfg_route *r, uv_stream_t *se
 	if (s->closed)
 		return;
 	arm_timer(s);
-	connect_upstream(s);
+	start_upstream(s);
 }
 
 void session_shutdown(struct session *s)
@@ -882,4 +1125,10 @@ void session_shutdown(struct session *s)
 struct session *session_next(struct session *s)
 {
 	return s->next;
+}
+
+void session_host_cleanup(struct session_host *h)
+{
+	free(h->dns);
+	h->dns = NULL;
 }

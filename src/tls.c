@@ -480,6 +480,43 @@ const char *tls_verify_result_name(enum tls_verify v)
 	}
 }
 
+const char *tls_conn_check(struct tls_conn *c, enum tls_check check, const char *const *names,
+			   size_t nnames, const uint8_t (*pins)[32], size_t npins, char *detail,
+			   size_t dlen)
+{
+	detail[0] = '\0';
+	if (check == TLS_CHECK_NONE)
+		return NULL;
+	if (!tls_conn_has_peer_cert(c)) {
+		snprintf(detail, dlen, "no peer certificate");
+		return "validation-failure";
+	}
+	if (check == TLS_CHECK_FINGERPRINT) {
+		uint8_t fp[32];
+		if (tls_conn_peer_spki_sha256(c, fp) < 0) {
+			snprintf(detail, dlen, "no peer certificate");
+			return "validation-failure";
+		}
+		for (size_t i = 0; i < npins; i++)
+			if (memcmp(fp, pins[i], 32) == 0)
+				return NULL;
+		int o = snprintf(detail, dlen, "fingerprint mismatch: the server has sha256:");
+		for (int i = 0; i < 32 && o > 0 && (size_t)o + 3 < dlen; i++)
+			o += snprintf(detail + o, dlen - (size_t)o, "%02x", fp[i]);
+		return "validation-failure";
+	}
+	enum tls_verify v = tls_conn_verify_result(c);
+	if (v != TLS_VERIFY_OK)
+		return tls_verify_result_name(v);
+	for (size_t i = 0; i < nnames; i++)
+		if (names[i] && tls_conn_peer_name_matches(c, names[i]))
+			return NULL;
+	size_t o = 0;
+	for (size_t i = 0; i < nnames && o + 2 < dlen; i++)
+		o += (size_t)snprintf(detail + o, dlen - o, "%s%s", i ? "," : "", names[i] ? names[i] : "");
+	return "certificate-host-mismatch";
+}
+
 const char *tls_strerror(int err)
 {
 	switch (err) {

@@ -198,6 +198,7 @@ void worker_join(struct worker *w)
 {
 	uv_thread_join(&w->thread);
 	uv_loop_close(&w->loop);
+	session_host_cleanup(&w->host);
 	free(w->listeners);
 	w->listeners = NULL;
 	uv_mutex_destroy(&w->lock);
