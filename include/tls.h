@@ -103,6 +103,24 @@ int tls_name_match(const char *pattern, size_t pattern_len, const char *host);
 
 const char *tls_verify_result_name(enum tls_verify v); /* RFC 8460 result type */
 
+/* The peer's certificate chain as it was verified (--probe): collected only on a
+ * connection asked to (tls_conn_collect_chain), by the verification callback, so a
+ * context without a trust store collects nothing. Depth 0 is the server's certificate. */
+#define TLS_CHAIN_MAX 8
+struct tls_cert_info {
+	int depth;
+	char subject[256], issuer[256];
+	char names[512];     /* DNS names of the subjectAltName, comma-separated */
+	char not_after[32];  /* YYYY-MM-DDTHH:MM:SSZ */
+	char error[64];      /* why it failed verification, or "" */
+};
+struct tls_chain {
+	struct tls_cert_info certs[TLS_CHAIN_MAX];
+	int n;
+};
+/* Before the handshake: fill *chain (owned by the caller, alive until the handshake ends). */
+void tls_conn_collect_chain(struct tls_conn *c, struct tls_chain *chain);
+
 /* What a policy asks of the peer certificate. */
 enum tls_check { TLS_CHECK_NONE, TLS_CHECK_FINGERPRINT, TLS_CHECK_VERIFY };
 

@@ -39,7 +39,7 @@ POLICY_RC=${STP_POLICY_RC:-/usr/sbin/policy-rc.d}
 BUILD_PACKAGES="build-essential pkg-config libuv1-dev autoconf automake libtool dpkg-dev
  openssl ca-certificates python3"
 TEST_PACKAGES="libcmocka-dev curl python3-aiosmtpd swaks libnet-ssleay-perl socat stunnel4
- haproxy postfix iproute2 procps psmisc libssl-dev clang"
+ haproxy postfix iproute2 procps psmisc libssl-dev clang nftables iptables"
 
 case $WHAT in
 build) PACKAGES=$BUILD_PACKAGES ;;

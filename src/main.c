@@ -4,6 +4,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "listener.h"
+#include "probe.h"
 #include "shared.h"
 #include "tls.h"
 #include "worker.h"
@@ -28,10 +29,18 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: starttls-proxy [-c FILE] [-t] [-V] [-h]\n"
+		"       starttls-proxy --probe HOST:PORT [--protocol smtp|lmtp|imap|pop3|tcp]\n"
+		"                      [--tls starttls|implicit] [--name NAME] [--ca FILE]\n"
+		"                      [-c FILE --route NAME] [--json]\n"
 		"  -c, --config FILE   configuration (default " DEFAULT_CONFIG ")\n"
 		"  -t, --check         validate the configuration, certificates and keys, and exit\n"
 		"  -V, --version       print the version and the wolfSSL/libuv versions\n"
-		"  -h, --help          this text\n");
+		"  -h, --help          this text\n"
+		"      --probe         test a server before enforcing a policy on it: greeting,\n"
+		"                      STARTTLS, TLS, the chain, the SPKI pin, the verification\n"
+		"                      result and a verdict per policy level; exit 0 when the\n"
+		"                      policy that applies (the route's, else verify) would pass,\n"
+		"                      1 when it would block, 2 when the server is unreachable\n");
 }
 
 static struct cfg *load(const char *path)
@@ -218,14 +227,25 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' }, { "check", no_argument, NULL, 't' },
 		{ "version", no_argument, NULL, 'V' },     { "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+		{ "probe", required_argument, NULL, 'P' }, { "protocol", required_argument, NULL, 'p' },
+		{ "tls", required_argument, NULL, 'T' },   { "name", required_argument, NULL, 'n' },
+		{ "ca", required_argument, NULL, 'a' },    { "route", required_argument, NULL, 'r' },
+		{ "json", no_argument, NULL, 'j' },        { NULL, 0, NULL, 0 },
 	};
 	const char *path = DEFAULT_CONFIG;
-	int check = 0, c;
+	int check = 0, c, probe_opt = 0;
+	struct probe_opts probe = { 0 };
 	while ((c = getopt_long(argc, argv, "c:tVh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c': path = optarg; break;
 		case 't': check = 1; break;
+		case 'P': probe.target = optarg; break;
+		case 'p': probe.protocol = optarg; probe_opt = 1; break;
+		case 'T': probe.tls = optarg; probe_opt = 1; break;
+		case 'n': probe.name = optarg; probe_opt = 1; break;
+		case 'a': probe.ca = optarg; probe_opt = 1; break;
+		case 'r': probe.route = optarg; probe_opt = 1; break;
+		case 'j': probe.json = 1; probe_opt = 1; break;
 		case 'V':
 			printf("starttls-proxy %s (wolfSSL %s, libuv %s)\n", STP_VERSION,
 			       tls_library_version(), uv_version_string());
@@ -234,9 +254,20 @@ int main(int argc, char **argv)
 		default: usage(stderr); return 1;
 		}
 	}
-	if (optind < argc) {
+	if (optind < argc || (probe_opt && !probe.target)) {
 		usage(stderr);
 		return 1;
+	}
+	if (probe.tls && strcmp(probe.tls, "starttls") && strcmp(probe.tls, "implicit")) {
+		fprintf(stderr, "--tls: expected starttls or implicit\n");
+		return 2;
+	}
+	if (probe.target) {
+		if (tls_global_init() < 0)
+			return 2;
+		log_setup(LOG_ERROR, 0);
+		probe.config = path;
+		return probe_run(&probe, stdout);
 	}
 	if (tls_global_init() < 0) {
 		fprintf(stderr, "cannot initialise wolfSSL\n");

@@ -30,6 +30,7 @@ struct tls_conn {
 	enum tls_verify verify;
 	int verify_error; /* wolfSSL error code of the first chain failure */
 	char err[128];
+	struct tls_chain *chain; /* --probe: where the verification callback records the chain */
 };
 
 static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *arg)
@@ -195,8 +196,53 @@ static enum tls_verify classify(int error)
 
 /* Records the first chain failure on the connection and lets the handshake go on: the
  * session decides under its policy (enforce or testing) what a failure means. */
+static void record_cert(struct tls_chain *chain, WOLFSSL_X509_STORE_CTX *store, int ok)
+{
+	WOLFSSL_X509 *x = store->current_cert;
+	if (!x || chain->n >= TLS_CHAIN_MAX)
+		return;
+	for (int i = 0; i < chain->n; i++)
+		if (chain->certs[i].depth == store->error_depth)
+			return; /* called again for the same certificate */
+	struct tls_cert_info *ci = &chain->certs[chain->n++];
+	memset(ci, 0, sizeof(*ci));
+	ci->depth = store->error_depth;
+	WOLFSSL_X509_NAME *n = wolfSSL_X509_get_subject_name(x);
+	if (n)
+		wolfSSL_X509_NAME_oneline(n, ci->subject, (int)sizeof(ci->subject));
+	n = wolfSSL_X509_get_issuer_name(x);
+	if (n)
+		wolfSSL_X509_NAME_oneline(n, ci->issuer, (int)sizeof(ci->issuer));
+	struct tm tm;
+	const WOLFSSL_ASN1_TIME *t = wolfSSL_X509_get_notAfter(x);
+	if (t && wolfSSL_ASN1_TIME_to_tm(t, &tm) == WOLFSSL_SUCCESS)
+		strftime(ci->not_after, sizeof(ci->not_after), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	WOLFSSL_STACK *gens = wolfSSL_X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+	if (gens) {
+		size_t o = 0;
+		int k = wolfSSL_sk_GENERAL_NAME_num(gens);
+		for (int i = 0; i < k; i++) {
+			WOLFSSL_GENERAL_NAME *g = wolfSSL_sk_GENERAL_NAME_value(gens, i);
+			if (!g || g->type != GEN_DNS || !g->d.dNSName)
+				continue;
+			const char *d = (const char *)wolfSSL_ASN1_STRING_data(g->d.dNSName);
+			int dl = wolfSSL_ASN1_STRING_length(g->d.dNSName);
+			if (d && dl > 0 && o + (size_t)dl + 2 < sizeof(ci->names))
+				o += (size_t)snprintf(ci->names + o, sizeof(ci->names) - o, "%s%.*s",
+						      o ? "," : "", dl, d);
+		}
+		wolfSSL_sk_GENERAL_NAME_pop_free(gens, wolfSSL_GENERAL_NAME_free);
+	}
+	if (!ok)
+		snprintf(ci->error, sizeof(ci->error), "%s",
+			 wolfSSL_X509_verify_cert_error_string(store->error));
+}
+
 static int verify_cb(int preverify, WOLFSSL_X509_STORE_CTX *store)
 {
+	struct tls_conn *cc = store->userCtx;
+	if (cc && cc->chain)
+		record_cert(cc->chain, store, preverify);
 	if (preverify)
 		return 1;
 	struct tls_conn *c = store->userCtx;
@@ -478,6 +524,12 @@ const char *tls_verify_result_name(enum tls_verify v)
 	case TLS_VERIFY_EXPIRED: return "certificate-expired";
 	default: return "validation-failure";
 	}
+}
+
+void tls_conn_collect_chain(struct tls_conn *c, struct tls_chain *chain)
+{
+	memset(chain, 0, sizeof(*chain));
+	c->chain = chain;
 }
 
 const char *tls_conn_check(struct tls_conn *c, enum tls_check check, const char *const *names,
