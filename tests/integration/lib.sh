@@ -369,7 +369,8 @@ start_proxy() {
 		exit 1
 	fi
 	PROXY_NAMES+=("$name")
-	spawn "$name" "$STP_BIN" -c "$conf"
+	# PROXY_PREFIX (an array, e.g. ip netns exec NS): what the proxy runs under.
+	spawn "$name" ${PROXY_PREFIX+"${PROXY_PREFIX[@]}"} "$STP_BIN" -c "$conf"
 	PROXY=$LAST_PID
 	PROXY_LOG=$T/$name.log
 	PROXY_PID[$name]=$PROXY
