@@ -28,7 +28,7 @@
 /* Addresses of an upstream host name tried in turn. */
 #define SESSION_ADDRS_MAX 8
 /* How long a resolved upstream host name is reused. */
-#define DNS_CACHE_MS 30000
+#define DNS_CACHE_MS 5000
 #define DNS_CACHE_SIZE 32
 
 enum timer_kind { T_NONE, T_CONNECT, T_HANDSHAKE_CLIENT, T_HANDSHAKE_UPSTREAM, T_IDLE, T_LINGER };
