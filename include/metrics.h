@@ -19,8 +19,11 @@ void metrics_conn_open(struct metrics_route *m);
 void metrics_conn_close(struct metrics_route *m);
 /* Plaintext read from the client (up = 1) or from the upstream (up = 0). */
 void metrics_bytes(struct metrics_route *m, int up, uint64_t n);
-/* version: "TLSv1.3" ... (NULL or unknown when the handshake failed). */
-void metrics_handshake(struct metrics_route *m, int side, const char *version, int ok);
+/* version: "TLSv1.3" ... (NULL or unknown when the handshake failed); result: NULL when the
+ * handshake and the policy's checks passed ("ok"), else the RFC 8460 result type
+ * ("tls-handshake-failure", "certificate-host-mismatch", ...). */
+void metrics_handshake(struct metrics_route *m, int side, const char *version,
+		       const char *result);
 void metrics_policy_failure(struct metrics_route *m, const char *result, int testing);
 /* The exposition text (malloc'd, NUL-terminated); NULL when out of memory. */
 char *metrics_render(size_t *len);

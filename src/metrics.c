@@ -20,7 +20,7 @@ struct metrics_route {
 	uint64_t connections_total;
 	int64_t connections_active;
 	uint64_t bytes_up, bytes_down;
-	uint64_t handshakes[2][NVERSIONS][2]; /* side, version, ok */
+	uint64_t handshakes[2][NVERSIONS][NRESULTS + 1]; /* side, version, 0 ok or result + 1 */
 	uint64_t policy[NRESULTS][2];         /* result, testing */
 	char name[];
 };
@@ -77,7 +77,17 @@ void metrics_bytes(struct metrics_route *m, int up, uint64_t n)
 		ADD(m->bytes_down, n);
 }
 
-void metrics_handshake(struct metrics_route *m, int side, const char *version, int ok)
+static int result_index(const char *result)
+{
+	int r = NRESULTS - 1;
+	for (int i = 0; result && i < NRESULTS - 1; i++)
+		if (strcmp(result, results[i]) == 0)
+			r = i;
+	return r;
+}
+
+void metrics_handshake(struct metrics_route *m, int side, const char *version,
+		       const char *result)
 {
 	if (!m)
 		return;
@@ -85,18 +95,14 @@ void metrics_handshake(struct metrics_route *m, int side, const char *version, i
 	for (int i = 0; version && i < NVERSIONS - 1; i++)
 		if (strcmp(version, versions[i]) == 0)
 			v = i;
-	ADD(m->handshakes[side ? 1 : 0][v][ok ? 1 : 0], 1);
+	ADD(m->handshakes[side ? 1 : 0][v][result ? result_index(result) + 1 : 0], 1);
 }
 
 void metrics_policy_failure(struct metrics_route *m, const char *result, int testing)
 {
 	if (!m)
 		return;
-	int r = NRESULTS - 1;
-	for (int i = 0; result && i < NRESULTS - 1; i++)
-		if (strcmp(result, results[i]) == 0)
-			r = i;
-	ADD(m->policy[r][testing ? 1 : 0], 1);
+	ADD(m->policy[result_index(result)][testing ? 1 : 0], 1);
 }
 
 struct out {
@@ -156,14 +162,14 @@ char *metrics_render(size_t *len)
 	for (struct metrics_route *m = first; m; m = m->next)
 		for (int s = 0; s < 2; s++)
 			for (int v = 0; v < NVERSIONS; v++)
-				for (int ok = 1; ok >= 0; ok--) {
-					uint64_t n = GET(m->handshakes[s][v][ok]);
+				for (int r = 0; r <= NRESULTS; r++) {
+					uint64_t n = GET(m->handshakes[s][v][r]);
 					if (n)
 						emit(&o,
 						     "starttls_proxy_tls_handshakes_total{route=\"%s\","
 						     "side=\"%s\",version=\"%s\",result=\"%s\"} %llu\n",
 						     m->name, s ? "upstream" : "client", versions[v],
-						     ok ? "ok" : "failed", (unsigned long long)n);
+						     r ? results[r - 1] : "ok", (unsigned long long)n);
 				}
 	emit(&o, "# HELP starttls_proxy_policy_failures_total Failed TLS requirements (RFC 8460 "
 		 "result types).\n# TYPE starttls_proxy_policy_failures_total counter\n");

@@ -291,7 +291,7 @@ static void timer_cb(uv_timer_t *t)
 		session_close(s, s->close_reason ? s->close_reason : "linger timeout");
 		return;
 	case T_HANDSHAKE_CLIENT:
-		metrics_handshake(s->r->metrics, METRICS_CLIENT, NULL, 0);
+		metrics_handshake(s->r->metrics, METRICS_CLIENT, NULL, "tls-handshake-failure");
 		log_event(LOG_WARN, s->id, s->r->name, "client_tls_failed", "result",
 			  "tls-handshake-failure", "error", "handshake timeout", NULL);
 		session_close(s, "client handshake timeout");
@@ -301,7 +301,7 @@ static void timer_cb(uv_timer_t *t)
 		return;
 	case T_HANDSHAKE_UPSTREAM:
 		if (s->up.tls && !s->up.tls_ready) {
-			metrics_handshake(s->r->metrics, METRICS_UPSTREAM, NULL, 0);
+			metrics_handshake(s->r->metrics, METRICS_UPSTREAM, NULL, "tls-handshake-failure");
 			policy_failure(s, "tls-handshake-failure", "handshake timeout");
 			fail_upstream(s, PF_TLS_POLICY, "tls-handshake-failure",
 				      "upstream handshake timeout");
@@ -373,7 +373,7 @@ static int check_upstream_tls(struct session *s)
 	const char *result = tls_conn_check(t, check, p->names, p->nnames, p->pins, p->npins,
 					    detail, sizeof(detail));
 	const char *verify = check == TLS_CHECK_NONE ? "skipped" : result ? "failed" : "ok";
-	metrics_handshake(r->metrics, METRICS_UPSTREAM, tls_conn_version(t), 1);
+	metrics_handshake(r->metrics, METRICS_UPSTREAM, tls_conn_version(t), result);
 	log_event(LOG_INFO, s->id, r->name, "upstream_tls", "version", tls_conn_version(t),
 		  "cipher", tls_conn_cipher(t), "verify", verify, "policy",
 		  cfg_policy_name(p->level),
@@ -594,7 +594,7 @@ static void retry_plain(struct session *s, const char *error);
  * never "unreachable". */
 static void upstream_tls_failed(struct session *s, const char *error)
 {
-	metrics_handshake(s->r->metrics, METRICS_UPSTREAM, NULL, 0);
+	metrics_handshake(s->r->metrics, METRICS_UPSTREAM, NULL, "tls-handshake-failure");
 	if (s->pol.level != CFG_POLICY_MAY)
 		policy_failure(s, "tls-handshake-failure", error);
 	if (s->proto && s->pol.tls == CFG_TLS_STARTTLS && !s->plain_retry &&
@@ -612,14 +612,14 @@ static void on_tls(struct endpoint *ep, int status)
 		return;
 	if (ep == &s->down) {
 		if (status < 0) {
-			metrics_handshake(s->r->metrics, METRICS_CLIENT, NULL, 0);
+			metrics_handshake(s->r->metrics, METRICS_CLIENT, NULL, "tls-handshake-failure");
 			log_event(LOG_WARN, s->id, s->r->name, "client_tls_failed", "result",
 				  "tls-handshake-failure", "error", tls_conn_error_text(ep->tls),
 				  NULL);
 			session_close(s, "client handshake failed");
 			return;
 		}
-		metrics_handshake(s->r->metrics, METRICS_CLIENT, tls_conn_version(ep->tls), 1);
+		metrics_handshake(s->r->metrics, METRICS_CLIENT, tls_conn_version(ep->tls), NULL);
 		log_event(LOG_INFO, s->id, s->r->name, "client_tls", "version",
 			  tls_conn_version(ep->tls), "cipher", tls_conn_cipher(ep->tls), NULL);
 		s->down_ready = 1;

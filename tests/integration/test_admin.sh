@@ -69,6 +69,13 @@ want conns_active_zero 'starttls_proxy_connections_active{route="plainout"}' 0
 want hs_upstream_ok 'starttls_proxy_tls_handshakes_total{route="plainout",side="upstream",version="TLSv1.3",result="ok"}' 3
 want hs_client_ok 'starttls_proxy_tls_handshakes_total{route="tlsin",side="client",version="TLSv1.3",result="ok"}' 3
 want policy_failure_counted 'starttls_proxy_policy_failures_total{route="bad",result="certificate-not-trusted",mode="enforce"}' 1
+# The handshake itself went through, but the certificate failed the policy: not "ok".
+want hs_failed_verify_not_ok 'starttls_proxy_tls_handshakes_total{route="bad",side="upstream",version="TLSv1.3",result="certificate-not-trusted"}' 1
+if grep -qF 'starttls_proxy_tls_handshakes_total{route="bad",side="upstream",version="TLSv1.3",result="ok"}' "$T/metrics.txt"; then
+	fail hs_failed_verify_never_ok "a handshake that failed verification counted as ok"
+else
+	pass hs_failed_verify_never_ok
+fi
 # relay_ok sends "ping-NAME\n": 12 bytes for echo_N, each way.
 want bytes_up 'starttls_proxy_bytes_total{route="plainout",direction="up"}' 36
 want bytes_down 'starttls_proxy_bytes_total{route="tlsin",direction="down"}' 36

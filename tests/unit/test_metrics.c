@@ -490,10 +490,10 @@ static void test_render_known_updates(void **state)
 	metrics_bytes(m, 1, 23);
 	metrics_bytes(m, 0, 7);
 	metrics_bytes(m, 0, 0);
-	metrics_handshake(m, METRICS_CLIENT, "TLSv1.3", 1);
-	metrics_handshake(m, METRICS_UPSTREAM, "TLSv1.2", 1);
-	metrics_handshake(m, METRICS_UPSTREAM, "TLSv1.2", 1);
-	metrics_handshake(m, METRICS_UPSTREAM, NULL, 0);
+	metrics_handshake(m, METRICS_CLIENT, "TLSv1.3", NULL);
+	metrics_handshake(m, METRICS_UPSTREAM, "TLSv1.2", NULL);
+	metrics_handshake(m, METRICS_UPSTREAM, "TLSv1.2", NULL);
+	metrics_handshake(m, METRICS_UPSTREAM, NULL, "tls-handshake-failure");
 	metrics_policy_failure(m, "certificate-expired", 0);
 	metrics_policy_failure(m, "starttls-not-supported", 1);
 	metrics_policy_failure(m, "starttls-not-supported", 1);
@@ -505,7 +505,7 @@ static void test_render_known_updates(void **state)
 			   "starttls_proxy_tls_handshakes_total{route=\"known\",side=\"upstream\","
 			   "version=\"TLSv1.2\",result=\"ok\"} 2\n"
 			   "starttls_proxy_tls_handshakes_total{route=\"known\",side=\"upstream\","
-			   "version=\"none\",result=\"failed\"} 1\n"
+			   "version=\"none\",result=\"tls-handshake-failure\"} 1\n"
 			   "starttls_proxy_policy_failures_total{route=\"known\","
 			   "result=\"starttls-not-supported\",mode=\"testing\"} 2\n"
 			   "starttls_proxy_policy_failures_total{route=\"known\","
@@ -538,7 +538,7 @@ static void test_render_known_updates(void **state)
 	metrics_conn_open(NULL);
 	metrics_conn_close(NULL);
 	metrics_bytes(NULL, 1, 5);
-	metrics_handshake(NULL, METRICS_CLIENT, "TLSv1.3", 1);
+	metrics_handshake(NULL, METRICS_CLIENT, "TLSv1.3", NULL);
 	metrics_policy_failure(NULL, "other", 0);
 	char *after = render();
 	assert_string_equal(before, after);
@@ -553,23 +553,28 @@ static void test_label_values(void **state)
 	static const struct {
 		int side;
 		const char *version;
-		int ok;
+		const char *result;
 		const char *labels;
 	} hs[] = {
-		{ METRICS_CLIENT, "TLSv1", 1, "side=\"client\",version=\"TLSv1\",result=\"ok\"" },
-		{ METRICS_CLIENT, "TLSv1.1", 0,
-		  "side=\"client\",version=\"TLSv1.1\",result=\"failed\"" },
-		{ METRICS_UPSTREAM, "TLSv1.2", 1,
+		{ METRICS_CLIENT, "TLSv1", NULL, "side=\"client\",version=\"TLSv1\",result=\"ok\"" },
+		{ METRICS_CLIENT, "TLSv1.1", "tls-handshake-failure",
+		  "side=\"client\",version=\"TLSv1.1\",result=\"tls-handshake-failure\"" },
+		{ METRICS_UPSTREAM, "TLSv1.2", NULL,
 		  "side=\"upstream\",version=\"TLSv1.2\",result=\"ok\"" },
-		{ METRICS_UPSTREAM, "TLSv1.3", 0,
-		  "side=\"upstream\",version=\"TLSv1.3\",result=\"failed\"" },
-		{ METRICS_CLIENT, NULL, 0, "side=\"client\",version=\"none\",result=\"failed\"" },
-		{ METRICS_CLIENT, "SSLv3", 1, "side=\"client\",version=\"none\",result=\"ok\"" },
-		{ METRICS_UPSTREAM, "TLSv1.3 ", 1,
+		/* a handshake that passed TLS but not the policy's check: never "ok" */
+		{ METRICS_UPSTREAM, "TLSv1.3", "certificate-host-mismatch",
+		  "side=\"upstream\",version=\"TLSv1.3\",result=\"certificate-host-mismatch\"" },
+		{ METRICS_UPSTREAM, "TLSv1.3", "validation-failure",
+		  "side=\"upstream\",version=\"TLSv1.3\",result=\"validation-failure\"" },
+		{ METRICS_CLIENT, NULL, "tls-handshake-failure",
+		  "side=\"client\",version=\"none\",result=\"tls-handshake-failure\"" },
+		{ METRICS_CLIENT, "SSLv3", NULL, "side=\"client\",version=\"none\",result=\"ok\"" },
+		{ METRICS_UPSTREAM, "TLSv1.3 ", NULL,
 		  "side=\"upstream\",version=\"none\",result=\"ok\"" },
-		{ METRICS_UPSTREAM, "", 0, "side=\"upstream\",version=\"none\",result=\"failed\"" },
-		{ 7, "TLSv1.3", 1, "side=\"upstream\",version=\"TLSv1.3\",result=\"ok\"" },
-		{ METRICS_CLIENT, "TLSv1.3", 5,
+		{ METRICS_UPSTREAM, "", "no-such-result",
+		  "side=\"upstream\",version=\"none\",result=\"other\"" },
+		{ 7, "TLSv1.3", NULL, "side=\"upstream\",version=\"TLSv1.3\",result=\"ok\"" },
+		{ METRICS_CLIENT, "TLSv1.3", NULL,
 		  "side=\"client\",version=\"TLSv1.3\",result=\"ok\"" },
 	};
 	static const struct {
@@ -596,7 +601,7 @@ static void test_label_values(void **state)
 		char name[32], want[300];
 		snprintf(name, sizeof name, "hs-%zu", i);
 		struct metrics_route *m = metrics_route(name);
-		metrics_handshake(m, hs[i].side, hs[i].version, hs[i].ok);
+		metrics_handshake(m, hs[i].side, hs[i].version, hs[i].result);
 		snprintf(want, sizeof want,
 			 "starttls_proxy_tls_handshakes_total{route=\"%s\",%s} 1\n", name,
 			 hs[i].labels);
@@ -689,7 +694,8 @@ static void test_exposition_format(void **state)
 		struct metrics_route *m = metrics_route(name);
 		metrics_conn_open(m);
 		metrics_bytes(m, i & 1, (uint64_t)i * 1000003u);
-		metrics_handshake(m, i & 1, i % 3 ? "TLSv1.3" : "TLSv1.2", i % 5 != 0);
+		metrics_handshake(m, i & 1, i % 3 ? "TLSv1.3" : "TLSv1.2",
+				  i % 5 ? NULL : "certificate-expired");
 		metrics_policy_failure(m, i % 2 ? "other" : "validation-failure", i % 4 == 0);
 	}
 	/* The largest values print in full. */
@@ -724,7 +730,7 @@ static void *updater(void *arg)
 		metrics_conn_open(m);
 		metrics_bytes(m, 1, 3);
 		metrics_bytes(m, 0, 5);
-		metrics_handshake(m, METRICS_UPSTREAM, "TLSv1.3", 1);
+		metrics_handshake(m, METRICS_UPSTREAM, "TLSv1.3", NULL);
 		metrics_policy_failure(m, "certificate-expired", i & 1);
 		if (i & 1)
 			metrics_conn_close(m);
