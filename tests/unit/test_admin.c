@@ -496,7 +496,7 @@ static void test_requests(void **state)
 	struct metrics_route *m = metrics_route("admin-test");
 	metrics_conn_open(m);
 	metrics_bytes(m, 1, 42);
-	metrics_handshake(m, METRICS_CLIENT, "TLSv1.3", 1);
+	metrics_handshake(m, METRICS_CLIENT, "TLSv1.3", NULL);
 	admin_set_ready(1);
 	struct server s;
 	server_start(&s);
