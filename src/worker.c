@@ -32,6 +32,19 @@ static void finish(struct session_host *h)
 		uv_close((uv_handle_t *)&w->wake, NULL);
 }
 
+/* A failed worker_init leaves nothing behind: sockets, memory, the reference. */
+static int init_failed(struct worker *w, int rc)
+{
+	for (size_t i = 0; w->listeners && i < w->nlisteners; i++)
+		listener_close(w->listeners[i]); /* never started: closes its socket */
+	free(w->listeners);
+	w->listeners = NULL;
+	w->nlisteners = 0;
+	cfg_unref(w->host.cfg);
+	w->host.cfg = NULL;
+	return rc;
+}
+
 int worker_init(struct worker *w, int index, struct cfg *cfg, struct stp_shared *shared,
 		char *err, size_t errlen)
 {
@@ -47,17 +60,17 @@ int worker_init(struct worker *w, int index, struct cfg *cfg, struct stp_shared 
 	w->listeners = calloc(w->nlisteners ? w->nlisteners : 1, sizeof(*w->listeners));
 	if (!w->listeners) {
 		snprintf(err, errlen, "out of memory");
-		return -ENOMEM;
+		return init_failed(w, -ENOMEM);
 	}
 	for (size_t i = 0; i < w->nlisteners; i++) {
 		int fd = listener_socket(&cfg->routes[i].listen, err, errlen);
 		if (fd < 0)
-			return fd;
+			return init_failed(w, fd);
 		w->listeners[i] = listener_new(&w->host, &cfg->routes[i], fd);
 		if (!w->listeners[i]) {
 			close(fd);
 			snprintf(err, errlen, "out of memory");
-			return -ENOMEM;
+			return init_failed(w, -ENOMEM);
 		}
 	}
 	return 0;
