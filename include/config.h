@@ -17,7 +17,9 @@ struct metrics_route;
 struct policy_table;
 
 enum cfg_proto { CFG_PROTO_SMTP, CFG_PROTO_LMTP, CFG_PROTO_IMAP, CFG_PROTO_POP3, CFG_PROTO_TCP };
-enum cfg_tls { CFG_TLS_NONE, CFG_TLS_STARTTLS, CFG_TLS_IMPLICIT };
+/* CFG_TLS_AUTO (client_tls only): a client whose first bytes are a TLS ClientHello gets
+ * implicit TLS, any other client the plaintext greeting with STARTTLS offered. */
+enum cfg_tls { CFG_TLS_NONE, CFG_TLS_STARTTLS, CFG_TLS_IMPLICIT, CFG_TLS_AUTO };
 enum cfg_policy {
 	CFG_POLICY_NONE, CFG_POLICY_MAY, CFG_POLICY_ENCRYPT, CFG_POLICY_FINGERPRINT, CFG_POLICY_VERIFY
 };
@@ -27,6 +29,13 @@ enum cfg_log_format { CFG_LOG_TEXT, CFG_LOG_JSON };
 enum cfg_transparent { CFG_TRANSPARENT_NO, CFG_TRANSPARENT_TPROXY };
 /* SMTP DATA: what a bare CR or LF (one not part of CRLF) in a message gets. */
 enum cfg_bare_newline { CFG_BARE_NORMALIZE, CFG_BARE_REJECT };
+
+/* An address or network: "192.0.2.7", "10.0.0.0/8", "2001:db8::/32". */
+struct cfg_cidr {
+	int family; /* AF_INET or AF_INET6 */
+	uint8_t addr[16];
+	int prefix; /* bits that must match */
+};
 
 /* A listen or upstream address. host is kept as written (for SNI and logs); ss holds the
  * address: listen addresses are resolved at load, an upstream IP literal too; an upstream
@@ -66,6 +75,12 @@ struct cfg_route {
 	enum cfg_pp proxy_protocol_in, proxy_protocol_out;
 	int xclient;
 	enum cfg_bare_newline bare_newline;
+	struct cfg_cidr *client_allow; /* client_allow: who may use the route (NULL: anyone) */
+	size_t nclient_allow;
+	char *client_ciphers, *upstream_ciphers; /* TLS 1.2 suites (NULL: the defaults) */
+	char *client_alpn;             /* ALPN protocols accepted, comma-separated (NULL: ALPN
+					  not looked at) */
+	uint64_t detect_timeout_ms;    /* client_tls = auto */
 	uint64_t connect_timeout_ms, handshake_timeout_ms, idle_timeout_ms;
 	unsigned max_connections_per_client; /* 0 = unlimited; default 50 */
 	enum cfg_transparent transparent;
@@ -118,6 +133,10 @@ int cfg_parse_hostport(const char *s, char *host, size_t hostlen, uint16_t *port
                                                            /* "h:p", "1.2.3.4:p", "[::1]:p" */
 int cfg_parse_fingerprint(const char *s, uint8_t out[32]); /* "sha256:HEX" (colons allowed) */
 int cfg_parse_tls_version(const char *s, int *v);          /* "1.0".."1.3" -> 10..13 */
+/* "ADDRESS[/PREFIX]": 0, -EINVAL, or -ERANGE when bits are set past the prefix. */
+int cfg_parse_cidr(const char *s, struct cfg_cidr *out);
+/* 1 when sa (IPv4, IPv6, or IPv4-mapped IPv6) is inside the network. */
+int cfg_cidr_match(const struct cfg_cidr *net, const struct sockaddr *sa);
 
 /* Same resolved address and port. */
 int cfg_addr_equal(const struct cfg_addr *a, const struct cfg_addr *b);

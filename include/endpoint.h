@@ -72,6 +72,10 @@ void ep_connected(struct endpoint *ep);
 /* Begin TLS on this side now; later reads/writes go through it. server_name: SNI
  * (client side). -ENOMEM. */
 int ep_start_tls(struct endpoint *ep, struct tls_ctx *ctx, const char *server_name);
+/* The same on a side whose first bytes, already read (and seen by the owner only to tell
+ * TLS from plaintext), are the start of the peer's handshake: they are TLS's input. */
+int ep_start_tls_with(struct endpoint *ep, struct tls_ctx *ctx, const uint8_t *data,
+		      size_t len);
 /* 0, or -EPIPE (the side is closing or failed), -ENOMEM, or the write's error (the side
  * has failed: on_error follows or has run). */
 int ep_write(struct endpoint *ep, const void *data, size_t len);

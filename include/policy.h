@@ -27,9 +27,7 @@ enum policy_dest { DEST_ANY, DEST_ADDR, DEST_HOST };
 struct policy_row {
 	int line;
 	enum policy_dest kind;
-	int family;          /* DEST_ADDR: AF_INET or AF_INET6 */
-	uint8_t addr[16];
-	int prefix;          /* DEST_ADDR: bits that must match */
+	struct cfg_cidr net; /* DEST_ADDR */
 	char *host;          /* DEST_HOST: lower case; "*.example" matches one more label */
 	int port;            /* 0: any port */
 	enum cfg_policy level;

@@ -38,11 +38,22 @@ enum tls_verify {
 struct tls_ctx;
 struct tls_conn;
 
+/* The TLS 1.2 suites offered and accepted unless a route names others: ECDHE with AEAD
+ * only (what a public audit, testssl.sh, finds clean). TLS 1.3 suites are always on. */
+#define TLS_DEFAULT_CIPHERS                                                                \
+	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                       \
+	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                       \
+	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+
 struct tls_server_opts {
 	const char *cert;      /* PEM chain, leaf first */
 	const char *key;       /* PEM private key */
 	const char *client_ca; /* optional: require and verify client certificates */
 	int min_version;       /* 10, 11, 12, 13 */
+	const char *ciphers;   /* TLS 1.2 suites, OpenSSL syntax; NULL: TLS_DEFAULT_CIPHERS */
+	const char *alpn;      /* ALPN protocols accepted, comma-separated: a ClientHello that
+				  offers ALPN but none of these is refused (no_application_protocol);
+				  one without ALPN is fine. NULL: ALPN is not looked at. */
 };
 
 struct tls_client_opts {
@@ -50,6 +61,7 @@ struct tls_client_opts {
 	const char *cert;      /* optional client certificate toward the upstream */
 	const char *key;
 	int min_version;
+	const char *ciphers;   /* as above */
 };
 
 int tls_global_init(void);

@@ -29,7 +29,7 @@ WOLFSSL_FLAGS="--enable-static --disable-shared --enable-tls13 --enable-sni --en
  --enable-session-ticket --enable-ocsp --enable-ocspstapling --enable-crl
  --enable-curve25519 --enable-ed25519 --enable-aesni --enable-intelasm --enable-sp
  --enable-sp-asm --enable-opensslextra --enable-fallback-scsv --enable-oldtls
- --enable-tlsv10 --enable-secure-renegotiation --disable-examples --disable-crypttests
+ --enable-tlsv10 --disable-examples --disable-crypttests
  --disable-benchmark"
 PREFIX_ROOT=${STP_DEPS_DIR:-/var/cache/starttls-proxy}
 key=$(echo "$WOLFSSL_DEBIAN_VERSION $WOLFSSL_FLAGS" | sha256sum | cut -c1-12)
@@ -39,7 +39,7 @@ POLICY_RC=${STP_POLICY_RC:-/usr/sbin/policy-rc.d}
 BUILD_PACKAGES="build-essential pkg-config libuv1-dev autoconf automake libtool dpkg-dev
  openssl ca-certificates python3"
 TEST_PACKAGES="libcmocka-dev curl python3-aiosmtpd swaks libnet-ssleay-perl socat stunnel4
- haproxy postfix iproute2 procps psmisc libssl-dev clang nftables iptables"
+ haproxy postfix iproute2 procps psmisc libssl-dev clang nftables iptables testssl.sh"
 
 case $WHAT in
 build) PACKAGES=$BUILD_PACKAGES ;;

@@ -29,7 +29,8 @@ leaf() { # name cn san ca [extra x509 args...]
 	shift 4
 	key "$name.key"
 	openssl req -new -key "$name.key" -subj "/CN=$cn" -out "$name.csr" 2>/dev/null
-	printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n%s\n' \
+	# a CRL distribution point, as a public CA's certificates carry (testssl.sh checks it)
+	printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\ncrlDistributionPoints=URI:http://ca.starttls-proxy.test/ca.crl\n%s\n' \
 		"${san:+subjectAltName=$san}" > "$name.ext"
 	openssl x509 -req -in "$name.csr" -CA "$signer.pem" -CAkey "$signer.key" \
 		-CAcreateserial -sha256 -extfile "$name.ext" -out "$name.pem" "$@" 2>/dev/null

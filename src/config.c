@@ -184,8 +184,78 @@ int cfg_parse_tls_version(const char *s, int *v)
 	return -EINVAL;
 }
 
+int cfg_parse_cidr(const char *s, struct cfg_cidr *out)
+{
+	char a[INET6_ADDRSTRLEN + 8];
+	const char *slash = strchr(s, '/');
+	size_t al = slash ? (size_t)(slash - s) : strlen(s);
+	if (al == 0 || al >= sizeof(a))
+		return -EINVAL;
+	memcpy(a, s, al);
+	a[al] = '\0';
+	int max;
+	memset(out, 0, sizeof(*out));
+	if (inet_pton(AF_INET, a, out->addr) == 1) {
+		out->family = AF_INET;
+		max = 32;
+	} else if (inet_pton(AF_INET6, a, out->addr) == 1) {
+		out->family = AF_INET6;
+		max = 128;
+	} else {
+		return -EINVAL;
+	}
+	out->prefix = max;
+	if (slash) {
+		const char *p = slash + 1;
+		if (!*p || strlen(p) > 3)
+			return -EINVAL;
+		int v = 0;
+		for (; *p; p++) {
+			if (!isdigit((unsigned char)*p))
+				return -EINVAL;
+			v = v * 10 + (*p - '0');
+		}
+		if (v > max)
+			return -EINVAL;
+		out->prefix = v;
+	}
+	/* the bits past the prefix must be zero: "10.1.2.3/8" is a typo, not a network */
+	for (int bit = out->prefix; bit < max; bit++)
+		if (out->addr[bit / 8] & (0x80 >> (bit % 8)))
+			return -ERANGE;
+	return 0;
+}
+
+int cfg_cidr_match(const struct cfg_cidr *net, const struct sockaddr *sa)
+{
+	const uint8_t *a;
+	if (sa->sa_family == AF_INET && net->family == AF_INET) {
+		a = (const uint8_t *)&((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const void *)sa;
+		a = s6->sin6_addr.s6_addr;
+		if (net->family == AF_INET) { /* an IPv4-mapped IPv6 address is the IPv4 one */
+			if (!IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+				return 0;
+			a += 12;
+		}
+	} else {
+		return 0;
+	}
+	int full = net->prefix / 8, rest = net->prefix % 8;
+	if (memcmp(a, net->addr, (size_t)full) != 0)
+		return 0;
+	if (rest) {
+		uint8_t mask = (uint8_t)(0xff << (8 - rest));
+		if ((a[full] & mask) != (net->addr[full] & mask))
+			return 0;
+	}
+	return 1;
+}
+
 static const char *const proto_names[] = { "smtp", "lmtp", "imap", "pop3", "tcp", NULL };
 static const char *const tls_names[] = { "none", "starttls", "implicit", NULL };
+static const char *const client_tls_names[] = { "none", "starttls", "implicit", "auto", NULL };
 static const char *const policy_names[] = { "none", "may", "encrypt", "fingerprint", "verify",
 					    NULL };
 static const char *const mode_names[] = { "enforce", "testing", NULL };
@@ -555,7 +625,8 @@ static const char *const route_keys[] = {
 	"client_min_tls", "upstream_min_tls", "upstream_ca", "upstream_fingerprint",
 	"upstream_cert", "upstream_key", "policy_table", "proxy_protocol_in",
 	"proxy_protocol_out", "xclient", "connect_timeout", "handshake_timeout", "idle_timeout",
-	"max_connections_per_client", "transparent", "source", "bare_newline", NULL
+	"max_connections_per_client", "transparent", "source", "bare_newline", "client_allow",
+	"client_ciphers", "upstream_ciphers", "client_alpn", "detect_timeout", NULL
 };
 
 static void check_unknown(struct parse *P, struct section *sec, const char *const *known)
@@ -646,6 +717,77 @@ static int is_ip_literal(const char *h)
 	return inet_pton(AF_INET, h, &a4) == 1 || inet_pton(AF_INET6, h, &a6) == 1;
 }
 
+/* One ALPN protocol id: 1 to 255 printable bytes, no comma. */
+static int valid_alpn(const char *s, size_t n)
+{
+	if (n == 0 || n > 255)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (s[i] <= ' ' || s[i] > '~')
+			return 0;
+	return 1;
+}
+
+/* client_allow, client_ciphers, upstream_ciphers, client_alpn, detect_timeout. */
+static void parse_client_keys(struct parse *P, struct section *sec, struct cfg_route *r)
+{
+	struct entry *e = get(sec, "client_allow");
+	if (e) {
+		size_t n = 1;
+		for (const char *p = e->value; *p; p++)
+			n += *p == ',';
+		r->client_allow = calloc(n, sizeof(*r->client_allow));
+		if (!r->client_allow) {
+			P->oom = 1;
+			return;
+		}
+		char *copy = pdup(P, e->value), *save = NULL;
+		for (char *t = copy ? strtok_r(copy, ", \t", &save) : NULL; t;
+		     t = strtok_r(NULL, ", \t", &save)) {
+			int rc = cfg_parse_cidr(t, &r->client_allow[r->nclient_allow]);
+			if (rc < 0)
+				ERR(P, e->line, "client_allow: \"%s\" %s", t,
+				    rc == -ERANGE ? "has bits set past its prefix"
+						  : "is not an address or CIDR network");
+			else
+				r->nclient_allow++;
+		}
+		free(copy);
+		if (!r->nclient_allow && copy)
+			ERR(P, e->line, "client_allow: no address or network");
+	}
+	get_string(P, sec, "client_ciphers", &r->client_ciphers);
+	get_string(P, sec, "upstream_ciphers", &r->upstream_ciphers);
+	if (r->client_ciphers && r->client_tls == CFG_TLS_NONE)
+		ERR(P, line_of(sec, "client_ciphers"), "client_ciphers needs client_tls");
+	if (r->upstream_ciphers && r->upstream_tls == CFG_TLS_NONE && !get(sec, "policy_table"))
+		ERR(P, line_of(sec, "upstream_ciphers"), "upstream_ciphers needs upstream_tls");
+	/* ALPN: a mail route accepts only its own protocol's name by default (ALPACA); tcp
+	 * routes do not look at ALPN unless told. "none": not looked at. */
+	static const char *const own[] = { "smtp", "lmtp", "imap", "pop3", NULL };
+	e = get(sec, "client_alpn");
+	if (e && strcasecmp(e->value, "none") == 0) {
+		r->client_alpn = NULL;
+	} else if (e) {
+		for (const char *p = e->value; p && *p;) {
+			const char *c = strchr(p, ',');
+			size_t n = c ? (size_t)(c - p) : strlen(p);
+			if (!valid_alpn(p, n)) {
+				ERR(P, e->line, "client_alpn: invalid protocol id \"%.*s\"", (int)n, p);
+				break;
+			}
+			p = c ? c + 1 : NULL;
+		}
+		r->client_alpn = pdup(P, e->value);
+	} else if (r->protocol != CFG_PROTO_TCP) {
+		r->client_alpn = pdup(P, own[r->protocol]);
+	}
+	r->detect_timeout_ms = 1000;
+	get_duration(P, sec, "detect_timeout", &r->detect_timeout_ms);
+	if (get(sec, "detect_timeout") && r->client_tls != CFG_TLS_AUTO)
+		ERR(P, line_of(sec, "detect_timeout"), "detect_timeout needs client_tls = auto");
+}
+
 /* The rules between a route and the rows of its policy table, reported at the row. */
 static void check_table(struct parse *P, struct cfg_route *r)
 {
@@ -701,7 +843,7 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 		    e->value);
 
 	v = CFG_TLS_NONE;
-	get_enum(P, sec, "client_tls", tls_names, &v);
+	get_enum(P, sec, "client_tls", client_tls_names, &v);
 	r->client_tls = v;
 	v = CFG_TLS_NONE;
 	get_enum(P, sec, "upstream_tls", tls_names, &v);
@@ -843,6 +985,7 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	r->bare_newline = v;
 	if (get(sec, "bare_newline") && r->protocol != CFG_PROTO_SMTP && r->protocol != CFG_PROTO_LMTP)
 		ERR(P, line_of(sec, "bare_newline"), "bare_newline needs protocol = smtp or lmtp");
+	parse_client_keys(P, sec, r);
 	get_duration(P, sec, "connect_timeout", &r->connect_timeout_ms);
 	get_duration(P, sec, "handshake_timeout", &r->handshake_timeout_ms);
 	get_duration(P, sec, "idle_timeout", &r->idle_timeout_ms);
@@ -878,6 +1021,7 @@ static int err_line(struct section *sec, struct section *glob, const char *err)
 	static const struct { const char *key, *global; } keys[] = {
 		{ "upstream_cert", NULL }, { "upstream_key", NULL }, { "upstream_ca", "ca" },
 		{ "client_ca", NULL }, { "cert", "cert" }, { "key", "key" },
+		{ "client_ciphers", NULL }, { "upstream_ciphers", NULL },
 	};
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 		size_t n = strlen(keys[i].key);
@@ -904,7 +1048,8 @@ static void build_tls(struct parse *P, struct section *sec, struct section *glob
 	if (r->client_tls != CFG_TLS_NONE && r->cert && r->key) {
 		struct tls_server_opts o = { .cert = r->cert, .key = r->key,
 					     .client_ca = r->client_ca,
-					     .min_version = r->client_min_tls };
+					     .min_version = r->client_min_tls,
+					     .ciphers = r->client_ciphers, .alpn = r->client_alpn };
 		if (tls_ctx_server_new(&o, &r->client_side_tls, err, sizeof(err)) < 0)
 			ERR(P, err_line(sec, glob, err), "route \"%s\": %s", r->name, err);
 	}
@@ -914,7 +1059,8 @@ static void build_tls(struct parse *P, struct section *sec, struct section *glob
 		struct tls_client_opts o = { .ca = r->upstream_policy == CFG_POLICY_VERIFY || r->policy
 							   ? r->upstream_ca : NULL,
 					     .cert = r->upstream_cert, .key = r->upstream_key,
-					     .min_version = r->upstream_min_tls };
+					     .min_version = r->upstream_min_tls,
+					     .ciphers = r->upstream_ciphers };
 		if (tls_ctx_client_new(&o, &r->upstream_side_tls, err, sizeof(err)) < 0)
 			ERR(P, err_line(sec, glob, err), "route \"%s\": %s", r->name, err);
 	}
@@ -926,7 +1072,8 @@ static void build_tls(struct parse *P, struct section *sec, struct section *glob
 		struct tls_client_opts o = { .ca = row->ca ? row->ca : r->upstream_ca,
 					     .cert = r->upstream_cert, .key = r->upstream_key,
 					     .min_version = row->min_tls ? row->min_tls
-									 : r->upstream_min_tls };
+									 : r->upstream_min_tls,
+					     .ciphers = r->upstream_ciphers };
 		if (tls_ctx_client_new(&o, &row->ctx, err, sizeof(err)) < 0) {
 			cfg_errors_add(P->errs, "%s:%d: %s", r->policy->path, row->line, err);
 			P->nerr++;
@@ -1049,6 +1196,10 @@ void cfg_free(struct cfg *c)
 		free(r->upstream_cert);
 		free(r->upstream_key);
 		free(r->policy_table);
+		free(r->client_allow);
+		free(r->client_ciphers);
+		free(r->upstream_ciphers);
+		free(r->client_alpn);
 		for (size_t k = 0; r->policy && k < r->policy->n; k++)
 			tls_ctx_free(r->policy->rows[k].ctx);
 		policy_free(r->policy);

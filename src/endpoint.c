@@ -243,6 +243,11 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 			tls_progress(ep);
 	} else {
 		deliver(ep, (const uint8_t *)buf->base, (size_t)nread);
+		/* the owner started TLS on what it was given (ep_start_tls_with) */
+		if (ep->tls && !ep->closing && !ep->failed) {
+			ep->in_delivery = 0;
+			tls_progress(ep);
+		}
 	}
 	ep->in_delivery = 0;
 	update_reading(ep);
@@ -300,6 +305,22 @@ int ep_start_tls(struct endpoint *ep, struct tls_ctx *ctx, const char *server_na
 		return -ENOMEM;
 	ep->tls_ready = 0;
 	if (ep->connected) {
+		tls_progress(ep);
+		update_reading(ep);
+	}
+	return 0;
+}
+
+int ep_start_tls_with(struct endpoint *ep, struct tls_ctx *ctx, const uint8_t *data,
+		      size_t len)
+{
+	ep->tls = tls_conn_new(ctx, NULL);
+	if (!ep->tls)
+		return -ENOMEM;
+	ep->tls_ready = 0;
+	if (tls_conn_feed(ep->tls, data, len) < 0)
+		return -ENOMEM;
+	if (ep->connected && !ep->in_delivery) {
 		tls_progress(ep);
 		update_reading(ep);
 	}

@@ -94,49 +94,6 @@ static int valid_host(const char *h)
 	}
 }
 
-/* ADDRESS[/PREFIX] into row; -EINVAL when it is not one. */
-static int parse_addr(const char *s, struct policy_row *row)
-{
-	char a[INET6_ADDRSTRLEN + 8];
-	const char *slash = strchr(s, '/');
-	size_t al = slash ? (size_t)(slash - s) : strlen(s);
-	if (al == 0 || al >= sizeof(a))
-		return -EINVAL;
-	memcpy(a, s, al);
-	a[al] = '\0';
-	int max;
-	if (inet_pton(AF_INET, a, row->addr) == 1) {
-		row->family = AF_INET;
-		max = 32;
-	} else if (inet_pton(AF_INET6, a, row->addr) == 1) {
-		row->family = AF_INET6;
-		max = 128;
-	} else {
-		return -EINVAL;
-	}
-	row->prefix = max;
-	if (slash) {
-		const char *p = slash + 1;
-		if (!*p || strlen(p) > 3)
-			return -EINVAL;
-		int v = 0;
-		for (; *p; p++) {
-			if (!isdigit((unsigned char)*p))
-				return -EINVAL;
-			v = v * 10 + (*p - '0');
-		}
-		if (v > max)
-			return -EINVAL;
-		row->prefix = v;
-	}
-	/* the bits past the prefix must be zero: "10.1.2.3/8" is a typo, not a network */
-	for (int bit = row->prefix; bit < max; bit++)
-		if (row->addr[bit / 8] & (0x80 >> (bit % 8)))
-			return -ERANGE;
-	row->kind = DEST_ADDR;
-	return 0;
-}
-
 /* DESTINATION into row. 0, or a negative errno with a message in why. */
 static int parse_dest(const char *s, struct policy_row *row, char *why, size_t wl)
 {
@@ -185,9 +142,11 @@ static int parse_dest(const char *s, struct policy_row *row, char *why, size_t w
 		row->kind = DEST_ANY;
 		return 0;
 	}
-	int rc = parse_addr(host, row);
-	if (rc == 0)
+	int rc = cfg_parse_cidr(host, &row->net);
+	if (rc == 0) {
+		row->kind = DEST_ADDR;
 		return 0;
+	}
 	if (rc == -ERANGE) {
 		snprintf(why, wl, "\"%s\" has bits set past its prefix", host);
 		return -EINVAL;
@@ -485,35 +444,6 @@ int policy_load(const char *path, struct policy_table **out, struct cfg_errors *
 
 /* ---- matching ---------------------------------------------------------------------- */
 
-static int addr_matches(const struct policy_row *r, const struct sockaddr *sa)
-{
-	const uint8_t *a;
-	if (!sa || sa->sa_family != r->family) {
-		/* an IPv4-mapped IPv6 address is the IPv4 address */
-		if (sa && sa->sa_family == AF_INET6 && r->family == AF_INET) {
-			const struct sockaddr_in6 *s6 = (const void *)sa;
-			if (!IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
-				return 0;
-			a = s6->sin6_addr.s6_addr + 12;
-		} else {
-			return 0;
-		}
-	} else if (sa->sa_family == AF_INET) {
-		a = (const uint8_t *)&((const struct sockaddr_in *)(const void *)sa)->sin_addr;
-	} else {
-		a = ((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr.s6_addr;
-	}
-	int full = r->prefix / 8, rest = r->prefix % 8;
-	if (memcmp(a, r->addr, (size_t)full) != 0)
-		return 0;
-	if (rest) {
-		uint8_t mask = (uint8_t)(0xff << (8 - rest));
-		if ((a[full] & mask) != (r->addr[full] & mask))
-			return 0;
-	}
-	return 1;
-}
-
 static int host_matches(const struct policy_row *r, const char *host)
 {
 	if (!host)
@@ -535,7 +465,7 @@ const struct policy_row *policy_match(const struct policy_table *t, const struct
 		const struct policy_row *r = &t->rows[i];
 		if (r->port && r->port != port)
 			continue;
-		if (r->kind == DEST_ANY || (r->kind == DEST_ADDR && addr_matches(r, dst)) ||
+		if (r->kind == DEST_ANY || (r->kind == DEST_ADDR && dst && cfg_cidr_match(&r->net, dst)) ||
 		    (r->kind == DEST_HOST && host_matches(r, host)))
 			return r;
 	}

@@ -31,7 +31,7 @@
 #define DNS_CACHE_MS 5000
 #define DNS_CACHE_SIZE 32
 
-enum timer_kind { T_NONE, T_CONNECT, T_HANDSHAKE_CLIENT, T_HANDSHAKE_UPSTREAM, T_IDLE, T_LINGER };
+enum timer_kind { T_NONE, T_DETECT, T_CONNECT, T_HANDSHAKE_CLIENT, T_HANDSHAKE_UPSTREAM, T_IDLE, T_LINGER };
 
 struct session {
 	struct session *next, *prev; /* in the host's list */
@@ -71,6 +71,9 @@ struct session {
 	int ndst, idst;
 	struct session_policy pol;
 	uv_getaddrinfo_t gai;
+	/* the client's TLS: the route's client_tls, or (auto) what the first bytes showed */
+	enum cfg_tls ctls;
+	unsigned detecting : 1;
 };
 
 static const struct ep_ops down_ops, up_ops;
@@ -226,6 +229,7 @@ static void session_end(struct session *s, const char *reason, const char *detai
 /* ---- timers ---------------------------------------------------------------------- */
 
 static void timer_cb(uv_timer_t *t);
+static void detected(struct session *s, const uint8_t *data, size_t len);
 
 static void consider(enum timer_kind *k, uint64_t *due, enum timer_kind kind, uint64_t when)
 {
@@ -246,6 +250,8 @@ static void arm_timer(struct session *s)
 	uint64_t now = now_ms(s);
 	if (s->ending) {
 		consider(&k, &due, T_LINGER, now + LINGER_MS);
+	} else if (s->detecting) {
+		consider(&k, &due, T_DETECT, s->started_ms + r->detect_timeout_ms);
 	} else {
 		if (!s->down_ready)
 			consider(&k, &due, T_HANDSHAKE_CLIENT, s->client_hs_ms + r->handshake_timeout_ms);
@@ -289,6 +295,9 @@ static void timer_cb(uv_timer_t *t)
 	switch (s->timer_kind) {
 	case T_LINGER:
 		session_close(s, s->close_reason ? s->close_reason : "linger timeout");
+		return;
+	case T_DETECT: /* a client that waits: the plaintext greeting, STARTTLS offered */
+		detected(s, NULL, 0);
 		return;
 	case T_HANDSHAKE_CLIENT:
 		metrics_handshake(s->r->metrics, METRICS_CLIENT, NULL, "tls-handshake-failure");
@@ -488,6 +497,10 @@ static void on_data(struct endpoint *ep, const uint8_t *data, size_t len)
 	struct session *s = ep->owner;
 	if (s->ending || s->closed)
 		return;
+	if (s->detecting && ep == &s->down) {
+		detected(s, data, len);
+		return;
+	}
 	s->last_activity_ms = now_ms(s);
 	metrics_bytes(s->r->metrics, ep == &s->down, len);
 	if (s->proto) {
@@ -624,7 +637,7 @@ static void on_tls(struct endpoint *ep, int status)
 			  tls_conn_version(ep->tls), "cipher", tls_conn_cipher(ep->tls), NULL);
 		s->down_ready = 1;
 		arm_timer(s);
-		if (s->proto && s->r->client_tls == CFG_TLS_STARTTLS) {
+		if (s->proto && s->ctls == CFG_TLS_STARTTLS) {
 			s->proto->tls_done(s->ps, PROTO_CLIENT, &s->acts);
 			exec_actions(s);
 		}
@@ -991,12 +1004,52 @@ static void fill_params(const struct session *s, struct proto_params *out)
 	const struct cfg_route *r = s->r;
 	struct proto_params p = {
 		.session_id = s->id, .route = r->name, .protocol = r->protocol,
-		.client_tls = r->client_tls, .upstream_tls = r->upstream_tls,
+		.client_tls = s->ctls, .upstream_tls = r->upstream_tls,
 		.client_policy = r->client_policy, .upstream_policy = r->upstream_policy,
 		.policy_mode = r->policy_mode, .helo_name = s->cfg->helo_name,
 		.xclient = r->xclient, .bare_newline = r->bare_newline, .client_ip = s->client_ip, .client_port = s->client_port,
 	};
 	*out = p;
+}
+
+static int start_proto(struct session *s);
+
+/* The client is who it is (TLS or not): the protocol module starts, then the upstream. */
+static void start(struct session *s)
+{
+	if (start_proto(s) < 0) {
+		session_close(s, "out of memory");
+		return;
+	}
+	arm_timer(s);
+	start_upstream(s);
+}
+
+/* client_tls = auto: the client's first bytes (or its silence until detect_timeout) tell
+ * whether it starts TLS (a TLS handshake record, 0x16) or waits for a plaintext greeting. */
+static void detected(struct session *s, const uint8_t *data, size_t len)
+{
+	s->detecting = 0;
+	if (len && data[0] == 0x16) {
+		s->ctls = CFG_TLS_IMPLICIT;
+		s->down_ready = 0;
+		s->client_hs_ms = now_ms(s);
+		log_event(LOG_DEBUG, s->id, s->r->name, "client_detected", "tls", "implicit", NULL);
+		if (ep_start_tls_with(&s->down, s->r->client_side_tls, data, len) < 0) {
+			session_close(s, "out of memory");
+			return;
+		}
+		if (!s->closed && !s->ending)
+			start(s);
+		return;
+	}
+	s->ctls = CFG_TLS_STARTTLS;
+	s->down_ready = 1;
+	log_event(LOG_DEBUG, s->id, s->r->name, "client_detected", "tls",
+		  len ? "plaintext" : "none (waits)", NULL);
+	start(s);
+	if (len && !s->closed && !s->ending)
+		on_data(&s->down, data, len);
 }
 
 static int start_proto(struct session *s)
@@ -1012,29 +1065,44 @@ static int start_proto(struct session *s)
 
 /* A connection over a limit: mail protocols get a temporary reply before the close (inside
  * TLS for implicit TLS, after the handshake; the client retries later either way). */
-static void refuse(struct session *s, const char *why)
+static void refuse(struct session *s, enum proto_refusal kind, const char *why)
 {
 	log_event(LOG_WARN, s->id, s->r->name, "refused", "reason", why, "client", s->client,
-		  NULL);
-	if (!s->proto) {
+		  kind == PR_NOT_ALLOWED ? "result" : NULL, "client-not-allowed", NULL);
+	const struct proto_ops *ops = proto_lookup(s->r->protocol);
+	if (!ops) {
 		session_close(s, why);
 		return;
 	}
-	if (s->r->client_tls == CFG_TLS_IMPLICIT &&
+	/* implicit TLS: the refusal inside TLS, where the client can read it */
+	if (s->ctls == CFG_TLS_IMPLICIT &&
 	    ep_start_tls(&s->down, s->r->client_side_tls, NULL) < 0) {
 		session_close(s, why);
 		return;
 	}
-	s->down_ready = s->r->client_tls != CFG_TLS_IMPLICIT;
+	s->down_ready = s->ctls != CFG_TLS_IMPLICIT;
 	ep_connected(&s->down);
 	struct proto_params p;
 	fill_params(s, &p);
-	s->proto->refuse(&p, PR_LIMIT, &s->acts);
+	ops->refuse(&p, kind, &s->acts);
 	for (size_t i = 0; i < s->acts.n; i++) /* the reply; its PA_CLOSE is session_end's */
 		if (s->acts.a[i].type == PA_SEND)
 			ep_write(&s->down, s->acts.buf + s->acts.a[i].off, s->acts.a[i].len);
 	proto_actions_clear(&s->acts);
 	session_end(s, why, NULL);
+}
+
+/* client_allow: the client's address is in one of the networks. */
+static int client_allowed(struct session *s)
+{
+	struct sockaddr_storage peer;
+	int len = sizeof(peer);
+	if (uv_tcp_getpeername(&s->down.tcp, (struct sockaddr *)&peer, &len) < 0)
+		return 0;
+	for (size_t i = 0; i < s->r->nclient_allow; i++)
+		if (cfg_cidr_match(&s->r->client_allow[i], (const struct sockaddr *)&peer))
+			return 1;
+	return 0;
 }
 
 static void reject_closed(uv_handle_t *h)
@@ -1083,21 +1151,30 @@ void session_accept(struct session_host *h, struct cfg_route *r, uv_stream_t *se
 	}
 	peer_address(s);
 	log_event(LOG_INFO, s->id, r->name, "accept", "client", s->client, NULL);
-	if (start_proto(s) < 0) {
-		session_close(s, "out of memory");
+	/* auto: plaintext until the client shows otherwise (a refusal goes out in plaintext) */
+	s->ctls = r->client_tls == CFG_TLS_AUTO ? CFG_TLS_STARTTLS : r->client_tls;
+	if (r->nclient_allow && !client_allowed(s)) {
+		refuse(s, PR_NOT_ALLOWED, "client-not-allowed");
 		return;
 	}
 	if ((unsigned long)active > h->cfg->max_connections) {
-		refuse(s, "max_connections");
+		refuse(s, PR_LIMIT, "max_connections");
 		return;
 	}
 	if (r->max_connections_per_client) {
 		unsigned n = shared_client_acquire(h->shared, r, s->client_ip);
 		s->counted_client = n > 0;
 		if (n == 0 || n > r->max_connections_per_client) {
-			refuse(s, "max_connections_per_client");
+			refuse(s, PR_LIMIT, "max_connections_per_client");
 			return;
 		}
+	}
+	if (r->client_tls == CFG_TLS_AUTO) {
+		s->detecting = 1;
+		s->down_ready = 1; /* reads flow; detected() decides */
+		ep_connected(&s->down);
+		arm_timer(s);
+		return;
 	}
 	if (r->client_tls == CFG_TLS_IMPLICIT) {
 		if (ep_start_tls(&s->down, r->client_side_tls, NULL) < 0) {
@@ -1110,8 +1187,7 @@ void session_accept(struct session_host *h, struct cfg_route *r, uv_stream_t *se
 	ep_connected(&s->down);
 	if (s->closed)
 		return;
-	arm_timer(s);
-	start_upstream(s);
+	start(s);
 }
 
 void session_shutdown(struct session *s)

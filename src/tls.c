@@ -20,6 +20,7 @@
 struct tls_ctx {
 	WOLFSSL_CTX *ctx;
 	int is_server;
+	char *alpn; /* server: the ALPN protocols accepted (see tls_server_opts) */
 };
 
 struct tls_conn {
@@ -82,11 +83,22 @@ static void load_err(char *err, size_t errlen, const char *key, const char *file
 	snprintf(err, errlen, "%s \"%s\": %s", key, file, why);
 }
 
-static int ctx_common(WOLFSSL_CTX *ctx, int min_version, char *err, size_t errlen)
+/* The TLS 1.3 suites, always enabled along with the TLS 1.2 list a route chooses. */
+#define TLS13_CIPHERS "TLS13-AES128-GCM-SHA256:TLS13-AES256-GCM-SHA384:TLS13-CHACHA20-POLY1305-SHA256"
+
+static int ctx_common(WOLFSSL_CTX *ctx, int min_version, const char *ciphers, const char *key,
+		      char *err, size_t errlen)
 {
 	if (wolfSSL_CTX_SetMinVersion(ctx, min_version_const(min_version)) != WOLFSSL_SUCCESS) {
 		snprintf(err, errlen, "TLS minimum version %d.%d is not available", min_version / 10,
 			 min_version % 10);
+		return -1;
+	}
+	char list[2048];
+	snprintf(list, sizeof(list), "%s:%s", TLS13_CIPHERS, ciphers ? ciphers : TLS_DEFAULT_CIPHERS);
+	if (wolfSSL_CTX_set_cipher_list(ctx, list) != WOLFSSL_SUCCESS) {
+		snprintf(err, errlen, "%s \"%s\": no cipher suite this TLS library knows", key,
+			 ciphers ? ciphers : TLS_DEFAULT_CIPHERS);
 		return -1;
 	}
 	wolfSSL_CTX_SetIORecv(ctx, io_recv);
@@ -145,7 +157,8 @@ static int ctx_wrap(WOLFSSL_CTX *ctx, int is_server, struct tls_ctx **out)
 	return 0;
 }
 
-static WOLFSSL_CTX *ctx_new(int is_server, int min_version, char *err, size_t errlen)
+static WOLFSSL_CTX *ctx_new(int is_server, int min_version, const char *ciphers, char *err,
+			    size_t errlen)
 {
 	WOLFSSL_CTX *ctx = wolfSSL_CTX_new(is_server ? wolfSSLv23_server_method()
 						     : wolfSSLv23_client_method());
@@ -153,7 +166,8 @@ static WOLFSSL_CTX *ctx_new(int is_server, int min_version, char *err, size_t er
 		snprintf(err, errlen, "cannot create a TLS context");
 		return NULL;
 	}
-	if (ctx_common(ctx, min_version, err, errlen) < 0) {
+	if (ctx_common(ctx, min_version, ciphers, is_server ? "client_ciphers" : "upstream_ciphers",
+		       err, errlen) < 0) {
 		wolfSSL_CTX_free(ctx);
 		return NULL;
 	}
@@ -164,7 +178,7 @@ int tls_ctx_server_new(const struct tls_server_opts *o, struct tls_ctx **out, ch
 		       size_t errlen)
 {
 	*out = NULL;
-	WOLFSSL_CTX *ctx = ctx_new(1, o->min_version, err, errlen);
+	WOLFSSL_CTX *ctx = ctx_new(1, o->min_version, o->ciphers, err, errlen);
 	if (!ctx)
 		return TLS_E_CONFIG;
 	if (load_identity(ctx, o->cert, o->key, "cert", "key", err, errlen) < 0 ||
@@ -175,7 +189,13 @@ int tls_ctx_server_new(const struct tls_server_opts *o, struct tls_ctx **out, ch
 	wolfSSL_CTX_set_verify(ctx, o->client_ca ? WOLFSSL_VERIFY_PEER |
 							   WOLFSSL_VERIFY_FAIL_IF_NO_PEER_CERT
 						 : WOLFSSL_VERIFY_NONE, NULL);
-	return ctx_wrap(ctx, 1, out);
+	int rc = ctx_wrap(ctx, 1, out);
+	if (rc == 0 && o->alpn && !((*out)->alpn = strdup(o->alpn))) {
+		tls_ctx_free(*out);
+		*out = NULL;
+		return TLS_E_NOMEM;
+	}
+	return rc;
 }
 
 static enum tls_verify classify(int error)
@@ -257,7 +277,7 @@ int tls_ctx_client_new(const struct tls_client_opts *o, struct tls_ctx **out, ch
 		       size_t errlen)
 {
 	*out = NULL;
-	WOLFSSL_CTX *ctx = ctx_new(0, o->min_version, err, errlen);
+	WOLFSSL_CTX *ctx = ctx_new(0, o->min_version, o->ciphers, err, errlen);
 	if (!ctx)
 		return TLS_E_CONFIG;
 	if ((o->cert && load_identity(ctx, o->cert, o->key, "upstream_cert", "upstream_key", err,
@@ -278,6 +298,7 @@ void tls_ctx_free(struct tls_ctx *t)
 	if (!t)
 		return;
 	wolfSSL_CTX_free(t->ctx);
+	free(t->alpn);
 	free(t);
 }
 
@@ -305,6 +326,14 @@ struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *server_name)
 	if (!ctx->is_server && server_name && *server_name && !is_ip_literal(server_name))
 		wolfSSL_UseSNI(c->ssl, WOLFSSL_SNI_HOST_NAME, server_name,
 			       (unsigned short)strlen(server_name));
+	/* ALPACA: a client that asks for another application protocol (http/1.1 on a mail
+	 * port) gets no_application_protocol; a client without ALPN is served. */
+	if (ctx->is_server && ctx->alpn &&
+	    wolfSSL_UseALPN(c->ssl, ctx->alpn, (unsigned)strlen(ctx->alpn),
+			    WOLFSSL_ALPN_FAILED_ON_MISMATCH) != WOLFSSL_SUCCESS) {
+		tls_conn_free(c);
+		return NULL;
+	}
 	return c;
 }
 

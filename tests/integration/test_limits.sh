@@ -38,6 +38,7 @@ listen = 127.0.0.1:$P_OLD
 protocol = tcp
 client_tls = implicit
 client_min_tls = 1.0
+client_ciphers = ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA
 upstream = $ECHO
 
 [route new]
