@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "tls.h"
+
 struct tls_ctx;
 struct metrics_route;
 struct policy_table;
@@ -88,6 +90,10 @@ struct cfg_route {
 	/* Built at load from the keys above; owned by the configuration. */
 	struct tls_ctx *client_side_tls;   /* server context toward clients, or NULL */
 	struct tls_ctx *upstream_side_tls; /* client context toward the upstream, or NULL */
+	/* When the certificates of the two contexts expire (seconds since the epoch; 0: the
+	 * side has none) and the configuration line that names each (route or [global]). */
+	int64_t cert_not_after, upstream_cert_not_after;
+	int cert_line, upstream_cert_line;
 	struct metrics_route *metrics;     /* set by main.c; counters outlive the configuration */
 };
 
@@ -104,9 +110,11 @@ struct cfg {
 	char *cert, *key, *ca;
 	uint64_t drain_timeout_ms;
 	char *ticket_key_file;
+	struct tls_ticket_keys tickets; /* read from ticket_key_file (n = 0 without it) */
 	struct cfg_route *routes;
 	size_t nroutes;
 	int refs; /* sessions keep the configuration they started with: cfg_ref/cfg_unref */
+	uint64_t generation; /* distinct for every configuration the process loads */
 };
 
 /* Growable list of error lines. */

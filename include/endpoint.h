@@ -20,6 +20,7 @@
 
 struct tls_ctx;
 struct tls_conn;
+struct tls_session;
 struct endpoint;
 
 struct ep_ops {
@@ -72,6 +73,10 @@ void ep_connected(struct endpoint *ep);
 /* Begin TLS on this side now; later reads/writes go through it. server_name: SNI
  * (client side). -ENOMEM. */
 int ep_start_tls(struct endpoint *ep, struct tls_ctx *ctx, const char *server_name);
+/* The same for a client side that offers session (may be NULL) for resumption; the server
+ * may refuse it (a full handshake follows). The endpoint does not keep session. */
+int ep_start_tls_resume(struct endpoint *ep, struct tls_ctx *ctx, const char *server_name,
+			struct tls_session *session);
 /* The same on a side whose first bytes, already read (and seen by the owner only to tell
  * TLS from plaintext), are the start of the peer's handshake: they are TLS's input. */
 int ep_start_tls_with(struct endpoint *ep, struct tls_ctx *ctx, const uint8_t *data,

@@ -24,6 +24,9 @@ void metrics_bytes(struct metrics_route *m, int up, uint64_t n);
  * ("tls-handshake-failure", "certificate-host-mismatch", ...). */
 void metrics_handshake(struct metrics_route *m, int side, const char *version,
 		       const char *result);
+/* The expiry (seconds since the epoch) of the certificate the route presents on a side:
+ * exported as seconds left; 0 removes the gauge (the side has no certificate). */
+void metrics_cert_expiry(struct metrics_route *m, int side, int64_t not_after);
 void metrics_policy_failure(struct metrics_route *m, const char *result, int testing);
 /* The exposition text (malloc'd, NUL-terminated); NULL when out of memory. */
 char *metrics_render(size_t *len);

@@ -99,6 +99,9 @@ struct proto_ops {
 	 * (may, or testing mode): the session reconnects and calls upstream_connected again;
 	 * the module must not ask for STARTTLS on the new connection. */
 	void (*upstream_retry_plain)(void *st);
+	/* The same for a new connection with the same TLS: an offered TLS session that the
+	 * upstream did not take is dropped and the handshake made again in full. */
+	void (*upstream_retry)(void *st);
 	/* The upstream failed; result is an RFC 8460 type for PF_TLS_POLICY, else detail. */
 	void (*fail)(void *st, enum proto_failure why, const char *result, struct proto_actions *a);
 	/* The session decided its policy toward the upstream it is about to connect to (a

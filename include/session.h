@@ -31,6 +31,7 @@ struct session_host {
 	void (*drained)(struct session_host *h);
 	void *owner;               /* the worker */
 	struct dns_cache *dns;     /* upstream host names resolved lately (session.c) */
+	struct tls_cache *tls;     /* upstream TLS sessions to resume (session.c) */
 };
 
 /* Accept one client waiting on the listening stream server, for route. */
@@ -40,7 +41,8 @@ void session_close(struct session *s, const char *reason);
 /* Ends the session because the proxy stops: protocols say so to the client first. */
 void session_shutdown(struct session *s);
 struct session *session_next(struct session *s);
-/* Frees what the host's sessions left behind (the DNS cache); no session may be open. */
+/* Frees what the host's sessions left behind (the DNS and TLS session caches); no session
+ * may be open. */
 void session_host_cleanup(struct session_host *h);
 
 #endif

@@ -45,6 +45,15 @@ struct tls_conn;
 	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                       \
 	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 
+/* Session-ticket keys shared by replicas (ticket_key_file): 80 bytes each, a 16-byte name
+ * and 64 bytes of key material. key[0] encrypts new tickets; every key decrypts (a ticket
+ * under an older key is accepted and replaced by one under key[0]). */
+#define TLS_TICKET_KEY_LEN 80
+struct tls_ticket_keys {
+	size_t n;
+	uint8_t (*key)[TLS_TICKET_KEY_LEN];
+};
+
 struct tls_server_opts {
 	const char *cert;      /* PEM chain, leaf first */
 	const char *key;       /* PEM private key */
@@ -54,6 +63,8 @@ struct tls_server_opts {
 	const char *alpn;      /* ALPN protocols accepted, comma-separated: a ClientHello that
 				  offers ALPN but none of these is refused (no_application_protocol);
 				  one without ALPN is fine. NULL: ALPN is not looked at. */
+	const struct tls_ticket_keys *tickets; /* NULL: a random key of this process, rotated by
+						  the library; else these (outlive the context) */
 };
 
 struct tls_client_opts {
@@ -73,6 +84,25 @@ int tls_ctx_server_new(const struct tls_server_opts *o, struct tls_ctx **out, ch
 int tls_ctx_client_new(const struct tls_client_opts *o, struct tls_ctx **out, char *err,
 		       size_t errlen);
 void tls_ctx_free(struct tls_ctx *ctx);
+/* When the first certificate of a PEM file (a chain's leaf) expires, in seconds since
+ * the epoch: 0, or -ENOENT when the file holds no readable certificate. */
+int tls_cert_file_not_after(const char *path, int64_t *not_after);
+
+/* A client connection's TLS session, to resume a later connection to the same server. */
+struct tls_session;
+/* After a handshake (TLS 1.3: once the server's ticket has arrived): a copy of the session
+ * for a later connection, or NULL when there is none to resume. */
+struct tls_session *tls_conn_get_session(struct tls_conn *c);
+/* Before the handshake: offer s for resumption (the server may refuse: a full handshake). */
+int tls_conn_set_session(struct tls_conn *c, struct tls_session *s);
+void tls_session_free(struct tls_session *s);
+/* 1 when the finished handshake resumed an earlier session (no certificate was sent). */
+int tls_conn_resumed(struct tls_conn *c);
+/* The first bytes the peer sent (up to len): to tell a plaintext greeting from TLS. */
+size_t tls_conn_first_bytes(const struct tls_conn *c, uint8_t *buf, size_t len);
+/* The peer certificate's subject and issuer, one line each ("" without a certificate). */
+void tls_conn_peer_names(struct tls_conn *c, char *subject, size_t slen, char *issuer,
+			 size_t ilen);
 
 /* server_name: SNI for client connections (NULL: none; IP literals are never sent). */
 struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *server_name);

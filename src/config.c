@@ -22,6 +22,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_LINE 4096
@@ -691,7 +692,7 @@ static void parse_global(struct parse *P, struct section *sec, struct cfg *c)
 	get_file(P, sec, "key", &c->key);
 	get_file(P, sec, "ca", &c->ca);
 	get_duration(P, sec, "drain_timeout", &c->drain_timeout_ms);
-	refuse_unsupported(P, sec, "ticket_key_file", NULL);
+	get_file(P, sec, "ticket_key_file", &c->ticket_key_file);
 	check_unknown(P, sec, global_keys);
 }
 
@@ -1012,8 +1013,6 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	check_unknown(P, sec, route_keys);
 }
 
-/* Builds the TLS contexts: this is where a certificate that does not parse, a key that
- * does not match its certificate, or a CA file without certificates is found. */
 /* The line of the key an error message starts with ("key ...", "upstream_ca ..."): in the
  * route, else in [global] (under its global name), else the route header. */
 static int err_line(struct section *sec, struct section *glob, const char *err)
@@ -1039,19 +1038,108 @@ static int err_line(struct section *sec, struct section *glob, const char *err)
 	return sec->line;
 }
 
+/* ticket_key_file: one key per line, 80 bytes as 160 hex digits; blank lines and lines
+ * starting with '#' are skipped. Errors name the key file's own FILE:LINE; the key bytes
+ * never appear in a message. */
+static void load_ticket_keys(struct parse *P, struct cfg *c, int cfg_line)
+{
+	const char *path = c->ticket_key_file;
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		ERR(P, cfg_line, "ticket_key_file: cannot read \"%s\": %s", path, strerror(errno));
+		return;
+	}
+	struct stat st;
+	if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077))
+		log_event(LOG_WARN, NULL, NULL, "config", "file", path, "warning",
+			  "ticket_key_file is readable by group or others (chmod 600)", NULL);
+	char line[512];
+	int lineno = 0, bad = 0;
+	while (fgets(line, sizeof(line), f)) {
+		lineno++;
+		size_t n = strlen(line);
+		int whole = n > 0 && line[n - 1] == '\n';
+		while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' ' ||
+				 line[n - 1] == '\t'))
+			line[--n] = '\0';
+		const char *v = line + strspn(line, " \t");
+		if (!whole && !feof(f)) { /* longer than any key: skip the rest of the line */
+			int ch;
+			while ((ch = fgetc(f)) != EOF && ch != '\n')
+				;
+			n = sizeof(line);
+		}
+		if (*v == '\0' || *v == '#')
+			continue;
+		size_t len = strlen(v), k;
+		for (k = 0; k < len && hexval((unsigned char)v[k]) >= 0; k++)
+			;
+		const char *why = k < len ? "is not hex digits"
+				  : len != 2 * TLS_TICKET_KEY_LEN || n >= sizeof(line)
+				  ? "must be 160 hex digits (80 random bytes: openssl rand -hex 80)"
+				  : NULL;
+		if (why) {
+			cfg_errors_add(P->errs, "%s:%d: ticket key %s", path, lineno, why);
+			P->nerr++;
+			bad = 1;
+			continue;
+		}
+		void *grown = realloc(c->tickets.key, (c->tickets.n + 1) * sizeof(*c->tickets.key));
+		if (!grown) {
+			P->oom = 1;
+			break;
+		}
+		c->tickets.key = grown;
+		for (k = 0; k < TLS_TICKET_KEY_LEN; k++)
+			c->tickets.key[c->tickets.n][k] =
+				(uint8_t)(hexval((unsigned char)v[2 * k]) << 4 |
+					  hexval((unsigned char)v[2 * k + 1]));
+		c->tickets.n++;
+	}
+	memset(line, 0, sizeof(line));
+	fclose(f);
+	if (!bad && c->tickets.n == 0) {
+		cfg_errors_add(P->errs, "%s:%d: no ticket key (one line of 160 hex digits: openssl "
+					"rand -hex 80)", path, lineno ? lineno : 1);
+		P->nerr++;
+	}
+}
+
+/* The certificate's expiry: an expired certificate is a configuration error (clients
+ * that check would fail every handshake); one close to expiry is reported by -t, the
+ * log and the certificate_expiry_seconds gauge. */
+static void check_expiry(struct parse *P, const struct cfg_route *r, const char *what,
+			 const char *file, int line, int64_t *not_after)
+{
+	if (tls_cert_file_not_after(file, not_after) < 0) {
+		*not_after = 0;
+		return;
+	}
+	if (*not_after <= (int64_t)time(NULL)) {
+		char when[64];
+		time_t t = (time_t)*not_after;
+		struct tm tm;
+		strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", gmtime_r(&t, &tm));
+		ERR(P, line, "route \"%s\": %s \"%s\" expired on %s", r->name, what, file, when);
+	}
+}
+
 /* Builds the TLS contexts: this is where a certificate that does not parse, a key that
  * does not match its certificate, or a CA file without certificates is found. */
 static void build_tls(struct parse *P, struct section *sec, struct section *glob,
-		      struct cfg_route *r)
+		      const struct cfg *c, struct cfg_route *r)
 {
 	char err[512];
 	if (r->client_tls != CFG_TLS_NONE && r->cert && r->key) {
 		struct tls_server_opts o = { .cert = r->cert, .key = r->key,
 					     .client_ca = r->client_ca,
 					     .min_version = r->client_min_tls,
-					     .ciphers = r->client_ciphers, .alpn = r->client_alpn };
+					     .ciphers = r->client_ciphers, .alpn = r->client_alpn,
+					     .tickets = c->tickets.n ? &c->tickets : NULL };
 		if (tls_ctx_server_new(&o, &r->client_side_tls, err, sizeof(err)) < 0)
 			ERR(P, err_line(sec, glob, err), "route \"%s\": %s", r->name, err);
+		r->cert_line = err_line(sec, glob, "cert ");
+		check_expiry(P, r, "cert", r->cert, r->cert_line, &r->cert_not_after);
 	}
 	/* With a policy table any level may apply, so the trust store is always loaded (an
 	 * outcome is only enforced where the policy is verify). */
@@ -1063,6 +1151,11 @@ static void build_tls(struct parse *P, struct section *sec, struct section *glob
 					     .ciphers = r->upstream_ciphers };
 		if (tls_ctx_client_new(&o, &r->upstream_side_tls, err, sizeof(err)) < 0)
 			ERR(P, err_line(sec, glob, err), "route \"%s\": %s", r->name, err);
+		if (r->upstream_cert) {
+			r->upstream_cert_line = err_line(sec, glob, "upstream_cert ");
+			check_expiry(P, r, "upstream_cert", r->upstream_cert, r->upstream_cert_line,
+				     &r->upstream_cert_not_after);
+		}
 	}
 	/* Rows with their own trust store or minimum version get their own context. */
 	for (size_t i = 0; r->policy && i < r->policy->n; i++) {
@@ -1106,6 +1199,8 @@ int cfg_load_flags(const char *path, int flags, struct cfg **out, struct cfg_err
 	c->max_connections = 10000;
 	c->drain_timeout_ms = 30000;
 	c->refs = 1;
+	static uint64_t generations;
+	c->generation = __atomic_add_fetch(&generations, 1, __ATOMIC_RELAXED);
 
 	if (read_sections(&P) < 0 || P.oom) {
 		free_sections(&P);
@@ -1156,11 +1251,13 @@ int cfg_load_flags(const char *path, int flags, struct cfg **out, struct cfg_err
 				break;
 			}
 	}
+	if (P.nerr == 0 && !P.oom && !(flags & CFG_NO_FILES) && c->ticket_key_file)
+		load_ticket_keys(&P, c, line_of(glob, "ticket_key_file"));
 	if (P.nerr == 0 && !P.oom && !(flags & CFG_NO_FILES)) {
 		size_t k = 0;
 		for (size_t i = 0; i < P.n; i++)
 			if (P.s[i].is_route)
-				build_tls(&P, &P.s[i], glob, &c->routes[k++]);
+				build_tls(&P, &P.s[i], glob, c, &c->routes[k++]);
 	}
 	free_sections(&P);
 	if (P.oom) {
@@ -1214,6 +1311,9 @@ void cfg_free(struct cfg *c)
 	free(c->key);
 	free(c->ca);
 	free(c->ticket_key_file);
+	if (c->tickets.key)
+		memset(c->tickets.key, 0, c->tickets.n * sizeof(*c->tickets.key));
+	free(c->tickets.key);
 	free(c);
 }
 

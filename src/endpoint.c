@@ -300,9 +300,17 @@ void ep_connected(struct endpoint *ep)
 
 int ep_start_tls(struct endpoint *ep, struct tls_ctx *ctx, const char *server_name)
 {
+	return ep_start_tls_resume(ep, ctx, server_name, NULL);
+}
+
+int ep_start_tls_resume(struct endpoint *ep, struct tls_ctx *ctx, const char *server_name,
+			struct tls_session *session)
+{
 	ep->tls = tls_conn_new(ctx, server_name);
 	if (!ep->tls)
 		return -ENOMEM;
+	if (session)
+		tls_conn_set_session(ep->tls, session); /* refused: a full handshake */
 	ep->tls_ready = 0;
 	if (ep->connected) {
 		tls_progress(ep);

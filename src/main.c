@@ -77,6 +77,31 @@ static void warn_dns(const struct cfg *c)
 	}
 }
 
+/* -t: an upstream port whose well-known TLS mode is not the route's: a STARTTLS route
+ * toward 465/993/995 waits for a greeting an implicit-TLS server never sends; an implicit
+ * route toward 25/587/143/110 gets a plaintext greeting instead of a ServerHello. */
+static void warn_ports(const struct cfg *c)
+{
+	for (size_t i = 0; i < c->nroutes; i++) {
+		const struct cfg_route *r = &c->routes[i];
+		unsigned p = r->upstream.port;
+		if (r->upstream.original_dst || r->protocol == CFG_PROTO_TCP)
+			continue;
+		int implicit_port = p == 465 || p == 993 || p == 995;
+		int plain_port = p == 25 || p == 587 || p == 143 || p == 110;
+		if (implicit_port && r->upstream_tls != CFG_TLS_IMPLICIT)
+			fprintf(stderr,
+				"%s:%d: warning: route \"%s\": port %u is an implicit-TLS port but "
+				"upstream_tls = %s (set upstream_tls = implicit)\n",
+				c->path, r->upstream.line, r->name, p, cfg_tls_name(r->upstream_tls));
+		else if (plain_port && r->upstream_tls == CFG_TLS_IMPLICIT)
+			fprintf(stderr,
+				"%s:%d: warning: route \"%s\": port %u greets in plaintext but "
+				"upstream_tls = implicit (set upstream_tls = starttls)\n",
+				c->path, r->upstream.line, r->name, p);
+	}
+}
+
 static int drop_privileges(const char *user)
 {
 	struct passwd *pw = getpwnam(user);
@@ -100,10 +125,57 @@ static uv_signal_t sigs[3];
 static uv_timer_t stop_poll;
 
 /* Every route gets its counters (kept across reloads, by route name). */
-static void attach_metrics(struct cfg *c)
+#define CERT_WARN_DAYS 14
+
+/* The certificates a configuration presents, when they expire: to stderr for -t (only
+ * those within CERT_WARN_DAYS), else as event=certificate log lines (a warning within
+ * CERT_WARN_DAYS). */
+static void report_certs(const struct cfg *c, int check)
 {
-	for (size_t i = 0; i < c->nroutes; i++)
-		c->routes[i].metrics = metrics_route(c->routes[i].name);
+	int64_t now = (int64_t)time(NULL);
+	for (size_t i = 0; i < c->nroutes; i++) {
+		const struct cfg_route *r = &c->routes[i];
+		for (int side = 0; side < 2; side++) {
+			int64_t t = side ? r->upstream_cert_not_after : r->cert_not_after;
+			const char *file = side ? r->upstream_cert : r->cert;
+			if (!t || !file)
+				continue;
+			char when[64], days[32];
+			time_t tt = (time_t)t;
+			struct tm tm;
+			strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&tt, &tm));
+			long left = (long)((t - now) / 86400);
+			snprintf(days, sizeof(days), "%ld", left);
+			int soon = t - now < (int64_t)CERT_WARN_DAYS * 86400;
+			if (check && soon)
+				fprintf(stderr,
+					"%s:%d: warning: route \"%s\": %s \"%s\" expires on %s "
+					"(in %ld days)\n",
+					c->path, side ? r->upstream_cert_line : r->cert_line, r->name,
+					side ? "upstream_cert" : "cert", file, when, left);
+			else if (!check)
+				log_event(soon ? LOG_WARN : LOG_INFO, NULL, r->name, "certificate",
+					  "side", side ? "upstream" : "client", "file", file,
+					  "not_after", when, "days_left", days, "status",
+					  soon ? "expiring" : "ok", NULL);
+		}
+	}
+}
+
+/* Points each route at its counters and sets the certificate gauges: those of routes the
+ * new configuration no longer has (or that lost a certificate) are removed. */
+static void attach_metrics(struct cfg *old, struct cfg *c)
+{
+	for (size_t i = 0; old && i < old->nroutes; i++)
+		for (int side = 0; side < 2; side++)
+			metrics_cert_expiry(old->routes[i].metrics, side, 0);
+	for (size_t i = 0; i < c->nroutes; i++) {
+		struct cfg_route *r = &c->routes[i];
+		r->metrics = metrics_route(r->name);
+		metrics_cert_expiry(r->metrics, METRICS_CLIENT, r->client_side_tls ? r->cert_not_after : 0);
+		metrics_cert_expiry(r->metrics, METRICS_UPSTREAM, r->upstream_cert_not_after);
+	}
+	report_certs(c, 0);
 }
 
 /* While the workers drain, the main loop keeps answering /readyz (503); once every
@@ -180,7 +252,7 @@ static void reload(void)
 		return;
 	}
 	log_setup(nc->log_level, nc->log_format == CFG_LOG_JSON);
-	attach_metrics(nc);
+	attach_metrics(current, nc);
 	if (nc->has_admin_listen != current->has_admin_listen ||
 	    (nc->has_admin_listen && !cfg_addr_equal(&nc->admin_listen, &current->admin_listen)))
 		log_event(LOG_WARN, NULL, NULL, "reload", "note",
@@ -280,6 +352,8 @@ int main(int argc, char **argv)
 	current = cfg;
 	if (check) {
 		warn_dns(cfg);
+		warn_ports(cfg);
+		report_certs(cfg, 1);
 		printf("configuration OK\n");
 		cfg_unref(cfg);
 		return 0;
@@ -316,7 +390,7 @@ int main(int argc, char **argv)
 	}
 	if (cfg->user && drop_privileges(cfg->user) < 0)
 		return 1;
-	attach_metrics(cfg);
+	attach_metrics(NULL, cfg);
 	for (size_t i = 0; i < cfg->nroutes; i++) {
 		char addr[300];
 		const struct cfg_route *r = &cfg->routes[i];

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <uv.h>
 
 static const char *const versions[] = { "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3", "none" };
@@ -22,6 +23,7 @@ struct metrics_route {
 	uint64_t bytes_up, bytes_down;
 	uint64_t handshakes[2][NVERSIONS][NRESULTS + 1]; /* side, version, 0 ok or result + 1 */
 	uint64_t policy[NRESULTS][2];         /* result, testing */
+	int64_t cert_not_after[2];            /* side; 0: no certificate */
 	char name[];
 };
 
@@ -75,6 +77,12 @@ void metrics_bytes(struct metrics_route *m, int up, uint64_t n)
 		ADD(m->bytes_up, n);
 	else
 		ADD(m->bytes_down, n);
+}
+
+void metrics_cert_expiry(struct metrics_route *m, int side, int64_t not_after)
+{
+	if (m)
+		__atomic_store_n(&m->cert_not_after[side ? 1 : 0], not_after, __ATOMIC_RELAXED);
 }
 
 static int result_index(const char *result)
@@ -192,6 +200,18 @@ char *metrics_render(size_t *len)
 		emit(&o, "starttls_proxy_bytes_total{route=\"%s\",direction=\"down\"} %llu\n",
 		     m->name, (unsigned long long)GET(m->bytes_down));
 	}
+	emit(&o, "# HELP starttls_proxy_certificate_expiry_seconds Seconds until the route's "
+		 "certificate expires (negative: expired).\n"
+		 "# TYPE starttls_proxy_certificate_expiry_seconds gauge\n");
+	int64_t now = (int64_t)time(NULL);
+	for (struct metrics_route *m = first; m; m = m->next)
+		for (int s = 0; s < 2; s++) {
+			int64_t t = GET(m->cert_not_after[s]);
+			if (t)
+				emit(&o, "starttls_proxy_certificate_expiry_seconds{route=\"%s\","
+					 "side=\"%s\"} %lld\n",
+				     m->name, s ? "upstream" : "client", (long long)(t - now));
+		}
 	uv_mutex_unlock(&lock);
 	if (o.failed) {
 		free(o.buf);

@@ -1341,10 +1341,9 @@ static void smtp_set_policy(void *st, enum cfg_tls tls, enum cfg_policy level,
 	s->p.policy_mode = mode;
 }
 
-static void smtp_upstream_retry_plain(void *st)
+static void smtp_upstream_retry(void *st)
 {
 	struct smtp *s = st;
-	s->p.upstream_tls = CFG_TLS_NONE;
 	s->upstream_tls = 0;
 	lr_discard(&s->uin);
 	s->reply.len = 0;
@@ -1352,6 +1351,13 @@ static void smtp_upstream_retry_plain(void *st)
 	s->greeting.len = 0;
 	eq_clear(&s->q);
 	enter_ustate(s, U_CONNECTING);
+}
+
+static void smtp_upstream_retry_plain(void *st)
+{
+	struct smtp *s = st;
+	s->p.upstream_tls = CFG_TLS_NONE;
+	smtp_upstream_retry(st);
 }
 
 static void smtp_client_eof(void *st, struct proto_actions *a)
@@ -1432,6 +1438,7 @@ const struct proto_ops proto_smtp_ops = {
 	.tls_done = smtp_tls_done,
 	.client_eof = smtp_client_eof,
 	.upstream_retry_plain = smtp_upstream_retry_plain,
+	.upstream_retry = smtp_upstream_retry,
 	.set_policy = smtp_set_policy,
 	.fail = smtp_fail,
 	.refuse = smtp_refuse,

@@ -30,6 +30,10 @@
 /* How long a resolved upstream host name is reused. */
 #define DNS_CACHE_MS 5000
 #define DNS_CACHE_SIZE 32
+/* Upstream TLS sessions kept for resumption, per host (worker), and for how long (like
+ * Postfix's smtp_tls_session_cache_timeout). */
+#define TLS_CACHE_SIZE 64
+#define TLS_CACHE_MS (3600 * 1000)
 
 enum timer_kind { T_NONE, T_DETECT, T_CONNECT, T_HANDSHAKE_CLIENT, T_HANDSHAKE_UPSTREAM, T_IDLE, T_LINGER };
 
@@ -60,6 +64,10 @@ struct session {
 	int exec_depth;
 	int counted_client; /* holds a max_connections_per_client slot */
 	unsigned reconnecting : 1, plain_retry : 1;
+	/* upstream TLS resumption: a cached session was offered on this connection; the
+	 * upstream refused it and the session reconnected for a full handshake; the session
+	 * passed the policy and may be cached for later sessions */
+	unsigned resume_offered : 1, resume_retry : 1, tls_cacheable : 1;
 	/* tcp routes: client bytes (and a client FIN) that arrived before the upstream was
 	 * accepted (connected, and its TLS handshake passed the policy). They stay here, never
 	 * in the upstream endpoint, so that a rejected upstream can never receive them. */
@@ -78,6 +86,7 @@ struct session {
 
 static const struct ep_ops down_ops, up_ops;
 static const char *sni(const struct session *s);
+static void tls_cache_put(struct session *s);
 
 static uint64_t now_ms(struct session *s)
 {
@@ -182,6 +191,9 @@ void session_close(struct session *s, const char *reason)
 	s->closed = 1;
 	if (!s->close_reason)
 		s->close_reason = reason;
+	/* TLS 1.3: the server's tickets came after the handshake */
+	if (s->tls_cacheable && s->up.tls && s->up.tls_ready && !s->up.failed)
+		tls_cache_put(s);
 	log_close(s);
 	uv_timer_stop(&s->timer);
 	uv_close((uv_handle_t *)&s->timer, timer_closed);
@@ -271,6 +283,7 @@ static void arm_timer(struct session *s)
 static void upstream_unreachable(struct session *s, const char *error);
 static void policy_failure(struct session *s, const char *result, const char *detail);
 static void exec_actions(struct session *s);
+static int start_upstream_tls(struct session *s);
 
 /* The upstream side failed: a protocol module answers the client, tcp just ends. */
 static void fail_upstream(struct session *s, enum proto_failure why, const char *result,
@@ -315,9 +328,16 @@ static void timer_cb(uv_timer_t *t)
 			fail_upstream(s, PF_TLS_POLICY, "tls-handshake-failure",
 				      "upstream handshake timeout");
 		} else {
+			/* An implicit-TLS port waits silently for a ClientHello: if the
+			 * upstream never sent a byte, say so. */
+			const char *e = "no reply from the upstream in time";
+			if (s->up.bytes_read == 0 && s->pol.tls != CFG_TLS_IMPLICIT)
+				e = "no greeting from the upstream in time (an implicit-TLS port "
+				    "waits silently for a ClientHello: if this is one, set "
+				    "upstream_tls = implicit)";
 			log_event(LOG_WARN, s->id, s->r->name, "upstream_unreachable", "result",
-				  "upstream-unreachable", "upstream", s->upstream, "error",
-				  "no reply from the upstream in time", NULL);
+				  "upstream-unreachable", "upstream", s->upstream, "error", e,
+				  NULL);
 			fail_upstream(s, PF_UNREACHABLE, NULL, "upstream timeout");
 		}
 		return;
@@ -379,17 +399,41 @@ static int check_upstream_tls(struct session *s)
 	enum tls_check check = p->level == CFG_POLICY_FINGERPRINT ? TLS_CHECK_FINGERPRINT
 			       : p->level == CFG_POLICY_VERIFY	   ? TLS_CHECK_VERIFY
 								   : TLS_CHECK_NONE;
-	const char *result = tls_conn_check(t, check, p->names, p->nnames, p->pins, p->npins,
-					    detail, sizeof(detail));
-	const char *verify = check == TLS_CHECK_NONE ? "skipped" : result ? "failed" : "ok";
+	/* A resumed session is one this route cached after it passed this same policy
+	 * toward this same upstream (tls_cache_id): the server proved it holds it, and sent
+	 * no certificate to check again. */
+	int resumed = tls_conn_resumed(t);
+	const char *result = resumed ? NULL
+					 : tls_conn_check(t, check, p->names, p->nnames, p->pins,
+							  p->npins, detail, sizeof(detail));
+	const char *verify = resumed ? "resumed"
+			     : check == TLS_CHECK_NONE ? "skipped"
+			     : result ? "failed" : "ok";
 	metrics_handshake(r->metrics, METRICS_UPSTREAM, tls_conn_version(t), result);
 	log_event(LOG_INFO, s->id, r->name, "upstream_tls", "version", tls_conn_version(t),
 		  "cipher", tls_conn_cipher(t), "verify", verify, "policy",
-		  cfg_policy_name(p->level),
-		  check == TLS_CHECK_FINGERPRINT ? "fingerprint" : NULL,
-		  result ? "mismatch" : "ok", NULL);
-	if (!result)
+		  cfg_policy_name(p->level), "resumption",
+		  s->resume_offered ? resumed ? "accepted" : "refused" : NULL, "fingerprint",
+		  check == TLS_CHECK_FINGERPRINT && !resumed ? result ? "mismatch" : "ok" : NULL,
+		  NULL);
+	if (!result) {
+		s->tls_cacheable = 1;
+		tls_cache_put(s);
 		return 0;
+	}
+	/* What the server presented, so that an admin sees which certificate (and which pin)
+	 * it actually has. */
+	char subject[256], issuer[256], pin[80] = "";
+	uint8_t fp[32];
+	tls_conn_peer_names(t, subject, sizeof(subject), issuer, sizeof(issuer));
+	if (tls_conn_peer_spki_sha256(t, fp) == 0) {
+		int o = snprintf(pin, sizeof(pin), "sha256:");
+		for (int i = 0; i < 32; i++)
+			o += snprintf(pin + o, sizeof(pin) - (size_t)o, "%02x", fp[i]);
+	}
+	log_event(LOG_WARN, s->id, r->name, "upstream_certificate", "upstream", s->upstream,
+		  "subject", subject[0] ? subject : NULL, "issuer", issuer[0] ? issuer : NULL,
+		  "pin", pin[0] ? pin : NULL, NULL);
 	policy_failure(s, result, detail[0] ? detail : NULL);
 	if (!enforcing(s))
 		return 0;
@@ -468,7 +512,7 @@ static void exec_actions(struct session *s)
 				if (ep_start_tls(ep, s->r->client_side_tls, NULL) < 0)
 					session_end(s, "out of memory", NULL);
 			} else {
-				if (ep_start_tls(ep, s->pol.ctx, sni(s)) < 0)
+				if (start_upstream_tls(s) < 0)
 					session_end(s, "out of memory", NULL);
 			}
 			arm_timer(s);
@@ -499,6 +543,18 @@ static void on_data(struct endpoint *ep, const uint8_t *data, size_t len)
 		return;
 	if (s->detecting && ep == &s->down) {
 		detected(s, data, len);
+		return;
+	}
+	/* A TLS record where a plaintext greeting should be: upstream_tls = starttls (or none)
+	 * pointed at an implicit-TLS port whose server spoke first. No mail server starts a
+	 * line with a TLS content type byte followed by a TLS major version. */
+	if (ep == &s->up && s->proto && !s->up.tls && !s->up_ready && len >= 2 &&
+	    data[0] >= 0x14 && data[0] <= 0x17 && data[1] == 0x03) {
+		const char *why = "upstream speaks implicit TLS (it sent a TLS record where a "
+				  "greeting was expected); set upstream_tls = implicit";
+		log_event(LOG_WARN, s->id, s->r->name, "upstream_tls_mismatch", "upstream",
+			  s->upstream, "detail", why, NULL);
+		upstream_unreachable(s, why);
 		return;
 	}
 	s->last_activity_ms = now_ms(s);
@@ -578,6 +634,7 @@ static void on_drain(struct endpoint *ep)
 }
 
 static void upstream_tls_failed(struct session *s, const char *error);
+static void tls_cache_drop(struct session *s);
 
 static void on_error(struct endpoint *ep, const char *what, int err)
 {
@@ -607,6 +664,41 @@ static void retry_plain(struct session *s, const char *error);
  * never "unreachable". */
 static void upstream_tls_failed(struct session *s, const char *error)
 {
+	char why[200];
+	if (s->resume_offered && !s->resume_retry && s->up.connected) {
+		/* A server that fails a handshake offering an old session gets a full one. */
+		tls_cache_drop(s);
+		log_event(LOG_INFO, s->id, s->r->name, "upstream_tls", "resumption", "failed",
+			  "detail", error, "action", "reconnect for a full handshake", NULL);
+		s->resume_retry = 1;
+		s->reconnecting = 1;
+		s->up_connected = 0;
+		s->up_ready = 0;
+		if (s->proto)
+			s->proto->upstream_retry(s->ps);
+		ep_close(&s->up);
+		return;
+	}
+	/* A plaintext greeting where a ServerHello should be: upstream_tls = implicit pointed
+	 * at a plaintext (or STARTTLS) port. */
+	uint8_t first[8];
+	size_t n = s->up.tls ? tls_conn_first_bytes(s->up.tls, first, sizeof(first)) : 0;
+	if (n >= 3 && first[0] >= 0x20 && first[0] < 0x7f && first[1] >= 0x20 && first[1] < 0x7f &&
+	    first[2] >= 0x20 && first[2] < 0x7f) {
+		char text[9];
+		size_t k;
+		for (k = 0; k < n && first[k] >= 0x20 && first[k] < 0x7f && first[k] != '"' &&
+			    first[k] != '\\';
+		     k++)
+			text[k] = (char)first[k];
+		text[k] = '\0';
+		snprintf(why, sizeof(why),
+			 "upstream speaks plaintext (it sent \"%s...\" where TLS was expected); %s",
+			 text, s->proto ? "set upstream_tls = starttls" : "set upstream_tls = none");
+		log_event(LOG_WARN, s->id, s->r->name, "upstream_tls_mismatch", "upstream",
+			  s->upstream, "detail", why, NULL);
+		error = why;
+	}
 	metrics_handshake(s->r->metrics, METRICS_UPSTREAM, NULL, "tls-handshake-failure");
 	if (s->pol.level != CFG_POLICY_MAY)
 		policy_failure(s, "tls-handshake-failure", error);
@@ -744,7 +836,7 @@ static void connect_cb(uv_connect_t *req, int status)
 	log_event(LOG_DEBUG, s->id, s->r->name, "upstream_connected", "upstream", s->upstream,
 		  NULL);
 	if (s->pol.tls == CFG_TLS_IMPLICIT) {
-		if (ep_start_tls(&s->up, s->pol.ctx, sni(s)) < 0) {
+		if (start_upstream_tls(s) < 0) {
 			session_end(s, "out of memory", NULL);
 			return;
 		}
@@ -810,6 +902,118 @@ static void connect_upstream(struct session *s)
 		return;
 	}
 	arm_timer(s);
+}
+
+/* ---- upstream TLS sessions --------------------------------------------------------- */
+
+/* A session is resumed only by a later session of the same configuration and route,
+ * toward the same address and server name, under the same policy level, trust store
+ * (context), names and pins: one that passed no verification is never offered where a
+ * verification is required. */
+struct tls_cache_entry {
+	char *id;
+	struct tls_session *sess;
+	uint64_t stored;
+};
+
+struct tls_cache {
+	struct tls_cache_entry e[TLS_CACHE_SIZE];
+};
+
+/* The entry's identity for the session's current policy: 0, or -ENOBUFS when it does not
+ * fit (not cached). */
+static int tls_cache_id(const struct session *s, char *id, size_t len)
+{
+	const struct session_policy *p = &s->pol;
+	int o = snprintf(id, len, "%llu|%s|%p|%d|%s|%s", (unsigned long long)s->cfg->generation,
+			 s->r->name, (void *)p->ctx, (int)p->level, s->upstream,
+			 sni(s) ? sni(s) : "");
+	for (size_t i = 0; i < p->nnames && o > 0 && (size_t)o < len; i++)
+		o += snprintf(id + o, len - (size_t)o, "|n:%s", p->names[i] ? p->names[i] : "");
+	for (size_t i = 0; i < p->npins && o > 0 && (size_t)o < len; i++)
+		for (int k = 0; k < 32 && (size_t)o < len; k++)
+			o += snprintf(id + o, len - (size_t)o, k ? "%02x" : "|p:%02x", p->pins[i][k]);
+	return o > 0 && (size_t)o < len ? 0 : -ENOBUFS;
+}
+
+static struct tls_cache_entry *tls_cache_find(struct session *s, const char *id)
+{
+	struct tls_cache *c = s->h->tls;
+	for (size_t i = 0; c && i < TLS_CACHE_SIZE; i++)
+		if (c->e[i].id && strcmp(c->e[i].id, id) == 0)
+			return &c->e[i];
+	return NULL;
+}
+
+static void entry_clear(struct tls_cache_entry *e)
+{
+	free(e->id);
+	tls_session_free(e->sess);
+	memset(e, 0, sizeof(*e));
+}
+
+/* The session to offer, or NULL (none, or too old). */
+static struct tls_session *tls_cache_get(struct session *s)
+{
+	char id[2048];
+	if (tls_cache_id(s, id, sizeof(id)) < 0)
+		return NULL;
+	struct tls_cache_entry *e = tls_cache_find(s, id);
+	if (!e)
+		return NULL;
+	if (now_ms(s) - e->stored > TLS_CACHE_MS) {
+		entry_clear(e);
+		return NULL;
+	}
+	return e->sess;
+}
+
+/* Keeps the upstream connection's session (the caller checked it passed the policy): in
+ * its own entry, else an empty or the oldest one. */
+static void tls_cache_put(struct session *s)
+{
+	char id[2048];
+	if (tls_cache_id(s, id, sizeof(id)) < 0)
+		return;
+	if (!s->h->tls && !(s->h->tls = calloc(1, sizeof(struct tls_cache))))
+		return;
+	struct tls_session *sess = tls_conn_get_session(s->up.tls);
+	if (!sess)
+		return;
+	struct tls_cache_entry *e = tls_cache_find(s, id);
+	if (!e) {
+		struct tls_cache *c = s->h->tls;
+		e = &c->e[0];
+		for (size_t i = 0; i < TLS_CACHE_SIZE && e->id; i++)
+			if (!c->e[i].id || c->e[i].stored < e->stored)
+				e = &c->e[i];
+		entry_clear(e);
+		if (!(e->id = strdup(id))) {
+			tls_session_free(sess);
+			return;
+		}
+	} else {
+		tls_session_free(e->sess);
+	}
+	e->sess = sess;
+	e->stored = now_ms(s);
+}
+
+static void tls_cache_drop(struct session *s)
+{
+	char id[2048];
+	struct tls_cache_entry *e = tls_cache_id(s, id, sizeof(id)) == 0 ? tls_cache_find(s, id)
+									  : NULL;
+	if (e)
+		entry_clear(e);
+}
+
+/* TLS toward the upstream, offering a cached session unless one was refused already. */
+static int start_upstream_tls(struct session *s)
+{
+	struct tls_session *cached = s->resume_retry ? NULL : tls_cache_get(s);
+	s->resume_offered = cached != NULL;
+	return ep_start_tls_resume(&s->up, s->pol.ctx, sni(s), cached);
 }
 
 /* ---- where the upstream is -------------------------------------------------------------- */
@@ -1207,4 +1411,8 @@ void session_host_cleanup(struct session_host *h)
 {
 	free(h->dns);
 	h->dns = NULL;
+	for (size_t i = 0; h->tls && i < TLS_CACHE_SIZE; i++)
+		entry_clear(&h->tls->e[i]);
+	free(h->tls);
+	h->tls = NULL;
 }

@@ -7,6 +7,7 @@
 #include <wolfssl/ssl.h>
 #include <wolfssl/openssl/x509v3.h>
 #include <wolfssl/version.h>
+#include <wolfssl/wolfcrypt/chacha20_poly1305.h>
 #include <wolfssl/wolfcrypt/error-crypt.h>
 #include <wolfssl/wolfcrypt/sha256.h>
 
@@ -15,6 +16,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <arpa/inet.h>
 
 struct tls_ctx {
@@ -32,6 +34,8 @@ struct tls_conn {
 	int verify_error; /* wolfSSL error code of the first chain failure */
 	char err[128];
 	struct tls_chain *chain; /* --probe: where the verification callback records the chain */
+	uint8_t first[8];        /* the first bytes the peer sent */
+	size_t nfirst;
 };
 
 static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *arg)
@@ -174,6 +178,54 @@ static WOLFSSL_CTX *ctx_new(int is_server, int min_version, const char *ciphers,
 	return ctx;
 }
 
+/* Session tickets under the shared keys: ChaCha20-Poly1305 with a key derived from the 64
+ * bytes of key material (SHA-256), a random 96-bit nonce in the ticket's IV, the key name
+ * and IV authenticated with it, the tag in the ticket's MAC field. */
+static int ticket_cb(WOLFSSL *ssl, unsigned char name[WOLFSSL_TICKET_NAME_SZ],
+		     unsigned char iv[WOLFSSL_TICKET_IV_SZ], unsigned char mac[WOLFSSL_TICKET_MAC_SZ],
+		     int enc, unsigned char *ticket, int len, int *out_len, void *user)
+{
+	const struct tls_ticket_keys *k = user;
+	size_t idx = 0;
+	if (!k || !k->n || len < 0)
+		return WOLFSSL_TICKET_RET_FATAL;
+	if (enc) {
+		memcpy(name, k->key[0], WOLFSSL_TICKET_NAME_SZ);
+		if (wolfSSL_RAND_bytes(iv, WOLFSSL_TICKET_IV_SZ) != WOLFSSL_SUCCESS)
+			return WOLFSSL_TICKET_RET_FATAL;
+	} else {
+		while (idx < k->n && memcmp(name, k->key[idx], WOLFSSL_TICKET_NAME_SZ) != 0)
+			idx++;
+		if (idx == k->n)
+			return WOLFSSL_TICKET_RET_REJECT; /* unknown key: a full handshake */
+	}
+	uint8_t key[32], aad[WOLFSSL_TICKET_NAME_SZ + WOLFSSL_TICKET_IV_SZ];
+	if (wc_Sha256Hash(k->key[idx] + 16, TLS_TICKET_KEY_LEN - 16, key) != 0)
+		return WOLFSSL_TICKET_RET_FATAL;
+	memcpy(aad, name, WOLFSSL_TICKET_NAME_SZ);
+	memcpy(aad + WOLFSSL_TICKET_NAME_SZ, iv, WOLFSSL_TICKET_IV_SZ);
+	int rc;
+	if (enc) {
+		rc = wc_ChaCha20Poly1305_Encrypt(key, iv, aad, sizeof(aad), ticket, (word32)len, ticket,
+						 mac);
+		memset(mac + CHACHA20_POLY1305_AEAD_AUTHTAG_SIZE, 0,
+		       WOLFSSL_TICKET_MAC_SZ - CHACHA20_POLY1305_AEAD_AUTHTAG_SIZE);
+	} else {
+		rc = wc_ChaCha20Poly1305_Decrypt(key, iv, aad, sizeof(aad), ticket, (word32)len, mac,
+						 ticket);
+	}
+	memset(key, 0, sizeof(key));
+	if (rc != 0)
+		return enc ? WOLFSSL_TICKET_RET_FATAL : WOLFSSL_TICKET_RET_REJECT;
+	*out_len = len;
+	/* A TLS 1.2 ticket under an older key is good, and is replaced by one under the
+	 * current key (TLS 1.3 sends a new ticket after every handshake anyway, and wolfSSL
+	 * resumes a TLS 1.3 ticket only on RET_OK). */
+	return !enc && idx > 0 && wolfSSL_version(ssl) != TLS1_3_VERSION
+		       ? WOLFSSL_TICKET_RET_CREATE
+		       : WOLFSSL_TICKET_RET_OK;
+}
+
 int tls_ctx_server_new(const struct tls_server_opts *o, struct tls_ctx **out, char *err,
 		       size_t errlen)
 {
@@ -189,6 +241,12 @@ int tls_ctx_server_new(const struct tls_server_opts *o, struct tls_ctx **out, ch
 	wolfSSL_CTX_set_verify(ctx, o->client_ca ? WOLFSSL_VERIFY_PEER |
 							   WOLFSSL_VERIFY_FAIL_IF_NO_PEER_CERT
 						 : WOLFSSL_VERIFY_NONE, NULL);
+	if (o->tickets && (wolfSSL_CTX_set_TicketEncCb(ctx, ticket_cb) != WOLFSSL_SUCCESS ||
+			   wolfSSL_CTX_set_TicketEncCtx(ctx, (void *)o->tickets) != WOLFSSL_SUCCESS)) {
+		snprintf(err, errlen, "ticket_key_file: the TLS library refused the keys");
+		wolfSSL_CTX_free(ctx);
+		return TLS_E_CONFIG;
+	}
 	int rc = ctx_wrap(ctx, 1, out);
 	if (rc == 0 && o->alpn && !((*out)->alpn = strdup(o->alpn))) {
 		tls_ctx_free(*out);
@@ -326,6 +384,8 @@ struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *server_name)
 	if (!ctx->is_server && server_name && *server_name && !is_ip_literal(server_name))
 		wolfSSL_UseSNI(c->ssl, WOLFSSL_SNI_HOST_NAME, server_name,
 			       (unsigned short)strlen(server_name));
+	if (!ctx->is_server)
+		wolfSSL_UseSessionTicket(c->ssl); /* TLS 1.2 tickets, to resume later */
 	/* ALPACA: a client that asks for another application protocol (http/1.1 on a mail
 	 * port) gets no_application_protocol; a client without ALPN is served. */
 	if (ctx->is_server && ctx->alpn &&
@@ -349,7 +409,19 @@ void tls_conn_free(struct tls_conn *c)
 
 int tls_conn_feed(struct tls_conn *c, const void *data, size_t len)
 {
+	if (c->nfirst < sizeof(c->first)) {
+		size_t k = sizeof(c->first) - c->nfirst < len ? sizeof(c->first) - c->nfirst : len;
+		memcpy(c->first + c->nfirst, data, k);
+		c->nfirst += k;
+	}
 	return buf_append(&c->in, data, len) < 0 ? TLS_E_NOMEM : 0;
+}
+
+size_t tls_conn_first_bytes(const struct tls_conn *c, uint8_t *buf, size_t len)
+{
+	size_t n = c->nfirst < len ? c->nfirst : len;
+	memcpy(buf, c->first, n);
+	return n;
 }
 
 static void record_error(struct tls_conn *c, int rc)
@@ -559,6 +631,69 @@ void tls_conn_collect_chain(struct tls_conn *c, struct tls_chain *chain)
 {
 	memset(chain, 0, sizeof(*chain));
 	c->chain = chain;
+}
+
+int tls_cert_file_not_after(const char *path, int64_t *not_after)
+{
+	WOLFSSL_X509 *x = wolfSSL_X509_load_certificate_file(path, WOLFSSL_FILETYPE_PEM);
+	struct tm tm;
+	const WOLFSSL_ASN1_TIME *at = x ? wolfSSL_X509_get_notAfter(x) : NULL;
+	int rc = -ENOENT;
+	memset(&tm, 0, sizeof(tm));
+	if (at && wolfSSL_ASN1_TIME_to_tm(at, &tm) == WOLFSSL_SUCCESS) {
+		*not_after = (int64_t)timegm(&tm);
+		rc = 0;
+	}
+	wolfSSL_X509_free(x);
+	return rc;
+}
+
+struct tls_session *tls_conn_get_session(struct tls_conn *c)
+{
+	/* a copy: the connection's own session changes as tickets arrive */
+	WOLFSSL_SESSION *cur = wolfSSL_get1_session(c->ssl), *copy = NULL;
+	if (cur && wolfSSL_SESSION_is_resumable(cur))
+		copy = wolfSSL_SESSION_dup(cur);
+	wolfSSL_SESSION_free(cur);
+	return (struct tls_session *)copy;
+}
+
+int tls_conn_set_session(struct tls_conn *c, struct tls_session *s)
+{
+	/* wolfSSL adopts the object and updates it as tickets arrive: it gets a copy, so that
+	 * the caller's session stays as it was for other connections */
+	WOLFSSL_SESSION *d = wolfSSL_SESSION_dup((WOLFSSL_SESSION *)s);
+	if (!d)
+		return -ENOMEM;
+	int rc = wolfSSL_set_session(c->ssl, d) == WOLFSSL_SUCCESS ? 0 : -EINVAL;
+	wolfSSL_SESSION_free(d);
+	return rc;
+}
+
+void tls_session_free(struct tls_session *s)
+{
+	wolfSSL_SESSION_free((WOLFSSL_SESSION *)s);
+}
+
+int tls_conn_resumed(struct tls_conn *c)
+{
+	return wolfSSL_session_reused(c->ssl) == 1;
+}
+
+void tls_conn_peer_names(struct tls_conn *c, char *subject, size_t slen, char *issuer,
+			 size_t ilen)
+{
+	subject[0] = issuer[0] = '\0';
+	WOLFSSL_X509 *x = wolfSSL_get_peer_certificate(c->ssl);
+	if (!x)
+		return;
+	WOLFSSL_X509_NAME *n = wolfSSL_X509_get_subject_name(x);
+	if (n)
+		wolfSSL_X509_NAME_oneline(n, subject, (int)slen);
+	n = wolfSSL_X509_get_issuer_name(x);
+	if (n)
+		wolfSSL_X509_NAME_oneline(n, issuer, (int)ilen);
+	wolfSSL_X509_free(x);
 }
 
 const char *tls_conn_check(struct tls_conn *c, enum tls_check check, const char *const *names,

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -54,8 +55,10 @@ static int group_setup(void **state)
 	if (!f)
 		return -1;
 	for (int i = 0; i < 80; i++)
-		fputc((i * 37 + 11) & 0xff, f);
+		fprintf(f, "%02x", (i * 37 + 11) & 0xff);
+	fputc('\n', f);
 	fclose(f);
+	chmod(path, 0600);
 	track(path);
 	snprintf(path, sizeof path, "%s/policy.table", tmpdir);
 	f = fopen(path, "w");
@@ -1335,6 +1338,172 @@ static void test_load_optional_features(void **state)
 	assert_int_equal(failures, 0);
 }
 
+/* ticket_key_file: 160 hex digits per line, blank and '#' lines skipped, the first line
+ * first; every malformed line is an error at the key file's own FILE:LINE. */
+struct ticket_case {
+	const char *name, *text;
+	int ok;            /* loads */
+	size_t nkeys;      /* when it loads */
+	int bad_lines[3];  /* when it does not: the key file lines named, 0-terminated */
+};
+
+static void hexkey(char *out, int seed)
+{
+	for (int i = 0; i < 80; i++)
+		sprintf(out + 2 * i, "%02x", (i * 7 + seed) & 0xff);
+}
+
+static void test_ticket_key_file(void **state)
+{
+	(void)state;
+	char k1[161], k2[161], up[161], longline[700], shortkey[120], nothex[161];
+	hexkey(k1, 1);
+	hexkey(k2, 2);
+	hexkey(up, 3);
+	for (char *q = up; *q; q++)
+		*q = (char)toupper((unsigned char)*q);
+	memset(longline, 'a', sizeof longline - 1);
+	longline[sizeof longline - 1] = '\0';
+	memcpy(shortkey, k1, sizeof shortkey - 1);
+	shortkey[sizeof shortkey - 1] = '\0';
+	memcpy(nothex, k1, sizeof nothex);
+	nothex[17] = 'g';
+	char t[6][2000];
+	snprintf(t[0], sizeof t[0], "%s\n", k1);
+	snprintf(t[1], sizeof t[1], "# rotated 2026-12-01\n\n  %s  \r\n%s\n%s", k2, k1, up);
+	snprintf(t[2], sizeof t[2], "%s\n%s\n", k1, shortkey);
+	snprintf(t[3], sizeof t[3], "%s\n\n%s\n%s\n", nothex, k1, longline);
+	snprintf(t[4], sizeof t[4], "# nothing but comments\n\n");
+	snprintf(t[5], sizeof t[5], "%s %s\n", k1, k2);
+	const struct ticket_case cases[] = {
+		{ "one key", t[0], 1, 1, { 0 } },
+		{ "comments, blanks, CRLF, upper case, no final newline", t[1], 1, 3, { 0 } },
+		{ "short key", t[2], 0, 0, { 2, 0 } },
+		{ "not hex and too long", t[3], 0, 0, { 1, 4, 0 } },
+		{ "no key", t[4], 0, 0, { 2, 0 } },
+		{ "two keys on a line", t[5], 0, 0, { 1, 0 } },
+	};
+	int failures = 0;
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		const struct ticket_case *tc = &cases[i];
+		char keyfile[600];
+		snprintf(keyfile, sizeof keyfile, "%s/tk-%zu.key", tmpdir, i);
+		FILE *f = fopen(keyfile, "w");
+		assert_non_null(f);
+		fputs(tc->text, f);
+		fclose(f);
+		chmod(keyfile, 0600);
+		track(keyfile);
+		char conf[1200];
+		snprintf(conf, sizeof conf,
+			 "[global]\nticket_key_file = %s\n[route r1]\nlisten = 127.0.0.1:20001\n"
+			 "protocol = smtp\nclient_tls = implicit\ncert = @C@/server.pem\n"
+			 "key = @C@/server.key\nupstream = 127.0.0.1:20002\n", keyfile);
+		char *path = write_conf(conf);
+		struct cfg *c = NULL;
+		struct cfg_errors errs = { 0 };
+		int rc = cfg_load(path, &c, &errs);
+		if (tc->ok) {
+			if (rc != 0 || c->tickets.n != tc->nkeys) {
+				print_message("[%s] rc %d, %zu keys (want %zu)\n", tc->name, rc,
+					      c ? c->tickets.n : 0, tc->nkeys);
+				dump_errors(&errs);
+				failures++;
+			} else {
+				/* the first line read is key[0]: it encrypts new tickets */
+				char hex[161];
+				for (int k = 0; k < 80; k++)
+					sprintf(hex + 2 * k, "%02x", c->tickets.key[0][k]);
+				const char *first = i == 1 ? k2 : k1;
+				if (strcmp(hex, first) != 0) {
+					print_message("[%s] key[0] is not the first line\n", tc->name);
+					failures++;
+				}
+				if (i == 1 && memcmp(c->tickets.key[2], c->tickets.key[0], 80) == 0) {
+					print_message("[%s] upper-case key misread\n", tc->name);
+					failures++;
+				}
+			}
+		} else {
+			size_t want = 0;
+			for (; tc->bad_lines[want]; want++)
+				if (find_error_at(&errs, keyfile, tc->bad_lines[want]) < 0) {
+					print_message("[%s] no error at %s:%d\n", tc->name, keyfile,
+						      tc->bad_lines[want]);
+					failures++;
+				}
+			if (rc != -EINVAL || errs.n != want) {
+				print_message("[%s] rc %d, %zu errors (want -EINVAL, %zu)\n", tc->name,
+					      rc, errs.n, want);
+				dump_errors(&errs);
+				failures++;
+			}
+			for (size_t k = 0; k < errs.n; k++)
+				if (strstr(errs.msg[k], k1) || strstr(errs.msg[k], "aaaaaaaa")) {
+					print_message("[%s] an error shows key bytes\n", tc->name);
+					failures++;
+				}
+		}
+		cfg_free(c);
+		cfg_errors_free(&errs);
+		free(path);
+	}
+	assert_int_equal(failures, 0);
+}
+
+/* An expired certificate is an error at the line that names it (route or [global]); a
+ * valid one records its expiry and that line. */
+static void test_certificate_expiry(void **state)
+{
+	(void)state;
+	static const char route_conf[] =
+		"[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nclient_tls = implicit\n"
+		"cert = @C@/expired.pem\nkey = @C@/expired.key\nupstream = 127.0.0.1:20002\n";
+	static const char global_conf[] =
+		"[global]\ncert = @C@/expired.pem\nkey = @C@/expired.key\n"
+		"[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nclient_tls = implicit\n"
+		"upstream = 127.0.0.1:20002\n";
+	static const char upstream_conf[] =
+		"[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nupstream = 127.0.0.1:20002\n"
+		"upstream_tls = starttls\nupstream_policy = encrypt\nupstream_cert = @C@/expired.pem\n"
+		"upstream_key = @C@/expired.key\n";
+	static const char good_conf[] =
+		"[global]\ncert = @C@/server.pem\nkey = @C@/server.key\n"
+		"[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nclient_tls = implicit\n"
+		"upstream = 127.0.0.1:20002\n";
+	const struct { const char *conf, *key; } bad[] = {
+		{ route_conf, "cert = " }, { global_conf, "cert = " },
+		{ upstream_conf, "upstream_cert = " },
+	};
+	for (size_t i = 0; i < 3; i++) {
+		char *path = write_conf(bad[i].conf);
+		struct cfg *c = NULL;
+		struct cfg_errors errs = { 0 };
+		assert_int_equal(cfg_load(path, &c, &errs), -EINVAL);
+		int at = line_of(bad[i].conf, bad[i].key);
+		int k = find_error_at(&errs, path, at);
+		if (k < 0 || !strstr(errs.msg[k], "expired on"))
+			dump_errors(&errs);
+		assert_true(k >= 0);
+		assert_non_null(strstr(errs.msg[k], "expired on"));
+		cfg_errors_free(&errs);
+		free(path);
+	}
+	char *path = write_conf(good_conf);
+	struct cfg *c = NULL;
+	struct cfg_errors errs = { 0 };
+	assert_int_equal(cfg_load(path, &c, &errs), 0);
+	time_t now = time(NULL);
+	/* the test leaf lives 825 days */
+	assert_true(c->routes[0].cert_not_after > (int64_t)now + 800 * 86400LL);
+	assert_true(c->routes[0].cert_not_after < (int64_t)now + 826 * 86400LL);
+	assert_int_equal(c->routes[0].cert_line, line_of(good_conf, "cert = "));
+	assert_int_equal(c->routes[0].upstream_cert_not_after, 0);
+	cfg_free(c);
+	cfg_errors_free(&errs);
+	free(path);
+}
+
 /* CFG_NO_FILES: syntax and values only; no file access, no name resolution. */
 static void test_load_no_files_flag(void **state)
 {
@@ -1419,6 +1588,8 @@ int main(void)
 		cmocka_unit_test(test_load_missing_file),
 		cmocka_unit_test(test_load_no_routes),
 		cmocka_unit_test(test_load_optional_features),
+		cmocka_unit_test(test_ticket_key_file),
+		cmocka_unit_test(test_certificate_expiry),
 		cmocka_unit_test(test_load_no_files_flag),
 		cmocka_unit_test(test_load_tls_contexts_and_refs),
 	};

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -397,6 +398,7 @@ static const char *const families[][2] = {
 	{ "starttls_proxy_tls_handshakes_total", "counter" },
 	{ "starttls_proxy_policy_failures_total", "counter" },
 	{ "starttls_proxy_bytes_total", "counter" },
+	{ "starttls_proxy_certificate_expiry_seconds", "gauge" },
 };
 #define NFAMILIES (sizeof families / sizeof families[0])
 
@@ -512,6 +514,33 @@ static void test_render_known_updates(void **state)
 			   "result=\"certificate-expired\",mode=\"enforce\"} 1\n"
 			   "starttls_proxy_bytes_total{route=\"known\",direction=\"up\"} 123\n"
 			   "starttls_proxy_bytes_total{route=\"known\",direction=\"down\"} 7\n");
+
+	/* The certificate gauges: seconds left (negative once expired), one per side that
+	 * has a certificate; 0 removes a side's line. */
+	time_t now = time(NULL);
+	metrics_cert_expiry(m, METRICS_CLIENT, (int64_t)now + 86400);
+	metrics_cert_expiry(m, METRICS_UPSTREAM, (int64_t)now - 10);
+	{
+		char *t = render();
+		char *l = route_lines(t, "known");
+		long long left = -1, past = 0;
+		const char *p = strstr(l, "starttls_proxy_certificate_expiry_seconds{route=\"known\","
+					  "side=\"client\"} ");
+		assert_non_null(p);
+		left = strtoll(strchr(p, '}') + 2, NULL, 10);
+		assert_true(left <= 86400 && left >= 86400 - 5);
+		p = strstr(l, "starttls_proxy_certificate_expiry_seconds{route=\"known\","
+			      "side=\"upstream\"} ");
+		assert_non_null(p);
+		past = strtoll(strchr(p, '}') + 2, NULL, 10);
+		assert_true(past <= -10 && past >= -15);
+		assert_int_equal(check_exposition(t, strlen(t), NULL), 0);
+		free(l);
+		free(t);
+	}
+	metrics_cert_expiry(m, METRICS_CLIENT, 0);
+	metrics_cert_expiry(m, METRICS_UPSTREAM, 0);
+	metrics_cert_expiry(NULL, METRICS_CLIENT, 1); /* out of memory: a no-op */
 
 	/* The active gauge goes back down to zero (and below, if closes outnumber opens). */
 	metrics_conn_close(m);

@@ -12,7 +12,8 @@ Modes:
           further connects hang (connect timeouts); line 2 of --ready says full|notfull
 
 Each finished connection appends one JSON line to --result with the byte counts,
-sha256 of both directions, the TLS version, the SNI received and the client certificate CN.
+sha256 of both directions, the TLS version, whether the client resumed a session, the SNI
+received and the client certificate CN.
 When listening, writes the bound port to --ready (so --listen 127.0.0.1:0 is fine).
 """
 
@@ -21,6 +22,7 @@ import os
 import select
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -49,6 +51,9 @@ def parse_args():
     p.add_argument("--result", help="file receiving one JSON line per connection")
     p.add_argument("--progress", help="source mode: file rewritten with bytes sent so far")
     p.add_argument("--hold", type=float, default=60.0, help="silent mode: max seconds")
+    p.add_argument("--refuse-resumption", action="store_true",
+                   help="reset a connection whose ClientHello offers a session to resume "
+                        "(a ticket or a TLS 1.3 PSK): a server that fails such handshakes")
     p.add_argument("--delay", type=float, default=0.0,
                    help="seconds to wait after accept before the TLS handshake or any I/O")
     return p.parse_args()
@@ -109,11 +114,17 @@ class Conn:
                 self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.args.sndbuf)
             if self.ctx is not None:
                 self.raw.settimeout(10)
+                if self.args.refuse_resumption and offers_resumption(self.raw):
+                    self.info["error"] = "refused: the ClientHello offers resumption"
+                    self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                        struct.pack("ii", 1, 0))
+                    return
                 SNI.name = None
                 self.sock = self.ctx.wrap_socket(self.raw, server_side=True)
                 self.sock.settimeout(None)
                 self.info["sni"] = SNI.name
                 self.info["tls_version"] = self.sock.version()
+                self.info["session_reused"] = self.sock.session_reused
                 cert = self.sock.getpeercert()
                 if cert:
                     for rdn in cert.get("subject", ()):
@@ -195,6 +206,35 @@ SNI = threading.local()
 
 def remember_sni(sslobj, name, ctx):
     SNI.name = name
+
+
+def offers_resumption(sock):
+    """Peeks at the ClientHello: True when it carries a non-empty session_ticket (35) or a
+    pre_shared_key (41) extension."""
+    data = b""
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        data = sock.recv(16384, socket.MSG_PEEK)
+        if len(data) >= 5 and len(data) >= 5 + int.from_bytes(data[3:5], "big"):
+            break
+        if not data:
+            return False
+        time.sleep(0.01)
+    if len(data) < 9 or data[0] != 22 or data[5] != 1:
+        return False
+    p = 9 + 2 + 32
+    p += 1 + data[p]                                    # session id
+    p += 2 + int.from_bytes(data[p:p + 2], "big")       # cipher suites
+    p += 1 + data[p]                                    # compression methods
+    end = p + 2 + int.from_bytes(data[p:p + 2], "big")
+    p += 2
+    while p + 4 <= end:
+        etype = int.from_bytes(data[p:p + 2], "big")
+        elen = int.from_bytes(data[p + 2:p + 4], "big")
+        if (etype == 35 and elen > 0) or etype == 41:
+            return True
+        p += 4 + elen
+    return False
 
 
 def make_ctx(args):

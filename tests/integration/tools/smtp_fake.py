@@ -6,7 +6,7 @@ with STARTTLS) that can misbehave on purpose. One thread per connection.
 
   --ready FILE        receives the bound port once listening
   --lines FILE        every line received is appended as "plain: LINE" or "tls: LINE"
-                      (message data included); "# tls established VERSION" marks the switch
+                      (message data included); "# tls established VERSION session=new|reused" marks the switch
   --store DIR         accepted messages as DIR/msg-N.eml + DIR/msg-N.json (like smtp_sink)
   --starttls MODE     offer: advertise STARTTLS and do it (needs --cert/--key; default)
                       none: do not advertise it (and answer STARTTLS with 502)
@@ -73,6 +73,20 @@ OVERRIDE = dict(r.split("=", 1) for r in ARGS.reply)
 
 LOCK = threading.Lock()
 COUNTER = [0]
+
+
+_CTX = []
+_CTX_LOCK = threading.Lock()
+
+
+def server_ctx():
+    """One context for the process: its session tickets resume across connections."""
+    with _CTX_LOCK:
+        if not _CTX:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(ARGS.cert, ARGS.key)
+            _CTX.append(ctx)
+        return _CTX[0]
 
 
 def log_line(text):
@@ -155,13 +169,12 @@ class Conn:
             self.send(b"220 2.0.0 Ready to start TLS\r\n")
         # What the client pipelined after STARTTLS is discarded, as a server must.
         self.buf = b""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(ARGS.cert, ARGS.key)
         self.sock.settimeout(10)
-        self.sock = ctx.wrap_socket(self.sock, server_side=True)
+        self.sock = server_ctx().wrap_socket(self.sock, server_side=True)
         self.sock.settimeout(None)
         self.tls = True
-        log_line(b"# tls established " + self.sock.version().encode())
+        log_line(b"# tls established " + self.sock.version().encode() +
+                 (b" session=reused" if self.sock.session_reused else b" session=new"))
 
     def data(self, mail_from, rcpts):
         self.reply("354 End data with <CR><LF>.<CR><LF>")
