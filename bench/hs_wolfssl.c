@@ -7,8 +7,13 @@
  * client handshake here, so an OpenSSL client saturates the 2-core machine before the
  * proxy does; wolfSSL's client is several times cheaper, which leaves the CPU to the proxy.
  *
- *   hs_wolfssl --port P --seconds S --conc C [--group X25519|P-256]
- *   prints "ok=N errors=E seconds=S rate=R client_cpu=CPU-SECONDS"
+ *   hs_wolfssl --port P --seconds S --conc C [--group X25519|P-256] [--resume | --plain]
+ *   prints "ok=N errors=E seconds=S rate=R client_cpu=CPU-SECONDS resumed=N"
+ *
+ * --resume: each thread offers the session (TLS 1.3 ticket) of its previous connection,
+ * so the server under test resumes instead of doing a full handshake; resumed counts the
+ * handshakes it accepted. --plain: no TLS at all (connect, 'P', 'p', close), to drive a
+ * proxy that wraps the stream in TLS toward its backend.
  */
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
@@ -35,9 +40,10 @@ static double now_s(void)
 
 struct arg {
 	WOLFSSL_CTX *ctx;
-	int port, group;
+	int port, group, resume, plain;
 	double deadline;
-	long ok, errors;
+	long ok, errors, resumed;
+	WOLFSSL_SESSION *session; /* --resume: the previous connection's */
 };
 
 static int one_connection(struct arg *a)
@@ -52,8 +58,15 @@ static int one_connection(struct arg *a)
 		close(fd);
 		return -1;
 	}
-	WOLFSSL *ssl = wolfSSL_new(a->ctx);
 	char r = 0;
+	if (a->plain) {
+		rc = write(fd, "P", 1) == 1 && read(fd, &r, 1) == 1 && r == 'p' ? 0 : -1;
+		close(fd);
+		return rc;
+	}
+	WOLFSSL *ssl = wolfSSL_new(a->ctx);
+	if (ssl && a->session)
+		wolfSSL_set_session(ssl, a->session);
 	if (ssl && wolfSSL_set_fd(ssl, fd) == WOLFSSL_SUCCESS &&
 	    wolfSSL_UseSNI(ssl, WOLFSSL_SNI_HOST_NAME, "localhost", 9) == WOLFSSL_SUCCESS &&
 	    wolfSSL_UseKeyShare(ssl, (word16)a->group) == WOLFSSL_SUCCESS &&
@@ -61,6 +74,17 @@ static int one_connection(struct arg *a)
 	    wolfSSL_read(ssl, &r, 1) == 1 && r == 'p')
 		rc = 0;
 	if (ssl) {
+		if (rc == 0 && a->resume) {
+			if (wolfSSL_session_reused(ssl))
+				a->resumed++;
+			/* the ticket came with the server's reply */
+			WOLFSSL_SESSION *s = wolfSSL_get1_session(ssl);
+			if (s) {
+				wolfSSL_SESSION_free(a->session);
+				a->session = wolfSSL_SESSION_dup(s);
+				wolfSSL_SESSION_free(s);
+			}
+		}
 		if (rc == 0)
 			wolfSSL_shutdown(ssl);
 		wolfSSL_free(ssl);
@@ -85,8 +109,14 @@ static void *worker(void *p)
 
 int main(int argc, char **argv)
 {
-	int port = 0, conc = 8, group = WOLFSSL_ECC_X25519;
+	int port = 0, conc = 8, group = WOLFSSL_ECC_X25519, resume = 0, plain = 0;
 	double seconds = 10;
+	for (int i = 1; i < argc; i++)
+		if (!strcmp(argv[i], "--resume") || !strcmp(argv[i], "--plain")) {
+			*(argv[i][2] == 'r' ? &resume : &plain) = 1;
+			memmove(&argv[i], &argv[i + 1], (size_t)(argc - i) * sizeof(*argv));
+			argc--, i--;
+		}
 	for (int i = 1; i + 1 < argc; i += 2) {
 		if (!strcmp(argv[i], "--port"))
 			port = atoi(argv[i + 1]);
@@ -98,7 +128,8 @@ int main(int argc, char **argv)
 			group = !strcmp(argv[i + 1], "X25519") ? WOLFSSL_ECC_X25519 : WOLFSSL_ECC_SECP256R1;
 	}
 	if (!port || conc < 1) {
-		fprintf(stderr, "usage: hs_wolfssl --port P --seconds S --conc C [--group G]\n");
+		fprintf(stderr, "usage: hs_wolfssl --port P --seconds S --conc C [--group G] "
+				"[--resume | --plain]\n");
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
@@ -111,29 +142,32 @@ int main(int argc, char **argv)
 	int groups[1] = { group };
 	wolfSSL_CTX_set_groups(ctx, groups, 1);
 	wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_NONE, NULL);
-	wolfSSL_CTX_set_session_cache_mode(ctx, WOLFSSL_SESS_CACHE_OFF);
-	wolfSSL_CTX_NoTicketTLSv12(ctx);
+	if (!resume) {
+		wolfSSL_CTX_set_session_cache_mode(ctx, WOLFSSL_SESS_CACHE_OFF);
+		wolfSSL_CTX_NoTicketTLSv12(ctx);
+	}
 
 	struct arg *args = calloc(conc, sizeof *args);
 	pthread_t *t = calloc(conc, sizeof *t);
 	double t0 = now_s();
 	for (int i = 0; i < conc; i++) {
-		args[i] = (struct arg){ .ctx = ctx, .port = port, .group = group,
-					.deadline = t0 + seconds };
+		args[i] = (struct arg){ .ctx = ctx, .port = port, .group = group, .resume = resume,
+					.plain = plain, .deadline = t0 + seconds };
 		pthread_create(&t[i], NULL, worker, &args[i]);
 	}
-	long ok = 0, errors = 0;
+	long ok = 0, errors = 0, resumed = 0;
 	for (int i = 0; i < conc; i++) {
 		pthread_join(t[i], NULL);
-		ok += args[i].ok, errors += args[i].errors;
+		ok += args[i].ok, errors += args[i].errors, resumed += args[i].resumed;
+		wolfSSL_SESSION_free(args[i].session);
 	}
 	double dt = now_s() - t0;
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
 	double cpu = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
 		     ru.ru_stime.tv_usec / 1e6;
-	printf("ok=%ld errors=%ld seconds=%.3f rate=%.1f client_cpu=%.2f\n", ok, errors, dt,
-	       ok / dt, cpu);
+	printf("ok=%ld errors=%ld seconds=%.3f rate=%.1f client_cpu=%.2f resumed=%ld\n", ok,
+	       errors, dt, ok / dt, cpu, resumed);
 	wolfSSL_CTX_free(ctx);
 	wolfSSL_Cleanup();
 	return 0;

@@ -10,6 +10,8 @@
 #   2. full TLS handshakes per second (ECDSA P-256 certificate, no resumption)
 #   3. resident memory: idle, and with BENCH_CONNS idle TLS connections held open
 #   4. bulk throughput in wrap mode (plaintext client -> proxy -> TLS server)
+#   5. session resumption: proxy CPU per connection, full vs resumed handshakes, toward the
+#      client (TLS termination) and toward the upstream (wrap)
 #
 # Environment:
 #   STP_BIN           starttls-proxy binary (default: ./starttls-proxy of this repo)
@@ -21,7 +23,7 @@
 #   BENCH_GROUP       TLS 1.3 key exchange group offered by the client (default X25519)
 #   BENCH_OUT         report file (default bench/RESULTS.md)
 #   BENCH_CERTS       certificates made by scripts/gen-test-certs.sh (default: made in a temp dir)
-#   BENCH_SCENARIOS   which to run (default "mem hs bulk wrap": 3, 2, 1, 4 above)
+#   BENCH_SCENARIOS   which to run (default "mem hs bulk wrap resume": 3, 2, 1, 4, 5 above)
 #   BENCH_KEEP=1      keep the temp dir (configurations, proxy logs)
 set -euo pipefail
 
@@ -36,7 +38,7 @@ BENCH_HS_CONC=${BENCH_HS_CONC:-8}
 BENCH_CONNS=${BENCH_CONNS:-1000}
 BENCH_GROUP=${BENCH_GROUP:-X25519}
 BENCH_OUT=${BENCH_OUT:-$HERE/RESULTS.md}
-BENCH_SCENARIOS=${BENCH_SCENARIOS:-mem hs bulk wrap}
+BENCH_SCENARIOS=${BENCH_SCENARIOS:-mem hs bulk wrap resume}
 CIPHER=TLS_AES_128_GCM_SHA256
 PROXIES=(stp stunnel haproxy)
 declare -A LABEL=([stp]=starttls-proxy [stunnel]=stunnel [haproxy]=haproxy [direct]="no proxy")
@@ -186,13 +188,17 @@ HZ=$(getconf CLK_TCK)
 
 start_backend plain
 B_PLAIN=$BACKEND_PORT
-start_backend tls --tls "$CERT" "$KEY"
+start_backend tls --tls "$CERT" "$KEY" --stats "$T/tls.stats"
 B_TLS=$BACKEND_PORT
+# the same without tickets or a session cache: every handshake toward it is a full one
+start_backend tls_full --tls "$CERT" "$KEY" --no-resume
+B_TLS_FULL=$BACKEND_PORT
 
-declare -A PORT_TERM PORT_WRAP PID
+declare -A PORT_TERM PORT_WRAP PORT_WRAPF PID
 for p in "${PROXIES[@]}"; do
 	PORT_TERM[$p]=$(free_port)
 	PORT_WRAP[$p]=$(free_port)
+	PORT_WRAPF[$p]=$(free_port)
 done
 PORT_TERM[direct]=$B_TLS
 
@@ -210,6 +216,7 @@ client_tls = implicit
 client_min_tls = 1.3
 upstream = 127.0.0.1:$B_PLAIN
 upstream_tls = none
+max_connections_per_client = 0
 
 [route wrap]
 listen = 127.0.0.1:${PORT_WRAP[stp]}
@@ -220,6 +227,18 @@ upstream_tls = implicit
 upstream_policy = verify
 upstream_name = localhost
 upstream_min_tls = 1.3
+max_connections_per_client = 0
+
+[route wrapfull]
+listen = 127.0.0.1:${PORT_WRAPF[stp]}
+protocol = tcp
+client_tls = none
+upstream = 127.0.0.1:$B_TLS_FULL
+upstream_tls = implicit
+upstream_policy = verify
+upstream_name = localhost
+upstream_min_tls = 1.3
+max_connections_per_client = 0
 EOF
 
 cat >"$T/stunnel.conf" <<EOF
@@ -240,6 +259,17 @@ ciphersuites = $CIPHER
 client = yes
 accept = 127.0.0.1:${PORT_WRAP[stunnel]}
 connect = 127.0.0.1:$B_TLS
+CAfile = $CA
+verifyChain = yes
+checkHost = localhost
+sni = localhost
+sslVersionMin = TLSv1.3
+ciphersuites = $CIPHER
+
+[wrapfull]
+client = yes
+accept = 127.0.0.1:${PORT_WRAPF[stunnel]}
+connect = 127.0.0.1:$B_TLS_FULL
 CAfile = $CA
 verifyChain = yes
 checkHost = localhost
@@ -280,6 +310,13 @@ frontend wrap
 
 backend wrap_be
     server tls 127.0.0.1:$B_TLS ssl verify required ca-file $CA sni str(localhost) verifyhost localhost
+
+frontend wrapfull
+    bind 127.0.0.1:${PORT_WRAPF[haproxy]}
+    default_backend wrapfull_be
+
+backend wrapfull_be
+    server tls 127.0.0.1:$B_TLS_FULL ssl verify required ca-file $CA sni str(localhost) verifyhost localhost
 EOF
 
 "$STP_BIN" -t -c "$T/stp.conf" >/dev/null 2>&1 || die "starttls-proxy -t rejects $T/stp.conf: $("$STP_BIN" -t -c "$T/stp.conf" 2>&1)"
@@ -293,7 +330,7 @@ PID[stunnel]=$SPAWNED
 spawn "$T/haproxy.log" "$HAPROXY" -db -f "$T/haproxy.cfg"
 PID[haproxy]=$SPAWNED
 for p in "${PROXIES[@]}"; do
-	for port in "${PORT_TERM[$p]}" "${PORT_WRAP[$p]}"; do
+	for port in "${PORT_TERM[$p]}" "${PORT_WRAP[$p]}" "${PORT_WRAPF[$p]}"; do
 		wait_listen "$port" 10 || die "${LABEL[$p]} does not listen on $port (see logs)"
 	done
 done
@@ -362,35 +399,77 @@ fi
 
 # --- 2. handshakes ---------------------------------------------------------------------
 
+# hs_run METRIC PROXY PORT [client args]: one handshake-loop run against PORT; records
+# METRIC_rate (connections/s), METRIC_cpu_us (proxy CPU microseconds per connection),
+# METRIC_core (proxy cores), METRIC_client_core, METRIC_errors and, with --resume,
+# METRIC_resumed (% of handshakes the proxy resumed). Returns 1 when nothing succeeded.
+hs_run() {
+	local metric=$1 p=$2 port=$3 c0 c1 line ok errs rate ccpu secs res
+	shift 3
+	check_alive "$p"
+	c0=$(cpu_ticks "${PID[$p]}")
+	line=$("${HS[@]}" --port "$port" --seconds "$BENCH_HS_SECONDS" \
+		--conc "$BENCH_HS_CONC" --group "$BENCH_GROUP" "$@" 2>&1 | tail -n 1 || true)
+	c1=$(cpu_ticks "${PID[$p]}")
+	ok=$(sed -n 's/.*ok=\([0-9]*\).*/\1/p' <<<"$line")
+	errs=$(sed -n 's/.*errors=\([0-9]*\).*/\1/p' <<<"$line")
+	rate=$(sed -n 's/.*rate=\([0-9.]*\).*/\1/p' <<<"$line")
+	ccpu=$(sed -n 's/.*client_cpu=\([0-9.]*\).*/\1/p' <<<"$line")
+	secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$line")
+	res=$(sed -n 's/.*resumed=\([0-9]*\).*/\1/p' <<<"$line")
+	if [ -z "$ok" ] || [ "$ok" = 0 ]; then
+		log "$metric: ${LABEL[$p]} failed: $line"
+		FAILURES=$((FAILURES + 1))
+		return 1
+	fi
+	[ "$errs" = 0 ] || log "$metric: ${LABEL[$p]}: $errs errors ($line)"
+	add "${metric}_rate" "$p" "$rate"
+	add "${metric}_errors" "$p" "$errs"
+	# proxy CPU per handshake (microseconds) and share of one core
+	add "${metric}_cpu_us" "$p" "$(awk -v d=$((c1 - c0)) -v hz="$HZ" -v n="$ok" 'BEGIN{printf "%.1f", d/hz/n*1e6}')"
+	add "${metric}_core" "$p" "$(awk -v d=$((c1 - c0)) -v hz="$HZ" -v s="$secs" 'BEGIN{printf "%.2f", d/hz/s}')"
+	add "${metric}_client_core" "$p" "$(awk -v c="$ccpu" -v s="$secs" 'BEGIN{printf "%.2f", c/s}')"
+	case " $* " in *" --resume "*)
+		add "${metric}_resumed" "$p" "$(awk -v r="${res:-0}" -v n="$ok" 'BEGIN{printf "%.1f", 100*r/n}')" ;;
+	esac
+	log "  ${LABEL[$p]} $metric: $line proxy_cpu_ticks=$((c1 - c0))"
+	HS_OK=$ok
+}
+
 if want hs; then
 	log "handshakes: ${BENCH_HS_SECONDS}s x $BENCH_REPS per proxy, $BENCH_HS_CONC client threads"
 	for ((rep = 1; rep <= BENCH_REPS; rep++)); do
 		for p in "${PROXIES[@]}"; do
-			check_alive "$p"
-			c0=$(cpu_ticks "${PID[$p]}")
-			line=$("${HS[@]}" --port "${PORT_TERM[$p]}" --seconds "$BENCH_HS_SECONDS" \
-				--conc "$BENCH_HS_CONC" --group "$BENCH_GROUP" 2>&1 | tail -n 1 || true)
-			c1=$(cpu_ticks "${PID[$p]}")
-			ok=$(sed -n 's/.*ok=\([0-9]*\).*/\1/p' <<<"$line")
-			errs=$(sed -n 's/.*errors=\([0-9]*\).*/\1/p' <<<"$line")
-			rate=$(sed -n 's/.*rate=\([0-9.]*\).*/\1/p' <<<"$line")
-			ccpu=$(sed -n 's/.*client_cpu=\([0-9.]*\).*/\1/p' <<<"$line")
-			secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$line")
-			if [ -z "$ok" ] || [ "$ok" = 0 ]; then
-				log "handshakes: ${LABEL[$p]} failed: $line"
-				FAILURES=$((FAILURES + 1))
-				continue
-			fi
-			[ "$errs" = 0 ] || log "handshakes: ${LABEL[$p]}: $errs errors ($line)"
-			add hs_rate "$p" "$rate"
-			add hs_errors "$p" "$errs"
-			# proxy CPU per handshake (microseconds) and share of one core
-			add hs_cpu_us "$p" "$(awk -v d=$((c1 - c0)) -v hz="$HZ" -v n="$ok" 'BEGIN{printf "%.1f", d/hz/n*1e6}')"
-			add hs_core "$p" "$(awk -v d=$((c1 - c0)) -v hz="$HZ" -v s="$secs" 'BEGIN{printf "%.2f", d/hz/s}')"
-			add hs_client_core "$p" "$(awk -v c="$ccpu" -v s="$secs" 'BEGIN{printf "%.2f", c/s}')"
-			log "  ${LABEL[$p]} #$rep: $line proxy_cpu_ticks=$((c1 - c0))"
+			hs_run hs "$p" "${PORT_TERM[$p]}" || true
 		done
 	done
+fi
+
+# --- 5. resumption ---------------------------------------------------------------------
+
+# backend_resumed: the resuming TLS backend's count of resumed handshakes so far.
+backend_resumed() { sed -n 's/.*resumed=\([0-9]*\).*/\1/p' "$T/tls.stats" 2>/dev/null || echo 0; }
+
+if want resume; then
+	if [ "${HS[0]}" != "$T/hs_wolfssl" ]; then
+		log "resumption: needs the wolfSSL client (bench/hs_wolfssl.c); skipped"
+		FAILURES=$((FAILURES + 1))
+	else
+		log "resumption: client and upstream side, full and resumed, ${BENCH_HS_SECONDS}s x $BENCH_REPS"
+		for ((rep = 1; rep <= BENCH_REPS; rep++)); do
+			for p in "${PROXIES[@]}"; do
+				hs_run cli_full "$p" "${PORT_TERM[$p]}" || true
+				hs_run cli_res "$p" "${PORT_TERM[$p]}" --resume || true
+				hs_run up_full "$p" "${PORT_WRAPF[$p]}" --plain || true
+				r0=$(backend_resumed)
+				HS_OK=0
+				if hs_run up_res "$p" "${PORT_WRAP[$p]}" --plain; then
+					r1=$(backend_resumed)
+					add up_res_resumed "$p" "$(awk -v r=$((${r1:-0} - ${r0:-0})) -v n="$HS_OK" 'BEGIN{printf "%.1f", 100*r/n}')"
+				fi
+			done
+		done
+	fi
 fi
 
 # --- 1. and 4. bulk --------------------------------------------------------------------
@@ -499,7 +578,7 @@ MIB=$(awk -v b="$BENCH_BYTES" 'BEGIN{printf "%g", b/1048576}')
 	echo "  \`client = yes\`), \`protocol = tcp\` for starttls-proxy."
 	echo "- TLS 1.3 only, \`$CIPHER\`, key exchange \`$BENCH_GROUP\` (the client offers nothing"
 	echo "  else; the TLS backend accepts nothing else), ECDSA P-256 certificate from"
-	echo "  \`scripts/gen-test-certs.sh\` (\`server.pem\`). No session resumption."
+	echo "  \`scripts/gen-test-certs.sh\` (\`server.pem\`). No session resumption except in section 5."
 	echo "- starttls-proxy: \`workers = 1\`, default \`log_level = info\`, stderr to a file;"
 	echo "  wrap route with \`upstream_policy = verify\`, \`upstream_name = localhost\`."
 	echo "- stunnel: defaults (one thread per connection, so it may use both cores), log"
@@ -590,6 +669,33 @@ MIB=$(awk -v b="$BENCH_BYTES" 'BEGIN{printf "%g", b/1048576}')
 		done
 		echo
 	fi
+	if want resume; then
+		echo "## 5. Session resumption: proxy handshakes per CPU-second, full and resumed"
+		echo
+		echo "The handshake loop of section 2 ($BENCH_HS_CONC threads, ${BENCH_HS_SECONDS} s). *Client side*: TLS"
+		echo "termination; *full*: every connection a full handshake; *resumed*: each client thread"
+		echo "offers the TLS 1.3 ticket of its previous connection (\`hs_wolfssl --resume\`)."
+		echo "*Upstream side*: wrap (plaintext client, \`hs_wolfssl --plain\`); *full*: toward a"
+		echo "TLS backend without tickets or session cache; *resumed*: toward one that resumes,"
+		echo "so the proxy may offer the session of an earlier connection. *conn/CPU-s*: connections"
+		echo "per second of proxy CPU (10^6 / proxy CPU us per connection); *resumed %*: share of"
+		echo "handshakes resumed (client side: as the client saw it; upstream side: as the backend"
+		echo "counted it). \`openssl s_time -reuse\` is no help here: it never reads the TLS 1.3"
+		echo "tickets, so each of its connections is a full handshake."
+		echo
+		echo "| proxy | client full conn/CPU-s | client resumed conn/CPU-s | gain | resumed % | upstream full conn/CPU-s | upstream resumed conn/CPU-s | gain | resumed % |"
+		echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+		per_cpu() { local v; v=$(med "$1" "$2"); [ -n "$v" ] && awk -v u="$v" 'BEGIN{printf "%.0f", 1e6/u}'; }
+		for p in "${PROXIES[@]}"; do
+			cf=$(per_cpu cli_full_cpu_us "$p"); cr=$(per_cpu cli_res_cpu_us "$p")
+			uf=$(per_cpu up_full_cpu_us "$p"); ur=$(per_cpu up_res_cpu_us "$p")
+			echo "| ${LABEL[$p]} | $(fmt "$cf" 0) | $(fmt "$cr" 0) | $(ratio "$cr" "$cf") | $(fmt "$(med cli_res_resumed "$p")" 0) | $(fmt "$uf" 0) | $(fmt "$ur" 0) | $(ratio "$ur" "$uf") | $(fmt "$(med up_res_resumed "$p")" 0) |"
+		done
+		for peer in stunnel haproxy; do
+			echo "| **ratio vs ${LABEL[$peer]}** | **$(ratio "$(per_cpu cli_full_cpu_us stp)" "$(per_cpu cli_full_cpu_us "$peer")")** | **$(ratio "$(per_cpu cli_res_cpu_us stp)" "$(per_cpu cli_res_cpu_us "$peer")")** | | | **$(ratio "$(per_cpu up_full_cpu_us stp)" "$(per_cpu up_full_cpu_us "$peer")")** | **$(ratio "$(per_cpu up_res_cpu_us stp)" "$(per_cpu up_res_cpu_us "$peer")")** | | |"
+		done
+		echo
+	fi
 	echo "RSS at the end of the run (after all scenarios): $(for p in "${PROXIES[@]}"; do printf '%s %s KiB; ' "${LABEL[$p]}" "$(med rss_end "$p")"; done)"
 	echo
 	if [ "$FAILURES" -gt 0 ]; then
@@ -616,7 +722,7 @@ MIB=$(awk -v b="$BENCH_BYTES" 'BEGIN{printf "%g", b/1048576}')
 	echo "is missing when run as root, without starting the packaged services). Knobs:"
 	echo "\`BENCH_BYTES\` (default 1 GiB), \`BENCH_REPS\` (3), \`BENCH_HS_SECONDS\` (10),"
 	echo "\`BENCH_HS_CONC\` (8), \`BENCH_CONNS\` (1000), \`BENCH_GROUP\` (X25519), \`BENCH_OUT\`,"
-	echo "\`BENCH_SCENARIOS\` (\"mem hs bulk wrap\"; e.g. \`BENCH_SCENARIOS=bulk\` while optimising),"
+	echo "\`BENCH_SCENARIOS\` (\"mem hs bulk wrap resume\"; e.g. \`BENCH_SCENARIOS=bulk\` while optimising),"
 	echo "\`BENCH_KEEP=1\` keeps the temp dir (configurations and proxy logs)."
 	echo "This run took $((SECONDS / 60)) min $((SECONDS % 60)) s."
 } >"$BENCH_OUT.tmp"

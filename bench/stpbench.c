@@ -8,9 +8,11 @@
  * u64 is little-endian. Several commands may follow on one connection; EOF ends it.
  *
  *   stpbench port                         print a free loopback TCP port
- *   stpbench serve [--port P] [--tls CERT KEY] [--group G]
+ *   stpbench serve [--port P] [--tls CERT KEY] [--group G] [--no-resume] [--stats FILE]
  *        backend on 127.0.0.1:P (0 = any; prints "port N"). Plain: one epoll thread.
- *        --tls: TLS 1.3 only, TLS_AES_128_GCM_SHA256, one thread per connection.
+ *        --tls: TLS 1.3 only, TLS_AES_128_GCM_SHA256, one thread per connection; it
+ *        issues tickets and resumes sessions unless --no-resume; --stats FILE is rewritten
+ *        with "handshakes=N resumed=M" after every handshake.
  *   stpbench bulk --port P --dir up|down --bytes N [--tls] [--group G]
  *        one connection; prints "bytes=N seconds=S mbps=M" (MB = 10^6 bytes), timed from
  *        the end of the handshake to the last byte (upload: to the backend's 'K').
@@ -281,12 +283,34 @@ struct tls_job {
 	SSL_CTX *ctx;
 };
 
+static const char *stats_file;
+static long n_handshakes, n_resumed;
+
+static void count_handshake(int resumed)
+{
+	long h = __atomic_add_fetch(&n_handshakes, 1, __ATOMIC_RELAXED);
+	long r = resumed ? __atomic_add_fetch(&n_resumed, 1, __ATOMIC_RELAXED)
+			 : __atomic_load_n(&n_resumed, __ATOMIC_RELAXED);
+	if (!stats_file)
+		return;
+	char line[64];
+	int n = snprintf(line, sizeof line, "handshakes=%ld resumed=%ld\n", h, r);
+	FILE *f = fopen(stats_file, "r+");
+	if (!f)
+		f = fopen(stats_file, "w");
+	if (f) {
+		fwrite(line, 1, (size_t)n, f);
+		fclose(f);
+	}
+}
+
 static void *tls_thread(void *arg)
 {
 	struct tls_job *j = arg;
 	struct conn c = { .fd = j->fd, .ssl = SSL_new(j->ctx) };
 	SSL_set_fd(c.ssl, c.fd);
 	if (SSL_accept(c.ssl) == 1) {
+		count_handshake(SSL_session_reused(c.ssl));
 		serve_blocking(&c);
 		SSL_shutdown(c.ssl);
 	}
@@ -440,7 +464,7 @@ static void serve_epoll(int lfd)
 	}
 }
 
-static int cmd_serve(int port, const char *cert, const char *key)
+static int cmd_serve(int port, const char *cert, const char *key, int no_resume)
 {
 	int lfd = socket(AF_INET, SOCK_STREAM | (cert ? 0 : SOCK_NONBLOCK), 0), one = 1;
 	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -457,6 +481,11 @@ static int cmd_serve(int port, const char *cert, const char *key)
 		return 0;
 	}
 	SSL_CTX *ctx = server_ctx(cert, key);
+	if (no_resume) {
+		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+		SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+		SSL_CTX_set_num_tickets(ctx, 0);
+	}
 	pthread_attr_t at;
 	pthread_attr_init(&at);
 	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
@@ -619,7 +648,8 @@ static int cmd_port(void)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: stpbench port | serve [--port P] [--tls CERT KEY] | "
+	fprintf(stderr, "usage: stpbench port | serve [--port P] [--tls CERT KEY] [--no-resume] "
+			"[--stats FILE] | "
 			"bulk --port P --dir up|down --bytes N [--tls] | "
 			"hs --port P --seconds S --conc C | hold --port P --conns N [--tls] "
 			"[--max-seconds S]   (all: [--group G])\n");
@@ -632,7 +662,7 @@ int main(int argc, char **argv)
 		usage();
 	signal(SIGPIPE, SIG_IGN);
 	const char *cmd = argv[1], *cert = NULL, *key = NULL, *dir = "up";
-	int port = 0, tls = 0, conc = 8, conns = 1000;
+	int port = 0, tls = 0, conc = 8, conns = 1000, no_resume = 0;
 	double seconds = 10, max_seconds = 120;
 	uint64_t bytes = 1ull << 30;
 	for (int i = 2; i < argc; i++) {
@@ -660,13 +690,17 @@ int main(int argc, char **argv)
 			max_seconds = atof(NEXT());
 		else if (!strcmp(a, "--group"))
 			group = NEXT();
+		else if (!strcmp(a, "--no-resume"))
+			no_resume = 1;
+		else if (!strcmp(a, "--stats"))
+			stats_file = NEXT();
 		else
 			usage();
 	}
 	if (!strcmp(cmd, "port"))
 		return cmd_port();
 	if (!strcmp(cmd, "serve"))
-		return cmd_serve(port, cert, key);
+		return cmd_serve(port, cert, key, no_resume);
 	if (!strcmp(cmd, "bulk"))
 		return cmd_bulk(port, strcmp(dir, "down") != 0, bytes, tls);
 	if (!strcmp(cmd, "hs"))

@@ -14,8 +14,10 @@
  *   4     tls_done on the side with a handshake pending (the client first, unless arg&1)
  *   5     fail(arg % 5)
  *   6     client EOF
- *   7     plaintext retry of a pending upstream STARTTLS when the policy allows it
- *         (may or testing), as the session does after a failed handshake; else ignored
+ *   7     with a pending upstream handshake: arg odd, a new connection with the same TLS
+ *         (the session's retry after a refused resumption); arg even, a plaintext retry
+ *         when the policy allows it (may or testing), as after a failed STARTTLS; else
+ *         ignored
  * upstream_connected is called first. FUZZ_TRACE=1 prints the transcript of each input
  * (FUZZ_TRACE=bytes: of its byte-at-a-time run);
  * FUZZ_ZERO_LEN=1 also passes 0-byte data records to the module (skipped by default). The script stops at PA_CLOSE, like the session.
@@ -426,7 +428,12 @@ static void run(const uint8_t *data, size_t size, int bytewise, struct buf *trac
 			collect(&c);
 			break;
 		case 7:
-			if (c.tls_pending[PROTO_UPSTREAM] &&
+			if (c.tls_pending[PROTO_UPSTREAM] && (arg & 1)) {
+				c.tls_pending[PROTO_UPSTREAM] = 0;
+				proto_smtp_ops.upstream_retry(c.st);
+				proto_smtp_ops.upstream_connected(c.st, &c.a);
+				collect(&c);
+			} else if (c.tls_pending[PROTO_UPSTREAM] &&
 			    (c.p.upstream_policy == CFG_POLICY_MAY ||
 			     c.p.policy_mode == CFG_MODE_TESTING)) {
 				c.tls_pending[PROTO_UPSTREAM] = 0;
