@@ -36,6 +36,8 @@ struct tls_conn {
 	struct tls_chain *chain; /* --probe: where the verification callback records the chain */
 	uint8_t first[8];        /* the first bytes the peer sent */
 	size_t nfirst;
+	uint8_t offered[32];     /* SHA-256 of the ticket offered for resumption */
+	int has_offered;
 };
 
 static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *arg)
@@ -651,6 +653,18 @@ int tls_cert_file_not_after(const char *path, int64_t *not_after)
 struct tls_session *tls_conn_get_session(struct tls_conn *c)
 {
 	/* a copy: the connection's own session changes as tickets arrive */
+	/* TLS 1.3 resumes only with a ticket (the session id is a compatibility dummy), and
+	 * only once the server's NewSessionTicket came after the handshake: until then a
+	 * resumed connection's session holds the ticket it offered next to secrets of its
+	 * own, a mix no server accepts (the PSK binder does not verify). */
+	if (wolfSSL_version(c->ssl) == TLS1_3_VERSION) {
+		uint8_t t[2048], h[32];
+		word32 n = sizeof(t);
+		if (wolfSSL_get_SessionTicket(c->ssl, t, &n) != WOLFSSL_SUCCESS || n == 0 ||
+		    wc_Sha256Hash(t, n, h) != 0 ||
+		    (c->has_offered && memcmp(h, c->offered, sizeof(h)) == 0))
+			return NULL;
+	}
 	WOLFSSL_SESSION *cur = wolfSSL_get1_session(c->ssl), *copy = NULL;
 	if (cur && wolfSSL_SESSION_is_resumable(cur))
 		copy = wolfSSL_SESSION_dup(cur);
@@ -667,6 +681,11 @@ int tls_conn_set_session(struct tls_conn *c, struct tls_session *s)
 		return -ENOMEM;
 	int rc = wolfSSL_set_session(c->ssl, d) == WOLFSSL_SUCCESS ? 0 : -EINVAL;
 	wolfSSL_SESSION_free(d);
+	uint8_t t[2048];
+	word32 n = sizeof(t);
+	if (rc == 0 && wolfSSL_get_SessionTicket(c->ssl, t, &n) == WOLFSSL_SUCCESS && n > 0 &&
+	    wc_Sha256Hash(t, n, c->offered) == 0)
+		c->has_offered = 1;
 	return rc;
 }
 

@@ -177,6 +177,18 @@ for v in 12 13; do
 	[ "$got" = "False True True" ] && pass "up_tls1.${v#1}_later_sessions_resume" ||
 		fail "up_tls1.${v#1}_later_sessions_resume" "server saw reused: $got"
 done
+# While a session is open, later ones still resume: what a session keeps at the end of
+# its handshake must not replace a resumable session with one that is not (TLS 1.3: the
+# server's ticket comes after the handshake).
+( printf 'held\n'; sleep 3 ) | timeout 10 socat -T 5 - "TCP:127.0.0.1:$P13" >/dev/null 2>&1 &
+PIDS+=($!)
+wait_conns "$T/up13.json" 3
+wait_count 'route=up13 .*event=upstream_tls ' 4 5 "$T/U.log"
+echo_through "$P13" up13-while-held || fail up13_while_held "echo lost"
+wait_conns "$T/up13.json" 4
+got=$(reused_list "$T/up13.json" | awk '{print $4}')
+[ "$got" = True ] && pass up_tls1.3_resumes_while_another_session_is_open ||
+	fail up_tls1.3_resumes_while_another_session_is_open "server saw reused: $(reused_list "$T/up13.json"); $(cut -c1-120 "$T/up13.json" | tail -n 2)"
 expect_log up_resumed_logged 'route=up13 .*event=upstream_tls .*verify=resumed .*resumption=accepted' 5 "$T/U.log"
 
 # SMTP inject: three legacy clients, one full handshake toward the upstream.
