@@ -10,7 +10,8 @@
 #                                            app, no MAIL reaches it in plaintext
 #   10.99.2.4:25   encrypt mode=testing      the same server: delivered, failure reported
 # A direct connection to the proxy's port (not redirected) is refused; TPROXY with
-# source = client makes the mail server see the app's own address.
+# source = client makes the mail server see the app's own address; over IPv6, the original
+# destination of an nftables REDIRECT (IP6T_SO_ORIGINAL_DST) picks its table row too.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/smtp_lib.sh
@@ -104,13 +105,14 @@ fake strip 10.99.2.3:25 --starttls none
 fake strip_testing 10.99.2.4:25 --starttls none
 
 # --- the proxy in the router ----------------------------------------------------------------
-P25=2525 P587=2587 PT=2526
+P25=2525 P587=2587 PT=2526 P25V6=2625
 cat >"$T/table" <<EOF
 # destination   level    options
 10.99.2.2:25    verify   names=localhost
 10.99.2.2:587   encrypt
 10.99.2.3:25    encrypt
 10.99.2.4:25    encrypt  mode=testing
+[fd99:2::2]:25  verify   names=localhost
 *               encrypt
 EOF
 cat >"$T/transparent.conf" <<EOF
@@ -125,6 +127,14 @@ policy_table = $T/table
 
 [route out587]
 listen = 0.0.0.0:$P587
+protocol = smtp
+upstream = original-destination
+upstream_tls = starttls
+upstream_policy = encrypt
+policy_table = $T/table
+
+[route out25v6]
+listen = [::]:$P25V6
 protocol = smtp
 upstream = original-destination
 upstream_tls = starttls
@@ -229,6 +239,38 @@ if in_ns "$ROUTER" iptables -t nat -A PREROUTING -i ra-$ID -p tcp --dport 25 -j 
 	in_ns "$ROUTER" iptables -t nat -F PREROUTING
 else
 	fail iptables_redirect_rule "iptables refused the rule: $(in_ns "$ROUTER" iptables -t nat -L 2>&1 | head -n 2)"
+fi
+
+# --- IPv6: the original destination of a REDIRECT is IP6T_SO_ORIGINAL_DST ------------------------
+setup_net6() {
+	in_ns "$APP" ip -6 addr add fd99:1::2/64 dev a0-$ID nodad &&
+		in_ns "$ROUTER" ip -6 addr add fd99:1::1/64 dev ra-$ID nodad &&
+		in_ns "$ROUTER" ip -6 addr add fd99:2::1/64 dev rm-$ID nodad &&
+		in_ns "$MAIL" ip -6 addr add fd99:2::2/64 dev m0-$ID nodad &&
+		in_ns "$APP" ip -6 route add default via fd99:1::1 &&
+		in_ns "$MAIL" ip -6 route add default via fd99:2::1 &&
+		in_ns "$ROUTER" sysctl -qw net.ipv6.conf.all.forwarding=1 &&
+		in_ns "$ROUTER" nft -f - <<EOF
+table ip6 stp_nat6 {
+	chain prerouting {
+		type nat hook prerouting priority dstnat;
+		iifname "ra-$ID" tcp dport 25 redirect to :$P25V6
+	}
+}
+EOF
+}
+if ! setup_net6 2>"$T/net6.err"; then
+	fail ipv6_setup "$(head -n 3 "$T/net6.err" | tr '\n' ' ')"
+else
+	sink mx25v6 '[fd99:2::2]:25' "${SRV[@]}"
+	# (Python's smtplib: swaks needs IO::Socket::INET6 for IPv6)
+	make_message "$T/v6.eml" v6
+	in_ns "$APP" timeout 30 "$SMTP_PY" "$TOOLS/smtp_send.py" --connect '[fd99:2::2]:25' \
+		--file "$T/v6.eml" --from app@client.test --to someone@dest.test >"$T/v6.swaks" 2>&1
+	delivered ipv6_nft_25_verify_delivered_over_tls "$T/mx25v6.store" v6 true
+	expect_log ipv6_original_destination_and_row \
+		'route=out25v6 .*event=policy upstream=\[fd99:2::2\]:25 policy=verify mode=enforce tls=starttls name=localhost source=table:6'
+	expect_log ipv6_verified 'route=out25v6 .*event=upstream_tls .*verify=ok policy=verify'
 fi
 
 # --- TPROXY, with the client's own address toward the server -------------------------------------

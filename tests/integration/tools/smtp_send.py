@@ -31,6 +31,7 @@ p.add_argument("--login")
 a = p.parse_args()
 
 host, port = a.connect.rsplit(":", 1)
+host = host.strip("[]")  # [IPv6]:PORT
 src = (a.source, 0) if a.source else None
 res = {"ok": False}
 

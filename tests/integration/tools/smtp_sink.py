@@ -104,6 +104,7 @@ def raw_logging(base):
 
 async def main():
     host, port = ARGS.listen.rsplit(":", 1)
+    host = host.strip("[]")  # [IPv6]:PORT
     cls = raw_logging(LMTP if ARGS.lmtp else SMTP)
     kw = {"hostname": "sink.test", "ident": "aiosmtpd test sink"}
     if ARGS.auth:
