@@ -135,6 +135,15 @@ void cfg_errors_add(struct cfg_errors *errs, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void cfg_errors_free(struct cfg_errors *errs);
 
+/* ticket_key_file: one key per line, 80 bytes as 160 hex digits; blank lines and lines
+ * starting with '#' are skipped; the first key encrypts. 0 with out->n >= 1; -EINVAL with
+ * each malformed line (or an empty file) in errs as "PATH:LINE: message" (key bytes never
+ * appear in a message); -ENOMEM; or -errno when the file cannot be read. A group- or
+ * world-readable file is logged as a warning. */
+int cfg_load_ticket_keys(const char *path, struct tls_ticket_keys *out,
+			 struct cfg_errors *errs);
+void cfg_ticket_keys_free(struct tls_ticket_keys *k); /* wipes the key bytes */
+
 /* Value parsers, exported for tests. Each returns 0 or -EINVAL. */
 int cfg_parse_duration(const char *s, uint64_t *ms);      /* "250ms", "30s", "5m", "30" (s) */
 int cfg_parse_hostport(const char *s, char *host, size_t hostlen, uint16_t *port);

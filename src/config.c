@@ -1038,23 +1038,19 @@ static int err_line(struct section *sec, struct section *glob, const char *err)
 	return sec->line;
 }
 
-/* ticket_key_file: one key per line, 80 bytes as 160 hex digits; blank lines and lines
- * starting with '#' are skipped. Errors name the key file's own FILE:LINE; the key bytes
- * never appear in a message. */
-static void load_ticket_keys(struct parse *P, struct cfg *c, int cfg_line)
+int cfg_load_ticket_keys(const char *path, struct tls_ticket_keys *out,
+			 struct cfg_errors *errs)
 {
-	const char *path = c->ticket_key_file;
+	memset(out, 0, sizeof(*out));
 	FILE *f = fopen(path, "r");
-	if (!f) {
-		ERR(P, cfg_line, "ticket_key_file: cannot read \"%s\": %s", path, strerror(errno));
-		return;
-	}
+	if (!f)
+		return -errno;
 	struct stat st;
 	if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077))
 		log_event(LOG_WARN, NULL, NULL, "config", "file", path, "warning",
 			  "ticket_key_file is readable by group or others (chmod 600)", NULL);
 	char line[512];
-	int lineno = 0, bad = 0;
+	int lineno = 0, nerr = 0, rc = 0;
 	while (fgets(line, sizeof(line), f)) {
 		lineno++;
 		size_t n = strlen(line);
@@ -1079,30 +1075,54 @@ static void load_ticket_keys(struct parse *P, struct cfg *c, int cfg_line)
 				  ? "must be 160 hex digits (80 random bytes: openssl rand -hex 80)"
 				  : NULL;
 		if (why) {
-			cfg_errors_add(P->errs, "%s:%d: ticket key %s", path, lineno, why);
-			P->nerr++;
-			bad = 1;
+			cfg_errors_add(errs, "%s:%d: ticket key %s", path, lineno, why);
+			nerr++;
 			continue;
 		}
-		void *grown = realloc(c->tickets.key, (c->tickets.n + 1) * sizeof(*c->tickets.key));
+		void *grown = realloc(out->key, (out->n + 1) * sizeof(*out->key));
 		if (!grown) {
-			P->oom = 1;
+			rc = -ENOMEM;
 			break;
 		}
-		c->tickets.key = grown;
+		out->key = grown;
 		for (k = 0; k < TLS_TICKET_KEY_LEN; k++)
-			c->tickets.key[c->tickets.n][k] =
-				(uint8_t)(hexval((unsigned char)v[2 * k]) << 4 |
-					  hexval((unsigned char)v[2 * k + 1]));
-		c->tickets.n++;
+			out->key[out->n][k] = (uint8_t)(hexval((unsigned char)v[2 * k]) << 4 |
+							hexval((unsigned char)v[2 * k + 1]));
+		out->n++;
 	}
 	memset(line, 0, sizeof(line));
 	fclose(f);
-	if (!bad && c->tickets.n == 0) {
-		cfg_errors_add(P->errs, "%s:%d: no ticket key (one line of 160 hex digits: openssl "
-					"rand -hex 80)", path, lineno ? lineno : 1);
-		P->nerr++;
+	if (rc == 0 && nerr == 0 && out->n == 0) {
+		cfg_errors_add(errs, "%s:%d: no ticket key (one line of 160 hex digits: openssl "
+				     "rand -hex 80)", path, lineno ? lineno : 1);
+		nerr++;
 	}
+	if (rc == 0 && nerr)
+		rc = -EINVAL;
+	if (rc < 0)
+		cfg_ticket_keys_free(out);
+	return rc;
+}
+
+void cfg_ticket_keys_free(struct tls_ticket_keys *k)
+{
+	if (k->key)
+		memset(k->key, 0, k->n * sizeof(*k->key));
+	free(k->key);
+	k->key = NULL;
+	k->n = 0;
+}
+
+static void load_ticket_keys(struct parse *P, struct cfg *c, int cfg_line)
+{
+	int rc = cfg_load_ticket_keys(c->ticket_key_file, &c->tickets, P->errs);
+	if (rc == -ENOMEM)
+		P->oom = 1;
+	else if (rc == -EINVAL)
+		P->nerr++;
+	else if (rc < 0)
+		ERR(P, cfg_line, "ticket_key_file: cannot read \"%s\": %s", c->ticket_key_file,
+		    strerror(-rc));
 }
 
 /* The certificate's expiry: an expired certificate is a configuration error (clients
@@ -1311,9 +1331,7 @@ void cfg_free(struct cfg *c)
 	free(c->key);
 	free(c->ca);
 	free(c->ticket_key_file);
-	if (c->tickets.key)
-		memset(c->tickets.key, 0, c->tickets.n * sizeof(*c->tickets.key));
-	free(c->tickets.key);
+	cfg_ticket_keys_free(&c->tickets);
 	free(c);
 }
 

@@ -191,3 +191,17 @@ def write(name, seeds):
 write("proto_smtp", proto_seeds)
 write("ehlo", ehlo_seeds)
 write("config", config_seeds())
+
+
+def ticket_key_seeds():
+    k1 = bytes((i * 7 + 1) & 0xFF for i in range(80)).hex().encode()
+    k2 = bytes((i * 11 + 3) & 0xFF for i in range(80)).hex().encode()
+    return {
+        "one": k1 + b"\n",
+        "rotated": b"# rotated\n\n  " + k2.upper() + b"  \r\n" + k1,
+        "errors": k1[:100] + b"\n" + k1[:20] + b"zz" + k1[22:] + b"\n" + k1 + b" " + k2 + b"\n",
+        "empty": b"# nothing\n",
+    }
+
+
+write("ticket_keys", ticket_key_seeds())

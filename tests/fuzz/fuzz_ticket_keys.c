@@ -1,0 +1,119 @@
+/* fuzz_ticket_keys.c - libFuzzer harness for the ticket_key_file parser
+ * (cfg_load_ticket_keys in config.h).
+ *
+ * The input is written to a temporary file and loaded. Besides memory safety (ASan/UBSan)
+ * it checks the contract: 0 with at least one key and no error line, and as many keys as
+ * the input has lines of exactly 160 hex digits (blank and '#' lines aside); or -EINVAL
+ * with one or more lines "PATH:LINE: message" (LINE between 1 and the number of lines,
+ * no newline in a message, no run of 16 input hex digits in a message: key bytes are never
+ * shown). */
+#include <stddef.h>
+#include <stdint.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+
+#define CHECK(cond, ...)                                                                   \
+	do {                                                                               \
+		if (!(cond)) {                                                             \
+			fprintf(stderr, "invariant violated: %s\n  ", #cond);             \
+			fprintf(stderr, __VA_ARGS__);                                      \
+			fprintf(stderr, "\n");                                             \
+			abort();                                                           \
+		}                                                                          \
+	} while (0)
+
+static char path[4096];
+static int fd = -1;
+
+static void cleanup(void)
+{
+	if (path[0])
+		unlink(path);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	(void)argc;
+	(void)argv;
+	const char *dir = getenv("TMPDIR");
+	snprintf(path, sizeof(path), "%s/stp-fuzz-tickets-XXXXXX", dir && *dir ? dir : "/tmp");
+	fd = mkstemp(path); /* mode 0600: no permission warning */
+	if (fd < 0) {
+		perror("mkstemp");
+		abort();
+	}
+	atexit(cleanup);
+	return 0;
+}
+
+/* Lines of the input that are exactly 160 hex digits once surrounding blanks and a CR are
+ * removed (the keys a correct parser accepts, when no line is malformed). */
+static size_t count_keys(const uint8_t *d, size_t n, size_t *lines)
+{
+	size_t keys = 0, i = 0;
+	*lines = 0;
+	while (i < n) {
+		size_t e = i;
+		while (e < n && d[e] != '\n')
+			e++;
+		(*lines)++;
+		size_t a = i, b = e;
+		while (a < b && (d[a] == ' ' || d[a] == '\t'))
+			a++;
+		while (b > a && (d[b - 1] == ' ' || d[b - 1] == '\t' || d[b - 1] == '\r'))
+			b--;
+		int hex = b - a == 160;
+		for (size_t k = a; hex && k < b; k++)
+			hex = isxdigit(d[k]) != 0;
+		keys += hex;
+		i = e + 1;
+	}
+	return keys;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (memchr(data, '\0', size)) /* a text file: NUL ends fgets' view of a line */
+		return 0;
+	if (ftruncate(fd, 0) < 0 || pwrite(fd, data, size, 0) != (ssize_t)size)
+		abort();
+	size_t lines;
+	size_t want = count_keys(data, size, &lines);
+	struct tls_ticket_keys k;
+	struct cfg_errors errs = { 0 };
+	int rc = cfg_load_ticket_keys(path, &k, &errs);
+	size_t plen = strlen(path);
+	if (rc == 0) {
+		CHECK(errs.n == 0, "rc 0 with %zu error lines, first: %s", errs.n, errs.msg[0]);
+		CHECK(k.n >= 1 && k.n == want, "%zu keys, %zu key lines", k.n, want);
+		cfg_ticket_keys_free(&k);
+		CHECK(k.n == 0 && k.key == NULL, "free left keys behind");
+	} else {
+		CHECK(rc == -EINVAL || rc == -ENOMEM, "rc %d", rc);
+		CHECK(k.n == 0 && k.key == NULL, "keys returned with an error");
+		CHECK(errs.n > 0, "rc %d but no error line", rc);
+		for (size_t i = 0; i < errs.n; i++) {
+			const char *m = errs.msg[i];
+			CHECK(!strncmp(m, path, plen) && m[plen] == ':', "error without the path: %s", m);
+			char *end;
+			long line = strtol(m + plen + 1, &end, 10);
+			CHECK(end != m + plen + 1 && *end == ':', "error without a line: %s", m);
+			CHECK(line >= 1 && (size_t)line <= (lines ? lines : 1), "line %ld of %zu: %s",
+			      line, lines, m);
+			CHECK(!strchr(m, '\n'), "error line with a newline: %s", m);
+			size_t run = 0;
+			for (const char *p = end; *p; p++) {
+				run = isxdigit((unsigned char)*p) ? run + 1 : 0;
+				CHECK(run < 16, "an error shows key digits: %s", m);
+			}
+		}
+	}
+	cfg_errors_free(&errs);
+	return 0;
+}
