@@ -205,3 +205,19 @@ def ticket_key_seeds():
 
 
 write("ticket_keys", ticket_key_seeds())
+
+
+def mtasts_seeds():
+    return {
+        "policy": b"\x00version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\n"
+                  b"mx: *.example.net\r\nmax_age: 604800\r\n",
+        "policy_none": b"\x00version: STSv1\nmode: none\nmax_age: 0\n",
+        "policy_bad": b"\x00version: STSv2\nmode: Enforce\nmx: a..b\nmax_age: -1\nfoo\n",
+        "txt": b"\x01v=spf1 -all\nv=STSv1; id=20160831085700Z;\next=1",
+        "txt_two": b"\x01v=STSv1; id=1\nv=STSv1; id=2",
+        # an error after an mx line left the pattern in the output (found by this harness)
+        "regress-mx-kept-after-error": b"\x00mx: a.b\nversion STSv1\n",
+    }
+
+
+write("mtasts", mtasts_seeds())
