@@ -169,6 +169,7 @@ static void harness_stop(struct harness *t)
 		;
 	assert_int_equal(t->host.nsessions, 0);
 	assert_int_equal(uv_loop_close(&t->loop), 0);
+	session_host_cleanup(&t->host); /* the DNS and TLS session caches */
 	cfg_unref(t->cfg);
 	shared_destroy(&t->shared);
 }
