@@ -125,7 +125,8 @@ static int glob_match(const char *pat, const char *s, size_t n)
 
 /* ------------------------------------------------------------------ the harness */
 
-enum op { OP_END, OP_CONN, OP_CL, OP_UP, OP_TLSC, OP_TLSU, OP_EOF, OP_FAIL, OP_RETRY };
+enum op { OP_END, OP_CONN, OP_CL, OP_UP, OP_TLSC, OP_TLSU, OP_EOF, OP_FAIL, OP_RETRY,
+	  OP_RETRY_TLS };
 
 struct step {
 	enum op op;
@@ -147,6 +148,7 @@ struct step {
 #define FAIL(w, r, c, u, x) \
 	{ .op = OP_FAIL, .why = (w), .in = (r), .to_client = (c), .to_up = (u), .acts = (x) }
 #define RETRY() { .op = OP_RETRY, .to_client = "", .to_up = "", .acts = "" }
+#define RETRY_TLS() { .op = OP_RETRY_TLS, .to_client = "", .to_up = "", .acts = "" }
 #define END { .op = OP_END }
 
 enum { M_WHOLE = 1, M_BYTES = 2, M_SPLIT = 4, M_ALL = 7 };
@@ -367,6 +369,10 @@ static int run_script_mode(const struct script *sc, int mode, size_t splitpos)
 			break;
 		case OP_RETRY:
 			proto_smtp_ops.upstream_retry_plain(r.st);
+			r.tls_pending[PROTO_UPSTREAM] = 0;
+			break;
+		case OP_RETRY_TLS:
+			proto_smtp_ops.upstream_retry(r.st);
 			r.tls_pending[PROTO_UPSTREAM] = 0;
 			break;
 		case OP_END:
@@ -815,6 +821,25 @@ static const struct step s_may_retry_plain[] = {
 	END
 };
 
+/* A handshake that offered a cached session failed: the session reconnects for a full one
+ * and the module does it all again (STARTTLS included); nothing of the first connection
+ * reaches the client. */
+static const struct step s_retry_full_handshake[] = {
+	CONN("", "", ""),
+	CL("EHLO client.test\r\n", "", "", ""),
+	UP(GREET2, "", "EHLO proxy.test\r\n", ""),
+	UP(CAPS_TLS, "", "STARTTLS\r\n", ""),
+	UP("220 go\r\n", "", "", "tls:up"),
+	RETRY_TLS(),
+	CONN("", "", ""),
+	UP("220 second.test ESMTP\r\n", "", "EHLO proxy.test\r\n", ""),
+	UP(CAPS_TLS, "", "STARTTLS\r\n", ""),
+	UP("220 go\r\n", "", "", "tls:up"),
+	TLSU("220 second.test ESMTP\r\n", "EHLO client.test\r\n", "ready"),
+	UP("250-second.test\r\n250 SIZE 1000\r\n", "250-second.test\r\n250 SIZE 1000\r\n", "", ""),
+	END
+};
+
 /* Failures around the STARTTLS phase. */
 static const struct step s_inj_unreachable[] = {
 	CL("EHLO client.test\r\n", "", "", ""),
@@ -969,6 +994,8 @@ static const struct script inject_scripts[] = {
 	{ "testing_ehlo_5xx", &P_INJ_TESTING, s_may_5xx, 0 },
 	{ "testing_refused", &P_INJ_TESTING, s_may_refused, 0 },
 	{ "may_retry_plain", &P_INJ_MAY, s_may_retry_plain, 0 },
+	{ "verify_retry_full_handshake", &P_INJ_VERIFY, s_retry_full_handshake, 0 },
+	{ "encrypt_retry_full_handshake", &P_INJ_ENCRYPT, s_retry_full_handshake, 0 },
 	{ "testing_retry_plain", &P_INJ_TESTING, s_may_retry_plain, 0 },
 	{ "unreachable", &P_INJ_ENCRYPT, s_inj_unreachable, 0 },
 	{ "unreachable_plain", &P_PLAIN, s_inj_unreachable, 0 },
