@@ -26,16 +26,7 @@
 #include <strings.h>
 
 #include "proto_smtp.h"
-
-#define CHECK(cond, ...)                                                                   \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			fprintf(stderr, "invariant violated: %s\n  ", #cond);             \
-			fprintf(stderr, __VA_ARGS__);                                      \
-			fprintf(stderr, "\n");                                             \
-			abort();                                                           \
-		}                                                                          \
-	} while (0)
+#include "fuzz_util.h"
 
 /* The model's keyword test: the first word (up to SP; for AUTH also up to '='). */
 static int model_is(const char *t, size_t n, const char *kw)

@@ -16,16 +16,7 @@
 #include <string.h>
 
 #include "mtasts.h"
-
-#define CHECK(cond, ...)                                                                   \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			fprintf(stderr, "invariant violated: %s\n  ", #cond);             \
-			fprintf(stderr, __VA_ARGS__);                                      \
-			fprintf(stderr, "\n");                                             \
-			abort();                                                           \
-		}                                                                          \
-	} while (0)
+#include "fuzz_util.h"
 
 static struct sts_policy pol;
 

@@ -19,26 +19,9 @@
 
 #include "config.h"
 #include "policy.h"
+#include "fuzz_util.h"
 
-#define CHECK(cond, ...)                                                                   \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			fprintf(stderr, "invariant violated: %s\n  ", #cond);             \
-			fprintf(stderr, __VA_ARGS__);                                      \
-			fprintf(stderr, "\n");                                             \
-			abort();                                                           \
-		}                                                                          \
-	} while (0)
-
-static char path[4096];
-static int fd = -1;
 static struct sockaddr_storage dsts[6];
-
-static void cleanup(void)
-{
-	if (path[0])
-		unlink(path);
-}
 
 static void mk(int i, const char *ip, int port)
 {
@@ -58,14 +41,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc;
 	(void)argv;
-	const char *dir = getenv("TMPDIR");
-	snprintf(path, sizeof(path), "%s/stp-fuzz-policy-XXXXXX", dir && *dir ? dir : "/tmp");
-	fd = mkstemp(path);
-	if (fd < 0) {
-		perror("mkstemp");
-		abort();
-	}
-	atexit(cleanup);
+	fuzz_tempfile("policy");
 	mk(0, "10.20.1.2", 25);
 	mk(1, "203.0.113.10", 587);
 	mk(2, "2001:db8::1", 465);
@@ -77,15 +53,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	if (ftruncate(fd, 0) < 0 || pwrite(fd, data, size, 0) != (ssize_t)size)
-		abort();
-	size_t lines = 1;
-	for (size_t i = 0; i < size; i++)
-		lines += data[i] == '\n';
+	size_t lines = fuzz_write_input(data, size);
 	struct policy_table *t = NULL;
 	struct cfg_errors errs = { 0 };
-	int rc = policy_load(path, &t, &errs);
-	size_t plen = strlen(path);
+	int rc = policy_load(fuzz_path, &t, &errs);
 	if (rc == 0) {
 		CHECK(t != NULL, "rc 0 without a table");
 		CHECK(errs.n == 0, "rc 0 with %zu error lines, first: %s", errs.n, errs.msg[0]);
@@ -118,15 +89,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(rc == -EINVAL || rc == -ENOMEM, "rc %d", rc);
 		CHECK(t == NULL, "table returned with an error");
 		CHECK(errs.n > 0, "rc %d but no error line", rc);
-		for (size_t i = 0; i < errs.n; i++) {
-			const char *m = errs.msg[i];
-			CHECK(!strncmp(m, path, plen) && m[plen] == ':', "error without the path: %s", m);
-			char *end;
-			long line = strtol(m + plen + 1, &end, 10);
-			CHECK(end != m + plen + 1 && *end == ':', "error without a line: %s", m);
-			CHECK(line >= 1 && (size_t)line <= lines, "line %ld of %zu: %s", line, lines, m);
-			CHECK(!strchr(m, '\n'), "error line with a newline: %s", m);
-		}
+		fuzz_check_errors(&errs, 1, (long)lines);
 	}
 	cfg_errors_free(&errs);
 	return 0;

@@ -54,6 +54,7 @@
 #include "log.h"
 #include "proto.h"
 #include "proto_smtp.h"
+#include "fuzz_util.h"
 
 struct buf {
 	uint8_t *p;
@@ -81,16 +82,6 @@ static void buf_free(struct buf *b)
 	free(b->p);
 	memset(b, 0, sizeof(*b));
 }
-
-#define CHECK(cond, ...)                                                                   \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			fprintf(stderr, "invariant violated: %s\n  ", #cond);             \
-			fprintf(stderr, __VA_ARGS__);                                      \
-			fprintf(stderr, "\n");                                             \
-			abort();                                                           \
-		}                                                                          \
-	} while (0)
 
 struct ctx {
 	struct proto_params p;

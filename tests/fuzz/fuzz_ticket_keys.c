@@ -17,38 +17,14 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "fuzz_util.h"
 
-#define CHECK(cond, ...)                                                                   \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			fprintf(stderr, "invariant violated: %s\n  ", #cond);             \
-			fprintf(stderr, __VA_ARGS__);                                      \
-			fprintf(stderr, "\n");                                             \
-			abort();                                                           \
-		}                                                                          \
-	} while (0)
-
-static char path[4096];
-static int fd = -1;
-
-static void cleanup(void)
-{
-	if (path[0])
-		unlink(path);
-}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc;
 	(void)argv;
-	const char *dir = getenv("TMPDIR");
-	snprintf(path, sizeof(path), "%s/stp-fuzz-tickets-XXXXXX", dir && *dir ? dir : "/tmp");
-	fd = mkstemp(path); /* mode 0600: no permission warning */
-	if (fd < 0) {
-		perror("mkstemp");
-		abort();
-	}
-	atexit(cleanup);
+	fuzz_tempfile("tickets");
 	return 0;
 }
 
@@ -81,14 +57,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (memchr(data, '\0', size)) /* a text file: NUL ends fgets' view of a line */
 		return 0;
-	if (ftruncate(fd, 0) < 0 || pwrite(fd, data, size, 0) != (ssize_t)size)
-		abort();
+	fuzz_write_input(data, size);
 	size_t lines;
 	size_t want = count_keys(data, size, &lines);
 	struct tls_ticket_keys k;
 	struct cfg_errors errs = { 0 };
-	int rc = cfg_load_ticket_keys(path, &k, &errs);
-	size_t plen = strlen(path);
+	int rc = cfg_load_ticket_keys(fuzz_path, &k, &errs);
 	if (rc == 0) {
 		CHECK(errs.n == 0, "rc 0 with %zu error lines, first: %s", errs.n, errs.msg[0]);
 		CHECK(k.n >= 1 && k.n == want, "%zu keys, %zu key lines", k.n, want);
@@ -98,17 +72,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(rc == -EINVAL || rc == -ENOMEM, "rc %d", rc);
 		CHECK(k.n == 0 && k.key == NULL, "keys returned with an error");
 		CHECK(errs.n > 0, "rc %d but no error line", rc);
+		fuzz_check_errors(&errs, 1, (long)(lines ? lines : 1));
 		for (size_t i = 0; i < errs.n; i++) {
-			const char *m = errs.msg[i];
-			CHECK(!strncmp(m, path, plen) && m[plen] == ':', "error without the path: %s", m);
-			char *end;
-			long line = strtol(m + plen + 1, &end, 10);
-			CHECK(end != m + plen + 1 && *end == ':', "error without a line: %s", m);
-			CHECK(line >= 1 && (size_t)line <= (lines ? lines : 1), "line %ld of %zu: %s",
-			      line, lines, m);
-			CHECK(!strchr(m, '\n'), "error line with a newline: %s", m);
+			const char *m = errs.msg[i] + strlen(fuzz_path) + 1;
 			size_t run = 0;
-			for (const char *p = end; *p; p++) {
+			for (const char *p = strchr(m, ':'); *p; p++) {
 				run = isxdigit((unsigned char)*p) ? run + 1 : 0;
 				CHECK(run < 16, "an error shows key digits: %s", m);
 			}

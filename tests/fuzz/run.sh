@@ -84,7 +84,7 @@ for name in "${ALL[@]}"; do
 	src=$FUZZ_DIR/fuzz_$name.c
 	relink=0
 	[ -x "$bin" ] || relink=1
-	for dep in "$src" "$newest_header" "$0" "${objs[@]}"; do
+	for dep in "$src" "$FUZZ_DIR/fuzz_util.h" "$newest_header" "$0" "${objs[@]}"; do
 		[ "$dep" -nt "$bin" ] && relink=1
 	done
 	if [ $relink = 1 ]; then

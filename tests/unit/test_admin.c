@@ -32,19 +32,13 @@
 #include "admin.h"
 #include "config.h"
 #include "metrics.h"
+#include "unit_net.h"
 
 #define REQ_MAX 4096
 #define TIMEOUT_MS 5000
 
 static const char TEXT[] = "text/plain; charset=utf-8";
 static const char PROM[] = "text/plain; version=0.0.4; charset=utf-8";
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void sleep_ms(int ms)
 {
@@ -74,20 +68,6 @@ static void *loop_thread(void *arg)
 	struct server *s = arg;
 	s->run_rc = uv_run(&s->loop, UV_RUN_DEFAULT);
 	return NULL;
-}
-
-/* A port nothing listens on (bound, then released). */
-static int free_port(void)
-{
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	assert_true(fd >= 0);
-	struct sockaddr_in sin = { .sin_family = AF_INET,
-				   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof sin), 0);
-	socklen_t sl = sizeof sin;
-	assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &sl), 0);
-	close(fd);
-	return ntohs(sin.sin_port);
 }
 
 static void fill_addr(struct cfg_addr *a, int port)

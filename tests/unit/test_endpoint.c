@@ -36,15 +36,9 @@
 #include "endpoint.h"
 #include "tls.h"
 #include "unit_fixture.h"
+#include "unit_net.h"
 
 #define TIMEOUT_MS 5000
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void fill_pattern(uint8_t *b, size_t n, uint32_t seed)
 {

@@ -39,19 +39,9 @@
 #include "shared.h"
 #include "tls.h"
 #include "unit_fixture.h"
+#include "unit_net.h"
 
 /* ---- sockets ----------------------------------------------------------------------- */
-
-static int free_port(void)
-{
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof sin), 0);
-	socklen_t sl = sizeof sin;
-	assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &sl), 0);
-	close(fd);
-	return ntohs(sin.sin_port);
-}
 
 /* A listening socket on 127.0.0.1 (the upstream), its port in *port. */
 static int listen_on(int *port)

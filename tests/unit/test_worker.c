@@ -38,29 +38,9 @@
 #include "shared.h"
 #include "worker.h"
 #include "unit_fixture.h"
+#include "unit_net.h"
 
 #define TIMEOUT_MS 5000
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* A port nothing listens on (bound, then released). */
-static int free_port(void)
-{
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	assert_true(fd >= 0);
-	struct sockaddr_in sin = { .sin_family = AF_INET,
-				   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof sin), 0);
-	socklen_t sl = sizeof sin;
-	assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &sl), 0);
-	close(fd);
-	return ntohs(sin.sin_port);
-}
 
 static int plain_listener(int port)
 {
