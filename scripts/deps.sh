@@ -6,6 +6,10 @@
 #   scripts/deps.sh test    the above and the test peers (default)
 #   scripts/deps.sh private-postfix DIR   unpack Postfix into DIR only (see below)
 #
+# The tests' DNS server, NSD, is never installed as a package (it would add a service of
+# the host): its files are unpacked under $STP_DEPS_DIR/nsd-root and the tests run it from
+# there with their own configuration (its libraries are installed as packages).
+#
 # Safe on a real host, a mail host included:
 # - no service of the host is started, stopped, restarted, disabled or replaced: packages
 #   are installed under a policy-rc.d that denies every service action for the install
@@ -37,9 +41,10 @@ WOLFSSL_PREFIX="$PREFIX_ROOT/wolfssl-$WOLFSSL_VERSION-$key"
 POLICY_RC=${STP_POLICY_RC:-/usr/sbin/policy-rc.d}
 
 BUILD_PACKAGES="build-essential pkg-config libuv1-dev autoconf automake libtool dpkg-dev
- openssl ca-certificates python3"
+ openssl ca-certificates python3 libunbound-dev dns-root-data"
 TEST_PACKAGES="libcmocka-dev curl python3-aiosmtpd swaks libnet-ssleay-perl socat stunnel4
- haproxy postfix iproute2 procps psmisc libssl-dev clang nftables iptables testssl.sh"
+ haproxy postfix iproute2 procps psmisc libssl-dev clang nftables iptables testssl.sh
+ ldnsutils python3-dnspython libevent-2.1-7 libfstrm0 libprotobuf-c1"
 
 case $WHAT in
 build) PACKAGES=$BUILD_PACKAGES ;;
@@ -132,6 +137,25 @@ private_postfix() {
 	cleanup
 }
 
+# NSD unpacked into PREFIX_ROOT/nsd-root (no maintainer script runs: no user, no service);
+# the tests run nsd -d from there with a configuration of their own.
+private_nsd() {
+	local root=$PREFIX_ROOT/nsd-root ver
+	ver=$(apt-cache policy nsd | awk '/Candidate:/{print $2}')
+	[ -n "$ver" ] && [ "$ver" != "(none)" ] || { echo "deps: no nsd package in the archive" >&2; exit 1; }
+	[ -f "$root/.complete" ] && [ "$(cat "$root/.complete")" = "$ver" ] && return
+	echo "deps: unpacking nsd $ver privately in $root (the tests' DNS server)"
+	local dl
+	dl=$(mktemp -d /tmp/stp-nsd.XXXXXX)
+	cleanups+=("rm -rf '$dl'")
+	(cd "$dl" && chmod 755 . && apt-get download -q "nsd=$ver" >/dev/null 2>&1)
+	rm -rf "$root"
+	mkdir -p "$root"
+	dpkg-deb -x "$dl"/nsd_*.deb "$root"
+	echo "$ver" >"$root/.complete"
+	cleanup
+}
+
 if [ "$WHAT" = private-postfix ]; then
 	private_postfix "requested" "$2"
 	exit 0
@@ -176,6 +200,7 @@ if [ "$WHAT" = test ]; then
 	else
 		rm -f "$PREFIX_ROOT/postfix.current"
 	fi
+	private_nsd
 fi
 
 if [ -f "$WOLFSSL_PREFIX/lib/libwolfssl.a" ]; then
