@@ -22,8 +22,12 @@ enum cfg_proto { CFG_PROTO_SMTP, CFG_PROTO_LMTP, CFG_PROTO_IMAP, CFG_PROTO_POP3,
 /* CFG_TLS_AUTO (client_tls only): a client whose first bytes are a TLS ClientHello gets
  * implicit TLS, any other client the plaintext greeting with STARTTLS offered. */
 enum cfg_tls { CFG_TLS_NONE, CFG_TLS_STARTTLS, CFG_TLS_IMPLICIT, CFG_TLS_AUTO };
+/* MTA_STS, DANE and AUTO are route levels decided per recipient domain at the first RCPT
+ * (late binding, SMTP routes whose upstream is the recipient's MX): a session turns them
+ * into one of the levels before them for each connection it makes. */
 enum cfg_policy {
-	CFG_POLICY_NONE, CFG_POLICY_MAY, CFG_POLICY_ENCRYPT, CFG_POLICY_FINGERPRINT, CFG_POLICY_VERIFY
+	CFG_POLICY_NONE, CFG_POLICY_MAY, CFG_POLICY_ENCRYPT, CFG_POLICY_FINGERPRINT, CFG_POLICY_VERIFY,
+	CFG_POLICY_MTA_STS, CFG_POLICY_DANE, CFG_POLICY_AUTO
 };
 enum cfg_mode { CFG_MODE_ENFORCE, CFG_MODE_TESTING };
 enum cfg_pp { CFG_PP_NONE, CFG_PP_V1, CFG_PP_V2 };
@@ -48,6 +52,7 @@ struct cfg_addr {
 	struct sockaddr_storage ss;
 	socklen_t sslen;
 	int original_dst; /* upstream = original-destination */
+	int mx;           /* upstream = mx: the recipient domain's MX hosts (port: 25, or mx:PORT) */
 	int needs_dns;    /* a host name, resolved when a session connects */
 	int transparent;  /* listen: IP_TRANSPARENT (transparent = tproxy) */
 	int line;         /* where it was written */
@@ -111,6 +116,14 @@ struct cfg {
 	uint64_t drain_timeout_ms;
 	char *ticket_key_file;
 	struct tls_ticket_keys tickets; /* read from ticket_key_file (n = 0 without it) */
+	/* Recipient-domain policies (late binding): the DNS resolver (NULL: /etc/resolv.conf),
+	 * the DNSSEC trust anchor file (NULL: no validation), where MTA-STS policies are kept
+	 * across restarts (NULL: memory only), and the port policy files are fetched from. */
+	char *resolver;
+	char *dnssec_trust_anchor;
+	char *mta_sts_cache;
+	uint16_t mta_sts_port;
+	int late_binding; /* some route binds its upstream late (needs DNS) */
 	struct cfg_route *routes;
 	size_t nroutes;
 	int refs; /* sessions keep the configuration they started with: cfg_ref/cfg_unref */
@@ -161,5 +174,7 @@ int cfg_addr_equal(const struct cfg_addr *a, const struct cfg_addr *b);
 const char *cfg_proto_name(enum cfg_proto p);
 const char *cfg_tls_name(enum cfg_tls t);
 const char *cfg_policy_name(enum cfg_policy p);
+/* The route learns its upstream and policy from the first recipient (mta-sts, dane, auto). */
+int cfg_route_late(const struct cfg_route *r);
 
 #endif

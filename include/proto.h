@@ -25,6 +25,12 @@ enum proto_act_type {
 	PA_CLOSE,    /* end the session after what was sent to the client has left */
 	PA_POLICY,   /* a TLS requirement toward the upstream failed: the session logs and
 			counts it (reason: RFC 8460 result; off/len: a detail text) */
+	/* Late binding (proto_params.late): */
+	PA_BIND,     /* the first recipient's domain is known (off/len: the domain, lower
+			case): find its policy and upstream, connect, then upstream_connected as
+			usual; or bind_failed */
+	PA_CHECK,    /* a later recipient's domain (off/len): may the current upstream take it?
+			The session answers with rcpt_verdict */
 };
 
 struct proto_act {
@@ -49,6 +55,7 @@ void proto_starttls(struct proto_actions *a, enum proto_side side);
 void proto_ready(struct proto_actions *a);
 void proto_close(struct proto_actions *a, const char *reason);
 void proto_policy(struct proto_actions *a, const char *result, const char *detail);
+void proto_bind(struct proto_actions *a, enum proto_act_type type, const char *domain);
 void proto_actions_clear(struct proto_actions *a);
 void proto_actions_free(struct proto_actions *a);
 
@@ -65,6 +72,10 @@ struct proto_params {
 	enum cfg_bare_newline bare_newline;
 	const char *client_ip; /* textual, without brackets */
 	unsigned client_port;
+	/* Late binding: the upstream is the first recipient's MX, chosen by the session once
+	 * the module reports that recipient's domain (PA_BIND). Until then the module answers
+	 * the client itself (late_start). */
+	int late;
 };
 
 /* Why the session turns a client away before anything else happened. */
@@ -107,6 +118,14 @@ struct proto_ops {
 	/* The session decided its policy toward the upstream it is about to connect to (a
 	 * policy table may choose per destination): before every upstream_connected. */
 	void (*set_policy)(void *st, enum cfg_tls tls, enum cfg_policy level, enum cfg_mode mode);
+	/* Late binding. late_start: the session connects nowhere yet; the module greets the
+	 * client itself. bind_failed: the upstream for the PA_BIND domain could not be chosen
+	 * (no MX, DNS failure, policy refuses every MX) before any connection was made: reply
+	 * answers the waiting recipient and the module is unbound again. rcpt_verdict: the
+	 * answer to PA_CHECK (ok, or the reply for that recipient). */
+	void (*late_start)(void *st, struct proto_actions *a);
+	void (*bind_failed)(void *st, const char *reply, struct proto_actions *a);
+	void (*rcpt_verdict)(void *st, int ok, const char *reply, struct proto_actions *a);
 	/* The protocol's refusal of a client turned away before any exchange (no module state
 	 * exists): the reply to send, then PA_CLOSE. */
 	void (*refuse)(const struct proto_params *p, enum proto_refusal why,

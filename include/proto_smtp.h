@@ -22,6 +22,17 @@
  * a larger one is refused with 552 and the session ends (its octets are not skipped). */
 #define SMTP_BDAT_MAX (1ULL << 30)
 
+/* Late binding: the longest recipient domain, and how many domains a session remembers
+ * as approved for its upstream. */
+#define SMTP_DOMAIN_MAX 253
+#define SMTP_LATE_DOMAINS 8
+
+/* The domain of a "RCPT TO:<local@domain> [params]" command line (no terminator): lower
+ * case, without a trailing dot, into out. The local part may be quoted; a source route is
+ * skipped. 0, or -EINVAL: not a RCPT TO, no domain, an address literal, or not LDH labels
+ * of 1 to 63 octets (at most SMTP_DOMAIN_MAX and cap - 1 octets). */
+int smtp_rcpt_domain(const char *line, size_t len, char *out, size_t cap);
+
 /* What smtp_rewrite_ehlo() leaves out besides STARTTLS, XCLIENT and XFORWARD. */
 #define SMTP_HIDE_AUTH 1       /* AUTH and AUTH= lines (client_policy = encrypt before TLS) */
 #define SMTP_HIDE_REQUIRETLS 2 /* REQUIRETLS (RFC 8689): never offered on a plaintext leg */

@@ -15,6 +15,8 @@
 struct cfg;
 struct cfg_route;
 struct dns_cache;
+struct late_res;
+struct sts_cache;
 struct session;
 struct stp_shared;
 
@@ -32,6 +34,8 @@ struct session_host {
 	void *owner;               /* the worker */
 	struct dns_cache *dns;     /* upstream host names resolved lately (session.c) */
 	struct tls_cache *tls;     /* upstream TLS sessions to resume (session.c) */
+	struct late_res *late;     /* late binding: resolver and MTA-STS lookups (late.h) */
+	struct sts_cache *sts_cache; /* MTA-STS policies, kept across reloads */
 };
 
 /* Accept one client waiting on the listening stream server, for route. */
@@ -41,6 +45,9 @@ void session_close(struct session *s, const char *reason);
 /* Ends the session because the proxy stops: protocols say so to the client first. */
 void session_shutdown(struct session *s);
 struct session *session_next(struct session *s);
+/* The host stops: the late-binding resources (their resolver's handles) are released so
+ * that the loop can end; sessions still open keep their own reference. */
+void session_host_stop(struct session_host *h);
 /* Frees what the host's sessions left behind (the DNS and TLS session caches); no session
  * may be open. */
 void session_host_cleanup(struct session_host *h);

@@ -27,6 +27,8 @@
 
 #define MAX_LINE 4096
 #define DEFAULT_CA "/etc/ssl/certs/ca-certificates.crt"
+/* Debian's dns-root-data: the DNS root's key, the default DNSSEC trust anchor. */
+#define DEFAULT_TRUST_ANCHOR "/usr/share/dns/root.key"
 
 /* ---- errors ---------------------------------------------------------------------- */
 
@@ -257,7 +259,8 @@ int cfg_cidr_match(const struct cfg_cidr *net, const struct sockaddr *sa)
 static const char *const proto_names[] = { "smtp", "lmtp", "imap", "pop3", "tcp", NULL };
 static const char *const tls_names[] = { "none", "starttls", "implicit", NULL };
 static const char *const client_tls_names[] = { "none", "starttls", "implicit", "auto", NULL };
-static const char *const policy_names[] = { "none", "may", "encrypt", "fingerprint", "verify",
+static const char *const policy_names[] = { "none",    "may",     "encrypt", "fingerprint",
+					    "verify",  "mta-sts", "dane",    "auto",
 					    NULL };
 static const char *const mode_names[] = { "enforce", "testing", NULL };
 static const char *const pp_names[] = { "none", "v1", "v2", NULL };
@@ -269,6 +272,11 @@ static const char *const transparent_names[] = { "no", "tproxy", NULL };
 const char *cfg_proto_name(enum cfg_proto p) { return proto_names[p]; }
 const char *cfg_tls_name(enum cfg_tls t) { return tls_names[t]; }
 const char *cfg_policy_name(enum cfg_policy p) { return policy_names[p]; }
+
+int cfg_route_late(const struct cfg_route *r)
+{
+	return r->upstream_policy >= CFG_POLICY_MTA_STS;
+}
 
 static int enum_lookup(const char *const *names, const char *v)
 {
@@ -602,6 +610,23 @@ static void get_addr(struct parse *P, struct section *sec, const char *key,
 		snprintf(a->host, sizeof(a->host), "original-destination");
 		return;
 	}
+	if (allow_orig && (strcasecmp(e->value, "mx") == 0 || strncasecmp(e->value, "mx:", 3) == 0)) {
+		unsigned port = 25;
+		char *end = NULL;
+		if (e->value[2] == ':') {
+			errno = 0;
+			port = (unsigned)strtoul(e->value + 3, &end, 10);
+			if (errno || !end || *end || end == e->value + 3 || port == 0 || port > 65535) {
+				ERR(P, e->line, "%s: invalid port in \"%s\" (expected mx or mx:PORT)",
+				    key, e->value);
+				return;
+			}
+		}
+		a->mx = 1;
+		a->port = (uint16_t)port;
+		snprintf(a->host, sizeof(a->host), "mx");
+		return;
+	}
 	if (cfg_parse_hostport(e->value, a->host, sizeof(a->host), &a->port) < 0) {
 		ERR(P, e->line, "%s: invalid address \"%s\" (expected HOST:PORT or [IPv6]:PORT)",
 		    key, e->value);
@@ -618,7 +643,9 @@ static void get_addr(struct parse *P, struct section *sec, const char *key,
 
 static const char *const global_keys[] = {
 	"workers", "user", "log_level", "log_format", "admin_listen", "max_connections",
-	"helo_name", "cert", "key", "ca", "drain_timeout", "ticket_key_file", NULL
+	"helo_name", "cert", "key", "ca", "drain_timeout", "ticket_key_file", "resolver",
+	"dnssec_trust_anchor", "mta_sts_cache", "mta_sts_port", "tlsrpt_dir", "tlsrpt_relay",
+	"tlsrpt_org", "tlsrpt_interval", NULL
 };
 static const char *const route_keys[] = {
 	"listen", "protocol", "client_tls", "client_policy", "upstream", "upstream_tls",
@@ -650,6 +677,88 @@ static void refuse_unsupported(struct parse *P, struct section *sec, const char 
 	struct entry *e = get(sec, key);
 	if (e && (!unless_value || strcasecmp(e->value, unless_value) != 0))
 		ERR(P, e->line, "%s: not supported by this version of starttls-proxy", key);
+}
+
+/* resolver, dnssec_trust_anchor, mta_sts_cache, mta_sts_port; the TLSRPT keys are refused
+ * until reports exist. */
+static void parse_dns_keys(struct parse *P, struct section *sec, struct cfg *c)
+{
+	struct entry *e = get(sec, "resolver");
+	if (e) {
+		char host[256];
+		uint16_t port = 53;
+		struct in6_addr a6;
+		struct in_addr a4;
+		int ok = inet_pton(AF_INET, e->value, &a4) == 1 ||
+			 inet_pton(AF_INET6, e->value, &a6) == 1 ||
+			 (cfg_parse_hostport(e->value, host, sizeof(host), &port) == 0 &&
+			  is_ip_literal(host));
+		if (!ok)
+			ERR(P, e->line, "resolver: invalid value \"%s\" (expected IP or IP:PORT)",
+			    e->value);
+		else
+			c->resolver = pdup(P, e->value);
+	}
+	e = get(sec, "dnssec_trust_anchor");
+	if (e && strcasecmp(e->value, "none") == 0) {
+		free(c->dnssec_trust_anchor);
+		c->dnssec_trust_anchor = NULL;
+	} else if (e) {
+		free(c->dnssec_trust_anchor);
+		c->dnssec_trust_anchor = NULL;
+		get_file(P, sec, "dnssec_trust_anchor", &c->dnssec_trust_anchor);
+	}
+	e = get(sec, "mta_sts_cache");
+	if (e) {
+		struct stat st;
+		if (!*e->value)
+			ERR(P, e->line, "mta_sts_cache: empty path");
+		else if (!(P->flags & CFG_NO_FILES) &&
+			 (stat(e->value, &st) < 0 || !S_ISDIR(st.st_mode) ||
+			  access(e->value, W_OK | X_OK) < 0))
+			ERR(P, e->line, "mta_sts_cache: \"%s\" is not a writable directory", e->value);
+		c->mta_sts_cache = pdup(P, e->value);
+	}
+	unsigned port = c->mta_sts_port;
+	get_uint(P, sec, "mta_sts_port", 1, 65535, &port);
+	c->mta_sts_port = (uint16_t)port;
+	refuse_unsupported(P, sec, "tlsrpt_dir", NULL);
+	refuse_unsupported(P, sec, "tlsrpt_relay", NULL);
+	refuse_unsupported(P, sec, "tlsrpt_org", NULL);
+	refuse_unsupported(P, sec, "tlsrpt_interval", NULL);
+}
+
+/* The recipient-domain levels (mta-sts, dane, auto) and upstream = mx go together with
+ * late binding: an SMTP route whose upstream is the recipient's MX. */
+static void check_late(struct parse *P, struct section *sec, struct cfg *c, struct cfg_route *r)
+{
+	int pl = line_of(sec, "upstream_policy");
+	if (!cfg_route_late(r)) {
+		if (r->upstream.mx)
+			ERR(P, r->upstream.line,
+			    "upstream = mx needs upstream_policy = mta-sts (the recipient's MX is "
+			    "known only per recipient domain)");
+		return;
+	}
+	const char *lv = policy_names[r->upstream_policy];
+	if (r->upstream_policy != CFG_POLICY_MTA_STS)
+		ERR(P, pl, "upstream_policy = %s: not supported by this version of starttls-proxy "
+			   "(mta-sts is)", lv);
+	if (r->protocol != CFG_PROTO_SMTP)
+		ERR(P, pl, "upstream_policy = %s needs protocol = smtp", lv);
+	if (r->upstream_tls != CFG_TLS_STARTTLS)
+		ERR(P, pl, "upstream_policy = %s needs upstream_tls = starttls", lv);
+	if (!r->upstream.mx && !r->upstream.original_dst && get(sec, "upstream"))
+		ERR(P, pl, "upstream_policy = %s needs upstream = mx or original-destination (the "
+			   "recipient's MX)", lv);
+	if (get(sec, "policy_table"))
+		ERR(P, line_of(sec, "policy_table"),
+		    "policy_table: not supported together with upstream_policy = %s", lv);
+	if (get(sec, "upstream_name"))
+		ERR(P, line_of(sec, "upstream_name"),
+		    "upstream_name: the name is the recipient's MX host under upstream_policy = %s",
+		    lv);
+	c->late_binding = 1;
 }
 
 static void parse_global(struct parse *P, struct section *sec, struct cfg *c)
@@ -693,6 +802,7 @@ static void parse_global(struct parse *P, struct section *sec, struct cfg *c)
 	get_file(P, sec, "ca", &c->ca);
 	get_duration(P, sec, "drain_timeout", &c->drain_timeout_ms);
 	get_file(P, sec, "ticket_key_file", &c->ticket_key_file);
+	parse_dns_keys(P, sec, c);
 	check_unknown(P, sec, global_keys);
 }
 
@@ -889,6 +999,7 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	v = CFG_MODE_ENFORCE;
 	get_enum(P, sec, "policy_mode", mode_names, &v);
 	r->policy_mode = v;
+	check_late(P, sec, c, r);
 
 	get_string(P, sec, "upstream_name", &r->upstream_name);
 	if (!r->upstream_name && !r->upstream.original_dst && r->upstream.host[0])
@@ -924,7 +1035,7 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	get_file(P, sec, "upstream_ca", &r->upstream_ca);
 	if (!r->upstream_ca && c->ca)
 		r->upstream_ca = pdup(P, c->ca);
-	if (r->upstream_policy == CFG_POLICY_VERIFY && !r->upstream_ca) {
+	if ((r->upstream_policy == CFG_POLICY_VERIFY || cfg_route_late(r)) && !r->upstream_ca) {
 		if (access(DEFAULT_CA, R_OK) == 0)
 			r->upstream_ca = pdup(P, DEFAULT_CA);
 		else
@@ -1164,7 +1275,8 @@ static void build_tls(struct parse *P, struct section *sec, struct section *glob
 	/* With a policy table any level may apply, so the trust store is always loaded (an
 	 * outcome is only enforced where the policy is verify). */
 	if (r->upstream_tls != CFG_TLS_NONE || r->policy) {
-		struct tls_client_opts o = { .ca = r->upstream_policy == CFG_POLICY_VERIFY || r->policy
+		struct tls_client_opts o = { .ca = r->upstream_policy == CFG_POLICY_VERIFY ||
+								   cfg_route_late(r) || r->policy
 							   ? r->upstream_ca : NULL,
 					     .cert = r->upstream_cert, .key = r->upstream_key,
 					     .min_version = r->upstream_min_tls,
@@ -1218,6 +1330,9 @@ int cfg_load_flags(const char *path, int flags, struct cfg **out, struct cfg_err
 	c->log_level = LOG_INFO;
 	c->max_connections = 10000;
 	c->drain_timeout_ms = 30000;
+	c->mta_sts_port = 443;
+	if (access(DEFAULT_TRUST_ANCHOR, R_OK) == 0)
+		c->dnssec_trust_anchor = pdup(&P, DEFAULT_TRUST_ANCHOR);
 	c->refs = 1;
 	static uint64_t generations;
 	c->generation = __atomic_add_fetch(&generations, 1, __ATOMIC_RELAXED);
@@ -1331,6 +1446,9 @@ void cfg_free(struct cfg *c)
 	free(c->key);
 	free(c->ca);
 	free(c->ticket_key_file);
+	free(c->resolver);
+	free(c->dnssec_trust_anchor);
+	free(c->mta_sts_cache);
 	cfg_ticket_keys_free(&c->tickets);
 	free(c);
 }

@@ -118,15 +118,27 @@ void proto_close(struct proto_actions *a, const char *reason)
 	x->reason = reason;
 }
 
-void proto_policy(struct proto_actions *a, const char *result, const char *detail)
+/* An action carrying a text in the buffer (off/len). */
+static struct proto_act *push_text(struct proto_actions *a, enum proto_act_type type,
+				   const char *text)
 {
-	size_t n = detail ? strlen(detail) : 0;
-	long off = keep_bytes(a, detail ? detail : "", n);
+	size_t n = text ? strlen(text) : 0;
+	long off = keep_bytes(a, text ? text : "", n);
 	struct proto_act *x = push(a);
-	x->type = PA_POLICY;
-	x->reason = result;
+	x->type = type;
 	x->off = off < 0 ? 0 : (size_t)off;
 	x->len = off < 0 ? 0 : n;
+	return x;
+}
+
+void proto_policy(struct proto_actions *a, const char *result, const char *detail)
+{
+	push_text(a, PA_POLICY, detail)->reason = result;
+}
+
+void proto_bind(struct proto_actions *a, enum proto_act_type type, const char *domain)
+{
+	push_text(a, type, domain);
 }
 
 void proto_actions_clear(struct proto_actions *a)

@@ -38,9 +38,11 @@ enum ustate {
 	U_HANDSHAKE,  /* TLS handshake running */
 	U_READY,      /* relaying */
 	U_DONE,       /* failed or closing */
+	U_LATE,       /* late binding: no upstream yet, the module answers the client itself */
+	U_REPLAY,     /* late binding: the client's EHLO, MAIL and first RCPT replayed */
 };
 static const char *const ustate_names[] = { "connecting", "greeting", "ehlo", "starttls",
-					    "handshake", "ready", "done" };
+					    "handshake", "ready", "done", "late", "replay" };
 
 enum cstate {
 	C_COMMAND,      /* commands */
@@ -52,20 +54,23 @@ enum cstate {
 	C_BDAT,         /* BDAT chunk octets (forwarded, or skipped when refused) */
 	C_AUTH_LINE,    /* the next line is an AUTH response, not a command */
 	C_STARTTLS,     /* STARTTLS accepted: nothing counts until the client's handshake */
+	C_WAIT_BIND,    /* late binding: the first RCPT waits for its upstream */
+	C_WAIT_CHECK,   /* late binding: a RCPT waits for the session's verdict on its domain */
 };
 static const char *const cstate_names[] = { "command", "wait-data", "wait-auth",
 					    "wait-xclient", "wait-caps", "body", "bdat",
-					    "auth-line", "starttls" };
+					    "auth-line", "starttls", "wait-bind", "wait-check" };
 
 /* What a queued expectation is for. */
 enum ekind {
 	/* replies to commands the module sent itself (not relayed) */
 	E_GREETING, E_INT_EHLO, E_INT_STARTTLS, E_INT_RSET, E_INT_XEHLO, E_INT_XCLIENT,
+	E_INT_LHELLO, E_INT_LMAIL, /* late binding: the replayed EHLO and MAIL */
 	/* replies to client commands (relayed) */
 	E_EHLO, E_HELO, E_MAIL, E_RCPT, E_DATA, E_DATA_END, E_BDAT, E_BDAT_LAST, E_AUTH,
 	E_RSET, E_QUIT, E_OTHER,
 	/* answered by the module when they reach the head of the queue */
-	E_LOCAL, E_LOCAL_STARTTLS, E_LOCAL_CLOSE,
+	E_LOCAL, E_LOCAL_STARTTLS, E_LOCAL_CLOSE, E_LOCAL_QUIT,
 	E_KINDS
 };
 
@@ -101,6 +106,14 @@ struct smtp {
 	int upstream_tls;
 	struct buf greeting;      /* the upstream's greeting, sent to the client when ready */
 	int early_reply;          /* a reply came before its command was sent */
+	/* late binding (p.late) */
+	struct buf l_hello, l_mail, l_rcpt; /* the client's lines, replayed to the upstream */
+	char domain[SMTP_DOMAIN_MAX + 1];   /* the first recipient's domain (bound to) */
+	char approved[SMTP_LATE_DOMAINS][SMTP_DOMAIN_MAX + 1]; /* domains the upstream may take */
+	int napproved;
+	char check_domain[SMTP_DOMAIN_MAX + 1]; /* PA_CHECK asked about it */
+	int verdict;              /* 0 none, 1 ok, -1 refused (verdict_reply) */
+	char verdict_reply[300];
 };
 
 /* ---- state changes ----------------------------------------------------------------- */
@@ -126,7 +139,7 @@ static void enter_cstate(struct smtp *s, enum cstate c)
 static int waiting(const struct smtp *s)
 {
 	return s->c == C_WAIT_DATA || s->c == C_WAIT_AUTH || s->c == C_WAIT_XCLIENT ||
-	       s->c == C_WAIT_CAPS;
+	       s->c == C_WAIT_CAPS || s->c == C_WAIT_BIND || s->c == C_WAIT_CHECK;
 }
 
 /* ---- small helpers ----------------------------------------------------------------- */
@@ -353,9 +366,16 @@ static void relay_ehlo(struct smtp *s, struct proto_actions *a)
 
 static void process_client(struct smtp *s, struct proto_actions *a);
 
-/* The upstream is usable: the client gets the upstream's greeting and is heard. */
+static void late_replay(struct smtp *s, struct proto_actions *a);
+
+/* The upstream is usable: the client gets the upstream's greeting and is heard (under late
+ * binding the client was greeted long ago: its EHLO, MAIL and RCPT are replayed instead). */
 static void upstream_ready(struct smtp *s, struct proto_actions *a)
 {
+	if (s->p.late) {
+		late_replay(s, a);
+		return;
+	}
 	enter_ustate(s, U_READY);
 	proto_ready(a);
 	proto_send(a, PROTO_CLIENT, buf_ptr(&s->greeting), s->greeting.len);
@@ -665,10 +685,100 @@ static void on_other(struct smtp *s, struct proto_actions *a, struct expect *e, 
 	relay_reply(s, a);
 }
 
+/* ---- late binding: the replay toward the chosen upstream ------------------------------- */
+
+/* The domain is one the upstream may take (the bound one, or one the session approved). */
+static int approved(const struct smtp *s, const char *domain)
+{
+	for (int i = 0; i < s->napproved; i++)
+		if (!strcmp(s->approved[i], domain))
+			return 1;
+	return 0;
+}
+
+static void approve(struct smtp *s, const char *domain)
+{
+	if (approved(s, domain))
+		return;
+	if (s->napproved == SMTP_LATE_DOMAINS) /* forget the oldest: it is asked again */
+		memmove(s->approved[0], s->approved[1], sizeof(s->approved[0]) * (SMTP_LATE_DOMAINS - 1));
+	else
+		s->napproved++;
+	snprintf(s->approved[s->napproved - 1], sizeof(s->approved[0]), "%s", domain);
+}
+
+static void send_buf_up(struct smtp *s, struct proto_actions *a, const struct buf *b,
+			enum ekind k)
+{
+	proto_send(a, PROTO_UPSTREAM, buf_ptr(b), b->len);
+	proto_send(a, PROTO_UPSTREAM, "\r\n", 2);
+	expect(s, a, k, NULL);
+}
+
+/* The upstream passed the policy: the client's EHLO (or ours, when it sent none) goes up
+ * again inside the upstream's TLS; its MAIL and first RCPT follow. */
+static void late_replay(struct smtp *s, struct proto_actions *a)
+{
+	enter_ustate(s, U_REPLAY);
+	buf_free(&s->greeting); /* the client was greeted by the module */
+	if (s->l_hello.len) {
+		send_buf_up(s, a, &s->l_hello, E_INT_LHELLO);
+	} else {
+		char cmd[300];
+		snprintf(cmd, sizeof(cmd), "EHLO %s", s->p.helo_name);
+		send_up(s, a, cmd, E_INT_LHELLO);
+	}
+}
+
+/* The replay is over: the client's held commands flow to the upstream. */
+static void late_ready(struct smtp *s, struct proto_actions *a)
+{
+	enter_ustate(s, U_READY);
+	proto_ready(a);
+	s->napproved = 0;
+	approve(s, s->domain);
+	enter_cstate(s, C_COMMAND);
+	process_client(s, a);
+}
+
+static void on_int_lhello(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)e;
+	if (code != 250) {
+		/* the answer to the waiting RCPT; the client's transaction ends here */
+		proto_sendf(a, PROTO_CLIENT,
+			    "451 4.4.2 %s The recipient's server refused our EHLO (%d); try again "
+			    "later\r\n",
+			    s->p.helo_name, code);
+		s->in_tx = 0;
+		late_ready(s, a);
+		return;
+	}
+	learn_caps(s);
+	s->chunking = 0; /* never offered to this client */
+	send_buf_up(s, a, &s->l_mail, E_INT_LMAIL);
+}
+
+static void on_int_lmail(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
+{
+	(void)e;
+	if (code / 100 != 2) {
+		/* The client's MAIL was accepted by the module: the upstream's refusal of it is
+		 * the answer to the waiting RCPT, and the transaction ends. */
+		relay_reply(s, a);
+		s->in_tx = 0;
+		late_ready(s, a);
+		return;
+	}
+	send_buf_up(s, a, &s->l_rcpt, E_RCPT);
+	late_ready(s, a);
+}
+
 static reply_fn *const reply_handlers[E_KINDS] = {
 	[E_GREETING] = on_greeting,	  [E_INT_EHLO] = on_int_ehlo,
 	[E_INT_STARTTLS] = on_int_starttls, [E_INT_RSET] = on_int_rset,
 	[E_INT_XEHLO] = on_int_xehlo,	  [E_INT_XCLIENT] = on_int_xclient,
+	[E_INT_LHELLO] = on_int_lhello,	  [E_INT_LMAIL] = on_int_lmail,
 	[E_EHLO] = on_ehlo,		  [E_HELO] = on_helo,
 	[E_MAIL] = on_mail,		  [E_RCPT] = on_rcpt,
 	[E_DATA] = on_data,		  [E_DATA_END] = on_message_end,
@@ -773,11 +883,12 @@ static void drain_locals(struct smtp *s, struct proto_actions *a)
 			eq_pop(&s->q);
 			continue;
 		}
-		if (e->kind == E_LOCAL_CLOSE) {
+		if (e->kind == E_LOCAL_CLOSE || e->kind == E_LOCAL_QUIT) {
 			char r[300];
+			int quit = e->kind == E_LOCAL_QUIT;
 			snprintf(r, sizeof(r), "%s", e->text);
 			eq_pop(&s->q);
-			finish(s, a, r, "client protocol error");
+			finish(s, a, r, quit ? "quit" : "client protocol error");
 			return;
 		}
 		eq_pop(&s->q); /* E_LOCAL_STARTTLS */
@@ -1015,6 +1126,207 @@ static int refuse(struct smtp *s, struct proto_actions *a, const struct cmdline 
 	return 0;
 }
 
+/* ---- late binding: the module is the client's server until the first RCPT ------------- */
+
+int smtp_rcpt_domain(const char *line, size_t len, char *out, size_t cap)
+{
+	size_t i = 8, at = 0, end = 0;
+	int quoted = 0;
+	if (len < 8 || strncasecmp(line, "RCPT TO:", 8) != 0)
+		return -EINVAL;
+	while (i < len && line[i] == ' ')
+		i++;
+	if (i == len || line[i++] != '<')
+		return -EINVAL;
+	if (i < len && line[i] == '@') { /* a source route: "@a,@b:user@domain" */
+		while (i < len && line[i] != ':' && line[i] != '>')
+			i++;
+		if (i == len || line[i] != ':')
+			return -EINVAL;
+		i++;
+	}
+	for (; i < len && !end; i++) {
+		char c = line[i];
+		if (quoted && c == '\\' && i + 1 < len)
+			i++;
+		else if (c == '"')
+			quoted = !quoted;
+		else if (!quoted && c == '@')
+			at = i;
+		else if (!quoted && c == '>')
+			end = i;
+	}
+	if (!end || !at || end - at - 1 == 0)
+		return -EINVAL;
+	const char *d = line + at + 1;
+	size_t n = end - at - 1;
+	if (d[n - 1] == '.')
+		n--;
+	if (n == 0 || n > SMTP_DOMAIN_MAX || n >= cap)
+		return -EINVAL;
+	/* LDH labels of 1 to 63 octets; an address literal ("[192.0.2.1]") has no MX */
+	size_t label = 0;
+	for (size_t k = 0; k < n; k++) {
+		unsigned char c = (unsigned char)d[k];
+		if (c == '.') {
+			if (label == 0 || d[k - 1] == '-')
+				return -EINVAL;
+			label = 0;
+		} else if (isalnum(c) || (c == '-' && label > 0)) {
+			if (++label > 63)
+				return -EINVAL;
+		} else {
+			return -EINVAL;
+		}
+		out[k] = (char)tolower(c);
+	}
+	if (label == 0 || d[n - 1] == '-')
+		return -EINVAL;
+	out[n] = '\0';
+	return 0;
+}
+
+static int keep_line(struct smtp *s, struct proto_actions *a, struct buf *b,
+		     const struct cmdline *c)
+{
+	b->len = 0;
+	if (buf_append(b, c->line, c->len) == 0)
+		return 0;
+	out_of_memory(s, a);
+	return -1;
+}
+
+/* The module's own EHLO reply: what any MX can take (RFC 5321 PIPELINING, SIZE with no
+ * limit, 8BITMIME, ENHANCEDSTATUSCODES), STARTTLS where the client may use it; never
+ * CHUNKING, SMTPUTF8, DSN or AUTH, which the chosen MX might not offer. */
+static void late_hello_reply(struct smtp *s, struct proto_actions *a, int ehlo)
+{
+	char r[400];
+	if (!ehlo) {
+		snprintf(r, sizeof(r), "250 %s", s->p.helo_name);
+	} else {
+		int tls = s->p.client_tls == CFG_TLS_STARTTLS && !s->client_tls;
+		snprintf(r, sizeof(r),
+			 "250-%s\r\n250-PIPELINING\r\n250-SIZE\r\n250-8BITMIME\r\n%s"
+			 "250 ENHANCEDSTATUSCODES",
+			 s->p.helo_name, tls ? "250-STARTTLS\r\n" : "");
+	}
+	expect(s, a, E_LOCAL, r);
+}
+
+/* A word among the MAIL parameters (after the address), case-insensitive. */
+static int mail_param(const struct cmdline *c, const char *word)
+{
+	const char *p = memchr(c->line, '>', c->len);
+	size_t wl = strlen(word);
+	for (p = p ? p + 1 : c->line + c->len; p < c->line + c->len; p++)
+		if (*p == ' ' && (size_t)(c->line + c->len - p - 1) >= wl &&
+		    strncasecmp(p + 1, word, wl) == 0 &&
+		    (p + 1 + wl == c->line + c->len || p[1 + wl] == ' ' || word[wl - 1] == '='))
+			return 1;
+	return 0;
+}
+
+/* A command while no upstream is chosen (U_LATE). */
+static int late_command(struct smtp *s, struct proto_actions *a, const struct cmdline *c)
+{
+	const char *v = c->verb;
+	if (!strcmp(v, "EHLO") || !strcmp(v, "HELO")) {
+		if (keep_line(s, a, &s->l_hello, c) < 0)
+			return 0;
+		s->helo_seen = 1;
+		s->in_tx = 0;
+		s->l_mail.len = 0;
+		late_hello_reply(s, a, !strcmp(v, "EHLO"));
+		return 0;
+	}
+	if (!strcmp(v, "STARTTLS"))
+		return cmd_starttls(s, a, c);
+	if (!strcmp(v, "NOOP")) {
+		local_reply(s, a, "250 2.0.0 Ok%s", NULL);
+		return 0;
+	}
+	if (!strcmp(v, "RSET")) {
+		s->in_tx = 0;
+		s->l_mail.len = 0;
+		local_reply(s, a, "250 2.0.0 Ok%s", NULL);
+		return 0;
+	}
+	if (!strcmp(v, "QUIT")) {
+		char r[300];
+		s->quit_seen = 1;
+		snprintf(r, sizeof(r), "221 2.0.0 %s Bye", s->p.helo_name);
+		expect(s, a, E_LOCAL_QUIT, r);
+		return 0;
+	}
+	if (!strcmp(v, "MAIL")) {
+		if (s->in_tx)
+			local_reply(s, a, "503 5.5.1 Nested MAIL command%s", NULL);
+		else if (c->len < 10 || strncasecmp(c->line, "MAIL FROM:", 10) != 0 ||
+			 !memchr(c->line, '<', c->len) || !memchr(c->line, '>', c->len))
+			local_reply(s, a, "501 5.5.4 Syntax: MAIL FROM:<address>%s", NULL);
+		else if (mail_param(c, "SMTPUTF8") || mail_param(c, "BODY=BINARYMIME"))
+			local_reply(s, a, "555 5.5.4 Unsupported option (not offered)%s", NULL);
+		else if (keep_line(s, a, &s->l_mail, c) == 0) {
+			s->in_tx = 1;
+			s->rcpt_ok = 0;
+			local_reply(s, a, "250 2.1.0 Ok%s", NULL);
+		}
+		return 0;
+	}
+	if (!strcmp(v, "RCPT")) {
+		if (!s->in_tx) {
+			local_reply(s, a, "503 5.5.1 Need MAIL command%s", NULL);
+			return 0;
+		}
+		if (smtp_rcpt_domain(c->line, c->len, s->domain, sizeof(s->domain)) < 0) {
+			local_reply(s, a, "501 5.1.3 Bad recipient address syntax%s", NULL);
+			return 0;
+		}
+		if (keep_line(s, a, &s->l_rcpt, c) < 0)
+			return 0;
+		log_event(LOG_INFO, s->p.session_id, s->p.route, "late_bind", "domain", s->domain,
+			  NULL);
+		proto_bind(a, PA_BIND, s->domain);
+		enter_ustate(s, U_CONNECTING);
+		enter_cstate(s, C_WAIT_BIND);
+		return 0;
+	}
+	if (!strcmp(v, "DATA") || !strcmp(v, "BDAT")) {
+		const char *r = s->in_tx ? "554 5.5.1 No valid recipients"
+					 : "503 5.5.1 Need MAIL command";
+		if (!strcmp(v, "BDAT"))
+			return bdat_refuse(s, a, c, r);
+		local_reply(s, a, "%s", r);
+		return 0;
+	}
+	local_reply(s, a, "502 5.5.1 Command not implemented%s", NULL);
+	return 0;
+}
+
+/* A RCPT once an upstream is chosen: its domain must be one the upstream may take. */
+static int late_rcpt(struct smtp *s, struct proto_actions *a, const struct cmdline *c)
+{
+	char d[SMTP_DOMAIN_MAX + 1];
+	if (smtp_rcpt_domain(c->line, c->len, d, sizeof(d)) < 0 || approved(s, d))
+		return cmd_rcpt(s, a, c); /* the upstream judges what the module cannot read */
+	if (s->verdict && !strcmp(d, s->check_domain)) {
+		int ok = s->verdict > 0;
+		s->verdict = 0;
+		if (ok) {
+			approve(s, d);
+			return cmd_rcpt(s, a, c);
+		}
+		local_reply(s, a, "%s", s->verdict_reply);
+		return 0;
+	}
+	snprintf(s->check_domain, sizeof(s->check_domain), "%s", d);
+	s->verdict = 0;
+	proto_bind(a, PA_CHECK, d);
+	enter_cstate(s, C_WAIT_CHECK);
+	return 1;
+}
+
 /* One command line (terminator removed, NUL-terminated). Returns 1 when the line must be
  * kept for later, else 0. */
 static int handle_command(struct smtp *s, struct proto_actions *a, const char *line, size_t len)
@@ -1051,6 +1363,10 @@ static int handle_command(struct smtp *s, struct proto_actions *a, const char *l
 		if (s->helo_required && !s->helo_seen)
 			return refuse(s, a, &c, "503 5.5.1 Send EHLO or HELO first");
 	}
+	if (s->u == U_LATE)
+		return late_command(s, a, &c);
+	if (s->p.late && cmd->run == cmd_rcpt)
+		return late_rcpt(s, a, &c);
 	return cmd->run(s, a, &c);
 }
 
@@ -1263,6 +1579,9 @@ static void smtp_destroy(void *st)
 	lr_free(&s->uin);
 	buf_free(&s->reply);
 	buf_free(&s->greeting);
+	buf_free(&s->l_hello);
+	buf_free(&s->l_mail);
+	buf_free(&s->l_rcpt);
 	free(s);
 }
 
@@ -1329,6 +1648,11 @@ static void smtp_tls_done(void *st, enum proto_side side, struct proto_actions *
 	s->chunking = 0;
 	s->size_limit = 0;
 	enter_cstate(s, C_COMMAND);
+	if (s->u == U_LATE) { /* nothing upstream yet: what the client said is forgotten */
+		s->l_hello.len = 0;
+		s->l_mail.len = 0;
+		return;
+	}
 	send_up(s, a, "RSET", E_INT_RSET);
 }
 
@@ -1358,6 +1682,36 @@ static void smtp_upstream_retry_plain(void *st)
 	struct smtp *s = st;
 	s->p.upstream_tls = CFG_TLS_NONE;
 	smtp_upstream_retry(st);
+}
+
+static void smtp_late_start(void *st, struct proto_actions *a)
+{
+	struct smtp *s = st;
+	enter_ustate(s, U_LATE);
+	s->client_greeted = 1;
+	proto_sendf(a, PROTO_CLIENT, "220 %s ESMTP\r\n", s->p.helo_name);
+}
+
+static void smtp_bind_failed(void *st, const char *reply, struct proto_actions *a)
+{
+	struct smtp *s = st;
+	if (s->u == U_DONE)
+		return;
+	proto_sendf(a, PROTO_CLIENT, "%s\r\n", reply);
+	enter_ustate(s, U_LATE);
+	enter_cstate(s, C_COMMAND);
+	process_client(s, a);
+}
+
+static void smtp_rcpt_verdict(void *st, int ok, const char *reply, struct proto_actions *a)
+{
+	struct smtp *s = st;
+	if (s->u == U_DONE || s->c != C_WAIT_CHECK)
+		return;
+	s->verdict = ok ? 1 : -1;
+	snprintf(s->verdict_reply, sizeof(s->verdict_reply), "%s", reply ? reply : "");
+	enter_cstate(s, C_COMMAND);
+	process_client(s, a);
 }
 
 static void smtp_client_eof(void *st, struct proto_actions *a)
@@ -1440,6 +1794,9 @@ const struct proto_ops proto_smtp_ops = {
 	.upstream_retry_plain = smtp_upstream_retry_plain,
 	.upstream_retry = smtp_upstream_retry,
 	.set_policy = smtp_set_policy,
+	.late_start = smtp_late_start,
+	.bind_failed = smtp_bind_failed,
+	.rcpt_verdict = smtp_rcpt_verdict,
 	.fail = smtp_fail,
 	.refuse = smtp_refuse,
 };

@@ -4,11 +4,13 @@
 #include "buf.h"
 #include "config.h"
 #include "endpoint.h"
+#include "late.h"
 #include "log.h"
 #include "metrics.h"
 #include "policy.h"
 #include "proto.h"
 #include "shared.h"
+#include "stsmgr.h"
 #include "tls.h"
 
 #include <arpa/inet.h>
@@ -82,6 +84,18 @@ struct session {
 	/* the client's TLS: the route's client_tls, or (auto) what the first bytes showed */
 	enum cfg_tls ctls;
 	unsigned detecting : 1;
+	/* late binding (upstream_policy = mta-sts): the upstream is the first recipient's MX.
+	 * dst_name: each candidate's MX host name (what its certificate must name); late_sts:
+	 * the bound domain's MTA-STS policy applies (late_mode); up_verified: the upstream's
+	 * certificate chain and name verified (what a later recipient's policy may ask). */
+	struct late_res *late;
+	struct late_req *late_req;
+	char dst_name[SESSION_ADDRS_MAX][256];
+	unsigned char dst_sts_match[SESSION_ADDRS_MAX];
+	struct sockaddr_storage orig;
+	unsigned late_route : 1, late_sts : 1, late_testing : 1, up_verified : 1;
+	char late_domain[256];
+	const char *late_name[1];
 };
 
 static const struct ep_ops down_ops, up_ops;
@@ -157,6 +171,8 @@ static void handle_closed(struct session *s)
 	unlist(s);
 	if (s->proto)
 		s->proto->destroy(s->ps);
+	late_cancel(s->late_req);
+	late_res_unref(s->late);
 	buf_free(&s->early);
 	proto_actions_free(&s->acts);
 	cfg_unref(s->cfg);
@@ -195,6 +211,8 @@ void session_close(struct session *s, const char *reason)
 	if (s->tls_cacheable && s->up.tls && s->up.tls_ready && !s->up.failed)
 		tls_cache_put(s);
 	log_close(s);
+	late_cancel(s->late_req);
+	s->late_req = NULL;
 	uv_timer_stop(&s->timer);
 	uv_close((uv_handle_t *)&s->timer, timer_closed);
 	ep_close(&s->down);
@@ -272,7 +290,7 @@ static void arm_timer(struct session *s)
 		if (s->up_connected && !s->up_ready)
 			consider(&k, &due, T_HANDSHAKE_UPSTREAM,
 				 s->phase_started_ms + r->handshake_timeout_ms);
-		if (s->down_ready && s->up_ready)
+		if (s->down_ready && (s->up_ready || (s->late_route && !s->up_started)))
 			consider(&k, &due, T_IDLE, s->last_activity_ms + r->idle_timeout_ms);
 	}
 	s->timer_kind = k;
@@ -284,6 +302,7 @@ static void upstream_unreachable(struct session *s, const char *error);
 static void policy_failure(struct session *s, const char *result, const char *detail);
 static void exec_actions(struct session *s);
 static int start_upstream_tls(struct session *s);
+static void late_lookup(struct session *s, const char *domain, int check);
 
 /* The upstream side failed: a protocol module answers the client, tcp just ends. */
 static void fail_upstream(struct session *s, enum proto_failure why, const char *result,
@@ -409,6 +428,15 @@ static int check_upstream_tls(struct session *s)
 	const char *verify = resumed ? "resumed"
 			     : check == TLS_CHECK_NONE ? "skipped"
 			     : result ? "failed" : "ok";
+	if (s->late_route) { /* what a later recipient's policy may ask of this connection */
+		const char *name = s->dst_name[s->idst];
+		char d2[200];
+		if (resumed || check == TLS_CHECK_VERIFY)
+			s->up_verified = check == TLS_CHECK_VERIFY && !result;
+		else
+			s->up_verified = name[0] && !tls_conn_check(t, TLS_CHECK_VERIFY, &name, 1,
+								      NULL, 0, d2, sizeof(d2));
+	}
 	metrics_handshake(r->metrics, METRICS_UPSTREAM, tls_conn_version(t), result);
 	log_event(LOG_INFO, s->id, r->name, "upstream_tls", "version", tls_conn_version(t),
 		  "cipher", tls_conn_cipher(t), "verify", verify, "policy",
@@ -528,6 +556,15 @@ static void exec_actions(struct session *s)
 			snprintf(detail, sizeof(detail), "%.*s", (int)x.len,
 				 (const char *)a->buf + x.off);
 			policy_failure(s, x.reason, detail[0] ? detail : NULL);
+			break;
+		}
+		case PA_BIND:
+		case PA_CHECK: {
+			char domain[256];
+			snprintf(domain, sizeof(domain), "%.*s", (int)x.len,
+				 (const char *)a->buf + x.off);
+			if (!s->ending)
+				late_lookup(s, domain, x.type == PA_CHECK);
 			break;
 		}
 		}
@@ -805,19 +842,51 @@ static uint16_t port_of(const struct sockaddr_storage *ss)
 
 /* The session's policy toward the current candidate, decided and logged once per
  * connection attempt; the protocol module is told. */
+/* Late binding: the candidate is an MX host of the recipient's domain. Its MTA-STS policy
+ * (enforce or testing) asks for a certificate valid for the MX host's name (RFC 8461 §4.2);
+ * without a policy, TLS is opportunistic (may), offered with the MX name as SNI. */
+static void decide_late(struct session *s)
+{
+	const struct cfg_route *r = s->r;
+	memset(&s->pol, 0, sizeof(s->pol));
+	s->pol.tls = CFG_TLS_STARTTLS;
+	s->pol.ctx = r->upstream_side_tls;
+	s->pol.level = s->late_sts ? CFG_POLICY_VERIFY : CFG_POLICY_MAY;
+	s->pol.mode = s->late_testing || r->policy_mode == CFG_MODE_TESTING ? CFG_MODE_TESTING
+									      : CFG_MODE_ENFORCE;
+	if (s->dst_name[s->idst][0]) {
+		s->late_name[0] = s->dst_name[s->idst];
+		s->pol.names = s->late_name;
+		s->pol.nnames = 1;
+	}
+}
+
 static void decide(struct session *s)
 {
 	const struct sockaddr_storage *d = &s->dst[s->idst];
-	policy_decide(s->r, (const struct sockaddr *)d, port_of(d), &s->pol);
+	if (s->late_route)
+		decide_late(s);
+	else
+		policy_decide(s->r, (const struct sockaddr *)d, port_of(d), &s->pol);
 	if (s->plain_retry) /* STARTTLS failed on this destination under may or testing */
 		s->pol.tls = CFG_TLS_NONE;
 	char src[32];
-	policy_source(&s->pol, src, sizeof(src));
+	if (s->late_route)
+		snprintf(src, sizeof(src), "%s", s->late_sts ? "mta-sts" : "no-policy");
+	else
+		policy_source(&s->pol, src, sizeof(src));
 	addr_text((const struct sockaddr *)d, s->upstream, sizeof(s->upstream));
 	log_event(LOG_INFO, s->id, s->r->name, "policy", "upstream", s->upstream, "policy",
 		  cfg_policy_name(s->pol.level), "mode",
 		  s->pol.mode == CFG_MODE_ENFORCE ? "enforce" : "testing", "tls",
-		  cfg_tls_name(s->pol.tls), "name", sni(s), "source", src, NULL);
+		  cfg_tls_name(s->pol.tls), "name", sni(s), "source", src, "domain",
+		  s->late_route ? s->late_domain : NULL, NULL);
+	if (s->late_route && s->late_sts && !s->dst_sts_match[s->idst]) {
+		char detail[700];
+		snprintf(detail, sizeof(detail), "MX host %s is not in the MTA-STS policy of %s",
+			 s->dst_name[s->idst][0] ? s->dst_name[s->idst] : "(unknown)", s->late_domain);
+		policy_failure(s, "validation-failure", detail);
+	}
 	if (s->proto)
 		s->proto->set_policy(s->ps, s->pol.tls, s->pol.level, s->pol.mode);
 }
@@ -1131,6 +1200,176 @@ static int is_self(struct session *s, const struct sockaddr_storage *d)
 	return listened && is_local_address((const struct sockaddr *)d);
 }
 
+/* The original destination of a transparent route: 0, or -1 when there is none (the
+ * session is closed). */
+static int find_original(struct session *s, struct sockaddr_storage *d)
+{
+	int rc = original_destination(s, d);
+	if (rc < 0 || (d->ss_family != AF_INET && d->ss_family != AF_INET6) || is_self(s, d)) {
+		char addr[64] = "none";
+		if (rc == 0)
+			addr_text((const struct sockaddr *)d, addr, sizeof(addr));
+		log_event(LOG_WARN, s->id, s->r->name, "refused", "reason",
+			  "no original destination", "client", s->client, "destination", addr,
+			  "detail",
+			  rc < 0 ? strerror(-rc) : "the proxy itself: the connection was not redirected",
+			  NULL);
+		session_close(s, "no original destination");
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- late binding ------------------------------------------------------------------------ */
+
+/* The loop's resources for this configuration (a newer configuration replaces them). */
+static struct late_res *late_res_of(struct session *s, char *err, size_t len)
+{
+	struct session_host *h = s->h;
+	if (h->late && late_res_generation(h->late) < s->cfg->generation) {
+		late_res_unref(h->late);
+		h->late = NULL;
+	}
+	if (!h->late) {
+		if (!h->sts_cache && !(h->sts_cache = sts_cache_new())) {
+			snprintf(err, len, "out of memory");
+			return NULL;
+		}
+		if (late_res_new(h->loop, s->cfg, h->sts_cache, &h->late, err, len) < 0)
+			return NULL;
+	}
+	return h->late;
+}
+
+/* A recipient domain's policy failure: logged and counted (testing: not enforced). */
+static void late_report(struct session *s, const char *domain, const char *result,
+			const char *detail, int testing)
+{
+	metrics_policy_failure(s->r->metrics, result, testing);
+	log_event(LOG_WARN, s->id, s->r->name, "policy_failure", "side", "upstream", "result",
+		  result, "mode", testing ? "testing" : "enforce", "policy", "mta-sts", "domain",
+		  domain, "upstream", s->up_started ? s->upstream : NULL, "detail", detail, NULL);
+}
+
+static int late_testing(const struct session *s, const struct late_plan *p)
+{
+	return s->r->policy_mode == CFG_MODE_TESTING || !p->sts || p->mode != STS_MODE_ENFORCE;
+}
+
+static void planned(void *arg, const struct late_plan *p)
+{
+	struct session *s = arg;
+	s->late_req = NULL;
+	if (s->closed || s->ending)
+		return;
+	if (p->result)
+		late_report(s, p->domain, p->result, p->detail, !p->fail || late_testing(s, p));
+	if (p->fail) {
+		log_event(LOG_INFO, s->id, s->r->name, "late_bind", "domain", p->domain, "result",
+			  "refused", "reply", p->reply, "detail", p->detail, NULL);
+		s->proto->bind_failed(s->ps, p->reply, &s->acts);
+		exec_actions(s);
+		return;
+	}
+	s->late_sts = p->sts;
+	s->late_testing = p->sts && p->mode == STS_MODE_TESTING;
+	s->ndst = (int)p->n;
+	s->idst = 0;
+	for (size_t i = 0; i < p->n; i++) {
+		s->dst[i] = p->c[i].addr;
+		snprintf(s->dst_name[i], sizeof(s->dst_name[i]), "%s", p->c[i].name);
+		s->dst_sts_match[i] = (unsigned char)p->c[i].sts_match;
+	}
+	log_event(LOG_INFO, s->id, s->r->name, "late_bind", "domain", p->domain, "policy",
+		  p->sts ? "mta-sts" : "none", "mode", p->sts ? sts_mode_name(p->mode) : NULL,
+		  "id", p->sts ? p->sts_id : NULL, "mx", p->c[0].name[0] ? p->c[0].name : NULL,
+		  NULL);
+	connect_upstream(s);
+}
+
+/* A later recipient: may the connected upstream take it? The domain's MX hosts must
+ * include it (upstream = mx), and its MTA-STS policy must accept the connection: TLS with a
+ * certificate verified for an MX name in the policy's patterns. */
+static void checked(void *arg, const struct late_plan *p)
+{
+	struct session *s = arg;
+	s->late_req = NULL;
+	if (s->closed || s->ending)
+		return;
+	const char *name = s->dst_name[s->idst];
+	int ok = 1;
+	char reply[300] = "", detail[900];
+	if (p->fail) {
+		ok = 0;
+		snprintf(reply, sizeof(reply), "%s", p->reply);
+		if (p->result)
+			late_report(s, p->domain, p->result, p->detail, late_testing(s, p));
+	} else {
+		if (p->result)
+			late_report(s, p->domain, p->result, p->detail, 1);
+		if (!s->r->upstream.original_dst) {
+			int same = 0;
+			for (size_t i = 0; i < p->n && !same; i++)
+				same = !strcasecmp(p->c[i].name, name);
+			if (!same) {
+				ok = 0;
+				snprintf(reply, sizeof(reply),
+					 "452 4.5.3 Recipient's domain has other mail servers; send it "
+					 "in another transaction");
+			}
+		}
+		if (ok && p->sts &&
+		    !(s->up.tls && s->up.tls_ready && s->up_verified && name[0] &&
+		      sts_mx_match(p->policy, name))) {
+			snprintf(detail, sizeof(detail),
+				 "the connection to %s (%s) does not meet the MTA-STS policy of %s",
+				 name[0] ? name : "an unknown MX", s->upstream, p->domain);
+			int testing = late_testing(s, p);
+			late_report(s, p->domain,
+				    s->up.tls && s->up.tls_ready ? "validation-failure"
+								 : "starttls-not-supported",
+				    detail, testing);
+			if (!testing) {
+				ok = 0;
+				snprintf(reply, sizeof(reply),
+					 "450 4.7.5 Recipient domain's MTA-STS policy is not met by "
+					 "this connection; try again later");
+			}
+		}
+	}
+	log_event(LOG_INFO, s->id, s->r->name, "late_check", "domain", p->domain, "result",
+		  ok ? "ok" : "refused", "reply", ok ? NULL : reply, NULL);
+	s->proto->rcpt_verdict(s->ps, ok, reply, &s->acts);
+	exec_actions(s);
+}
+
+/* PA_BIND (the first recipient) or PA_CHECK (a later one, another domain). */
+static void late_lookup(struct session *s, const char *domain, int check)
+{
+	char err[200] = "";
+	struct late_res *res = s->late ? s->late : late_res_of(s, err, sizeof(err));
+	if (res && !s->late)
+		s->late = late_res_ref(res);
+	const struct sockaddr_storage *orig = s->r->upstream.original_dst ? &s->orig : NULL;
+	uint16_t port = orig ? port_of(orig) : s->r->upstream.port;
+	if (!check)
+		snprintf(s->late_domain, sizeof(s->late_domain), "%s", domain);
+	s->late_req = res ? late_plan(res, domain, s->r->upstream_policy, orig, port,
+				      s->r->policy_mode == CFG_MODE_TESTING,
+				      check ? checked : planned, s)
+			  : NULL;
+	if (s->late_req)
+		return;
+	log_event(LOG_WARN, s->id, s->r->name, "late_bind", "domain", domain, "error",
+		  err[0] ? err : "out of memory", NULL);
+	const char *reply = "451 4.3.0 Temporary failure looking up the recipient's domain";
+	if (check)
+		s->proto->rcpt_verdict(s->ps, 0, reply, &s->acts);
+	else
+		s->proto->bind_failed(s->ps, reply, &s->acts);
+	exec_actions(s);
+}
+
 /* Finds the upstream's candidate addresses, then connects to the first. */
 static void start_upstream(struct session *s)
 {
@@ -1138,20 +1377,8 @@ static void start_upstream(struct session *s)
 	s->ndst = s->idst = 0;
 	if (u->original_dst) {
 		struct sockaddr_storage d;
-		int rc = original_destination(s, &d);
-		if (rc < 0 || (d.ss_family != AF_INET && d.ss_family != AF_INET6) || is_self(s, &d)) {
-			char addr[64] = "none";
-			if (rc == 0)
-				addr_text((const struct sockaddr *)&d, addr, sizeof(addr));
-			log_event(LOG_WARN, s->id, s->r->name, "refused", "reason",
-				  "no original destination", "client", s->client, "destination",
-				  addr, "detail",
-				  rc < 0 ? strerror(-rc)
-					 : "the proxy itself: the connection was not redirected",
-				  NULL);
-			session_close(s, "no original destination");
+		if (find_original(s, &d) < 0)
 			return;
-		}
 		s->dst[s->ndst++] = d;
 		connect_upstream(s);
 		return;
@@ -1212,6 +1439,7 @@ static void fill_params(const struct session *s, struct proto_params *out)
 		.client_policy = r->client_policy, .upstream_policy = r->upstream_policy,
 		.policy_mode = r->policy_mode, .helo_name = s->cfg->helo_name,
 		.xclient = r->xclient, .bare_newline = r->bare_newline, .client_ip = s->client_ip, .client_port = s->client_port,
+		.late = s->late_route,
 	};
 	*out = p;
 }
@@ -1226,7 +1454,16 @@ static void start(struct session *s)
 		return;
 	}
 	arm_timer(s);
-	start_upstream(s);
+	if (!s->late_route) {
+		start_upstream(s);
+		return;
+	}
+	/* late binding: the module greets the client; the upstream comes at the first RCPT */
+	if (s->r->upstream.original_dst && find_original(s, &s->orig) < 0)
+		return;
+	s->proto->late_start(s->ps, &s->acts);
+	exec_actions(s);
+	arm_timer(s);
 }
 
 /* client_tls = auto: the client's first bytes (or its silence until detect_timeout) tell
@@ -1337,6 +1574,7 @@ void session_accept(struct session_host *h, struct cfg_route *r, uv_stream_t *se
 	s->h = h;
 	s->cfg = cfg_ref(h->cfg);
 	s->r = r;
+	s->late_route = cfg_route_late(r) && proto_lookup(r->protocol) != NULL;
 	shared_session_id(h->shared, s->id);
 	s->started_ms = s->last_activity_ms = s->client_hs_ms = now_ms(s);
 	uv_timer_init(h->loop, &s->timer);
@@ -1407,8 +1645,17 @@ struct session *session_next(struct session *s)
 	return s->next;
 }
 
+void session_host_stop(struct session_host *h)
+{
+	late_res_unref(h->late);
+	h->late = NULL;
+}
+
 void session_host_cleanup(struct session_host *h)
 {
+	session_host_stop(h);
+	sts_cache_free(h->sts_cache);
+	h->sts_cache = NULL;
 	free(h->dns);
 	h->dns = NULL;
 	for (size_t i = 0; h->tls && i < TLS_CACHE_SIZE; i++)

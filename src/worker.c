@@ -25,6 +25,7 @@ static void free_reload(struct reload *r)
 static void finish(struct session_host *h)
 {
 	struct worker *w = h->owner;
+	session_host_stop(h);
 	uv_timer_stop(&w->drain_timer);
 	if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
 		uv_close((uv_handle_t *)&w->drain_timer, NULL);

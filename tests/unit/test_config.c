@@ -992,6 +992,43 @@ static const struct err_case err_cases[] = {
 	  { "listen = no-such-host.invalid" }, 0, NULL, 0 },
 	{ "starttls on protocol tcp", G R1 "upstream_tls = starttls\n",
 	  { "upstream_tls = starttls", "[route r1]" }, 0, NULL, 0 },
+	/* late binding: mta-sts with upstream = mx or original-destination, SMTP, STARTTLS */
+	{ "upstream = mx without mta-sts",
+	  G "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nupstream = mx\n"
+	    "upstream_tls = starttls\nupstream_policy = verify\n",
+	  { "upstream = mx" }, 0, "mta-sts", 0 },
+	{ "mx with a bad port",
+	  G "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nupstream = mx:0\n"
+	    "upstream_tls = starttls\nupstream_policy = mta-sts\n",
+	  { "upstream = mx:0" }, 0, "mx:PORT", 0 },
+	{ "mta-sts toward a fixed host",
+	  G "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nupstream = 127.0.0.1:25\n"
+	    "upstream_tls = starttls\nupstream_policy = mta-sts\n",
+	  { "upstream_policy = mta-sts" }, 0, "upstream = mx or original-destination", 0 },
+	{ "mta-sts on lmtp",
+	  G "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = lmtp\nupstream = mx\n"
+	    "upstream_tls = starttls\nupstream_policy = mta-sts\n",
+	  { "upstream_policy = mta-sts" }, 0, "protocol = smtp", 0 },
+	{ "mta-sts with implicit TLS",
+	  G "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nupstream = mx\n"
+	    "upstream_tls = implicit\nupstream_policy = mta-sts\n",
+	  { "upstream_policy = mta-sts" }, 0, "starttls", 0 },
+	{ "mta-sts with upstream_name",
+	  G "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nupstream = mx\n"
+	    "upstream_tls = starttls\nupstream_policy = mta-sts\nupstream_name = a.example\n",
+	  { "upstream_name" }, 0, "MX host", 0 },
+	{ "dane not yet",
+	  G "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nupstream = mx\n"
+	    "upstream_tls = starttls\nupstream_policy = dane\n",
+	  { "upstream_policy = dane" }, 0, "not supported", 0 },
+	{ "resolver not an address", G "resolver = dns.example\n" R1, { "resolver" }, 0,
+	  "IP or IP:PORT", 0 },
+	{ "unreadable trust anchor", G "dnssec_trust_anchor = @T@/no-such.key\n" R1,
+	  { "dnssec_trust_anchor" }, 0, "no-such.key", 0 },
+	{ "mta_sts_cache not a directory", G "mta_sts_cache = @C@/ca.pem\n" R1,
+	  { "mta_sts_cache" }, 0, "writable directory", 1 },
+	{ "mta_sts_port out of range", G "mta_sts_port = 0\n" R1, { "mta_sts_port" }, 0, NULL, 0 },
+	{ "tlsrpt_dir not yet", G "tlsrpt_dir = /tmp\n" R1, { "tlsrpt_dir" }, 0, "not supported", 0 },
 };
 
 /* One bad value for one key. The line is built into a valid config; for route keys it
@@ -1277,6 +1314,66 @@ static int optional_field_ok(const struct cfg *c, int feature)
 	case OPT_PER_CLIENT0: return r->max_connections_per_client == 0;
 	}
 	return 0;
+}
+
+/* Late binding: the keys are stored, and the trust anchor and resolver defaults. */
+static void test_load_late(void **state)
+{
+	(void)state;
+	char conf[2048];
+	snprintf(conf, sizeof conf,
+		 "[global]\nca = %s/ca.pem\nresolver = 127.0.0.1:5353\n"
+		 "dnssec_trust_anchor = none\nmta_sts_cache = %s\nmta_sts_port = 8443\n"
+		 "[route out]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nupstream = mx:2525\n"
+		 "upstream_tls = starttls\nupstream_policy = mta-sts\npolicy_mode = testing\n"
+		 "[route trans]\nlisten = 127.0.0.1:20002\nprotocol = smtp\n"
+		 "upstream = original-destination\nupstream_tls = starttls\n"
+		 "upstream_policy = mta-sts\n"
+		 "[route plain]\nlisten = 127.0.0.1:20003\nprotocol = smtp\n"
+		 "upstream = 127.0.0.1:25\n",
+		 certdir, tmpdir);
+	char *path = write_conf(conf);
+	struct cfg *c = NULL;
+	struct cfg_errors errs = { 0 };
+	int rc = cfg_load(path, &c, &errs);
+	if (rc)
+		dump_errors(&errs);
+	assert_int_equal(rc, 0);
+	assert_string_equal(c->resolver, "127.0.0.1:5353");
+	assert_null(c->dnssec_trust_anchor);
+	assert_string_equal(c->mta_sts_cache, tmpdir);
+	assert_int_equal(c->mta_sts_port, 8443);
+	assert_true(c->late_binding);
+	assert_int_equal(c->routes[0].upstream_policy, CFG_POLICY_MTA_STS);
+	assert_true(c->routes[0].upstream.mx);
+	assert_int_equal(c->routes[0].upstream.port, 2525);
+	assert_true(cfg_route_late(&c->routes[0]));
+	assert_true(c->routes[1].upstream.original_dst);
+	assert_true(cfg_route_late(&c->routes[1]));
+	assert_false(cfg_route_late(&c->routes[2]));
+	assert_string_equal(cfg_policy_name(CFG_POLICY_MTA_STS), "mta-sts");
+	/* the trust store for MX certificates: the global ca */
+	assert_non_null(c->routes[0].upstream_side_tls);
+	assert_string_equal(c->routes[0].upstream_ca, c->ca);
+	cfg_free(c);
+	cfg_errors_free(&errs);
+	free(path);
+	/* defaults: Debian's root key when dns-root-data is there, port 443 */
+	snprintf(conf, sizeof conf, "[global]\n[route r]\nlisten = 127.0.0.1:20001\n"
+				    "protocol = tcp\nupstream = 127.0.0.1:2\n");
+	path = write_conf(conf);
+	rc = cfg_load(path, &c, &errs);
+	assert_int_equal(rc, 0);
+	assert_int_equal(c->mta_sts_port, 443);
+	assert_null(c->resolver);
+	if (access("/usr/share/dns/root.key", R_OK) == 0)
+		assert_string_equal(c->dnssec_trust_anchor, "/usr/share/dns/root.key");
+	else
+		assert_null(c->dnssec_trust_anchor);
+	assert_false(c->late_binding);
+	cfg_free(c);
+	cfg_errors_free(&errs);
+	free(path);
 }
 
 static void test_load_optional_features(void **state)
@@ -1592,6 +1689,7 @@ int main(void)
 		cmocka_unit_test(test_certificate_expiry),
 		cmocka_unit_test(test_load_no_files_flag),
 		cmocka_unit_test(test_load_tls_contexts_and_refs),
+		cmocka_unit_test(test_load_late),
 	};
 	return cmocka_run_group_tests_name("config", tests, group_setup, group_teardown);
 }

@@ -126,7 +126,7 @@ static int glob_match(const char *pat, const char *s, size_t n)
 /* ------------------------------------------------------------------ the harness */
 
 enum op { OP_END, OP_CONN, OP_CL, OP_UP, OP_TLSC, OP_TLSU, OP_EOF, OP_FAIL, OP_RETRY,
-	  OP_RETRY_TLS };
+	  OP_RETRY_TLS, OP_LATE, OP_BINDFAIL, OP_VERDICT };
 
 struct step {
 	enum op op;
@@ -149,6 +149,12 @@ struct step {
 	{ .op = OP_FAIL, .why = (w), .in = (r), .to_client = (c), .to_up = (u), .acts = (x) }
 #define RETRY() { .op = OP_RETRY, .to_client = "", .to_up = "", .acts = "" }
 #define RETRY_TLS() { .op = OP_RETRY_TLS, .to_client = "", .to_up = "", .acts = "" }
+/* late binding: late_start, bind_failed(reply), rcpt_verdict(ok, reply) */
+#define LATE(c, u, x) { .op = OP_LATE, .to_client = (c), .to_up = (u), .acts = (x) }
+#define BINDFAIL(r, c, u, x) \
+	{ .op = OP_BINDFAIL, .in = (r), .to_client = (c), .to_up = (u), .acts = (x) }
+#define VERDICT(ok, r, c, u, x) \
+	{ .op = OP_VERDICT, .why = (ok), .in = (r), .to_client = (c), .to_up = (u), .acts = (x) }
 #define END { .op = OP_END }
 
 enum { M_WHOLE = 1, M_BYTES = 2, M_SPLIT = 4, M_ALL = 7 };
@@ -273,6 +279,11 @@ static void collect(struct run *r, int stepno)
 			r->closed = 1;
 			buf_adds(&r->sc_acts, " close");
 			break;
+		case PA_BIND:
+		case PA_CHECK:
+			buf_adds(&r->sc_acts, x->type == PA_BIND ? " bind:" : " check:");
+			buf_add(&r->sc_acts, a->buf + x->off, x->len);
+			break;
 		case PA_POLICY:
 			/* Counted by the session; must name an RFC 8460 result. */
 			if (!x->reason || strcmp(x->reason, "starttls-not-supported") != 0)
@@ -374,6 +385,18 @@ static int run_script_mode(const struct script *sc, int mode, size_t splitpos)
 		case OP_RETRY_TLS:
 			proto_smtp_ops.upstream_retry(r.st);
 			r.tls_pending[PROTO_UPSTREAM] = 0;
+			break;
+		case OP_LATE:
+			proto_smtp_ops.late_start(r.st, &r.a);
+			collect(&r, i);
+			break;
+		case OP_BINDFAIL:
+			proto_smtp_ops.bind_failed(r.st, s->in, &r.a);
+			collect(&r, i);
+			break;
+		case OP_VERDICT:
+			proto_smtp_ops.rcpt_verdict(r.st, s->why, s->in, &r.a);
+			collect(&r, i);
 			break;
 		case OP_END:
 			break;
@@ -486,6 +509,18 @@ static const struct proto_params P_XCLIENT =
 	PARAMS(SMTP, T_NONE, CFG_POLICY_MAY, T_NONE, CFG_POLICY_NONE, ENF, 1, IP4);
 static const struct proto_params P_XCLIENT6 =
 	PARAMS(SMTP, T_NONE, CFG_POLICY_MAY, T_NONE, CFG_POLICY_NONE, ENF, 1, "2001:db8::7", 2525);
+
+/* late binding (upstream_policy = mta-sts): the session hands the module the level of each
+ * candidate (verify for an MTA-STS MX, may without a policy) before it connects */
+#define LATE_PARAMS(ctls, cpol, upol)                                                       \
+	{ .session_id = "0123456789abcdef", .route = "unit", .protocol = SMTP,               \
+	  .client_tls = (ctls), .client_policy = (cpol), .upstream_tls = T_STLS,             \
+	  .upstream_policy = (upol), .policy_mode = ENF, .helo_name = "proxy.test",          \
+	  .client_ip = "192.0.2.7", .client_port = 40000, .late = 1 }
+static const struct proto_params P_LATE = LATE_PARAMS(T_NONE, CFG_POLICY_MAY, CFG_POLICY_VERIFY);
+static const struct proto_params P_LATE_MAY = LATE_PARAMS(T_NONE, CFG_POLICY_MAY, CFG_POLICY_MAY);
+static const struct proto_params P_LATE_TERM =
+	LATE_PARAMS(T_STLS, CFG_POLICY_ENCRYPT, CFG_POLICY_VERIFY);
 
 /* ------------------------------------------------------------------ texts */
 
@@ -1986,6 +2021,235 @@ static const struct script xclient_scripts[] = {
 	{ "xclient_rejected", &P_XCLIENT, s_xclient_rejected, 0 },
 };
 
+/* ------------------------------------------------------------------ late binding */
+
+#define LATE_EHLO_REPLY                                                                  \
+	"250-proxy.test\r\n250-PIPELINING\r\n250-SIZE\r\n250-8BITMIME\r\n"            \
+	"250 ENHANCEDSTATUSCODES\r\n"
+/* greeted by the module, EHLO and MAIL answered by it, the first RCPT binds */
+#define LATE_OPEN                                                                         \
+	LATE("220 proxy.test ESMTP\r\n", "", ""),                                         \
+	CL("EHLO app.test\r\n", LATE_EHLO_REPLY, "", ""),                                  \
+	CL("MAIL FROM:<a@app.test> SIZE=100\r\n", "250 2.1.0 Ok\r\n", "", ""),             \
+	CL("RCPT TO:<Bob@Mail.Example.NET.>\r\n", "", "", "bind:mail.example.net")
+/* the chosen MX: greeting, STARTTLS, TLS, then the replayed EHLO */
+#define LATE_SECURE                                                                       \
+	CONN("", "", ""), UP(GREET, "", "EHLO proxy.test\r\n", ""),                       \
+	UP(CAPS_TLS, "", "STARTTLS\r\n", ""), UP("220 go\r\n", "", "", "tls:up"),          \
+	TLSU("", "EHLO app.test\r\n", "")
+
+static const struct step s_late_basic[] = {
+	LATE_OPEN,
+	/* pipelined after the RCPT: held until the upstream is chosen and secured */
+	CL("DATA\r\n", "", "", ""),
+	LATE_SECURE,
+	UP("250-mx.test\r\n250-CHUNKING\r\n250 8BITMIME\r\n", "",
+	   "MAIL FROM:<a@app.test> SIZE=100\r\n", ""),
+	UP("250 2.1.0 Ok\r\n", "", "RCPT TO:<Bob@Mail.Example.NET.>\r\nDATA\r\n", "ready"),
+	UP("250 2.1.5 Ok\r\n354 Go\r\n", "250 2.1.5 Ok\r\n354 Go\r\n", "", ""),
+	CL("Subject: x\r\n\r\nhi\r\n.\r\n", "", "Subject: x\r\n\r\nhi\r\n.\r\n", ""),
+	UP("250 2.0.0 queued\r\n", "250 2.0.0 queued\r\n", "", ""),
+	/* CHUNKING was never offered to this client */
+	CL("BDAT 3 LAST\r\nabc", "502 5.5.1 *\r\n", "", ""),
+	CL("QUIT\r\n", "", "QUIT\r\n", ""),
+	UP("221 Bye\r\n", "221 Bye\r\n", "", "close"),
+	END
+};
+
+/* Later recipients: the bound domain goes up at once, another domain waits for the session's
+ * verdict (one at a time: what follows waits too). */
+static const struct step s_late_domains[] = {
+	LATE_OPEN,
+	LATE_SECURE,
+	UP("250 mx.test\r\n", "", "MAIL FROM:<a@app.test> SIZE=100\r\n", ""),
+	UP("250 2.1.0 Ok\r\n", "", "RCPT TO:<Bob@Mail.Example.NET.>\r\n", "ready"),
+	UP("250 2.1.5 Ok\r\n", "250 2.1.5 Ok\r\n", "", ""),
+	CL("RCPT TO:<c@mail.example.net>\r\n", "", "RCPT TO:<c@mail.example.net>\r\n", ""),
+	UP("250 2.1.5 Ok\r\n", "250 2.1.5 Ok\r\n", "", ""),
+	CL("RCPT TO:<d@other.example>\r\nRCPT TO:<e@third.example>\r\nDATA\r\n", "", "",
+	   "check:other.example"),
+	VERDICT(1, "", "", "RCPT TO:<d@other.example>\r\n", "check:third.example"),
+	VERDICT(0, "450 4.7.5 policy not met", "", "DATA\r\n", ""),
+	UP("250 2.1.5 Ok\r\n", "250 2.1.5 Ok\r\n450 4.7.5 policy not met\r\n", "", ""),
+	UP("354 Go\r\n", "354 Go\r\n", "", ""),
+	CL(".\r\n", "", ".\r\n", ""),
+	UP("250 2.0.0 queued\r\n", "250 2.0.0 queued\r\n", "", ""),
+	/* approved once, other.example goes up at once in the next transaction */
+	CL("MAIL FROM:<>\r\nRCPT TO:<x@other.example>\r\n", "",
+	   "MAIL FROM:<>\r\nRCPT TO:<x@other.example>\r\n", ""),
+	END
+};
+
+/* The domain cannot be bound (no MX, DNS failure, policy): that recipient's reply, and the
+ * module is unbound again; the next recipient binds anew. */
+static const struct step s_late_bind_failed[] = {
+	LATE_OPEN,
+	CL("RCPT TO:<c@b.example>\r\n", "", "", ""),
+	BINDFAIL("550 5.1.2 Recipient domain not found", "550 5.1.2 Recipient domain not found\r\n",
+		 "", "bind:b.example"),
+	LATE_SECURE,
+	UP("250 mx.test\r\n", "", "MAIL FROM:<a@app.test> SIZE=100\r\n", ""),
+	UP("250 2.1.0 Ok\r\n", "", "RCPT TO:<c@b.example>\r\n", "ready"),
+	END
+};
+
+/* What the upstream refuses of the replay answers the waiting RCPT. */
+static const struct step s_late_replay_refused[] = {
+	LATE_OPEN,
+	LATE_SECURE,
+	UP("250 mx.test\r\n", "", "MAIL FROM:<a@app.test> SIZE=100\r\n", ""),
+	UP("552 5.3.4 Message size exceeds fixed limit\r\n",
+	   "552 5.3.4 Message size exceeds fixed limit\r\n", "", "ready"),
+	CL("RCPT TO:<x@mail.example.net>\r\n", "", "RCPT TO:<x@mail.example.net>\r\n", ""),
+	END
+};
+
+static const struct step s_late_ehlo_refused[] = {
+	LATE_OPEN,
+	LATE_SECURE,
+	UP("554 5.7.1 go away\r\n", "451 4.4.2 *\r\n", "", "ready"),
+	END
+};
+
+/* enforce: an MX without STARTTLS gets nothing of the client's, the client a 421 4.7.0 */
+static const struct step s_late_no_starttls[] = {
+	LATE_OPEN,
+	CL("DATA\r\nSecret: stuff\r\n", "", "", ""),
+	CONN("", "", ""), UP(GREET, "", "EHLO proxy.test\r\n", ""),
+	UP("250-mx.test\r\n250 8BITMIME\r\n", "421 4.7.0 *\r\n", "QUIT\r\n", "close"),
+	END
+};
+
+/* no policy (may): an MX without STARTTLS takes the replay in plaintext */
+static const struct step s_late_may_plain[] = {
+	LATE_OPEN,
+	CONN("", "", ""), UP(GREET, "", "EHLO proxy.test\r\n", ""),
+	UP("250-mx.test\r\n250 8BITMIME\r\n", "", "EHLO app.test\r\n", ""),
+	UP("250 mx.test\r\n", "", "MAIL FROM:<a@app.test> SIZE=100\r\n", ""),
+	END
+};
+
+/* What the module answers itself before an upstream exists. */
+static const struct step s_late_commands[] = {
+	LATE("220 proxy.test ESMTP\r\n", "", ""),
+	CL("RCPT TO:<a@b.example>\r\n", "503 5.5.1 Need MAIL command\r\n", "", ""),
+	CL("DATA\r\n", "503 5.5.1 Need MAIL command\r\n", "", ""),
+	CL("HELO app\r\n", "250 proxy.test\r\n", "", ""),
+	CL("NOOP\r\n", "250 2.0.0 Ok\r\n", "", ""),
+	CL("VRFY root\r\n", "502 5.5.1 Command not implemented\r\n", "", ""),
+	CL("AUTH PLAIN AAAA\r\n", "502 5.5.1 Command not implemented\r\n", "", ""),
+	CL("STARTTLS\r\n", "502 5.5.1 STARTTLS is not available\r\n", "", ""),
+	CL("MAIL FROM:a@b\r\n", "501 5.5.4 Syntax: MAIL FROM:<address>\r\n", "", ""),
+	CL("MAIL FROM:<a@b.example> SMTPUTF8\r\n", "555 5.5.4 *\r\n", "", ""),
+	CL("MAIL FROM:<a@b.example> BODY=BINARYMIME\r\n", "555 5.5.4 *\r\n", "", ""),
+	CL("MAIL FROM:<a@b.example> BODY=8BITMIME\r\n", "250 2.1.0 Ok\r\n", "", ""),
+	CL("MAIL FROM:<c@b.example>\r\n", "503 5.5.1 Nested MAIL command\r\n", "", ""),
+	CL("DATA\r\n", "554 5.5.1 No valid recipients\r\n", "", ""),
+	CL("BDAT 4\r\nDATA", "554 5.5.1 No valid recipients\r\n", "", ""),
+	CL("RCPT TO:<x@[192.0.2.1]>\r\n", "501 5.1.3 Bad recipient address syntax\r\n", "", ""),
+	CL("RCPT TO:<postmaster>\r\n", "501 5.1.3 Bad recipient address syntax\r\n", "", ""),
+	CL("RSET\r\n", "250 2.0.0 Ok\r\n", "", ""),
+	CL("RCPT TO:<a@b.example>\r\n", "503 5.5.1 Need MAIL command\r\n", "", ""),
+	CL("QUIT\r\n", "221 2.0.0 proxy.test Bye\r\n", "", "close"),
+	END
+};
+
+/* STARTTLS toward the client before the upstream exists: what came before it is forgotten
+ * (the EHLO), and a new EHLO is required inside TLS. */
+static const struct step s_late_client_tls[] = {
+	LATE("220 proxy.test ESMTP\r\n", "", ""),
+	CL("EHLO app.test\r\n",
+	   "250-proxy.test\r\n250-PIPELINING\r\n250-SIZE\r\n250-8BITMIME\r\n"
+	   "250-STARTTLS\r\n250 ENHANCEDSTATUSCODES\r\n", "", ""),
+	CL("MAIL FROM:<a@app.test>\r\n", C530, "", ""),
+	CL("STARTTLS\r\nMAIL FROM:<injected@evil>\r\n", C220TLS, "", "tls:client"),
+	TLSC("", "", ""),
+	CL("MAIL FROM:<a@app.test>\r\n", "503 5.5.1 Send EHLO or HELO first\r\n", "", ""),
+	CL("EHLO tls.app.test\r\n", LATE_EHLO_REPLY, "", ""),
+	CL("MAIL FROM:<a@app.test>\r\nRCPT TO:<b@c.example>\r\n", "250 2.1.0 Ok\r\n", "",
+	   "bind:c.example"),
+	CONN("", "", ""), UP(GREET, "", "EHLO proxy.test\r\n", ""),
+	UP(CAPS_TLS, "", "STARTTLS\r\n", ""), UP("220 go\r\n", "", "", "tls:up"),
+	TLSU("", "EHLO tls.app.test\r\n", ""),
+	END
+};
+
+static const struct script late_scripts[] = {
+	{ "late basic", &P_LATE, s_late_basic, 0 },
+	{ "late domains", &P_LATE, s_late_domains, 0 },
+	{ "late bind failed", &P_LATE, s_late_bind_failed, 0 },
+	{ "late replay refused", &P_LATE, s_late_replay_refused, 0 },
+	{ "late ehlo refused", &P_LATE, s_late_ehlo_refused, 0 },
+	{ "late no starttls", &P_LATE, s_late_no_starttls, 0 },
+	{ "late may plain", &P_LATE_MAY, s_late_may_plain, 0 },
+	{ "late commands", &P_LATE, s_late_commands, 0 },
+	{ "late client tls", &P_LATE_TERM, s_late_client_tls, 0 },
+};
+
+static void test_late(void **state)
+{
+	(void)state;
+	RUN_TABLE(late_scripts);
+}
+
+struct domain_case {
+	const char *line;
+	const char *want; /* NULL: -EINVAL */
+};
+
+static void test_rcpt_domain(void **state)
+{
+	(void)state;
+	char longlabel[120], longname[300];
+	snprintf(longlabel, sizeof longlabel, "RCPT TO:<a@%0*d.example>", 64, 0);
+	snprintf(longname, sizeof longname, "RCPT TO:<a@");
+	for (int i = 0; i < 26; i++)
+		strcat(longname, "abcdefghi.");
+	strcat(longname, "example>");
+	const struct domain_case cases[] = {
+		{ "RCPT TO:<bob@example.net>", "example.net" },
+		{ "rcpt to:<Bob@EXAMPLE.Net.>", "example.net" },
+		{ "RCPT TO: <bob@example.net>", "example.net" },
+		{ "RCPT TO:<bob@example.net> NOTIFY=NEVER ORCPT=rfc822;x@y", "example.net" },
+		{ "RCPT TO:<\"a@b>c\"@example.net>", "example.net" },
+		{ "RCPT TO:<\"a\\\"@x\"@mx-1.example.net>", "mx-1.example.net" },
+		{ "RCPT TO:<@relay.example,@r2.example:bob@dest.example>", "dest.example" },
+		{ "RCPT TO:<xn--bcher-kva.example@xn--bcher-kva.example>", "xn--bcher-kva.example" },
+		{ "RCPT TO:<a@localhost>", "localhost" },
+		{ "RCPT TO:<postmaster>", NULL },
+		{ "RCPT TO:<>", NULL },
+		{ "RCPT TO:bob@example.net", NULL },
+		{ "RCPT TO:<bob@example.net", NULL },
+		{ "RCPT TO:<bob@>", NULL },
+		{ "RCPT TO:<bob@.>", NULL },
+		{ "RCPT TO:<bob@[192.0.2.1]>", NULL },
+		{ "RCPT TO:<bob@exa mple.net>", NULL },
+		{ "RCPT TO:<bob@-x.example>", NULL },
+		{ "RCPT TO:<bob@x-.example>", NULL },
+		{ "RCPT TO:<bob@a..example>", NULL },
+		{ "RCPT TO:<bob@ex_ample.net>", NULL },
+		{ "RCPT TO:<bob@b\xc3\xbc" "cher.example>", NULL },
+		{ "RCPT TO:<@relay.example bob@x.example>", NULL },
+		{ "MAIL FROM:<bob@example.net>", NULL },
+		{ longlabel, NULL },
+		{ longname, NULL },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		char out[SMTP_DOMAIN_MAX + 1] = "";
+		int rc = smtp_rcpt_domain(cases[i].line, strlen(cases[i].line), out, sizeof out);
+		if (cases[i].want) {
+			if (rc != 0 || strcmp(out, cases[i].want))
+				print_message("%s: rc %d, \"%s\"\n", cases[i].line, rc, out);
+			assert_int_equal(rc, 0);
+			assert_string_equal(out, cases[i].want);
+		} else {
+			if (rc != -EINVAL)
+				print_message("%s: accepted as \"%s\"\n", cases[i].line, out);
+			assert_int_equal(rc, -EINVAL);
+		}
+	}
+}
+
 static void test_xclient(void **state)
 {
 	(void)state;
@@ -2011,6 +2275,8 @@ int main(void)
 		cmocka_unit_test(test_body_table),
 		cmocka_unit_test(test_failures),
 		cmocka_unit_test(test_xclient),
+		cmocka_unit_test(test_late),
+		cmocka_unit_test(test_rcpt_domain),
 		cmocka_unit_test(test_empty_reads),
 		cmocka_unit_test(test_verb_separators),
 	};
