@@ -10,7 +10,7 @@
  * name found for it) and which MTA-STS policy applies, or why the recipient cannot be
  * bound (the reply for its RCPT, and an RFC 8460 result when a policy refused it).
  *
- * Rules (RFC 5321 §5.1, RFC 7505, RFC 8461 §4, §5):
+ * Rules (RFC 5321 §5.1, RFC 7505, RFC 7672 §2, RFC 8461 §4, §5):
  * - MX records sorted by preference; none (NODATA) means the domain itself; a null MX
  *   ("." alone) refuses mail (556 5.1.10); NXDOMAIN is 550 5.1.2; a DNS failure or a
  *   DNSSEC-bogus answer is 451 4.4.3 (try again);
@@ -18,7 +18,14 @@
  *   left is 450 4.7.5 (result validation-failure). mode testing: every host is used and a
  *   mismatch is reported. No policy (or none to be had): every host, as may;
  * - original destination (transparent route): the MX host whose address it is names it;
- *   no MX of the domain there under enforce is 450 4.7.5. */
+ *   no MX of the domain there under enforce is 450 4.7.5;
+ * - DANE (levels dane, auto): only with a DNSSEC-validated (secure) MX answer (or secure
+ *   denial: the domain itself) are TLSA records looked up, at _PORT._tcp.HOST, for hosts
+ *   whose addresses are secure too. A secure TLSA answer makes the host a DANE host; a
+ *   secure denial leaves it opportunistic; a bogus or failed TLSA lookup makes the host
+ *   unusable (RFC 7672 §2.2.2: never downgraded), and when no host is left the recipient
+ *   gets 451 4.7.5 (result dnssec-invalid). Level auto uses MTA-STS only when no host has
+ *   TLSA records. */
 #ifndef STP_LATE_H
 #define STP_LATE_H
 
@@ -26,6 +33,7 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include "dns.h"
 #include "mtasts.h"
 
 struct cfg;
@@ -35,11 +43,16 @@ struct late_req;
 
 #define LATE_CAND_MAX 8
 #define LATE_HOSTS_MAX 6 /* MX hosts whose addresses are looked up */
+#define LATE_TLSA_MAX 8  /* TLSA records kept per MX host */
 
 struct late_cand {
 	struct sockaddr_storage addr; /* port set */
 	char name[STS_NAME_MAX + 1];  /* the MX host ("" when no name is known) */
 	int sts_match;                /* the name is in the policy's mx patterns */
+	/* DANE (levels dane and auto): the host's DNSSEC-validated TLSA records */
+	int dane;
+	size_t ntlsa;
+	struct dns_tlsa tlsa[LATE_TLSA_MAX];
 };
 
 struct late_plan {
@@ -48,6 +61,9 @@ struct late_plan {
 	char reply[300];
 	const char *result; /* RFC 8460 result type of a policy failure (reported), or NULL */
 	char detail[700];
+	/* DANE applies (some MX host has DNSSEC-validated TLSA records: those hosts are
+	 * authenticated by them, RFC 7672); then MTA-STS is not used (level auto) */
+	int dane;
 	/* the domain's MTA-STS policy (mode none counts as no policy) */
 	int sts;
 	enum sts_mode mode;

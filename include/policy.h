@@ -71,6 +71,8 @@ struct session_policy {
 	const uint8_t (*pins)[32];   /* fingerprint */
 	size_t npins;
 	struct tls_ctx *ctx;         /* the client context toward the upstream */
+	const struct tls_tlsa *tlsa; /* dane (late binding): the MX host's TLSA records */
+	size_t ntlsa;
 	int row;                     /* the table line that decided, 0: the route's keys */
 };
 

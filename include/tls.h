@@ -175,6 +175,28 @@ enum tls_check { TLS_CHECK_NONE, TLS_CHECK_FINGERPRINT, TLS_CHECK_VERIFY };
 const char *tls_conn_check(struct tls_conn *c, enum tls_check check, const char *const *names,
 			   size_t nnames, const uint8_t (*pins)[32], size_t npins, char *detail,
 			   size_t dlen);
+/* DANE (RFC 7671, RFC 7672 for SMTP). A TLSA record: certificate usage (2 DANE-TA, 3
+ * DANE-EE; 0 and 1 are unusable for SMTP), selector (0 full certificate, 1
+ * SubjectPublicKeyInfo), matching type (0 exact, 1 SHA-256, 2 SHA-512) and data. */
+struct tls_tlsa {
+	uint8_t usage, selector, mtype;
+	size_t len;
+	const uint8_t *data;
+};
+/* 1 when the record can authenticate an SMTP server: usage 2 or 3, selector 0 or 1,
+ * matching type 0 (data present), 1 (32 octets) or 2 (64 octets). */
+int tls_tlsa_usable(const struct tls_tlsa *t);
+/* Before the handshake: keep the chain the server presents (the context must verify, that
+ * is have a trust store, for the chain to be seen). */
+void tls_conn_want_dane(struct tls_conn *c);
+/* After it: NULL when a usable record matches: DANE-EE (3) the server certificate (no name
+ * or validity checks, RFC 7672 §3.1.1), DANE-TA (2) a CA certificate of the presented chain
+ * with every certificate below it signed by the next and the server certificate naming one
+ * of names (RFC 7672 §3.2.2). Else the RFC 8460 result: "tlsa-invalid" (no usable record),
+ * "certificate-host-mismatch" (a DANE-TA match, wrong name), "validation-failure"; detail
+ * says what. */
+const char *tls_conn_dane_check(struct tls_conn *c, const struct tls_tlsa *t, size_t n,
+				const char *const *names, size_t nnames, char *detail, size_t dlen);
 const char *tls_strerror(int err);
 
 #endif

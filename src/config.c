@@ -736,14 +736,14 @@ static void check_late(struct parse *P, struct section *sec, struct cfg *c, stru
 	if (!cfg_route_late(r)) {
 		if (r->upstream.mx)
 			ERR(P, r->upstream.line,
-			    "upstream = mx needs upstream_policy = mta-sts (the recipient's MX is "
-			    "known only per recipient domain)");
+			    "upstream = mx needs upstream_policy = mta-sts, dane or auto (the "
+			    "recipient's MX is known only per recipient domain)");
 		return;
 	}
 	const char *lv = policy_names[r->upstream_policy];
-	if (r->upstream_policy != CFG_POLICY_MTA_STS)
-		ERR(P, pl, "upstream_policy = %s: not supported by this version of starttls-proxy "
-			   "(mta-sts is)", lv);
+	if (r->upstream_policy != CFG_POLICY_MTA_STS && !c->dnssec_trust_anchor)
+		ERR(P, pl, "upstream_policy = %s needs DNSSEC validation: set dnssec_trust_anchor "
+			   "(it is none, or the default %s is missing)", lv, DEFAULT_TRUST_ANCHOR);
 	if (r->protocol != CFG_PROTO_SMTP)
 		ERR(P, pl, "upstream_policy = %s needs protocol = smtp", lv);
 	if (r->upstream_tls != CFG_TLS_STARTTLS)

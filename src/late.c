@@ -32,9 +32,16 @@ struct host {
 	struct late_req *q;
 	char name[STS_NAME_MAX + 1];
 	int sts_match;
-	struct dns_query *q4, *q6;
+	struct dns_query *q4, *q6, *qt;
 	struct sockaddr_storage a[LATE_CAND_MAX];
 	int na;
+	int insecure_addr; /* an address answer was not DNSSEC-validated */
+	/* TLSA: 0 not asked, 1 records (tlsa), 2 secure denial or insecure, -1 unusable host
+	 * (bogus or failed lookup: tlsa_why) */
+	int tlsa_state;
+	char tlsa_why[200];
+	size_t ntlsa;
+	struct dns_tlsa tlsa[LATE_TLSA_MAX];
 };
 
 struct late_req {
@@ -145,6 +152,8 @@ static void release(struct late_req *q)
 			dns_cancel(q->hosts[i].q4);
 		if (q->hosts[i].q6)
 			dns_cancel(q->hosts[i].q6);
+		if (q->hosts[i].qt)
+			dns_cancel(q->hosts[i].qt);
 	}
 	struct late_res *r = q->res;
 	if (q->prev)
@@ -174,11 +183,26 @@ static void deliver(struct late_req *q, struct late_plan *p)
 	free(pol);
 }
 
+static int dane_level(const struct late_req *q)
+{
+	return q->level == CFG_POLICY_DANE || q->level == CFG_POLICY_AUTO;
+}
+
+/* Some MX host has TLSA records: the domain is a DANE domain. */
+static int has_dane(const struct late_req *q)
+{
+	for (size_t i = 0; i < q->nhosts; i++)
+		if (q->hosts[i].tlsa_state == 1)
+			return 1;
+	return 0;
+}
+
 static void plan_init(struct late_req *q, struct late_plan *p)
 {
 	memset(p, 0, sizeof(*p));
 	p->domain = q->domain;
-	if (q->sts_found && q->pol && q->pol->mode != STS_MODE_NONE) {
+	p->dane = has_dane(q);
+	if (!p->dane && q->sts_found && q->pol && q->pol->mode != STS_MODE_NONE) {
 		p->sts = 1;
 		p->mode = q->pol->mode;
 		snprintf(p->sts_id, sizeof(p->sts_id), "%s", q->sts_id);
@@ -235,11 +259,44 @@ static void ip_text(const struct sockaddr_storage *a, char *buf, size_t len)
 		snprintf(buf, len, "?");
 }
 
+static void cand_dane(struct late_cand *c, const struct host *h)
+{
+	if (h->tlsa_state != 1)
+		return;
+	c->dane = 1;
+	c->ntlsa = h->ntlsa;
+	memcpy(c->tlsa, h->tlsa, sizeof(h->tlsa[0]) * h->ntlsa);
+}
+
 /* Every address lookup is done: the candidates. */
 static void assemble(struct late_req *q)
 {
 	struct late_plan p;
 	plan_init(q, &p);
+	/* hosts whose TLSA lookup failed are never used (no downgrade to plaintext) */
+	char unusable[300] = "";
+	size_t uo = 0, usable = 0;
+	for (size_t i = 0; i < q->nhosts; i++) {
+		if (q->hosts[i].tlsa_state == -1) {
+			if (uo < sizeof(unusable))
+				uo += (size_t)snprintf(unusable + uo, sizeof(unusable) - uo, "%s%s: %s",
+						       uo ? "; " : "", q->hosts[i].name,
+						       q->hosts[i].tlsa_why);
+			q->hosts[i].na = 0;
+		} else {
+			usable++;
+		}
+	}
+	if (unusable[0])
+		log_event(LOG_WARN, NULL, NULL, "dane", "domain", q->domain, "action",
+			  "MX hosts skipped", "detail", unusable, NULL);
+	if (q->nhosts && usable == 0) {
+		fail(q, "dnssec-invalid",
+		     "451 4.7.5 TLSA records of the recipient's mail servers cannot be validated; "
+		     "try again later",
+		     "%s", unusable);
+		return;
+	}
 	if (q->have_orig) {
 		char ip[INET6_ADDRSTRLEN];
 		ip_text(&q->orig, ip, sizeof(ip));
@@ -263,6 +320,7 @@ static void assemble(struct late_req *q)
 		if (h) {
 			snprintf(p.c[0].name, sizeof(p.c[0].name), "%s", h->name);
 			p.c[0].sts_match = h->sts_match;
+			cand_dane(&p.c[0], h);
 		}
 		p.n = 1;
 		deliver(q, &p);
@@ -275,6 +333,7 @@ static void assemble(struct late_req *q)
 			set_port(&c->addr, q->port);
 			snprintf(c->name, sizeof(c->name), "%s", q->hosts[i].name);
 			c->sts_match = q->hosts[i].sts_match;
+			cand_dane(c, &q->hosts[i]);
 		}
 	if (p.n == 0) {
 		fail(q, NULL, "451 4.4.3 Recipient domain's mail servers have no address; try again later",
@@ -284,13 +343,35 @@ static void assemble(struct late_req *q)
 	deliver(q, &p);
 }
 
+static void assemble(struct late_req *q);
+
 static void host_done(struct late_req *q)
 {
-	if (--q->pending == 0)
-		assemble(q);
+	if (--q->pending > 0)
+		return;
+	for (size_t i = 0; i < q->nhosts; i++) /* TLSA of a host with insecure addresses */
+		if (q->hosts[i].tlsa_state == 1 && q->hosts[i].insecure_addr)
+			q->hosts[i].tlsa_state = 2;
+	/* auto without DANE: an enforced MTA-STS policy filters the hosts now */
+	if (q->level == CFG_POLICY_AUTO && !has_dane(q) && q->sts_found && q->pol &&
+	    q->pol->mode == STS_MODE_ENFORCE && !q->testing) {
+		size_t k = 0;
+		for (size_t i = 0; i < q->nhosts; i++)
+			if (q->hosts[i].sts_match)
+				q->hosts[k++] = q->hosts[i];
+		if (k == 0) {
+			fail(q, "validation-failure",
+			     "450 4.7.5 Recipient domain's MTA-STS policy allows none of its MX hosts",
+			     "no MX host of %s matches its MTA-STS policy", q->domain);
+			return;
+		}
+		q->nhosts = k;
+	}
+	assemble(q);
 }
 
 static void addr_answer(void *arg, const struct dns_result *r);
+static void tlsa_answer(void *arg, const struct dns_result *r);
 
 /* The MX answer and the policy are both in: which hosts, then their addresses. */
 static void after_mx(struct late_req *q)
@@ -329,7 +410,10 @@ static void after_mx(struct late_req *q)
 			q->mx[k] = q->mx[k - 1];
 			q->mx[k - 1] = t;
 		}
-	int enforce = q->sts_found && q->pol && q->pol->mode == STS_MODE_ENFORCE && !q->testing;
+	/* (level auto: MTA-STS filters hosts only when no host turns out to have TLSA
+	 * records; assemble() applies it then) */
+	int enforce = q->sts_found && q->pol && q->pol->mode == STS_MODE_ENFORCE && !q->testing &&
+		      q->level != CFG_POLICY_AUTO;
 	int sts = q->sts_found && q->pol && q->pol->mode != STS_MODE_NONE;
 	char skipped[200] = "";
 	size_t so = 0;
@@ -356,7 +440,9 @@ static void after_mx(struct late_req *q)
 		     "no MX host of %s matches its MTA-STS policy (MX: %s)", q->domain, skipped);
 		return;
 	}
-	q->pending = (int)q->nhosts * 2;
+	/* DANE only below a DNSSEC-validated MX answer (RFC 7672 §2.2.1) */
+	int dane = dane_level(q) && q->mx_security == DNS_SECURE;
+	q->pending = (int)q->nhosts * (dane ? 3 : 2);
 	for (size_t i = 0; i < q->nhosts; i++) {
 		struct host *h = &q->hosts[i];
 		h->q = q;
@@ -366,6 +452,16 @@ static void after_mx(struct late_req *q)
 			q->pending--;
 		if (!h->q6)
 			q->pending--;
+		if (dane) {
+			char tname[STS_NAME_MAX + 32];
+			snprintf(tname, sizeof(tname), "_%u._tcp.%s", q->port, h->name);
+			h->qt = dns_query(q->res->dns, tname, DNS_T_TLSA, tlsa_answer, h);
+			if (!h->qt) {
+				q->pending--;
+				h->tlsa_state = -1;
+				snprintf(h->tlsa_why, sizeof(h->tlsa_why), "cannot look up TLSA");
+			}
+		}
 	}
 	if (q->pending == 0)
 		assemble(q);
@@ -386,6 +482,32 @@ static void addr_answer(void *arg, const struct dns_result *r)
 			   h->na < LATE_CAND_MAX;
 	     k++)
 		h->a[h->na++] = r->u.addr[k];
+	if (r->status == DNS_OK && r->security != DNS_SECURE)
+		h->insecure_addr = 1;
+	host_done(h->q);
+}
+
+/* The host's TLSA answer (RFC 7672 §2.2). Records are used only when the answer and the
+ * host's addresses are secure (checked again in host_tlsa_final). */
+static void tlsa_answer(void *arg, const struct dns_result *r)
+{
+	struct host *h = arg;
+	h->qt = NULL;
+	if (r->security == DNS_BOGUS) {
+		h->tlsa_state = -1;
+		snprintf(h->tlsa_why, sizeof(h->tlsa_why), "TLSA DNSSEC bogus (%s)", r->why_bogus);
+	} else if (r->status == DNS_OK && r->security == DNS_SECURE) {
+		h->tlsa_state = 1;
+		h->ntlsa = 0;
+		for (size_t k = 0; k < r->n && h->ntlsa < LATE_TLSA_MAX; k++)
+			h->tlsa[h->ntlsa++] = r->u.tlsa[k];
+	} else if (r->status == DNS_OK || r->status == DNS_NXDOMAIN || r->status == DNS_NODATA) {
+		h->tlsa_state = 2; /* insecure, or securely none: no DANE for this host */
+	} else {
+		h->tlsa_state = -1;
+		snprintf(h->tlsa_why, sizeof(h->tlsa_why), "TLSA lookup failed (%s)",
+			 dns_status_name(r->status));
+	}
 	host_done(h->q);
 }
 
@@ -442,12 +564,13 @@ struct late_req *late_plan(struct late_res *res, const char *domain, int level,
 	if (res->reqs)
 		res->reqs->prev = q;
 	res->reqs = q;
+	int sts = level == CFG_POLICY_MTA_STS || level == CFG_POLICY_AUTO;
 	q->mxq = dns_query(res->dns, domain, DNS_T_MX, mx_answer, q);
-	if (level == CFG_POLICY_MTA_STS)
+	if (sts)
 		q->sl = stsmgr_get(res->sts, domain, sts_answer, q);
 	else
 		q->sts_done = 1;
-	if (!q->mxq || (level == CFG_POLICY_MTA_STS && !q->sl)) {
+	if (!q->mxq || (sts && !q->sl)) {
 		release(q);
 		return NULL;
 	}

@@ -96,6 +96,10 @@ struct session {
 	unsigned late_route : 1, late_sts : 1, late_testing : 1, up_verified : 1;
 	char late_domain[256];
 	const char *late_name[1];
+	/* DANE: each candidate's TLSA records (NULL when none has any), and the current
+	 * candidate's as tls.h wants them */
+	struct late_cand *cands;
+	struct tls_tlsa tlsa[LATE_TLSA_MAX];
 };
 
 static const struct ep_ops down_ops, up_ops;
@@ -173,6 +177,7 @@ static void handle_closed(struct session *s)
 		s->proto->destroy(s->ps);
 	late_cancel(s->late_req);
 	late_res_unref(s->late);
+	free(s->cands);
 	buf_free(&s->early);
 	proto_actions_free(&s->acts);
 	cfg_unref(s->cfg);
@@ -418,21 +423,24 @@ static int check_upstream_tls(struct session *s)
 	enum tls_check check = p->level == CFG_POLICY_FINGERPRINT ? TLS_CHECK_FINGERPRINT
 			       : p->level == CFG_POLICY_VERIFY	   ? TLS_CHECK_VERIFY
 								   : TLS_CHECK_NONE;
+	int dane = p->level == CFG_POLICY_DANE;
 	/* A resumed session is one this route cached after it passed this same policy
 	 * toward this same upstream (tls_cache_id): the server proved it holds it, and sent
 	 * no certificate to check again. */
 	int resumed = tls_conn_resumed(t);
 	const char *result = resumed ? NULL
-					 : tls_conn_check(t, check, p->names, p->nnames, p->pins,
-							  p->npins, detail, sizeof(detail));
+			     : dane ? tls_conn_dane_check(t, p->tlsa, p->ntlsa, p->names, p->nnames,
+							  detail, sizeof(detail))
+				    : tls_conn_check(t, check, p->names, p->nnames, p->pins,
+						     p->npins, detail, sizeof(detail));
 	const char *verify = resumed ? "resumed"
-			     : check == TLS_CHECK_NONE ? "skipped"
+			     : check == TLS_CHECK_NONE && !dane ? "skipped"
 			     : result ? "failed" : "ok";
 	if (s->late_route) { /* what a later recipient's policy may ask of this connection */
 		const char *name = s->dst_name[s->idst];
 		char d2[200];
-		if (resumed || check == TLS_CHECK_VERIFY)
-			s->up_verified = check == TLS_CHECK_VERIFY && !result;
+		if (resumed || check == TLS_CHECK_VERIFY || dane)
+			s->up_verified = (check == TLS_CHECK_VERIFY || dane) && !result;
 		else
 			s->up_verified = name[0] && !tls_conn_check(t, TLS_CHECK_VERIFY, &name, 1,
 								      NULL, 0, d2, sizeof(d2));
@@ -445,8 +453,9 @@ static int check_upstream_tls(struct session *s)
 		  check == TLS_CHECK_FINGERPRINT && !resumed ? result ? "mismatch" : "ok" : NULL,
 		  NULL);
 	if (!result) {
-		s->tls_cacheable = 1;
-		tls_cache_put(s);
+		s->tls_cacheable = !dane; /* (DANE sessions are not resumed: the key has no TLSA) */
+		if (!dane)
+			tls_cache_put(s);
 		return 0;
 	}
 	/* What the server presented, so that an admin sees which certificate (and which pin)
@@ -854,6 +863,19 @@ static void decide_late(struct session *s)
 	s->pol.level = s->late_sts ? CFG_POLICY_VERIFY : CFG_POLICY_MAY;
 	s->pol.mode = s->late_testing || r->policy_mode == CFG_MODE_TESTING ? CFG_MODE_TESTING
 									      : CFG_MODE_ENFORCE;
+	const struct late_cand *c = s->cands ? &s->cands[s->idst] : NULL;
+	if (c && c->dane) { /* DANE: the host's TLSA records, whatever MTA-STS says */
+		s->pol.level = CFG_POLICY_DANE;
+		s->pol.mode = r->policy_mode;
+		for (size_t i = 0; i < c->ntlsa; i++) {
+			const struct dns_tlsa *t = &c->tlsa[i];
+			struct tls_tlsa x = { t->usage, t->selector, t->mtype,
+					      t->len <= DNS_TLSA_DATA_MAX ? t->len : 0, t->data };
+			s->tlsa[i] = x;
+		}
+		s->pol.tlsa = s->tlsa;
+		s->pol.ntlsa = c->ntlsa;
+	}
 	if (s->dst_name[s->idst][0]) {
 		s->late_name[0] = s->dst_name[s->idst];
 		s->pol.names = s->late_name;
@@ -872,7 +894,10 @@ static void decide(struct session *s)
 		s->pol.tls = CFG_TLS_NONE;
 	char src[32];
 	if (s->late_route)
-		snprintf(src, sizeof(src), "%s", s->late_sts ? "mta-sts" : "no-policy");
+		snprintf(src, sizeof(src), "%s",
+			 s->pol.level == CFG_POLICY_DANE ? "dane"
+			 : s->late_sts			 ? "mta-sts"
+							 : "no-policy");
 	else
 		policy_source(&s->pol, src, sizeof(src));
 	addr_text((const struct sockaddr *)d, s->upstream, sizeof(s->upstream));
@@ -881,7 +906,8 @@ static void decide(struct session *s)
 		  s->pol.mode == CFG_MODE_ENFORCE ? "enforce" : "testing", "tls",
 		  cfg_tls_name(s->pol.tls), "name", sni(s), "source", src, "domain",
 		  s->late_route ? s->late_domain : NULL, NULL);
-	if (s->late_route && s->late_sts && !s->dst_sts_match[s->idst]) {
+	if (s->late_route && s->late_sts && s->pol.level != CFG_POLICY_DANE &&
+	    !s->dst_sts_match[s->idst]) {
 		char detail[700];
 		snprintf(detail, sizeof(detail), "MX host %s is not in the MTA-STS policy of %s",
 			 s->dst_name[s->idst][0] ? s->dst_name[s->idst] : "(unknown)", s->late_domain);
@@ -1080,9 +1106,13 @@ static void tls_cache_drop(struct session *s)
 /* TLS toward the upstream, offering a cached session unless one was refused already. */
 static int start_upstream_tls(struct session *s)
 {
-	struct tls_session *cached = s->resume_retry ? NULL : tls_cache_get(s);
+	int dane = s->pol.level == CFG_POLICY_DANE;
+	struct tls_session *cached = s->resume_retry || dane ? NULL : tls_cache_get(s);
 	s->resume_offered = cached != NULL;
-	return ep_start_tls_resume(&s->up, s->pol.ctx, sni(s), cached);
+	int rc = ep_start_tls_resume(&s->up, s->pol.ctx, sni(s), cached);
+	if (rc == 0 && dane)
+		tls_conn_want_dane(s->up.tls);
+	return rc;
 }
 
 /* ---- where the upstream is -------------------------------------------------------------- */
@@ -1242,13 +1272,15 @@ static struct late_res *late_res_of(struct session *s, char *err, size_t len)
 }
 
 /* A recipient domain's policy failure: logged and counted (testing: not enforced). */
-static void late_report(struct session *s, const char *domain, const char *result,
+static void late_report(struct session *s, const struct late_plan *p, const char *result,
 			const char *detail, int testing)
 {
 	metrics_policy_failure(s->r->metrics, result, testing);
 	log_event(LOG_WARN, s->id, s->r->name, "policy_failure", "side", "upstream", "result",
-		  result, "mode", testing ? "testing" : "enforce", "policy", "mta-sts", "domain",
-		  domain, "upstream", s->up_started ? s->upstream : NULL, "detail", detail, NULL);
+		  result, "mode", testing ? "testing" : "enforce", "policy",
+		  p->dane ? "dane" : p->sts ? "mta-sts" : cfg_policy_name(s->r->upstream_policy),
+		  "domain",
+		  p->domain, "upstream", s->up_started ? s->upstream : NULL, "detail", detail, NULL);
 }
 
 static int late_testing(const struct session *s, const struct late_plan *p)
@@ -1263,7 +1295,8 @@ static void planned(void *arg, const struct late_plan *p)
 	if (s->closed || s->ending)
 		return;
 	if (p->result)
-		late_report(s, p->domain, p->result, p->detail, !p->fail || late_testing(s, p));
+		late_report(s, p, p->result, p->detail,
+			    !p->fail || s->r->policy_mode == CFG_MODE_TESTING);
 	if (p->fail) {
 		log_event(LOG_INFO, s->id, s->r->name, "late_bind", "domain", p->domain, "result",
 			  "refused", "reply", p->reply, "detail", p->detail, NULL);
@@ -1273,6 +1306,15 @@ static void planned(void *arg, const struct late_plan *p)
 	}
 	s->late_sts = p->sts;
 	s->late_testing = p->sts && p->mode == STS_MODE_TESTING;
+	free(s->cands);
+	s->cands = NULL;
+	if (p->dane && !(s->cands = malloc(sizeof(*s->cands) * p->n))) {
+		s->proto->bind_failed(s->ps, "451 4.3.0 Out of memory; try again later", &s->acts);
+		exec_actions(s);
+		return;
+	}
+	if (s->cands)
+		memcpy(s->cands, p->c, sizeof(*s->cands) * p->n);
 	s->ndst = (int)p->n;
 	s->idst = 0;
 	for (size_t i = 0; i < p->n; i++) {
@@ -1281,8 +1323,10 @@ static void planned(void *arg, const struct late_plan *p)
 		s->dst_sts_match[i] = (unsigned char)p->c[i].sts_match;
 	}
 	log_event(LOG_INFO, s->id, s->r->name, "late_bind", "domain", p->domain, "policy",
-		  p->sts ? "mta-sts" : "none", "mode", p->sts ? sts_mode_name(p->mode) : NULL,
-		  "id", p->sts ? p->sts_id : NULL, "mx", p->c[0].name[0] ? p->c[0].name : NULL,
+		  p->dane ? "dane" : p->sts ? "mta-sts" : "none", "mode",
+		  !p->dane && p->sts ? sts_mode_name(p->mode) : NULL,
+		  "id", !p->dane && p->sts ? p->sts_id : NULL, "mx",
+		  p->c[0].name[0] ? p->c[0].name : NULL,
 		  NULL);
 	connect_upstream(s);
 }
@@ -1303,10 +1347,10 @@ static void checked(void *arg, const struct late_plan *p)
 		ok = 0;
 		snprintf(reply, sizeof(reply), "%s", p->reply);
 		if (p->result)
-			late_report(s, p->domain, p->result, p->detail, late_testing(s, p));
+			late_report(s, p, p->result, p->detail, s->r->policy_mode == CFG_MODE_TESTING);
 	} else {
 		if (p->result)
-			late_report(s, p->domain, p->result, p->detail, 1);
+			late_report(s, p, p->result, p->detail, 1);
 		if (!s->r->upstream.original_dst) {
 			int same = 0;
 			for (size_t i = 0; i < p->n && !same; i++)
@@ -1318,14 +1362,46 @@ static void checked(void *arg, const struct late_plan *p)
 					 "in another transaction");
 			}
 		}
-		if (ok && p->sts &&
+		/* DANE: the domain's TLSA records for this host must match this connection */
+		const struct late_cand *dc = NULL;
+		for (size_t i = 0; ok && p->dane && i < p->n && !dc; i++)
+			if (p->c[i].dane && !strcasecmp(p->c[i].name, name))
+				dc = &p->c[i];
+		if (dc) {
+			struct tls_tlsa t[LATE_TLSA_MAX];
+			for (size_t i = 0; i < dc->ntlsa; i++) {
+				struct tls_tlsa x = { dc->tlsa[i].usage, dc->tlsa[i].selector,
+						      dc->tlsa[i].mtype,
+						      dc->tlsa[i].len <= DNS_TLSA_DATA_MAX ? dc->tlsa[i].len
+											   : 0,
+						      dc->tlsa[i].data };
+				t[i] = x;
+			}
+			const char *res = s->up.tls && s->up.tls_ready && s->pol.level == CFG_POLICY_DANE
+						  ? tls_conn_dane_check(s->up.tls, t, dc->ntlsa, &name, 1,
+									detail, sizeof(detail))
+						  : "dane-required";
+			if (res && !strcmp(res, "dane-required"))
+				snprintf(detail, sizeof(detail),
+					 "%s has TLSA records for %s; this connection was not "
+					 "authenticated by DANE", p->domain, name);
+			if (res) {
+				late_report(s, p, res, detail, s->r->policy_mode == CFG_MODE_TESTING);
+				if (s->r->policy_mode != CFG_MODE_TESTING) {
+					ok = 0;
+					snprintf(reply, sizeof(reply),
+						 "450 4.7.5 Recipient domain's DANE TLSA records do not match "
+						 "this connection; try again later");
+				}
+			}
+		} else if (ok && p->sts &&
 		    !(s->up.tls && s->up.tls_ready && s->up_verified && name[0] &&
 		      sts_mx_match(p->policy, name))) {
 			snprintf(detail, sizeof(detail),
 				 "the connection to %s (%s) does not meet the MTA-STS policy of %s",
 				 name[0] ? name : "an unknown MX", s->upstream, p->domain);
 			int testing = late_testing(s, p);
-			late_report(s, p->domain,
+			late_report(s, p,
 				    s->up.tls && s->up.tls_ready ? "validation-failure"
 								 : "starttls-not-supported",
 				    detail, testing);

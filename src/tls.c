@@ -10,6 +10,7 @@
 #include <wolfssl/wolfcrypt/chacha20_poly1305.h>
 #include <wolfssl/wolfcrypt/error-crypt.h>
 #include <wolfssl/wolfcrypt/sha256.h>
+#include <wolfssl/wolfcrypt/sha512.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,10 @@ struct tls_conn {
 	size_t nfirst;
 	uint8_t offered[32];     /* SHA-256 of the ticket offered for resumption */
 	int has_offered;
+	/* DANE (tls_conn_want_dane): the chain as the server presented it, DER by depth */
+	int dane;
+	uint8_t *der[TLS_CHAIN_MAX];
+	int der_len[TLS_CHAIN_MAX];
 };
 
 static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *arg)
@@ -318,11 +323,26 @@ static void record_cert(struct tls_chain *chain, WOLFSSL_X509_STORE_CTX *store, 
 			 wolfSSL_X509_verify_cert_error_string(store->error));
 }
 
+/* DANE: a copy of each presented certificate, by its depth. */
+static void record_der(struct tls_conn *c, WOLFSSL_X509_STORE_CTX *store)
+{
+	int d = store->error_depth, n = 0;
+	if (!store->current_cert || d < 0 || d >= TLS_CHAIN_MAX || c->der[d])
+		return;
+	const unsigned char *der = wolfSSL_X509_get_der(store->current_cert, &n);
+	if (!der || n <= 0 || !(c->der[d] = malloc((size_t)n)))
+		return;
+	memcpy(c->der[d], der, (size_t)n);
+	c->der_len[d] = n;
+}
+
 static int verify_cb(int preverify, WOLFSSL_X509_STORE_CTX *store)
 {
 	struct tls_conn *cc = store->userCtx;
 	if (cc && cc->chain)
 		record_cert(cc->chain, store, preverify);
+	if (cc && cc->dane)
+		record_der(cc, store);
 	if (preverify)
 		return 1;
 	struct tls_conn *c = store->userCtx;
@@ -406,7 +426,128 @@ void tls_conn_free(struct tls_conn *c)
 	wolfSSL_free(c->ssl);
 	buf_free(&c->in);
 	buf_free(&c->out);
+	for (int i = 0; i < TLS_CHAIN_MAX; i++)
+		free(c->der[i]);
 	free(c);
+}
+
+void tls_conn_want_dane(struct tls_conn *c)
+{
+	c->dane = 1;
+}
+
+/* The certificate's DER (selector 0) or SubjectPublicKeyInfo (1) hashed per the matching
+ * type (0 exact, 1 SHA-256, 2 SHA-512) equals the record's data. */
+static int tlsa_matches(const struct tls_tlsa *t, WOLFSSL_X509 *x)
+{
+	unsigned char spki[4096], h[64];
+	const unsigned char *d;
+	int n = 0;
+	if (t->selector == 0) {
+		d = wolfSSL_X509_get_der(x, &n);
+	} else {
+		n = (int)sizeof(spki);
+		if (wolfSSL_X509_get_pubkey_buffer(x, spki, &n) != WOLFSSL_SUCCESS)
+			return 0;
+		d = spki;
+	}
+	if (!d || n <= 0)
+		return 0;
+	if (t->mtype == 0)
+		return t->len == (size_t)n && !memcmp(t->data, d, t->len);
+	if (t->mtype == 1)
+		return t->len == 32 && wc_Sha256Hash(d, (word32)n, h) == 0 && !memcmp(h, t->data, 32);
+	return t->len == 64 && wc_Sha512Hash(d, (word32)n, h) == 0 && !memcmp(h, t->data, 64);
+}
+
+int tls_tlsa_usable(const struct tls_tlsa *t)
+{
+	return (t->usage == 2 || t->usage == 3) && t->selector <= 1 &&
+	       ((t->mtype == 0 && t->len > 0) || (t->mtype == 1 && t->len == 32) ||
+		(t->mtype == 2 && t->len == 64));
+}
+
+/* Certificate d of the presented chain, parsed (NULL when it was not presented). */
+static WOLFSSL_X509 *chain_cert(struct tls_conn *c, int d)
+{
+	if (d < 0 || d >= TLS_CHAIN_MAX || !c->der[d])
+		return NULL;
+	return wolfSSL_X509_d2i(NULL, c->der[d], c->der_len[d]);
+}
+
+/* Each certificate from the leaf up to depth top is signed by the next one. */
+static int chain_signed(struct tls_conn *c, int top)
+{
+	for (int d = 0; d < top; d++) {
+		WOLFSSL_X509 *x = chain_cert(c, d), *issuer = chain_cert(c, d + 1);
+		WOLFSSL_EVP_PKEY *k = issuer ? wolfSSL_X509_get_pubkey(issuer) : NULL;
+		int ok = x && k && wolfSSL_X509_verify(x, k) == WOLFSSL_SUCCESS;
+		wolfSSL_EVP_PKEY_free(k);
+		wolfSSL_X509_free(issuer);
+		wolfSSL_X509_free(x);
+		if (!ok)
+			return 0;
+	}
+	return 1;
+}
+
+const char *tls_conn_dane_check(struct tls_conn *c, const struct tls_tlsa *t, size_t n,
+				const char *const *names, size_t nnames, char *detail, size_t dlen)
+{
+	detail[0] = '\0';
+	size_t usable = 0;
+	for (size_t i = 0; i < n; i++)
+		usable += tls_tlsa_usable(&t[i]) ? 1 : 0;
+	if (usable == 0) {
+		snprintf(detail, dlen, "no usable TLSA record (%zu unusable)", n);
+		return "tlsa-invalid";
+	}
+	WOLFSSL_X509 *leaf = chain_cert(c, 0);
+	if (!leaf) {
+		snprintf(detail, dlen, "no server certificate");
+		return "validation-failure";
+	}
+	int name_ok = 0;
+	for (size_t i = 0; i < nnames && !name_ok; i++)
+		name_ok = names[i] && tls_conn_peer_name_matches(c, names[i]);
+	const char *result = NULL;
+	int matched = 0;
+	for (size_t i = 0; i < n && !matched; i++) {
+		if (!tls_tlsa_usable(&t[i]))
+			continue;
+		if (t[i].usage == 3) { /* DANE-EE: the server's own key; no name or date checks */
+			matched = tlsa_matches(&t[i], leaf);
+			continue;
+		}
+		/* DANE-TA: a CA certificate the server presents, the chain below it signed, the
+		 * leaf naming the MX host (RFC 7672 §3.2.2) */
+		for (int d = 1; d < TLS_CHAIN_MAX && !matched; d++) {
+			WOLFSSL_X509 *x = chain_cert(c, d);
+			if (!x)
+				continue;
+			if (tlsa_matches(&t[i], x)) {
+				if (!chain_signed(c, d))
+					result = "validation-failure";
+				else if (!name_ok)
+					result = "certificate-host-mismatch";
+				else
+					matched = 1;
+			}
+			wolfSSL_X509_free(x);
+		}
+	}
+	wolfSSL_X509_free(leaf);
+	if (matched)
+		return NULL;
+	if (result && !strcmp(result, "certificate-host-mismatch"))
+		snprintf(detail, dlen, "a DANE-TA record matches but the certificate does not name %s",
+			 nnames && names[0] ? names[0] : "the MX host");
+	else if (result)
+		snprintf(detail, dlen, "a DANE-TA record matches but the chain below it does not verify");
+	else
+		snprintf(detail, dlen, "none of the %zu usable TLSA records matches the server's certificate",
+			 usable);
+	return result ? result : "validation-failure";
 }
 
 int tls_conn_feed(struct tls_conn *c, const void *data, size_t len)

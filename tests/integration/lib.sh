@@ -342,6 +342,20 @@ json_get() {
 	printf '%s\n' "${v//\\\\/\\}"
 }
 
+# leaf NAME DNS...: a certificate from the test CA ($CERTS) for these names: $T/NAME.pem
+# (the leaf), $T/NAME.key, and $T/NAME-chain.pem (leaf and CA).
+leaf() {
+	local name=$1 san="" d
+	shift
+	for d in "$@"; do san+="${san:+,}DNS:$d"; done
+	openssl ecparam -name prime256v1 -genkey -noout -out "$T/$name.key" 2>/dev/null
+	openssl req -new -key "$T/$name.key" -subj "/CN=$1" -out "$T/$name.csr" 2>/dev/null
+	printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\n' "$san" >"$T/$name.ext"
+	openssl x509 -req -in "$T/$name.csr" -CA "$CERTS/ca.pem" -CAkey "$CERTS/ca.key" \
+		-CAcreateserial -days 30 -sha256 -extfile "$T/$name.ext" -out "$T/$name.pem" 2>/dev/null
+	cat "$T/$name.pem" "$CERTS/ca.pem" >"$T/$name-chain.pem"
+}
+
 # --- the proxy -------------------------------------------------------------------------
 
 # global_section [EXTRA LINES...]: the [global] block used by most tests.

@@ -20,24 +20,9 @@
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/smtp_lib.sh"
 . "$(dirname "$0")/dns_lib.sh"
+. "$(dirname "$0")/late_lib.sh"
 
-CERTS=${STP_TEST_CERTS:-}
-if [ -z "$CERTS" ] || [ ! -f "$CERTS/ca.key" ]; then
-	CERTS=$T/certs
-	bash "$REPO_ROOT/scripts/gen-test-certs.sh" "$CERTS" >/dev/null 2>&1
-fi
 
-# leaf NAME DNS...: a certificate from the test CA for these names ($T/NAME.pem/.key).
-leaf() {
-	local name=$1 san="" d
-	shift
-	for d in "$@"; do san+="${san:+,}DNS:$d"; done
-	openssl ecparam -name prime256v1 -genkey -noout -out "$T/$name.key" 2>/dev/null
-	openssl req -new -key "$T/$name.key" -subj "/CN=$1" -out "$T/$name.csr" 2>/dev/null
-	printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\n' "$san" >"$T/$name.ext"
-	openssl x509 -req -in "$T/$name.csr" -CA "$CERTS/ca.pem" -CAkey "$CERTS/ca.key" \
-		-CAcreateserial -days 30 -sha256 -extfile "$T/$name.ext" -out "$T/$name.pem" 2>/dev/null
-}
 leaf mx mx1.good.example mx2.good.example
 leaf web mta-sts.good.example mta-sts.wrongcert.example mta-sts.outside.example \
 	mta-sts.testing.example mta-sts.shared.example mta-sts.strict2.example \
@@ -86,11 +71,6 @@ DNS_BOGUS_NAMES="bogusmx MX" dns_zone_start "$T/dns" example. "$T/zone1" signed
 
 # --- MX hosts ----------------------------------------------------------------------------
 free_port MXP
-sink() { # NAME ADDR [cert args]
-	local name=$1 addr=$2
-	shift 2
-	start_sink "$name" --listen "$addr:$MXP" "$@"
-}
 MXCERT=(--cert "$T/mx.pem" --key "$T/mx.key")
 sink mx1 127.0.0.11 "${MXCERT[@]}"
 sink wrong 127.0.0.13 --cert "$CERTS/wrongname.pem" --key "$CERTS/wrongname.key"
@@ -99,25 +79,6 @@ sink plain 127.0.0.15
 
 # --- policy servers ----------------------------------------------------------------------
 free_port WEBP
-policy() { # DOMAIN MODE MX...
-	local d=$1 mode=$2 m
-	shift 2
-	{
-		printf 'version: STSv1\r\nmode: %s\r\n' "$mode"
-		for m in "$@"; do printf 'mx: %s\r\n' "$m"; done
-		printf 'max_age: 86400\r\n'
-	} >"$T/policy-$d.txt"
-}
-web() { # DOMAIN ADDR [args]
-	local d=$1 addr=$2
-	shift 2
-	rm -f "$T/web-$d.port"
-	spawn "web-$d" "$SMTP_PY" "$TOOLS/https_policy.py" --listen "$addr:$WEBP" \
-		--cert "$T/web.pem" --key "$T/web.key" --policy "$T/policy-$d.txt" \
-		--ready "$T/web-$d.port" --log "$T/web-$d.requests" "$@"
-	eval "WEB_PID_${d//-/_}=$LAST_PID"
-	wait_file "$T/web-$d.port" 10 || { fail "web($d)" "$(tail -n 3 "$T/web-$d.log")"; finish; }
-}
 policy good enforce mx1.good.example '*.good.example'
 policy wrongcert enforce mx.wrongcert.example
 policy outside enforce mx.allowed.example
@@ -149,22 +110,6 @@ EOF
 start_proxy "$T/proxy.conf"
 
 make_message "$T/msg" sts
-send() { # RCPT... ; JSON result in $T/send.out
-	local args=() r
-	for r in "$@"; do args+=(--to "$r"); done
-	smtp_send --connect "127.0.0.1:$PP" --file "$T/msg" --from app@legacy.example \
-		"${args[@]}" >"$T/send.out" 2>&1
-}
-# stored STORE N: the store holds N messages (waits up to 5 s for them).
-stored() {
-	local i
-	for i in $(seq 50); do
-		[ "$(msg_count "$1")" = "$2" ] && return 0
-		sleep 0.1
-	done
-	return 1
-}
-last_meta() { cat "$(ls -t "$1"/msg-*.json | head -n 1)"; }
 
 # 1. enforce, the MX's certificate names it: delivered over verified TLS.
 if send bob@good.example && stored "$T/mx1.store" 1 &&

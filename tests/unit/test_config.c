@@ -1017,10 +1017,16 @@ static const struct err_case err_cases[] = {
 	  G "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nupstream = mx\n"
 	    "upstream_tls = starttls\nupstream_policy = mta-sts\nupstream_name = a.example\n",
 	  { "upstream_name" }, 0, "MX host", 0 },
-	{ "dane not yet",
-	  G "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nupstream = mx\n"
+	{ "dane without DNSSEC",
+	  G "dnssec_trust_anchor = none\n"
+	    "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nupstream = mx\n"
 	    "upstream_tls = starttls\nupstream_policy = dane\n",
-	  { "upstream_policy = dane" }, 0, "not supported", 0 },
+	  { "upstream_policy = dane" }, 0, "dnssec_trust_anchor", 0 },
+	{ "auto without DNSSEC",
+	  G "dnssec_trust_anchor = none\n"
+	    "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\n"
+	    "upstream = original-destination\nupstream_tls = starttls\nupstream_policy = auto\n",
+	  { "upstream_policy = auto" }, 0, "DNSSEC", 0 },
 	{ "resolver not an address", G "resolver = dns.example\n" R1, { "resolver" }, 0,
 	  "IP or IP:PORT", 0 },
 	{ "unreadable trust anchor", G "dnssec_trust_anchor = @T@/no-such.key\n" R1,

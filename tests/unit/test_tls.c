@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -787,6 +788,141 @@ static void test_verify_results(void **state)
 	assert_int_equal(failures, 0);
 }
 
+/* ------------------------------------------------------------------ DANE */
+
+/* The hex output of an openssl pipeline over a certificate file, as bytes. */
+static size_t openssl_bytes(const char *pipeline, const char *certfile, uint8_t *out, size_t cap)
+{
+	char cmd[2000], hex[8200];
+	snprintf(cmd, sizeof cmd, pipeline, certfile);
+	FILE *p = popen(cmd, "r");
+	assert_non_null(p);
+	size_t n = fread(hex, 1, sizeof hex - 1, p);
+	assert_int_equal(pclose(p), 0);
+	hex[n] = '\0';
+	size_t k = 0;
+	for (size_t i = 0; i + 1 < n && isxdigit((unsigned char)hex[i]) && k < cap; i += 2) {
+		unsigned v;
+		assert_int_equal(sscanf(hex + i, "%2x", &v), 1);
+		out[k++] = (uint8_t)v;
+	}
+	return k;
+}
+
+#define SPKI_DER "openssl x509 -in '%s' -pubkey -noout | openssl pkey -pubin -outform DER"
+#define CERT_DER "openssl x509 -in '%s' -outform DER"
+#define DGST256 " | openssl dgst -sha256 -r"
+#define DGST512 " | openssl dgst -sha512 -r"
+#define HEX " | od -An -v -tx1 | tr -d ' \\n'"
+
+struct dane_case {
+	const char *name;
+	const char *server;   /* certificate file (the key is NAME.key) */
+	int with_ca;          /* the server presents its CA too: which one (1 ca, 2 other-ca) */
+	struct { int usage, selector, mtype; const char *of; int cut; } rec[3];
+	const char *names[2];
+	const char *want;     /* NULL: matches */
+	int no_want_dane;     /* the chain was not kept */
+};
+
+static void test_dane_check(void **state)
+{
+	(void)state;
+	need_certs();
+	static const struct dane_case cases[] = {
+		{ "EE spki sha256", "server", 0, { { 3, 1, 1, "server.pem", 0 } }, { "x.invalid" }, NULL, 0 },
+		{ "EE spki sha512", "server", 0, { { 3, 1, 2, "server.pem", 0 } }, { NULL }, NULL, 0 },
+		{ "EE cert sha256", "server", 0, { { 3, 0, 1, "server.pem", 0 } }, { NULL }, NULL, 0 },
+		{ "EE cert exact", "server", 0, { { 3, 0, 0, "server.pem", 0 } }, { NULL }, NULL, 0 },
+		{ "EE spki exact", "server", 0, { { 3, 1, 0, "server.pem", 0 } }, { NULL }, NULL, 0 },
+		{ "EE self-signed, any name", "selfsigned", 0, { { 3, 1, 1, "selfsigned.pem", 0 } },
+		  { "mx.example" }, NULL, 0 },
+		{ "EE expired: dates not checked", "expired", 0, { { 3, 1, 1, "expired.pem", 0 } },
+		  { NULL }, NULL, 0 },
+		{ "EE another key", "server", 0, { { 3, 1, 1, "selfsigned.pem", 0 } }, { NULL, 0 },
+		  "validation-failure", 0 },
+		{ "EE full cert of another", "server", 0, { { 3, 0, 1, "wrongname.pem", 0 } }, { NULL, 0 },
+		  "validation-failure", 0 },
+		{ "TA ca cert", "server", 1, { { 2, 0, 1, "ca.pem", 0 } }, { "localhost" }, NULL, 0 },
+		{ "TA ca spki", "server", 1, { { 2, 1, 1, "ca.pem", 0 } }, { "localhost" }, NULL, 0 },
+		{ "TA wrong name", "server", 1, { { 2, 0, 1, "ca.pem", 0 } }, { "mx.example" },
+		  "certificate-host-mismatch", 0 },
+		{ "TA not presented", "server", 0, { { 2, 0, 1, "ca.pem", 0 } }, { "localhost", 0 },
+		  "validation-failure", 0 },
+		{ "TA of another chain", "otherca-server", 2, { { 2, 0, 1, "ca.pem", 0 } },
+		  { "localhost" }, "validation-failure", 0 },
+		{ "TA presented, did not sign", "otherca-server", 1, { { 2, 0, 1, "ca.pem", 0 } },
+		  { "localhost" }, "validation-failure", 0 },
+		{ "TA other chain's own CA", "otherca-server", 2, { { 2, 0, 1, "other-ca.pem", 0 } },
+		  { "localhost" }, NULL, 0 },
+		{ "TA record for the leaf", "server", 1, { { 2, 0, 1, "server.pem", 0 } },
+		  { "localhost" }, "validation-failure", 0 },
+		{ "PKIX-EE unusable", "server", 0, { { 1, 1, 1, "server.pem", 0 } }, { NULL, 0 },
+		  "tlsa-invalid", 0 },
+		{ "PKIX-TA unusable", "server", 1, { { 0, 0, 1, "ca.pem", 0 } }, { "localhost", 0 },
+		  "tlsa-invalid", 0 },
+		{ "sha256 of 31 octets", "server", 0, { { 3, 1, 1, "server.pem", 1 } }, { NULL, 0 },
+		  "tlsa-invalid", 0 },
+		{ "selector 2", "server", 0, { { 3, 2, 1, "server.pem", 0 } }, { NULL }, "tlsa-invalid", 0 },
+		{ "unusable, mismatch, match", "server", 0,
+		  { { 1, 1, 1, "server.pem", 0 }, { 3, 1, 1, "wrongname.pem", 0 },
+		    { 3, 1, 1, "server.pem", 0 } },
+		  { NULL }, NULL, 0 },
+		{ "chain not kept", "server", 0, { { 3, 1, 1, "server.pem", 0 } }, { NULL, 0 },
+		  "validation-failure", 1 },
+	};
+	int failures = 0;
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		const struct dane_case *d = &cases[i];
+		char cert[64], chain[700];
+		snprintf(cert, sizeof cert, "%s.pem", d->server);
+		if (d->with_ca) { /* a chain file: the leaf, then its CA */
+			snprintf(chain, sizeof chain, "%s/dane-chain-%zu.pem", tmpdir, i);
+			char cmd[2400];
+			snprintf(cmd, sizeof cmd, "cat '%s' '%s' >'%s'", C(cert),
+				 C(d->with_ca == 1 ? "ca.pem" : "other-ca.pem"), chain);
+			assert_int_equal(system(cmd), 0);
+		}
+		char key[64];
+		snprintf(key, sizeof key, "%s.key", d->server);
+		struct tls_server_opts so = { .cert = d->with_ca ? chain : C(cert),
+					      .key = C(key), .min_version = 12 };
+		struct tls_ctx *sctx = NULL;
+		char err[256];
+		assert_int_equal(tls_ctx_server_new(&so, &sctx, err, sizeof err), 0);
+		struct pair p;
+		pair_new(&p, sctx, client_ctx("ca.pem", NULL, NULL, 12), "localhost");
+		if (!d->no_want_dane)
+			tls_conn_want_dane(p.c);
+		assert_int_equal(handshake_pair(p.c, p.s, 0, NULL, NULL), 0);
+		static uint8_t data[3][4096];
+		struct tls_tlsa t[3];
+		size_t n = 0;
+		for (; n < 3 && d->rec[n].of; n++) {
+			const char *pipe = d->rec[n].selector == 0 ? CERT_DER : SPKI_DER;
+			char pl[600];
+			snprintf(pl, sizeof pl, "%s%s", pipe,
+				 d->rec[n].mtype == 1 ? DGST256 : d->rec[n].mtype == 2 ? DGST512 : HEX);
+			size_t len = openssl_bytes(pl, C(d->rec[n].of), data[n], sizeof data[n]);
+			assert_true(len > 0);
+			struct tls_tlsa x = { (uint8_t)d->rec[n].usage, (uint8_t)d->rec[n].selector,
+					      (uint8_t)d->rec[n].mtype, len - (size_t)d->rec[n].cut,
+					      data[n] };
+			t[n] = x;
+		}
+		size_t nn = d->names[0] ? 1 : 0;
+		char detail[300];
+		const char *got = tls_conn_dane_check(p.c, t, n, d->names, nn, detail, sizeof detail);
+		if ((got == NULL) != (d->want == NULL) || (got && strcmp(got, d->want))) {
+			print_message("[%s] got %s (%s), want %s\n", d->name, got ? got : "match",
+				      detail, d->want ? d->want : "match");
+			failures++;
+		}
+		pair_free(&p);
+	}
+	assert_int_equal(failures, 0);
+}
+
 static void test_verify_without_trust_store(void **state)
 {
 	(void)state;
@@ -1141,6 +1277,7 @@ int main(void)
 		cmocka_unit_test(test_tls12_client_with_legacy_server),
 		cmocka_unit_test(test_tls13_client_refuses_tls12_server),
 		cmocka_unit_test(test_many_connections_one_ctx),
+		cmocka_unit_test(test_dane_check),
 	};
 	return cmocka_run_group_tests_name("tls", tests, group_setup, group_teardown);
 }
