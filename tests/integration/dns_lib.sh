@@ -45,6 +45,10 @@
 # DIR/state keeps what reload and stop need (ZONE, PORT, PID, SIGNED, SERIAL, KEYS, BOGUS).
 
 DNS_NSD=${DNS_NSD:-/var/cache/starttls-proxy/nsd-root/usr/sbin/nsd}
+# DNS_PREFIX (an array, e.g. (ip netns exec NS)): what nsd and the checks run under, for a
+# server inside the test's own network namespace (sourced use only).
+# (exec: called only in subshells, a pipeline, $(...) or &, whose pid must be the program's)
+_dns_pre() { exec ${DNS_PREFIX+"${DNS_PREFIX[@]}"} "$@"; }
 DNS_PORT=""
 DNS_PID=""
 DNS_RESOLVER=""
@@ -135,7 +139,7 @@ _dns_set_state() {
 
 # _dns_serial PORT ZONE: the SOA serial served, or nothing.
 _dns_serial() {
-	drill -p "$1" @127.0.0.1 SOA "$2" 2>/dev/null |
+	_dns_pre drill -p "$1" @127.0.0.1 SOA "$2" 2>/dev/null |
 		awk '!/^;/ && $4 == "SOA" { print $7; exit }'
 }
 
@@ -187,7 +191,7 @@ dns_zone_start() {
 	_dns_write_zone "$dir" "$body" || return 1
 
 	# A free port: TCP and UDP both bindable now (nsd needs both).
-	port=$(python3 -c '
+	port=$(_dns_pre python3 -c '
 import socket
 while True:
     t = socket.socket(); t.bind(("127.0.0.1", 0)); p = t.getsockname()[1]
@@ -220,7 +224,7 @@ zone:
 	zonefile: "$dir/zone.served"
 EOF
 	if [ -z "${_DNS_CLI:-}" ] && declare -F spawn >/dev/null; then
-		spawn "nsd-$(basename "$dir")" "$DNS_NSD" -d -c "$dir/nsd.conf"
+		spawn "nsd-$(basename "$dir")" _dns_pre "$DNS_NSD" -d -c "$dir/nsd.conf"
 		pid=$LAST_PID
 	else
 		"$DNS_NSD" -d -c "$dir/nsd.conf" >"$dir/nsd.out" 2>&1 </dev/null &
