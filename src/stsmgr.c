@@ -112,7 +112,7 @@ int stsmgr_file_parse(const char *text, size_t len, char *domain, size_t dlen, c
 		      size_t errlen)
 {
 	size_t i = 0;
-	int have = 0;
+	int have = 0, ended = 0;
 	domain[0] = id[0] = '\0';
 	*fetched = *expires = 0;
 	while (i < len) {
@@ -124,8 +124,10 @@ int stsmgr_file_parse(const char *text, size_t len, char *domain, size_t dlen, c
 		size_t n = (size_t)(nl - (text + i));
 		const char *l = text + i;
 		i += n + 1;
-		if (n == 0)
+		if (n == 0) {
+			ended = 1;
 			break;
+		}
 		if (l[0] == '#')
 			continue;
 		const char *colon = memchr(l, ':', n);
@@ -155,6 +157,10 @@ int stsmgr_file_parse(const char *text, size_t len, char *domain, size_t dlen, c
 			*expires = strtoll(val, NULL, 10);
 			have |= 8;
 		}
+	}
+	if (!ended) {
+		snprintf(err, errlen, "header not ended");
+		return -EINVAL;
 	}
 	if (have != 15) {
 		snprintf(err, errlen, "header incomplete");
