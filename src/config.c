@@ -900,12 +900,27 @@ static void parse_client_keys(struct parse *P, struct section *sec, struct cfg_r
 }
 
 /* The rules between a route and the rows of its policy table, reported at the row. */
-static void check_table(struct parse *P, struct cfg_route *r)
+static void check_table(struct parse *P, struct cfg *c, struct cfg_route *r)
 {
 	const struct policy_table *t = r->policy;
 	int has_name = r->upstream_name && !is_ip_literal(r->upstream_name);
 	for (size_t i = 0; i < t->n; i++) {
 		const struct policy_row *row = &t->rows[i];
+		if (row->level >= CFG_POLICY_MTA_STS) {
+			const char *lv = policy_names[row->level];
+			if (r->protocol != CFG_PROTO_SMTP || !r->upstream.original_dst) {
+				cfg_errors_add(P->errs, "%s:%d: %s needs an SMTP route with upstream = "
+					       "original-destination (route \"%s\")", t->path,
+					       row->line, lv, r->name);
+				P->nerr++;
+			} else if (row->level != CFG_POLICY_MTA_STS && !c->dnssec_trust_anchor) {
+				cfg_errors_add(P->errs, "%s:%d: %s needs DNSSEC validation: set "
+					       "dnssec_trust_anchor", t->path, row->line, lv);
+				P->nerr++;
+			} else {
+				c->late_binding = 1;
+			}
+		}
 		if (r->protocol == CFG_PROTO_TCP && row->has_tls && row->tls == CFG_TLS_STARTTLS) {
 			cfg_errors_add(P->errs, "%s:%d: tls=starttls needs a mail protocol (route \"%s\" "
 				       "is tcp; use tls=implicit)", t->path, row->line, r->name);
@@ -1074,7 +1089,7 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 			else if (rc < 0)
 				P->nerr++;
 			else
-				check_table(P, r);
+				check_table(P, c, r);
 		}
 	}
 	v = CFG_PP_NONE;

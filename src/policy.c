@@ -197,7 +197,8 @@ static int parse_pin(const char *s, size_t len, uint8_t out[32])
 	return n == 32 ? 0 : -EINVAL;
 }
 
-static const char *const level_names[] = { "none", "may", "encrypt", "fingerprint", "verify",
+static const char *const level_names[] = { "none",    "may",     "encrypt", "fingerprint",
+					   "verify",  "mta-sts", "dane",    "auto",
 					   NULL };
 static const char *const tls_names[] = { "none", "starttls", "implicit", NULL };
 static const char *const mode_names[] = { "enforce", "testing", NULL };
@@ -338,6 +339,14 @@ static void check_row(struct load *L, const struct policy_row *row)
 		ERR(L, row->line, "tls=%s contradicts none (no TLS)", tls_names[row->tls]);
 	if (row->level == CFG_POLICY_NONE && (row->nnames || row->ca || row->min_tls))
 		ERR(L, row->line, "names, ca and min_tls need a level with TLS");
+	if (row->level >= CFG_POLICY_MTA_STS) {
+		if (row->nnames || row->ca || row->min_tls)
+			ERR(L, row->line, "%s takes no names, ca or min_tls (the recipient domain's "
+				"policy names the MX host)", level_names[row->level]);
+		if (row->has_tls && row->tls != CFG_TLS_STARTTLS)
+			ERR(L, row->line, "%s needs tls=starttls (the MX speaks SMTP on port 25)",
+			    level_names[row->level]);
+	}
 }
 
 int policy_load(const char *path, struct policy_table **out, struct cfg_errors *errs)
@@ -395,7 +404,7 @@ int policy_load(const char *path, struct policy_table **out, struct cfg_errors *
 		if (level < 0) {
 			if (lv)
 				ERR(&L, lineno, "invalid level \"%s\" (expected none, may, encrypt, "
-				    "fingerprint or verify)", lv);
+				    "fingerprint, verify, mta-sts, dane or auto)", lv);
 			else
 				ERR(&L, lineno, "missing level after \"%s\"", tok);
 			free_row(&row);

@@ -94,6 +94,8 @@ struct session {
 	unsigned char dst_sts_match[SESSION_ADDRS_MAX];
 	struct sockaddr_storage orig;
 	unsigned late_route : 1, late_sts : 1, late_testing : 1, up_verified : 1;
+	enum cfg_policy late_level; /* mta-sts, dane or auto: the route's, or its table row's */
+	enum cfg_mode late_mode;    /* policy_mode of the route or the row */
 	char late_domain[256];
 	const char *late_name[1];
 	/* DANE: each candidate's TLSA records (NULL when none has any), and the current
@@ -861,12 +863,12 @@ static void decide_late(struct session *s)
 	s->pol.tls = CFG_TLS_STARTTLS;
 	s->pol.ctx = r->upstream_side_tls;
 	s->pol.level = s->late_sts ? CFG_POLICY_VERIFY : CFG_POLICY_MAY;
-	s->pol.mode = s->late_testing || r->policy_mode == CFG_MODE_TESTING ? CFG_MODE_TESTING
-									      : CFG_MODE_ENFORCE;
+	s->pol.mode = s->late_testing || s->late_mode == CFG_MODE_TESTING ? CFG_MODE_TESTING
+									    : CFG_MODE_ENFORCE;
 	const struct late_cand *c = s->cands ? &s->cands[s->idst] : NULL;
 	if (c && c->dane) { /* DANE: the host's TLSA records, whatever MTA-STS says */
 		s->pol.level = CFG_POLICY_DANE;
-		s->pol.mode = r->policy_mode;
+		s->pol.mode = s->late_mode;
 		for (size_t i = 0; i < c->ntlsa; i++) {
 			const struct dns_tlsa *t = &c->tlsa[i];
 			struct tls_tlsa x = { t->usage, t->selector, t->mtype,
@@ -1278,14 +1280,14 @@ static void late_report(struct session *s, const struct late_plan *p, const char
 	metrics_policy_failure(s->r->metrics, result, testing);
 	log_event(LOG_WARN, s->id, s->r->name, "policy_failure", "side", "upstream", "result",
 		  result, "mode", testing ? "testing" : "enforce", "policy",
-		  p->dane ? "dane" : p->sts ? "mta-sts" : cfg_policy_name(s->r->upstream_policy),
+		  p->dane ? "dane" : p->sts ? "mta-sts" : cfg_policy_name(s->late_level),
 		  "domain",
 		  p->domain, "upstream", s->up_started ? s->upstream : NULL, "detail", detail, NULL);
 }
 
 static int late_testing(const struct session *s, const struct late_plan *p)
 {
-	return s->r->policy_mode == CFG_MODE_TESTING || !p->sts || p->mode != STS_MODE_ENFORCE;
+	return s->late_mode == CFG_MODE_TESTING || !p->sts || p->mode != STS_MODE_ENFORCE;
 }
 
 static void planned(void *arg, const struct late_plan *p)
@@ -1296,7 +1298,7 @@ static void planned(void *arg, const struct late_plan *p)
 		return;
 	if (p->result)
 		late_report(s, p, p->result, p->detail,
-			    !p->fail || s->r->policy_mode == CFG_MODE_TESTING);
+			    !p->fail || s->late_mode == CFG_MODE_TESTING);
 	if (p->fail) {
 		log_event(LOG_INFO, s->id, s->r->name, "late_bind", "domain", p->domain, "result",
 			  "refused", "reply", p->reply, "detail", p->detail, NULL);
@@ -1347,7 +1349,7 @@ static void checked(void *arg, const struct late_plan *p)
 		ok = 0;
 		snprintf(reply, sizeof(reply), "%s", p->reply);
 		if (p->result)
-			late_report(s, p, p->result, p->detail, s->r->policy_mode == CFG_MODE_TESTING);
+			late_report(s, p, p->result, p->detail, s->late_mode == CFG_MODE_TESTING);
 	} else {
 		if (p->result)
 			late_report(s, p, p->result, p->detail, 1);
@@ -1386,8 +1388,8 @@ static void checked(void *arg, const struct late_plan *p)
 					 "%s has TLSA records for %s; this connection was not "
 					 "authenticated by DANE", p->domain, name);
 			if (res) {
-				late_report(s, p, res, detail, s->r->policy_mode == CFG_MODE_TESTING);
-				if (s->r->policy_mode != CFG_MODE_TESTING) {
+				late_report(s, p, res, detail, s->late_mode == CFG_MODE_TESTING);
+				if (s->late_mode != CFG_MODE_TESTING) {
 					ok = 0;
 					snprintf(reply, sizeof(reply),
 						 "450 4.7.5 Recipient domain's DANE TLSA records do not match "
@@ -1430,8 +1432,8 @@ static void late_lookup(struct session *s, const char *domain, int check)
 	uint16_t port = orig ? port_of(orig) : s->r->upstream.port;
 	if (!check)
 		snprintf(s->late_domain, sizeof(s->late_domain), "%s", domain);
-	s->late_req = res ? late_plan(res, domain, s->r->upstream_policy, orig, port,
-				      s->r->policy_mode == CFG_MODE_TESTING,
+	s->late_req = res ? late_plan(res, domain, s->late_level, orig, port,
+				      s->late_mode == CFG_MODE_TESTING,
 				      check ? checked : planned, s)
 			  : NULL;
 	if (s->late_req)
@@ -1522,9 +1524,36 @@ static void fill_params(const struct session *s, struct proto_params *out)
 
 static int start_proto(struct session *s);
 
+/* A transparent SMTP route whose policy table gives the original destination a recipient
+ * domain level (mta-sts, dane, auto) binds late, like a route with that level. 0, or -1
+ * when the session was closed (no original destination). */
+static int late_from_table(struct session *s)
+{
+	const struct cfg_route *r = s->r;
+	if (s->late_route || !r->upstream.original_dst || !r->policy || r->protocol != CFG_PROTO_SMTP)
+		return 0;
+	struct sockaddr_storage d;
+	if (find_original(s, &d) < 0)
+		return -1;
+	struct session_policy p;
+	policy_decide(r, (const struct sockaddr *)&d, port_of(&d), &p);
+	if (p.level < CFG_POLICY_MTA_STS)
+		return 0;
+	s->late_route = 1;
+	s->late_level = p.level;
+	s->late_mode = p.mode;
+	char src[32];
+	policy_source(&p, src, sizeof(src));
+	log_event(LOG_INFO, s->id, r->name, "late_binding", "policy", cfg_policy_name(p.level),
+		  "source", src, NULL);
+	return 0;
+}
+
 /* The client is who it is (TLS or not): the protocol module starts, then the upstream. */
 static void start(struct session *s)
 {
+	if (late_from_table(s) < 0)
+		return;
 	if (start_proto(s) < 0) {
 		session_close(s, "out of memory");
 		return;
@@ -1651,6 +1680,8 @@ void session_accept(struct session_host *h, struct cfg_route *r, uv_stream_t *se
 	s->cfg = cfg_ref(h->cfg);
 	s->r = r;
 	s->late_route = cfg_route_late(r) && proto_lookup(r->protocol) != NULL;
+	s->late_level = r->upstream_policy;
+	s->late_mode = r->policy_mode;
 	shared_session_id(h->shared, s->id);
 	s->started_ms = s->last_activity_ms = s->client_hs_ms = now_ms(s);
 	uv_timer_init(h->loop, &s->timer);

@@ -65,7 +65,16 @@ protocol = smtp
 upstream = original-destination
 upstream_tls = starttls
 upstream_policy = mta-sts
+
+[route table]                       ; the same, decided by a policy table row
+listen = 127.0.0.1:2526
+protocol = smtp
+upstream = original-destination
+upstream_tls = starttls
+upstream_policy = may
+policy_table = $T/late.table
 EOF
+printf '# per destination\n*:25 mta-sts\n* may\n' >"$T/late.table"
 PROXY_PREFIX=("${IN[@]}")
 start_proxy "$T/proxy.conf"
 # the application's connections to any port 25 (its own source address) go to the proxy
@@ -74,13 +83,15 @@ table ip stp_late {
 	chain output {
 		type nat hook output priority -100;
 		ip saddr 127.0.0.99 tcp dport 25 redirect to :2525
+		ip saddr 127.0.0.98 tcp dport 25 redirect to :2526
 	}
 }
 EOF
 
 make_message "$T/msg" transparent
+SRC=127.0.0.99
 app() { # MX-ADDRESS RCPT: the application sends to that MX itself
-	"${IN[@]}" "$SMTP_PY" "$TOOLS/smtp_send.py" --connect "$1:25" --source 127.0.0.99 \
+	"${IN[@]}" "$SMTP_PY" "$TOOLS/smtp_send.py" --connect "$1:25" --source "$SRC" \
 		--file "$T/msg" --from app@legacy.example --to "$2" >"$T/app.out" 2>&1
 }
 
@@ -122,5 +133,20 @@ if [ "$(head -n 1 "$T/stranger.raw" 2>&1 | tr -d '\r')" = "EHLO fence.example" ]
 	pass stranger_never_contacted
 else
 	fail stranger_never_contacted "$(head -c 200 "$T/stranger.raw" 2>&1) / $(cat "$T/fence.out")"
+fi
+
+# The same through the route whose policy table row (*:25 mta-sts) makes it bind late.
+SRC=127.0.0.98
+if app 127.0.0.11 d@good.example && [ "$(msg_count "$T/mx1.store")" = 2 ]; then
+	pass table_row_late_delivers
+else
+	fail table_row_late_delivers "$(cat "$T/app.out")"
+fi
+expect_log table_row_decided 'route=table .*event=late_binding policy=mta-sts source=table:2'
+expect_log table_row_verified 'route=table .*event=policy upstream=127\.0\.0\.11:25 policy=verify mode=enforce tls=starttls name=mx1\.good\.example source=mta-sts'
+if ! app 127.0.0.12 e@good.example && grep -q '421' "$T/app.out"; then
+	pass table_row_late_blocks
+else
+	fail table_row_late_blocks "$(cat "$T/app.out")"
 fi
 finish

@@ -1382,6 +1382,61 @@ static void test_load_late(void **state)
 	free(path);
 }
 
+/* A policy table may give the recipient-domain levels on a transparent SMTP route only. */
+static void test_load_late_table(void **state)
+{
+	(void)state;
+	char table[600], conf[2048];
+	snprintf(table, sizeof table, "%s/late.table", tmpdir);
+	FILE *f = fopen(table, "w");
+	assert_non_null(f);
+	fputs("# late\n*:25 mta-sts\n* dane\n", f);
+	fclose(f);
+	const struct {
+		const char *route, *global;
+		int ok;
+		int line;          /* the table line named */
+		const char *mention;
+	} cases[] = {
+		{ "protocol = smtp\nupstream = original-destination\nupstream_tls = starttls\n"
+		  "upstream_policy = may\n", "", 1, 0, NULL },
+		{ "protocol = smtp\nupstream = 127.0.0.1:25\nupstream_tls = starttls\n"
+		  "upstream_policy = may\n", "", 0, 2, "upstream = original-destination" },
+		{ "protocol = smtp\nupstream = original-destination\nupstream_tls = starttls\n"
+		  "upstream_policy = may\n", "dnssec_trust_anchor = none\n", 0, 3, "DNSSEC" },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		snprintf(conf, sizeof conf,
+			 "[global]\nca = %s/ca.pem\n%s[route r]\nlisten = 127.0.0.1:20001\n%s"
+			 "policy_table = %s\n",
+			 certdir, cases[i].global, cases[i].route, table);
+		char *path = write_conf(conf);
+		struct cfg *c = NULL;
+		struct cfg_errors errs = { 0 };
+		int rc = cfg_load(path, &c, &errs);
+		if (cases[i].ok) {
+			if (rc)
+				dump_errors(&errs);
+			assert_int_equal(rc, 0);
+			assert_true(c->late_binding);
+			cfg_free(c);
+		} else {
+			char want[700];
+			snprintf(want, sizeof want, "%s:%d: ", table, cases[i].line);
+			int found = 0;
+			for (size_t k = 0; k < errs.n; k++)
+				found |= !strncmp(errs.msg[k], want, strlen(want)) &&
+					 strstr(errs.msg[k], cases[i].mention) != NULL;
+			if (!found)
+				dump_errors(&errs);
+			assert_int_not_equal(rc, 0);
+			assert_true(found);
+		}
+		cfg_errors_free(&errs);
+		free(path);
+	}
+}
+
 static void test_load_optional_features(void **state)
 {
 	(void)state;
@@ -1696,6 +1751,7 @@ int main(void)
 		cmocka_unit_test(test_load_no_files_flag),
 		cmocka_unit_test(test_load_tls_contexts_and_refs),
 		cmocka_unit_test(test_load_late),
+		cmocka_unit_test(test_load_late_table),
 	};
 	return cmocka_run_group_tests_name("config", tests, group_setup, group_teardown);
 }

@@ -130,6 +130,20 @@ static void test_parse_good(void **state)
 	policy_free(t);
 }
 
+/* The recipient-domain levels: rows of a transparent SMTP route's table. */
+static void test_parse_late_levels(void **state)
+{
+	(void)state;
+	struct policy_table *t =
+		load_ok("10.0.0.0/8:25 mta-sts mode=testing\n*:25 auto tls=starttls\n* dane\n");
+	assert_int_equal(t->n, 3);
+	assert_int_equal(t->rows[0].level, CFG_POLICY_MTA_STS);
+	assert_true(t->rows[0].has_mode && t->rows[0].mode == CFG_MODE_TESTING);
+	assert_int_equal(t->rows[1].level, CFG_POLICY_AUTO);
+	assert_int_equal(t->rows[2].level, CFG_POLICY_DANE);
+	policy_free(t);
+}
+
 /* ---- errors: each at its line --------------------------------------------------------- */
 
 static void test_parse_errors(void **state)
@@ -169,6 +183,11 @@ static void test_parse_errors(void **state)
 		{ "mx.example fingerprint sha256=9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A0Z",
 		  "invalid pin" },
 		{ "mx.example verify sha256=9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08",
+		  "needs the fingerprint level" },
+		{ "*:25 mta-sts names=mx.example", "takes no names, ca or min_tls" },
+		{ "*:25 dane min_tls=1.3", "takes no names, ca or min_tls" },
+		{ "*:25 auto tls=implicit", "needs tls=starttls" },
+		{ "*:25 mta-sts sha256=9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08",
 		  "needs the fingerprint level" },
 	};
 	int failures = 0;
@@ -368,6 +387,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_good),
+		cmocka_unit_test(test_parse_late_levels),
 		cmocka_unit_test(test_parse_errors),
 		cmocka_unit_test(test_parse_many_errors),
 		cmocka_unit_test(test_match),
