@@ -63,6 +63,9 @@ redirect MX 10 mx1.good.example.
 _mta-sts.redirect TXT "v=STSv1; id=r1;"
 mta-sts.redirect A 127.0.0.27
 nullmx MX 0 .
+slow MX 10 mx1.good.example.
+_mta-sts.slow TXT "v=STSv1; id=z1;"
+mta-sts.slow A 127.0.0.28
 bogusmx MX 10 mx1.good.example.
 EOF
 }
@@ -199,6 +202,29 @@ dialog dns_answers_per_recipient --connect "127.0.0.1:$PP" expect:220 cmd:250:"E
 	cmd:550:"RCPT TO:<x@nosuchdomain.example>" cmd:451:"RCPT TO:<x@bogusmx.example>" \
 	contains:4.4.3 cmd:221:QUIT
 expect_log bogus_mx_logged 'event=late_bind domain=bogusmx\.example result=refused .*DNSSEC bogus'
+
+# 7b. a policy server that accepts and never answers stalls only its own session: another
+# session on the same worker delivers meanwhile; the stalled one, after the fetch timeout,
+# goes on without a policy (may) and reports the failure.
+start_server slowweb --mode silent --listen "127.0.0.28:$WEBP" --hold 30
+wait_servers
+n1=$(msg_count "$T/mx1.store")
+smtp_send --connect "127.0.0.1:$PP" --file "$T/msg" --from app@legacy.example \
+	--to k@slow.example --timeout 40 >"$T/slow.out" 2>&1 &
+slow_pid=$!
+wait_log 'event=late_bind domain=slow\.example$' 5 || wait_log 'event=late_bind domain=slow\.example' 5
+t0=$(now_ns)
+if send l@nopolicy.example && awk -v s="$(elapsed_since "$t0")" 'BEGIN { exit !(s < 3) }'; then
+	pass other_sessions_not_blocked_by_a_stalled_fetch
+else
+	fail other_sessions_not_blocked_by_a_stalled_fetch "took $(elapsed_since "$t0") s: $(cat "$T/send.out")"
+fi
+if wait "$slow_pid" && stored "$T/mx1.store" $((n1 + 1)); then
+	pass stalled_fetch_then_delivered_as_may
+else
+	fail stalled_fetch_then_delivered_as_may "$(cat "$T/slow.out")"
+fi
+expect_log stalled_fetch_reported 'event=mta_sts domain=slow\.example policy=none result=sts-policy-fetch-error detail=".*timeout'
 
 # 8. a redirect is not followed: no policy (the fetch failure reported), the mail is sent as
 # under may; the target of the redirect was never asked.

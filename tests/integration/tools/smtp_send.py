@@ -3,7 +3,7 @@
 
   smtp_send.py --connect HOST:PORT --file MSG --from ADDR --to ADDR [--to ADDR...]
                [--tls none|starttls|implicit] [--ca FILE] [--name NAME] [--lmtp]
-               [--source IP] [--helo NAME] [--login USER:PASS]
+               [--source IP] [--helo NAME] [--login USER:PASS] [--timeout SEC]
 
 MSG holds CRLF lines; smtplib dot-stuffs it. Prints one JSON line: ok, the EHLO keywords
 seen before and after TLS, refused recipients (code and text), or the error. Exit 0 when
@@ -28,6 +28,7 @@ p.add_argument("--lmtp", action="store_true")
 p.add_argument("--source")
 p.add_argument("--helo", default="smtplib.client.test")
 p.add_argument("--login")
+p.add_argument("--timeout", type=float, default=10.0, help="socket timeout, seconds")
 a = p.parse_args()
 
 host, port = a.connect.rsplit(":", 1)
@@ -46,10 +47,10 @@ try:
         s = smtplib.LMTP(host, int(port), local_hostname=a.helo, source_address=src)
     elif a.tls == "implicit":
         s = smtplib.SMTP_SSL(host, int(port), local_hostname=a.helo, source_address=src,
-                             context=ctx(), timeout=10)
+                             context=ctx(), timeout=a.timeout)
     else:
         s = smtplib.SMTP(host, int(port), local_hostname=a.helo, source_address=src,
-                         timeout=10)
+                         timeout=a.timeout)
     s.ehlo()
     res["ehlo"] = sorted(s.esmtp_features)
     if a.tls == "starttls":
