@@ -277,4 +277,20 @@ dns_zone_reload "$T/dns" "$T/zone3"
 if send judy@good.example; then pass new_id_delivers; else fail new_id_delivers "$(cat "$T/send.out")"; fi
 expect_log new_id_refetched 'event=mta_sts domain=good\.example policy=testing id=g2 source=fetched'
 if grep -q '^id: g2$' "$T/sts-cache/good.example"; then pass cache_file_updated; else fail cache_file_updated "$(head -n 4 "$T/sts-cache/good.example")"; fi
+
+# 12. without mta_sts_cache, policies live in memory: kept across a reload (SIGHUP) while
+# their server is gone.
+stop_proxy proxy2
+grep -v '^mta_sts_cache' "$T/proxy.conf" >"$T/memory.conf"
+start_proxy "$T/memory.conf" proxy3
+dialog memory_first_fetch --connect "127.0.0.1:$PP" expect:220 cmd:250:"EHLO app" \
+	cmd:250:"MAIL FROM:<app@legacy.example>" cmd:450:"RCPT TO:<m@outside.example>" cmd:221:QUIT
+expect_log memory_policy_fetched 'event=mta_sts domain=outside\.example policy=enforce id=o1 source=fetched'
+kill "$WEB_PID_outside" 2>/dev/null
+wait "$WEB_PID_outside" 2>/dev/null
+kill -HUP "$PROXY"
+wait_log 'event=reload result=ok' 5 || fail memory_reload "no event=reload result=ok"
+dialog memory_policy_survives_reload --connect "127.0.0.1:$PP" expect:220 cmd:250:"EHLO app" \
+	cmd:250:"MAIL FROM:<app@legacy.example>" cmd:450:"RCPT TO:<n@outside.example>" cmd:221:QUIT
+expect_log memory_policy_from_cache 'event=mta_sts domain=outside\.example policy=enforce id=o1 source=cache'
 finish
