@@ -1107,6 +1107,10 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	r->xclient = v;
 	if (v && r->protocol != CFG_PROTO_SMTP && r->protocol != CFG_PROTO_LMTP)
 		ERR(P, line_of(sec, "xclient"), "xclient = yes needs protocol = smtp or lmtp");
+	else if (v && cfg_route_late(r))
+		ERR(P, line_of(sec, "xclient"),
+		    "xclient = yes is for a Postfix upstream of one's own, not the recipients' MX "
+		    "hosts (upstream_policy = %s)", policy_names[r->upstream_policy]);
 	v = CFG_BARE_NORMALIZE;
 	get_enum(P, sec, "bare_newline", bare_newline_names, &v);
 	r->bare_newline = v;
