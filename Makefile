@@ -20,7 +20,7 @@ WERROR   ?= $(if $(CI),-Werror,)
 CFLAGS   ?= $(OPT)
 CFLAGS   += -std=gnu11 -Wall -Wextra $(WERROR) -fno-strict-aliasing \
             -Iinclude $(WOLFSSL_CFLAGS) $(UV_CFLAGS) -DSTP_VERSION='"$(VERSION)"' -D_GNU_SOURCE
-LDLIBS   := $(UV_LIBS) $(WOLFSSL_LIBS) -lunbound
+LDLIBS   := $(UV_LIBS) $(WOLFSSL_LIBS) -lunbound -lz
 ifeq ($(SANITIZE),1)
   BUILD  := build-san
   BIN    := build-san/starttls-proxy

@@ -124,6 +124,10 @@ struct cfg {
 	char *mta_sts_cache;
 	uint16_t mta_sts_port;
 	int late_binding; /* some route binds its upstream late (needs DNS) */
+	/* TLSRPT (RFC 8460) reports of those evaluations: directory (NULL: none), SMTP relay
+	 * for mailto: rua, organization-name, period in seconds (0: 1 day) */
+	char *tlsrpt_dir, *tlsrpt_relay, *tlsrpt_org;
+	uint64_t tlsrpt_interval_s;
 	struct cfg_route *routes;
 	size_t nroutes;
 	int refs; /* sessions keep the configuration they started with: cfg_ref/cfg_unref */
@@ -158,7 +162,8 @@ int cfg_load_ticket_keys(const char *path, struct tls_ticket_keys *out,
 void cfg_ticket_keys_free(struct tls_ticket_keys *k); /* wipes the key bytes */
 
 /* Value parsers, exported for tests. Each returns 0 or -EINVAL. */
-int cfg_parse_duration(const char *s, uint64_t *ms);      /* "250ms", "30s", "5m", "30" (s) */
+int cfg_parse_duration(const char *s, uint64_t *ms);      /* "250ms", "30s", "5m", "2h", "1d",
+							     "30" (s) */
 int cfg_parse_hostport(const char *s, char *host, size_t hostlen, uint16_t *port);
                                                            /* "h:p", "1.2.3.4:p", "[::1]:p" */
 int cfg_parse_fingerprint(const char *s, uint8_t out[32]); /* "sha256:HEX" (colons allowed) */

@@ -28,6 +28,10 @@ void metrics_handshake(struct metrics_route *m, int side, const char *version,
  * exported as seconds left; 0 removes the gauge (the side has no certificate). */
 void metrics_cert_expiry(struct metrics_route *m, int side, int64_t not_after);
 void metrics_policy_failure(struct metrics_route *m, const char *result, int testing);
+/* One recipient-domain policy evaluation (a session toward an MX, TLSRPT's unit): type 0
+ * sts, 1 tlsa, 2 no-policy-found (enum tlsrpt_policy); result NULL for success, else the
+ * RFC 8460 result type. */
+void metrics_evaluation(struct metrics_route *m, int type, const char *result);
 /* The exposition text (malloc'd, NUL-terminated); NULL when out of memory. */
 char *metrics_render(size_t *len);
 

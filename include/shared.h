@@ -11,6 +11,7 @@
 #include <uv.h>
 
 struct client_count;
+struct tlsrpt;
 
 struct stp_shared {
 	long active;        /* open sessions, all routes (atomic) */
@@ -19,6 +20,8 @@ struct stp_shared {
 	int workers_done;   /* worker threads whose loop has ended (atomic) */
 	uv_mutex_t clients_lock;
 	struct client_count *clients[1024]; /* (route, client address) -> open sessions */
+	struct tlsrpt *tlsrpt; /* TLSRPT counts (tlsrpt_dir), or NULL; set before the workers
+				  start, freed after they ended (tlsrpt_count is thread-safe) */
 };
 
 /* 0, or a negative errno. */

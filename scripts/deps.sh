@@ -41,7 +41,7 @@ WOLFSSL_PREFIX="$PREFIX_ROOT/wolfssl-$WOLFSSL_VERSION-$key"
 POLICY_RC=${STP_POLICY_RC:-/usr/sbin/policy-rc.d}
 
 BUILD_PACKAGES="build-essential pkg-config libuv1-dev autoconf automake libtool dpkg-dev
- openssl ca-certificates python3 libunbound-dev dns-root-data"
+ openssl ca-certificates python3 libunbound-dev dns-root-data zlib1g-dev"
 TEST_PACKAGES="libcmocka-dev curl python3-aiosmtpd swaks libnet-ssleay-perl socat stunnel4
  haproxy postfix iproute2 procps psmisc libssl-dev clang nftables iptables testssl.sh
  ldnsutils python3-dnspython libevent-2.1-7 libfstrm0 libprotobuf-c1"

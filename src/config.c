@@ -83,6 +83,8 @@ int cfg_parse_duration(const char *s, uint64_t *ms)
 		mult = 60000;
 	else if (strcmp(end, "h") == 0)
 		mult = 3600000;
+	else if (strcmp(end, "d") == 0)
+		mult = 86400000;
 	else
 		return -EINVAL;
 	if (v > UINT64_MAX / mult / 1000) /* keep far from overflow in later arithmetic */
@@ -722,10 +724,36 @@ static void parse_dns_keys(struct parse *P, struct section *sec, struct cfg *c)
 	unsigned port = c->mta_sts_port;
 	get_uint(P, sec, "mta_sts_port", 1, 65535, &port);
 	c->mta_sts_port = (uint16_t)port;
-	refuse_unsupported(P, sec, "tlsrpt_dir", NULL);
-	refuse_unsupported(P, sec, "tlsrpt_relay", NULL);
-	refuse_unsupported(P, sec, "tlsrpt_org", NULL);
-	refuse_unsupported(P, sec, "tlsrpt_interval", NULL);
+	/* TLSRPT (tlsrpt.c makes the directory when it is missing) */
+	e = get(sec, "tlsrpt_dir");
+	if (e && !*e->value)
+		ERR(P, e->line, "tlsrpt_dir: empty path");
+	else if (e)
+		c->tlsrpt_dir = pdup(P, e->value);
+	e = get(sec, "tlsrpt_relay");
+	if (e) {
+		char host[256];
+		uint16_t port;
+		if (cfg_parse_hostport(e->value, host, sizeof(host), &port) < 0 || port == 0)
+			ERR(P, e->line, "tlsrpt_relay: invalid address \"%s\" (expected HOST:PORT)",
+			    e->value);
+		else
+			c->tlsrpt_relay = pdup(P, e->value);
+	}
+	get_string(P, sec, "tlsrpt_org", &c->tlsrpt_org);
+	uint64_t ms = 0;
+	e = get(sec, "tlsrpt_interval");
+	if (e) {
+		get_duration(P, sec, "tlsrpt_interval", &ms);
+		if (ms && (ms % 1000 || ms < 2000))
+			ERR(P, e->line, "tlsrpt_interval: whole seconds, at least 2s (default 1d)");
+		c->tlsrpt_interval_s = ms / 1000;
+	}
+	for (const char *const *k = (const char *const[]){ "tlsrpt_relay", "tlsrpt_org",
+							  "tlsrpt_interval", NULL };
+	     *k; k++)
+		if (get(sec, *k) && !c->tlsrpt_dir)
+			ERR(P, line_of(sec, *k), "%s needs tlsrpt_dir", *k);
 }
 
 /* The recipient-domain levels (mta-sts, dane, auto) and upstream = mx go together with
@@ -1468,6 +1496,9 @@ void cfg_free(struct cfg *c)
 	free(c->resolver);
 	free(c->dnssec_trust_anchor);
 	free(c->mta_sts_cache);
+	free(c->tlsrpt_dir);
+	free(c->tlsrpt_relay);
+	free(c->tlsrpt_org);
 	cfg_ticket_keys_free(&c->tickets);
 	free(c);
 }

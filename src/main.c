@@ -6,6 +6,7 @@
 #include "listener.h"
 #include "probe.h"
 #include "shared.h"
+#include "tlsrpt.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -201,6 +202,30 @@ static void reload_failed(const char *error)
 /* SIGHUP: load and check the file again (certificates and keys included); on success the
  * workers switch to it, keeping the listeners of addresses that stay and the sessions
  * already open; on any error the running configuration stays. */
+static int same_str(const char *a, const char *b)
+{
+	return a == b || (a && b && !strcmp(a, b));
+}
+
+/* TLSRPT on the main loop, shared by the workers: 0, or -1 (logged). */
+static int start_tlsrpt(uv_loop_t *loop, const struct cfg *c)
+{
+	if (!c->tlsrpt_dir)
+		return 0;
+	char contact[320], err[300];
+	snprintf(contact, sizeof(contact), "postmaster@%s", c->helo_name);
+	struct tlsrpt_opts o = { .dir = c->tlsrpt_dir, .org = c->tlsrpt_org,
+				 .submitter = c->helo_name, .contact = contact,
+				 .interval_s = c->tlsrpt_interval_s, .relay = c->tlsrpt_relay,
+				 .resolver = c->resolver, .trust_anchor = c->dnssec_trust_anchor,
+				 .ca = c->ca, .helo = c->helo_name };
+	if (tlsrpt_new(loop, &o, &shared.tlsrpt, err, sizeof(err)) < 0) {
+		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", err, NULL);
+		return -1;
+	}
+	return 0;
+}
+
 static void reload(void)
 {
 	struct cfg_errors errs = { 0 };
@@ -253,6 +278,13 @@ static void reload(void)
 	}
 	log_setup(nc->log_level, nc->log_format == CFG_LOG_JSON);
 	attach_metrics(current, nc);
+	if (!same_str(nc->tlsrpt_dir, current->tlsrpt_dir) ||
+	    !same_str(nc->tlsrpt_relay, current->tlsrpt_relay) ||
+	    !same_str(nc->tlsrpt_org, current->tlsrpt_org) ||
+	    nc->tlsrpt_interval_s != current->tlsrpt_interval_s)
+		log_event(LOG_WARN, NULL, NULL, "reload", "note",
+			  "tlsrpt_dir, tlsrpt_relay, tlsrpt_org and tlsrpt_interval take effect at the "
+			  "next restart", NULL);
 	if (nc->has_admin_listen != current->has_admin_listen ||
 	    (nc->has_admin_listen && !cfg_addr_equal(&nc->admin_listen, &current->admin_listen)))
 		log_event(LOG_WARN, NULL, NULL, "reload", "note",
@@ -384,6 +416,8 @@ int main(int argc, char **argv)
 		}
 	}
 	uv_loop_t *loop = uv_default_loop();
+	if (start_tlsrpt(loop, cfg) < 0)
+		return 1;
 	if (cfg->has_admin_listen && admin_start(loop, &cfg->admin_listen, perr, sizeof(perr)) < 0) {
 		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", perr, NULL);
 		return 1;
@@ -419,11 +453,16 @@ int main(int argc, char **argv)
 	}
 	admin_set_ready(1);
 	uv_run(loop, UV_RUN_DEFAULT); /* until SIGTERM/SIGINT and every worker has drained */
-	uv_loop_close(loop);
 
 	for (int i = 0; i < nworkers; i++)
 		worker_join(&workers[i]);
 	free(workers);
+	if (shared.tlsrpt) { /* the periods in memory go to the spool */
+		tlsrpt_free(shared.tlsrpt);
+		shared.tlsrpt = NULL;
+		uv_run(loop, UV_RUN_DEFAULT);
+	}
+	uv_loop_close(loop);
 	log_event(LOG_INFO, NULL, NULL, "stopped", NULL);
 	cfg_unref(current);
 	shared_destroy(&shared);

@@ -12,9 +12,12 @@ static const char *const versions[] = { "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"
 #define NVERSIONS 5
 static const char *const results[] = {
 	"starttls-not-supported", "certificate-host-mismatch", "certificate-expired",
-	"certificate-not-trusted", "validation-failure", "tls-handshake-failure", "other",
+	"certificate-not-trusted", "validation-failure", "tls-handshake-failure",
+	"sts-policy-fetch-error", "sts-policy-invalid", "sts-webpki-invalid", "tlsa-invalid",
+	"dnssec-invalid", "dane-required", "other",
 };
-#define NRESULTS 7
+#define NRESULTS 13
+static const char *const policy_types[] = { "sts", "tlsa", "no-policy-found" };
 
 struct metrics_route {
 	struct metrics_route *next;
@@ -23,6 +26,7 @@ struct metrics_route {
 	uint64_t bytes_up, bytes_down;
 	uint64_t handshakes[2][NVERSIONS][NRESULTS + 1]; /* side, version, 0 ok or result + 1 */
 	uint64_t policy[NRESULTS][2];         /* result, testing */
+	uint64_t evals[3][NRESULTS + 1];      /* policy type, 0 success or result + 1 */
 	int64_t cert_not_after[2];            /* side; 0: no certificate */
 	char name[];
 };
@@ -113,6 +117,12 @@ void metrics_policy_failure(struct metrics_route *m, const char *result, int tes
 	ADD(m->policy[result_index(result)][testing ? 1 : 0], 1);
 }
 
+void metrics_evaluation(struct metrics_route *m, int type, const char *result)
+{
+	if (m && type >= 0 && type < 3)
+		ADD(m->evals[type][result ? result_index(result) + 1 : 0], 1);
+}
+
 struct out {
 	char *buf;
 	size_t len, cap;
@@ -190,6 +200,20 @@ char *metrics_render(size_t *len)
 					     "starttls_proxy_policy_failures_total{route=\"%s\","
 					     "result=\"%s\",mode=\"%s\"} %llu\n",
 					     m->name, results[r], t ? "testing" : "enforce",
+					     (unsigned long long)n);
+			}
+	emit(&o, "# HELP starttls_proxy_policy_evaluations_total Recipient-domain policy "
+		 "evaluations (TLSRPT sessions) by policy type and result.\n"
+		 "# TYPE starttls_proxy_policy_evaluations_total counter\n");
+	for (struct metrics_route *m = first; m; m = m->next)
+		for (int t = 0; t < 3; t++)
+			for (int r = 0; r <= NRESULTS; r++) {
+				uint64_t n = GET(m->evals[t][r]);
+				if (n)
+					emit(&o,
+					     "starttls_proxy_policy_evaluations_total{route=\"%s\","
+					     "policy_type=\"%s\",result=\"%s\"} %llu\n",
+					     m->name, policy_types[t], r ? results[r - 1] : "success",
 					     (unsigned long long)n);
 			}
 	emit(&o, "# HELP starttls_proxy_bytes_total Plaintext bytes relayed (up: client to "

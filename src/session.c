@@ -12,6 +12,7 @@
 #include "shared.h"
 #include "stsmgr.h"
 #include "tls.h"
+#include "tlsrpt.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -102,6 +103,7 @@ struct session {
 	 * candidate's as tls.h wants them */
 	struct late_cand *cands;
 	struct tls_tlsa tlsa[LATE_TLSA_MAX];
+	struct sts_policy *late_pol; /* the bound domain's MTA-STS policy (late_sts) */
 };
 
 static const struct ep_ops down_ops, up_ops;
@@ -180,6 +182,7 @@ static void handle_closed(struct session *s)
 	late_cancel(s->late_req);
 	late_res_unref(s->late);
 	free(s->cands);
+	free(s->late_pol);
 	buf_free(&s->early);
 	proto_actions_free(&s->acts);
 	cfg_unref(s->cfg);
@@ -307,6 +310,7 @@ static void arm_timer(struct session *s)
 
 static void upstream_unreachable(struct session *s, const char *error);
 static void policy_failure(struct session *s, const char *result, const char *detail);
+static void late_eval_conn(struct session *s, const char *result);
 static void exec_actions(struct session *s);
 static int start_upstream_tls(struct session *s);
 static void late_lookup(struct session *s, const char *domain, int check);
@@ -438,6 +442,8 @@ static int check_upstream_tls(struct session *s)
 	const char *verify = resumed ? "resumed"
 			     : check == TLS_CHECK_NONE && !dane ? "skipped"
 			     : result ? "failed" : "ok";
+	if (s->late_route)
+		late_eval_conn(s, result);
 	if (s->late_route) { /* what a later recipient's policy may ask of this connection */
 		const char *name = s->dst_name[s->idst];
 		char d2[200];
@@ -497,6 +503,10 @@ static void maybe_done(struct session *s)
  * do the client's early bytes (tcp routes) move. */
 static void up_ready(struct session *s)
 {
+	/* a recipient's MX without STARTTLS under no policy: reported to the domain too (a
+	 * policy that required TLS reported it through PA_POLICY already) */
+	if (s->late_route && !s->up.tls && !s->plain_retry && s->pol.level == CFG_POLICY_MAY)
+		late_eval_conn(s, "starttls-not-supported");
 	s->up_ready = 1;
 	s->last_activity_ms = now_ms(s);
 	arm_timer(s);
@@ -567,6 +577,7 @@ static void exec_actions(struct session *s)
 			snprintf(detail, sizeof(detail), "%.*s", (int)x.len,
 				 (const char *)a->buf + x.off);
 			policy_failure(s, x.reason, detail[0] ? detail : NULL);
+			late_eval_conn(s, x.reason);
 			break;
 		}
 		case PA_BIND:
@@ -750,6 +761,7 @@ static void upstream_tls_failed(struct session *s, const char *error)
 	metrics_handshake(s->r->metrics, METRICS_UPSTREAM, NULL, "tls-handshake-failure");
 	if (s->pol.level != CFG_POLICY_MAY)
 		policy_failure(s, "tls-handshake-failure", error);
+	late_eval_conn(s, "tls-handshake-failure");
 	if (s->proto && s->pol.tls == CFG_TLS_STARTTLS && !s->plain_retry &&
 	    (s->pol.level == CFG_POLICY_MAY || !enforcing(s))) {
 		retry_plain(s, error);
@@ -1273,11 +1285,109 @@ static struct late_res *late_res_of(struct session *s, char *err, size_t len)
 	return h->late;
 }
 
+/* ---- TLSRPT: one evaluation per session toward an MX, and per refused recipient ---------- */
+
+static void ip_of(const struct sockaddr_storage *a, char *buf, size_t len)
+{
+	buf[0] = '\0';
+	if (a->ss_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)a)->sin_addr, buf,
+			  (socklen_t)len);
+	else if (a->ss_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)a)->sin6_addr, buf,
+			  (socklen_t)len);
+}
+
+/* type: TLSRPT_STS (pol), TLSRPT_TLSA (c's records) or TLSRPT_NONE; mx, rip: the MX host
+ * and address when a session was made (NULL otherwise); result: NULL for success. */
+static void late_eval(struct session *s, const char *domain, enum tlsrpt_policy type,
+		      const struct sts_policy *pol, const struct late_cand *c, const char *mx,
+		      const struct sockaddr_storage *rip, const char *result)
+{
+	metrics_evaluation(s->r->metrics, (int)type, result);
+	struct tlsrpt *rp = s->h->shared ? s->h->shared->tlsrpt : NULL;
+	if (!rp)
+		return;
+	static __thread char lines[STS_MX_MAX + 3][STS_NAME_MAX + 16];
+	const char *strs[STS_MX_MAX + 3], *mxs[STS_MX_MAX];
+	size_t ns = 0, nm = 0;
+	if (type == TLSRPT_STS && pol) {
+		snprintf(lines[ns], sizeof(lines[0]), "version: STSv1");
+		strs[ns] = lines[ns], ns++;
+		snprintf(lines[ns], sizeof(lines[0]), "mode: %s", sts_mode_name(pol->mode));
+		strs[ns] = lines[ns], ns++;
+		for (size_t i = 0; i < pol->nmx; i++) {
+			snprintf(lines[ns], sizeof(lines[0]), "mx: %s", pol->mx[i]);
+			strs[ns] = lines[ns], ns++;
+			mxs[nm++] = pol->mx[i];
+		}
+		snprintf(lines[ns], sizeof(lines[0]), "max_age: %u", (unsigned)pol->max_age);
+		strs[ns] = lines[ns], ns++;
+	} else if (type == TLSRPT_TLSA && c) {
+		for (size_t i = 0; i < c->ntlsa && ns < LATE_TLSA_MAX; i++) {
+			const struct dns_tlsa *t = &c->tlsa[i];
+			int o = snprintf(lines[ns], sizeof(lines[0]), "%u %u %u ", t->usage, t->selector,
+					 t->mtype);
+			for (size_t k = 0; k < t->len && k < DNS_TLSA_DATA_MAX &&
+					   (size_t)o + 3 < sizeof(lines[0]);
+			     k++)
+				o += snprintf(lines[ns] + o, sizeof(lines[0]) - (size_t)o, "%02X",
+					      t->data[k]);
+			strs[ns] = lines[ns], ns++;
+		}
+	}
+	char sip[INET6_ADDRSTRLEN] = "", rips[INET6_ADDRSTRLEN] = "";
+	if (rip)
+		ip_of(rip, rips, sizeof(rips));
+	struct sockaddr_storage local;
+	int ll = sizeof(local);
+	if (rip && s->up.open && uv_tcp_getsockname(&s->up.tcp, (struct sockaddr *)&local, &ll) == 0)
+		ip_of(&local, sip, sizeof(sip));
+	struct tlsrpt_eval e = { .domain = domain, .type = type, .policy_strings = strs,
+				 .npolicy_strings = ns, .mx_hosts = mxs, .nmx_hosts = nm,
+				 .success = result == NULL, .result_type = result,
+				 .sending_ip = sip[0] ? sip : NULL,
+				 .receiving_mx_hostname = mx && mx[0] ? mx : NULL,
+				 .receiving_ip = rips[0] ? rips : NULL };
+	tlsrpt_count(rp, &e);
+}
+
+/* The session toward the bound domain's MX passed (NULL) or failed the policy. */
+static void late_eval_conn(struct session *s, const char *result)
+{
+	if (!s->late_route || !s->up_started)
+		return;
+	const struct late_cand *c = s->cands ? &s->cands[s->idst] : NULL;
+	enum tlsrpt_policy type = s->pol.level == CFG_POLICY_DANE ? TLSRPT_TLSA
+				  : s->late_sts			   ? TLSRPT_STS
+								   : TLSRPT_NONE;
+	late_eval(s, s->late_domain, type, s->late_pol, c, s->dst_name[s->idst], &s->dst[s->idst],
+		  result);
+}
+
+/* The policy type a plan's failure is reported under. */
+static enum tlsrpt_policy plan_type(const struct late_plan *p, const char *result)
+{
+	if (p->dane || (result && (!strcmp(result, "dnssec-invalid") || !strcmp(result, "tlsa-invalid") ||
+				   !strcmp(result, "dane-required"))))
+		return TLSRPT_TLSA;
+	if (p->sts || (result && !strncmp(result, "sts-", 4)))
+		return TLSRPT_STS;
+	return TLSRPT_NONE;
+}
+
 /* A recipient domain's policy failure: logged and counted (testing: not enforced). */
 static void late_report(struct session *s, const struct late_plan *p, const char *result,
-			const char *detail, int testing)
+			const char *detail, int testing, int conn)
 {
 	metrics_policy_failure(s->r->metrics, result, testing);
+	/* TLSRPT: against the connected MX (conn) or before any session (the plan) */
+	const struct late_cand *c = NULL;
+	for (size_t i = 0; conn && i < p->n && !c; i++)
+		if (!strcasecmp(p->c[i].name, s->dst_name[s->idst]))
+			c = &p->c[i];
+	late_eval(s, p->domain, plan_type(p, result), p->policy, c,
+		  conn ? s->dst_name[s->idst] : NULL, conn ? &s->dst[s->idst] : NULL, result);
 	log_event(LOG_WARN, s->id, s->r->name, "policy_failure", "side", "upstream", "result",
 		  result, "mode", testing ? "testing" : "enforce", "policy",
 		  p->dane ? "dane" : p->sts ? "mta-sts" : cfg_policy_name(s->late_level),
@@ -1298,7 +1408,7 @@ static void planned(void *arg, const struct late_plan *p)
 		return;
 	if (p->result)
 		late_report(s, p, p->result, p->detail,
-			    !p->fail || s->late_mode == CFG_MODE_TESTING);
+			    !p->fail || s->late_mode == CFG_MODE_TESTING, 0);
 	if (p->fail) {
 		log_event(LOG_INFO, s->id, s->r->name, "late_bind", "domain", p->domain, "result",
 			  "refused", "reply", p->reply, "detail", p->detail, NULL);
@@ -1308,6 +1418,10 @@ static void planned(void *arg, const struct late_plan *p)
 	}
 	s->late_sts = p->sts;
 	s->late_testing = p->sts && p->mode == STS_MODE_TESTING;
+	free(s->late_pol);
+	s->late_pol = NULL;
+	if (p->sts && p->policy && (s->late_pol = malloc(sizeof(*s->late_pol))))
+		*s->late_pol = *p->policy;
 	free(s->cands);
 	s->cands = NULL;
 	if (p->dane && !(s->cands = malloc(sizeof(*s->cands) * p->n))) {
@@ -1343,22 +1457,22 @@ static void checked(void *arg, const struct late_plan *p)
 	if (s->closed || s->ending)
 		return;
 	const char *name = s->dst_name[s->idst];
-	int ok = 1;
+	int ok = 1, reported = 0, routed = 1;
 	char reply[300] = "", detail[900];
 	if (p->fail) {
 		ok = 0;
 		snprintf(reply, sizeof(reply), "%s", p->reply);
 		if (p->result)
-			late_report(s, p, p->result, p->detail, s->late_mode == CFG_MODE_TESTING);
+			late_report(s, p, p->result, p->detail, s->late_mode == CFG_MODE_TESTING, 0);
 	} else {
 		if (p->result)
-			late_report(s, p, p->result, p->detail, 1);
+			late_report(s, p, p->result, p->detail, 1, 0);
 		if (!s->r->upstream.original_dst) {
 			int same = 0;
 			for (size_t i = 0; i < p->n && !same; i++)
 				same = !strcasecmp(p->c[i].name, name);
 			if (!same) {
-				ok = 0;
+				ok = routed = 0;
 				snprintf(reply, sizeof(reply),
 					 "452 4.5.3 Recipient's domain has other mail servers; send it "
 					 "in another transaction");
@@ -1388,7 +1502,8 @@ static void checked(void *arg, const struct late_plan *p)
 					 "%s has TLSA records for %s; this connection was not "
 					 "authenticated by DANE", p->domain, name);
 			if (res) {
-				late_report(s, p, res, detail, s->late_mode == CFG_MODE_TESTING);
+				late_report(s, p, res, detail, s->late_mode == CFG_MODE_TESTING, 1);
+				reported = 1;
 				if (s->late_mode != CFG_MODE_TESTING) {
 					ok = 0;
 					snprintf(reply, sizeof(reply),
@@ -1406,7 +1521,8 @@ static void checked(void *arg, const struct late_plan *p)
 			late_report(s, p,
 				    s->up.tls && s->up.tls_ready ? "validation-failure"
 								 : "starttls-not-supported",
-				    detail, testing);
+				    detail, testing, 1);
+			reported = 1;
 			if (!testing) {
 				ok = 0;
 				snprintf(reply, sizeof(reply),
@@ -1414,6 +1530,14 @@ static void checked(void *arg, const struct late_plan *p)
 					 "this connection; try again later");
 			}
 		}
+	}
+	if (!p->fail && routed && !reported) { /* this connection meets the domain's policy */
+		const struct late_cand *c = NULL;
+		for (size_t i = 0; i < p->n && !c; i++)
+			if (!strcasecmp(p->c[i].name, name))
+				c = &p->c[i];
+		late_eval(s, p->domain, c && c->dane ? TLSRPT_TLSA : p->sts ? TLSRPT_STS : TLSRPT_NONE,
+			  p->policy, c, name, &s->dst[s->idst], NULL);
 	}
 	log_event(LOG_INFO, s->id, s->r->name, "late_check", "domain", p->domain, "result",
 		  ok ? "ok" : "refused", "reply", ok ? NULL : reply, NULL);

@@ -26,7 +26,7 @@ if [ -n "${STP_SRC:-}" ]; then
 else
 	OUT=${FUZZ_OUT:-$ROOT/build/fuzz}
 fi
-ALL=(proto_smtp ehlo config policy ticket_keys mtasts fetch dns)
+ALL=(proto_smtp ehlo config policy ticket_keys mtasts fetch dns tlsrpt)
 
 secs=60
 build_only=0
@@ -58,7 +58,7 @@ CFLAGS=(-std=gnu11 -g -O1 -Wall -Wextra -Wno-unused-parameter -fno-strict-aliasi
 	"-fsanitize=address,undefined" -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 	"-I$ROOT/include" "-I$WOLFSSL_PREFIX/include" "${UV_CFLAGS[@]}" -D_GNU_SOURCE
 	'-DSTP_VERSION="fuzz"')
-LIBS=("${UV_LIBS[@]}" "$WOLFSSL_PREFIX/lib/libwolfssl.a" -lm -lpthread -lunbound)
+LIBS=("${UV_LIBS[@]}" "$WOLFSSL_PREFIX/lib/libwolfssl.a" -lm -lpthread -lunbound -lz)
 
 mkdir -p "$OUT/obj" "$OUT/artifacts"
 

@@ -217,7 +217,8 @@ static void test_parse_duration(void **state)
 		{ "ms", 0, 0 },
 		{ "s", 0, 0 },
 		{ "m", 0, 0 },
-		{ "5d", 0, 0 },
+		{ "5d", 1, 432000000ULL },
+		{ "5w", 0, 0 },
 		{ "5sm", 0, 0 },
 		{ "5ms5", 0, 0 },
 		{ "abc", 0, 0 },
@@ -1038,7 +1039,12 @@ static const struct err_case err_cases[] = {
 	{ "mta_sts_cache not a directory", G "mta_sts_cache = @C@/ca.pem\n" R1,
 	  { "mta_sts_cache" }, 0, "writable directory", 1 },
 	{ "mta_sts_port out of range", G "mta_sts_port = 0\n" R1, { "mta_sts_port" }, 0, NULL, 0 },
-	{ "tlsrpt_dir not yet", G "tlsrpt_dir = /tmp\n" R1, { "tlsrpt_dir" }, 0, "not supported", 0 },
+	{ "tlsrpt_relay without tlsrpt_dir", G "tlsrpt_relay = 127.0.0.1:25\n" R1,
+	  { "tlsrpt_relay" }, 0, "needs tlsrpt_dir", 0 },
+	{ "tlsrpt_relay not HOST:PORT", G "tlsrpt_dir = @T@/rpt\ntlsrpt_relay = relay\n" R1,
+	  { "tlsrpt_relay" }, 0, "HOST:PORT", 0 },
+	{ "tlsrpt_interval below 2s", G "tlsrpt_dir = @T@/rpt\ntlsrpt_interval = 500ms\n" R1,
+	  { "tlsrpt_interval" }, 0, "at least 2s", 0 },
 };
 
 /* One bad value for one key. The line is built into a valid config; for route keys it

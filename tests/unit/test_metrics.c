@@ -397,6 +397,7 @@ static const char *const families[][2] = {
 	{ "starttls_proxy_connections_active", "gauge" },
 	{ "starttls_proxy_tls_handshakes_total", "counter" },
 	{ "starttls_proxy_policy_failures_total", "counter" },
+	{ "starttls_proxy_policy_evaluations_total", "counter" },
 	{ "starttls_proxy_bytes_total", "counter" },
 	{ "starttls_proxy_certificate_expiry_seconds", "gauge" },
 };
@@ -833,6 +834,32 @@ static void test_concurrent_updates(void **state)
 	free(text);
 }
 
+/* Recipient-domain evaluations: per policy type and result, success as "success", an
+ * unknown result as "other". */
+static void test_evaluations(void **state)
+{
+	(void)state;
+	struct metrics_route *m = metrics_route("evals");
+	assert_non_null(m);
+	metrics_evaluation(m, 0, NULL);
+	metrics_evaluation(m, 1, "dnssec-invalid");
+	metrics_evaluation(m, 1, "dnssec-invalid");
+	metrics_evaluation(m, 2, "no-such-result");
+	metrics_evaluation(m, 7, NULL); /* not a type: ignored */
+	size_t len;
+	char *text = metrics_render(&len);
+	assert_non_null(text);
+	assert_non_null(strstr(text, "starttls_proxy_policy_evaluations_total{route=\"evals\","
+				     "policy_type=\"sts\",result=\"success\"} 1\n"));
+	assert_non_null(strstr(text, "starttls_proxy_policy_evaluations_total{route=\"evals\","
+				     "policy_type=\"tlsa\",result=\"dnssec-invalid\"} 2\n"));
+	assert_non_null(strstr(text, "starttls_proxy_policy_evaluations_total{route=\"evals\","
+				     "policy_type=\"no-policy-found\",result=\"other\"} 1\n"));
+	int samples = -1;
+	assert_int_equal(check_exposition(text, len, &samples), 0);
+	free(text);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -844,6 +871,7 @@ int main(void)
 		cmocka_unit_test(test_route_names_need_no_escaping),
 		cmocka_unit_test(test_exposition_format),
 		cmocka_unit_test(test_concurrent_updates),
+		cmocka_unit_test(test_evaluations),
 	};
 	return cmocka_run_group_tests_name("metrics", tests, NULL, NULL);
 }
