@@ -879,17 +879,22 @@ static void decide_late(struct session *s)
 									    : CFG_MODE_ENFORCE;
 	const struct late_cand *c = s->cands ? &s->cands[s->idst] : NULL;
 	if (c && c->dane) { /* DANE: the host's TLSA records, whatever MTA-STS says */
-		s->pol.level = CFG_POLICY_DANE;
-		s->pol.mode = s->late_mode;
+		size_t usable = 0;
 		for (size_t i = 0; i < c->ntlsa; i++) {
 			const struct dns_tlsa *t = &c->tlsa[i];
 			struct tls_tlsa x = { t->usage, t->selector, t->mtype,
 					      t->len <= DNS_TLSA_DATA_MAX ? t->len : 0, t->data };
 			s->tlsa[i] = x;
+			usable += tls_tlsa_usable(&x) ? 1 : 0;
 		}
+		s->pol.mode = s->late_mode;
+		/* only unusable records: TLS is still mandatory, without authentication (RFC 7672
+		 * §2.2: never a downgrade to plaintext) */
+		s->pol.level = usable ? CFG_POLICY_DANE : CFG_POLICY_ENCRYPT;
 		s->pol.tlsa = s->tlsa;
 		s->pol.ntlsa = c->ntlsa;
 	}
+
 	if (s->dst_name[s->idst][0]) {
 		s->late_name[0] = s->dst_name[s->idst];
 		s->pol.names = s->late_name;
@@ -909,9 +914,10 @@ static void decide(struct session *s)
 	char src[32];
 	if (s->late_route)
 		snprintf(src, sizeof(src), "%s",
-			 s->pol.level == CFG_POLICY_DANE ? "dane"
-			 : s->late_sts			 ? "mta-sts"
-							 : "no-policy");
+			 s->pol.level == CFG_POLICY_DANE	 ? "dane"
+			 : s->cands && s->cands[s->idst].dane ? "dane-unusable"
+			 : s->late_sts				 ? "mta-sts"
+								 : "no-policy");
 	else
 		policy_source(&s->pol, src, sizeof(src));
 	addr_text((const struct sockaddr *)d, s->upstream, sizeof(s->upstream));
@@ -1358,9 +1364,9 @@ static void late_eval_conn(struct session *s, const char *result)
 	if (!s->late_route || !s->up_started)
 		return;
 	const struct late_cand *c = s->cands ? &s->cands[s->idst] : NULL;
-	enum tlsrpt_policy type = s->pol.level == CFG_POLICY_DANE ? TLSRPT_TLSA
-				  : s->late_sts			   ? TLSRPT_STS
-								   : TLSRPT_NONE;
+	enum tlsrpt_policy type = c && c->dane ? TLSRPT_TLSA
+				  : s->late_sts	 ? TLSRPT_STS
+						 : TLSRPT_NONE;
 	late_eval(s, s->late_domain, type, s->late_pol, c, s->dst_name[s->idst], &s->dst[s->idst],
 		  result);
 }

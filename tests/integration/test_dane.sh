@@ -51,6 +51,12 @@ mx.bogus A 127.0.0.34
 _$MXP._tcp.mx.bogus TLSA 3 1 1 $EE
 notlsa MX 10 mx.notlsa
 mx.notlsa A 127.0.0.35
+unusable MX 10 mx.unusable
+mx.unusable A 127.0.0.31
+_$MXP._tcp.mx.unusable TLSA 1 1 1 $EE
+unusableplain MX 10 mx.unusableplain
+mx.unusableplain A 127.0.0.35
+_$MXP._tcp.mx.unusableplain TLSA 0 0 1 $CA
 autodane MX 10 mx.autodane
 mx.autodane A 127.0.0.31
 _$MXP._tcp.mx.autodane TLSA 3 1 1 $EE
@@ -134,6 +140,17 @@ log_never dane_bogus_never_contacted "upstream=127\.0\.0\.34:" 'event=close reas
 # No TLSA (securely none): opportunistic.
 if send f@notlsa.example && stored "$T/notlsa.store" 1; then pass dane_no_tlsa_may; else fail dane_no_tlsa_may "$(cat "$T/send.out")"; fi
 expect_log dane_no_tlsa_is_may "event=policy upstream=127\.0\.0\.35:$MXP policy=may .*source=no-policy domain=notlsa\.example"
+
+# Only unusable TLSA records (PKIX-EE, PKIX-TA: not for SMTP): TLS stays mandatory, without
+# authentication (RFC 7672 §2.2): an MX with any certificate takes the mail, one without
+# STARTTLS does not.
+n=$(msg_count "$T/ee.store")
+if send i@unusable.example && stored "$T/ee.store" $((n + 1)); then pass dane_unusable_tls_unauthenticated; else fail dane_unusable_tls_unauthenticated "$(cat "$T/send.out")"; fi
+expect_log dane_unusable_is_encrypt "event=policy upstream=127\.0\.0\.31:$MXP policy=encrypt mode=enforce tls=starttls name=mx\.unusable\.example source=dane-unusable"
+n=$(msg_count "$T/notlsa.store")
+blocked dane_unusable_no_plaintext "$PP" j@unusableplain.example 421
+expect_log dane_unusable_plaintext_reported 'event=policy_failure side=upstream result=starttls-not-supported mode=enforce policy=encrypt'
+if [ "$(msg_count "$T/notlsa.store")" = "$n" ]; then pass dane_unusable_plain_mx_got_nothing; else fail dane_unusable_plain_mx_got_nothing "stored"; fi
 
 # auto: DANE first (the MTA-STS policy, which this MX would fail, is not used) ...
 PP=$PA
