@@ -148,6 +148,15 @@ int dns_parse_reply(const uint8_t *pkt, size_t len, int rrtype, struct dns_resul
 /* Frees the TXT buffers of a result filled by dns_parse_reply (n and txt[] reset). */
 void dns_result_release(struct dns_result *r);
 
+/* "IP", "IP:PORT", "[IPv6]:PORT" or a bare IPv6 address (dns_opts.resolver) as
+ * libunbound's "IP@PORT" (port 53 when absent): 0, or -EINVAL. */
+int dns_parse_resolver(const char *s, char *out, size_t cap);
+/* Applies o's resolver and trust anchor to a libunbound context as dns_new does (also for a
+ * blocking context of tlsrpt.c's thread-pool lookups) and reads the anchor now: 0, or
+ * -EINVAL / -ENOMEM with err. */
+struct ub_ctx;
+int dns_configure_ub(struct ub_ctx *ctx, const struct dns_opts *o, char *err, size_t errlen);
+
 const char *dns_status_name(enum dns_status s);     /* "ok", "nxdomain", "nodata",
 						       "servfail", "timeout", "error" */
 const char *dns_security_name(enum dns_security s); /* "insecure", "secure", "bogus" */

@@ -50,4 +50,11 @@ int sts_mx_match(const struct sts_policy *p, const char *host);
 
 const char *sts_mode_name(enum sts_mode m);
 
+/* The extension grammar MTA-STS (RFC 8461 §3.1) and TLSRPT (RFC 8460 §3) share:
+ * sts_ext_name_len: the length of the name at s, (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" /
+ * "-" / "."), 0 when s does not start one; sts_ext_char: c may stand in a value
+ * (%x21-3A / %x3C / %x3E-7E). */
+size_t sts_ext_name_len(const char *s, size_t n);
+int sts_ext_char(int c);
+
 #endif

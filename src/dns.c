@@ -954,8 +954,7 @@ void dns_free(struct dns *d)
 	uv_close((uv_handle_t *)&d->idle, dns_handle_closed);
 }
 
-/* "IP", "IP:PORT", "[IPv6]:PORT" or a bare IPv6 address as libunbound's "IP@PORT". */
-static int parse_resolver(const char *s, char *out, size_t cap)
+int dns_parse_resolver(const char *s, char *out, size_t cap)
 {
 	char addr[INET6_ADDRSTRLEN + 1];
 	const char *port = NULL;
@@ -998,13 +997,52 @@ static int parse_resolver(const char *s, char *out, size_t cap)
 	return 0;
 }
 
+int dns_configure_ub(struct ub_ctx *ctx, const struct dns_opts *o, char *err, size_t errlen)
+{
+	char fwd[INET6_ADDRSTRLEN + 8];
+	int ubrc;
+	if (o->resolver && dns_parse_resolver(o->resolver, fwd, sizeof fwd) < 0) {
+		snprintf(err, errlen, "resolver \"%s\": not IP, IP:PORT or [IPv6]:PORT",
+			 o->resolver);
+		return -EINVAL;
+	}
+	const char *what = "do-not-query-localhost";
+	/* A forwarder on 127.0.0.1 (a local resolver, the tests' server) is allowed. */
+	ubrc = ub_ctx_set_option(ctx, "do-not-query-localhost:", "no");
+	if (!ubrc && !o->trust_anchor) {
+		what = "module-config";
+		ubrc = ub_ctx_set_option(ctx, "module-config:", "iterator");
+	}
+	if (!ubrc) {
+		what = o->resolver ? o->resolver : "/etc/resolv.conf";
+		ubrc = o->resolver ? ub_ctx_set_fwd(ctx, fwd) : ub_ctx_resolvconf(ctx, NULL);
+	}
+	if (!ubrc && o->trust_anchor) {
+		what = o->trust_anchor;
+		ubrc = ub_ctx_add_ta_file(ctx, o->trust_anchor);
+	}
+	if (!ubrc) {
+		/* Applies the configuration now (reads the trust anchor), so that errors show
+		 * here rather than at the first query: libunbound finalizes a context in any
+		 * call that needs its local zones, and removing a zone that is not there
+		 * changes nothing. */
+		what = o->trust_anchor ? o->trust_anchor : "configuration";
+		ubrc = ub_ctx_zone_remove(ctx, "stp-dns-finalize.invalid.");
+	}
+	if (ubrc) {
+		snprintf(err, errlen, "libunbound: %s: %s", what, ub_strerror(ubrc));
+		return ubrc == UB_NOMEM ? -ENOMEM : -EINVAL;
+	}
+	return 0;
+}
+
 int dns_new(uv_loop_t *loop, const struct dns_opts *o, struct dns **out, char *err,
 	    size_t errlen)
 {
 	char fwd[INET6_ADDRSTRLEN + 8];
 	int ubrc;
 	*out = NULL;
-	if (o->resolver && parse_resolver(o->resolver, fwd, sizeof fwd) < 0) {
+	if (o->resolver && dns_parse_resolver(o->resolver, fwd, sizeof fwd) < 0) {
 		snprintf(err, errlen, "resolver \"%s\": not IP, IP:PORT or [IPv6]:PORT",
 			 o->resolver);
 		return -EINVAL;
@@ -1034,34 +1072,11 @@ int dns_new(uv_loop_t *loop, const struct dns_opts *o, struct dns **out, char *e
 		snprintf(err, errlen, "libunbound: cannot create a context");
 		return -ENOMEM;
 	}
-	const char *what = "do-not-query-localhost";
-	/* A forwarder on 127.0.0.1 (a local resolver, the tests' server) is allowed. */
-	ubrc = ub_ctx_set_option(d->ctx, "do-not-query-localhost:", "no");
-	if (!ubrc && !o->trust_anchor) {
-		what = "module-config";
-		ubrc = ub_ctx_set_option(d->ctx, "module-config:", "iterator");
-	}
-	if (!ubrc) {
-		what = o->resolver ? o->resolver : "/etc/resolv.conf";
-		ubrc = o->resolver ? ub_ctx_set_fwd(d->ctx, fwd) : ub_ctx_resolvconf(d->ctx, NULL);
-	}
-	if (!ubrc && o->trust_anchor) {
-		what = o->trust_anchor;
-		ubrc = ub_ctx_add_ta_file(d->ctx, o->trust_anchor);
-	}
-	if (!ubrc) {
-		/* Applies the configuration now (reads the trust anchor), so that errors show
-		 * here rather than at the first query: libunbound finalizes a context in any
-		 * call that needs its local zones, and removing a zone that is not there
-		 * changes nothing. */
-		what = o->trust_anchor ? o->trust_anchor : "configuration";
-		ubrc = ub_ctx_zone_remove(d->ctx, "stp-dns-finalize.invalid.");
-	}
-	if (ubrc) {
-		snprintf(err, errlen, "libunbound: %s: %s", what, ub_strerror(ubrc));
+	ubrc = dns_configure_ub(d->ctx, o, err, errlen);
+	if (ubrc < 0) {
 		ub_ctx_delete(d->ctx);
 		free(d);
-		return ubrc == UB_NOMEM ? -ENOMEM : -EINVAL;
+		return ubrc;
 	}
 	uv_timer_init(loop, &d->timer);
 	uv_idle_init(loop, &d->idle);

@@ -16,8 +16,7 @@ static int is_alnum(int c)
 	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
 }
 
-/* sts-ext-name / policy key: (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".") */
-static size_t name_len(const char *s, size_t n)
+size_t sts_ext_name_len(const char *s, size_t n)
 {
 	size_t i = 0;
 	if (n == 0 || !is_alnum((unsigned char)s[0]))
@@ -30,8 +29,7 @@ static size_t name_len(const char *s, size_t n)
 	return i;
 }
 
-/* sts-ext-value: 1*(%x21-3A / %x3C / %x3E-7E) */
-static int ext_char(int c)
+int sts_ext_char(int c)
 {
 	return c >= 0x21 && c <= 0x7e && c != ';' && c != '=';
 }
@@ -86,7 +84,7 @@ int sts_parse_txt(const char *const *records, const size_t *lens, size_t n, char
 			i++;
 		if (i == len)
 			break; /* a trailing delimiter */
-		size_t k = name_len(r + i, len - i);
+		size_t k = sts_ext_name_len(r + i, len - i);
 		if (k == 0 || i + k >= len || r[i + k] != '=') {
 			snprintf(err, errlen, "TXT record: a field name= expected at offset %zu", i);
 			return -EINVAL;
@@ -94,7 +92,8 @@ int sts_parse_txt(const char *const *records, const size_t *lens, size_t n, char
 		int is_id = k == 2 && memcmp(r + i, "id", 2) == 0;
 		i += k + 1;
 		size_t v = i;
-		while (i < len && (is_id ? is_alnum((unsigned char)r[i]) : ext_char((unsigned char)r[i])))
+		while (i < len && (is_id ? is_alnum((unsigned char)r[i])
+					 : sts_ext_char((unsigned char)r[i])))
 			i++;
 		if (i == v || (is_id && i - v > STS_ID_MAX)) {
 			snprintf(err, errlen, is_id ? "TXT record: id must be 1 to 32 letters or digits"
@@ -175,7 +174,7 @@ int sts_parse_policy(const char *text, size_t len, struct sts_policy *out, char 
 		i = e + 1;
 		if (n == 0)
 			continue; /* a blank line */
-		size_t k = name_len(s, n);
+		size_t k = sts_ext_name_len(s, n);
 		if (k == 0 || k >= n || s[k] != ':') {
 			snprintf(err, errlen, "line %d: \"key: value\" expected", line);
 			goto bad;
@@ -186,7 +185,7 @@ int sts_parse_policy(const char *text, size_t len, struct sts_policy *out, char 
 		const char *val = s + v;
 		size_t vn = n - v;
 		for (size_t j = 0; j < vn; j++)
-			if (!ext_char((unsigned char)val[j]) && val[j] != '=') {
+			if (!sts_ext_char((unsigned char)val[j]) && val[j] != '=') {
 				snprintf(err, errlen, "line %d: invalid character in the value", line);
 				goto bad;
 			}

@@ -4,6 +4,7 @@
 
 #include "config.h"
 #include "dns.h"
+#include "mtasts.h"
 #include "fetch.h"
 #include "log.h"
 #include "tls.h"
@@ -1244,25 +1245,6 @@ static int starts_tlsrpt(const char *r, size_t n)
 	return i == n ? i == k : r[i] == ';';
 }
 
-/* tlsrpt-ext-name: (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".") */
-static size_t ext_name_len(const char *s, size_t n)
-{
-	size_t i;
-	if (n == 0 || !is_alnum((unsigned char)s[0]))
-		return 0;
-	for (i = 1; i < n && i < 32; i++) {
-		int c = (unsigned char)s[i];
-		if (!is_alnum(c) && c != '_' && c != '-' && c != '.')
-			break;
-	}
-	return i;
-}
-
-static int ext_char(int c)
-{
-	return c >= 0x21 && c <= 0x7e && c != ';' && c != '=';
-}
-
 /* RFC 3986 characters a tlsrpt-uri may hold raw (",", "!" and ";" must be encoded). */
 static int uri_char(int c)
 {
@@ -1481,7 +1463,7 @@ int tlsrpt_parse_txt(const char *const *records, const size_t *lens, size_t n,
 			i++;
 		if (i == len)
 			break; /* a trailing delimiter */
-		size_t k = ext_name_len(r + i, len - i);
+		size_t k = sts_ext_name_len(r + i, len - i);
 		if (k == 0 || i + k >= len || r[i + k] != '=') {
 			snprintf(err, errlen, "TXT record: a field name= expected at offset %zu", i);
 			goto bad;
@@ -1489,7 +1471,7 @@ int tlsrpt_parse_txt(const char *const *records, const size_t *lens, size_t n,
 		if (k != 3 || memcmp(r + i, "rua", 3) != 0) { /* an extension: skipped */
 			i += k + 1;
 			size_t v = i;
-			while (i < len && ext_char((unsigned char)r[i]))
+			while (i < len && sts_ext_char((unsigned char)r[i]))
 				i++;
 			if (i == v) {
 				snprintf(err, errlen, "TXT record: empty or invalid field value at "
@@ -1871,7 +1853,6 @@ struct tlsrpt {
 	struct period *periods; /* under mu */
 	/* immutable after tlsrpt_new (read by the thread pool) */
 	char *dir, *org, *submitter, *contact, *relay_host, *resolver, *trust_anchor, *ca, *helo;
-	char fwd[INET6_ADDRSTRLEN + 8];
 	uint16_t relay_port;
 	int64_t interval_s, grace_ms, settle_ms, retry_ms, timeout_ms;
 	unsigned hold_lock_ms;
@@ -2172,49 +2153,6 @@ static int is_domain_dir(const char *n)
 
 /* ================================================================ DNS (thread pool) */
 
-/* "IP", "IP:PORT", "[IPv6]:PORT" -> libunbound's "IP@PORT". */
-static int parse_resolver(const char *s, char *out, size_t cap)
-{
-	char addr[INET6_ADDRSTRLEN + 1];
-	const char *port = NULL, *colon = strchr(s, ':');
-	size_t alen;
-	if (s[0] == '[') {
-		const char *end = strchr(s, ']');
-		if (!end)
-			return -EINVAL;
-		alen = (size_t)(end - s - 1);
-		s++;
-		if (end[1] == ':')
-			port = end + 2;
-		else if (end[1])
-			return -EINVAL;
-	} else if (colon && !strchr(colon + 1, ':')) {
-		alen = (size_t)(colon - s);
-		port = colon + 1;
-	} else {
-		alen = strlen(s);
-	}
-	if (alen == 0 || alen >= sizeof addr)
-		return -EINVAL;
-	memcpy(addr, s, alen);
-	addr[alen] = '\0';
-	unsigned char bin[16];
-	if (inet_pton(AF_INET, addr, bin) != 1 && inet_pton(AF_INET6, addr, bin) != 1)
-		return -EINVAL;
-	unsigned long p = 53;
-	if (port) {
-		char *end;
-		if (!is_digit((unsigned char)*port))
-			return -EINVAL;
-		errno = 0;
-		p = strtoul(port, &end, 10);
-		if (errno || *end || p == 0 || p > 65535)
-			return -EINVAL;
-	}
-	snprintf(out, cap, "%s@%lu", addr, p);
-	return 0;
-}
-
 /* A blocking libunbound context configured as dns.c configures its own. */
 static struct ub_ctx *make_ub(const struct tlsrpt *r, char *err, size_t errlen)
 {
@@ -2223,26 +2161,8 @@ static struct ub_ctx *make_ub(const struct tlsrpt *r, char *err, size_t errlen)
 		snprintf(err, errlen, "libunbound: cannot create a context");
 		return NULL;
 	}
-	const char *what = "do-not-query-localhost";
-	int rc = ub_ctx_set_option(ub, "do-not-query-localhost:", "no");
-	if (!rc && !r->trust_anchor) {
-		what = "module-config";
-		rc = ub_ctx_set_option(ub, "module-config:", "iterator");
-	}
-	if (!rc) {
-		what = r->resolver ? r->resolver : "/etc/resolv.conf";
-		rc = r->resolver ? ub_ctx_set_fwd(ub, r->fwd) : ub_ctx_resolvconf(ub, NULL);
-	}
-	if (!rc && r->trust_anchor) {
-		what = r->trust_anchor;
-		rc = ub_ctx_add_ta_file(ub, r->trust_anchor);
-	}
-	if (!rc) {
-		what = r->trust_anchor ? r->trust_anchor : "configuration";
-		rc = ub_ctx_zone_remove(ub, "stp-tlsrpt-finalize.invalid.");
-	}
-	if (rc) {
-		snprintf(err, errlen, "libunbound: %s: %s", what, ub_strerror(rc));
+	struct dns_opts o = { .resolver = r->resolver, .trust_anchor = r->trust_anchor };
+	if (dns_configure_ub(ub, &o, err, errlen) < 0) {
 		ub_ctx_delete(ub);
 		return NULL;
 	}
@@ -3182,7 +3102,7 @@ int tlsrpt_new(uv_loop_t *loop, const struct tlsrpt_opts *o, struct tlsrpt **out
 		snprintf(err, errlen, "tlsrpt_relay \"%s\": not HOST:PORT", o->relay);
 		return -EINVAL;
 	}
-	if (o->resolver && parse_resolver(o->resolver, fwd, sizeof fwd) < 0) {
+	if (o->resolver && dns_parse_resolver(o->resolver, fwd, sizeof fwd) < 0) {
 		snprintf(err, errlen, "resolver \"%s\": not IP, IP:PORT or [IPv6]:PORT", o->resolver);
 		return -EINVAL;
 	}
@@ -3222,7 +3142,6 @@ int tlsrpt_new(uv_loop_t *loop, const struct tlsrpt_opts *o, struct tlsrpt **out
 	r->resolver = dup_or(o->resolver, NULL, &oom);
 	r->trust_anchor = dup_or(o->trust_anchor, NULL, &oom);
 	r->ca = dup_or(ca, NULL, &oom);
-	memcpy(r->fwd, fwd, sizeof fwd);
 	r->interval_s = (int64_t)interval;
 	r->grace_ms = o->grace_ms ? (int64_t)o->grace_ms
 				  : (int64_t)(interval * 100 < GRACE_MAX_MS ? interval * 100 : GRACE_MAX_MS);

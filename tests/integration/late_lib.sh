@@ -11,6 +11,7 @@
 #                                        $T/web.pem (its pid: WEB_PID_DOMAIN)
 #   send RCPT...                         one message from smtplib through the proxy on PP;
 #                                        its JSON result in $T/send.out
+#   mx_route NAME PORT LEVEL             a [route] to the recipients' MX hosts (mx:MXP)
 #   stored STORE N                       the store holds N messages (waits up to 5 s)
 #   last_meta STORE                      the envelope (JSON) of the newest message
 
@@ -47,6 +48,12 @@ send() { # RCPT... ; JSON result in $T/send.out
 	for r in "$@"; do args+=(--to "$r"); done
 	smtp_send --connect "127.0.0.1:$PP" --file "$T/msg" --from app@legacy.example \
 		"${args[@]}" >"$T/send.out" 2>&1
+}
+
+# mx_route NAME PORT LEVEL: the configuration of a late-binding route toward mx:MXP.
+mx_route() {
+	printf '[route %s]\nlisten = 127.0.0.1:%s\nprotocol = smtp\nupstream = mx:%s\n' "$1" "$2" "$MXP"
+	printf 'upstream_tls = starttls\nupstream_policy = %s\n\n' "$3"
 }
 
 # stored STORE N: the store holds N messages (waits up to 5 s for them).

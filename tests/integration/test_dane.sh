@@ -85,19 +85,8 @@ free_port PA
 cat >"$T/proxy.conf" <<EOF
 $(global_section "helo_name = proxy.example" "resolver = $DNS_RESOLVER" \
 	"dnssec_trust_anchor = $DNS_ANCHOR" "mta_sts_port = $WEBP")
-[route dane]
-listen = 127.0.0.1:$PP
-protocol = smtp
-upstream = mx:$MXP
-upstream_tls = starttls
-upstream_policy = dane
-
-[route auto]
-listen = 127.0.0.1:$PA
-protocol = smtp
-upstream = mx:$MXP
-upstream_tls = starttls
-upstream_policy = auto
+$(mx_route dane "$PP" dane)
+$(mx_route auto "$PA" auto)
 EOF
 start_proxy "$T/proxy.conf"
 make_message "$T/msg" dane

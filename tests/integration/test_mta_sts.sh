@@ -103,12 +103,7 @@ free_port PP
 cat >"$T/proxy.conf" <<EOF
 $(global_section "helo_name = proxy.example" "resolver = $DNS_RESOLVER" \
 	"dnssec_trust_anchor = $DNS_ANCHOR" "mta_sts_cache = $T/sts-cache" "mta_sts_port = $WEBP")
-[route out]
-listen = 127.0.0.1:$PP
-protocol = smtp
-upstream = mx:$MXP
-upstream_tls = starttls
-upstream_policy = mta-sts
+$(mx_route out "$PP" mta-sts)
 EOF
 start_proxy "$T/proxy.conf"
 

@@ -47,12 +47,7 @@ cat >"$T/proxy.conf" <<EOF
 $(global_section "helo_name = proxy.example" "resolver = $DNS_RESOLVER" \
 	"dnssec_trust_anchor = none" "mta_sts_port = $WEBP" "tlsrpt_dir = $T/rpt" \
 	"tlsrpt_relay = 127.0.0.1:$RELAY" "tlsrpt_org = Example Org" "tlsrpt_interval = 2s")
-[route out]
-listen = 127.0.0.1:$PP
-protocol = smtp
-upstream = mx:$MXP
-upstream_tls = starttls
-upstream_policy = mta-sts
+$(mx_route out "$PP" mta-sts)
 EOF
 start_proxy "$T/proxy.conf"
 make_message "$T/msg" tlsrpt
