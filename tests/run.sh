@@ -6,7 +6,8 @@
 #
 # Optional: STP_TESTS='glob [glob...]' runs only the tests whose name (test_foo, without
 # .sh) matches one of the globs; STP_TEST_TIMEOUT (seconds, default 300) bounds each
-# integration script; STP_VERBOSE=1 shows the full output of unit binaries.
+# integration script (a script may ask for more with a header line "# stp-timeout: N");
+# STP_VERBOSE=1 shows the full output of unit binaries.
 # The last line is "N passed, N failed, N skipped"; the exit status is non-zero on any
 # failure. An integration script counts as one failure when it exits non-zero without a
 # FAIL line, times out, or reports no check at all; one that only SKIPs gets a note.
@@ -100,8 +101,11 @@ kill_leftovers() {
 
 # -- integration tests ----------------------------------------------------------------------
 run_integration() {
-	local script=$1 name line p=0 f=0 s=0 rc t0 secs
+	local script=$1 name line p=0 f=0 s=0 rc t0 secs limit=$TIMEOUT own
 	name=$(basename "$script" .sh)
+	# A script that needs longer says so in its header: "# stp-timeout: SECONDS".
+	own=$(head -n 30 "$script" | sed -n 's/^# stp-timeout: \([0-9][0-9]*\).*$/\1/p' | head -n 1)
+	[ -n "$own" ] && [ "$own" -gt "$limit" ] && limit=$own
 	local tag="stp-run-$$-$name-$RANDOM$RANDOM"
 	printf '%s%s%s\n' "$BOLD" "integration/$name" "$RESET"
 	t0=$(date +%s)
@@ -115,16 +119,16 @@ run_integration() {
 		SKIP\ *) s=$((s + 1)); printf '  %sSKIP%s %s\n' "$YELLOW" "$RESET" "${line#SKIP }" ;;
 		*) printf '  %s\n' "$line" ;;
 		esac
-	done < <(cd "$ROOT" && STP_TEST_TAG=$tag timeout -k 30 "$TIMEOUT" bash "$script" </dev/null 2>&1
+	done < <(cd "$ROOT" && STP_TEST_TAG=$tag timeout -k 30 "$limit" bash "$script" </dev/null 2>&1
 		echo "__rc=$?")
 	kill_leftovers "$tag"
 	secs=$(($(date +%s) - t0))
 	if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
 		if [ "$f" -eq 0 ]; then
-			printf '  %sFAIL%s %s: timed out after %ss\n' "$RED" "$RESET" "$name" "$TIMEOUT"
+			printf '  %sFAIL%s %s: timed out after %ss\n' "$RED" "$RESET" "$name" "$limit"
 			f=1
 		else
-			echo "  (the script timed out after ${TIMEOUT}s)"
+			echo "  (the script timed out after ${limit}s)"
 		fi
 	elif [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
 		printf '  %sFAIL%s %s: exited with status %s without reporting a failure\n' \

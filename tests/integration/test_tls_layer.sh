@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# stp-timeout: 600  (two full testssl.sh audits: four minutes on a 2-core machine)
 # The TLS layer as an outside auditor and a hostile client see it:
 #  - testssl.sh against an implicit-TLS and a STARTTLS route with default settings: any
 #    VULNERABLE or NOT ok line fails (testssl's findings are printed as notes);
