@@ -26,7 +26,7 @@ if [ -n "${STP_SRC:-}" ]; then
 else
 	OUT=${FUZZ_OUT:-$ROOT/build/fuzz}
 fi
-ALL=(proto_smtp ehlo config policy ticket_keys mtasts fetch dns tlsrpt)
+ALL=(proto_smtp ehlo config policy ticket_keys mtasts fetch dns tlsrpt rcpt)
 
 secs=60
 build_only=0
