@@ -689,6 +689,15 @@ static void expect(const struct got *g, enum dns_status st, enum dns_security se
 			 dns_status_name(st), dns_security_name(sec), n, g->r.why_bogus);
 }
 
+/* query + wait_for + expect: one lookup and its outcome. */
+static void ask(uv_loop_t *loop, struct dns *d, const char *name, int type, struct got *g,
+		enum dns_status st, enum dns_security sec, size_t n, const char *what)
+{
+	query(d, name, type, g);
+	wait_for(loop, g, what);
+	expect(g, st, sec, n, what);
+}
+
 static void test_live_mx(void **state)
 {
 	(void)state;
@@ -696,9 +705,7 @@ static void test_live_mx(void **state)
 	uv_loop_t loop;
 	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
 	static struct got g;
-	query(d, "example.", DNS_T_MX, &g);
-	wait_for(&loop, &g, "MX example.");
-	expect(&g, DNS_OK, DNS_SECURE, 3, "MX example.");
+	ask(&loop, d, "example.", DNS_T_MX, &g, DNS_OK, DNS_SECURE, 3, "MX example.");
 	assert_int_equal(g.r.rrtype, DNS_T_MX);
 	assert_int_equal(g.r.u.mx[0].pref, 10);
 	assert_string_equal(g.r.u.mx[0].host, "mx1.example");
@@ -710,9 +717,7 @@ static void test_live_mx(void **state)
 	assert_string_equal(g.r.why_bogus, "");
 	assert_string_equal(g.r.canonical, "");
 
-	query(d, "NullMX.Example", DNS_T_MX, &g);
-	wait_for(&loop, &g, "MX nullmx");
-	expect(&g, DNS_OK, DNS_SECURE, 1, "MX nullmx");
+	ask(&loop, d, "NullMX.Example", DNS_T_MX, &g, DNS_OK, DNS_SECURE, 1, "MX nullmx");
 	assert_int_equal(g.r.u.mx[0].pref, 0);
 	assert_string_equal(g.r.u.mx[0].host, "");
 	close_dns(&loop, d);
@@ -823,14 +828,10 @@ static void test_live_insecure_without_anchor(void **state)
 	uv_loop_t loop;
 	struct dns *d = open_dns(&loop, L.resolver, NULL, 0);
 	static struct got g;
-	query(d, "example", DNS_T_MX, &g);
-	wait_for(&loop, &g, "MX example without anchor");
-	expect(&g, DNS_OK, DNS_INSECURE, 3, "MX example without anchor");
+	ask(&loop, d, "example", DNS_T_MX, &g, DNS_OK, DNS_INSECURE, 3, "MX example without anchor");
 	assert_string_equal(g.r.u.mx[0].host, "mx1.example");
 	/* Without validation the corrupted RRSIG goes unnoticed: the record is handed out. */
-	query(d, "bogus.example", DNS_T_A, &g);
-	wait_for(&loop, &g, "A bogus.example without anchor");
-	expect(&g, DNS_OK, DNS_INSECURE, 1, "A bogus.example without anchor");
+	ask(&loop, d, "bogus.example", DNS_T_A, &g, DNS_OK, DNS_INSECURE, 1, "A bogus.example without anchor");
 	close_dns(&loop, d);
 }
 
@@ -841,22 +842,16 @@ static void test_live_bogus(void **state)
 	uv_loop_t loop;
 	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
 	static struct got g;
-	query(d, "bogus.example", DNS_T_A, &g);
-	wait_for(&loop, &g, "A bogus.example");
-	expect(&g, DNS_SERVFAIL, DNS_BOGUS, 0, "A bogus.example");
+	ask(&loop, d, "bogus.example", DNS_T_A, &g, DNS_SERVFAIL, DNS_BOGUS, 0, "A bogus.example");
 	assert_true(strlen(g.r.why_bogus) > 0);
 	print_message("why_bogus: %s\n", g.r.why_bogus);
 	/* The rest of the zone still validates. */
-	query(d, "mx2.example", DNS_T_A, &g);
-	wait_for(&loop, &g, "A mx2.example");
-	expect(&g, DNS_OK, DNS_SECURE, 1, "A mx2.example");
+	ask(&loop, d, "mx2.example", DNS_T_A, &g, DNS_OK, DNS_SECURE, 1, "A mx2.example");
 	close_dns(&loop, d);
 
 	/* An anchor that matches no key: everything under it is bogus. */
 	d = open_dns(&loop, L.resolver, L.bad_anchor, 0);
-	query(d, "example", DNS_T_MX, &g);
-	wait_for(&loop, &g, "MX example, wrong anchor");
-	expect(&g, DNS_SERVFAIL, DNS_BOGUS, 0, "MX example, wrong anchor");
+	ask(&loop, d, "example", DNS_T_MX, &g, DNS_SERVFAIL, DNS_BOGUS, 0, "MX example, wrong anchor");
 	assert_true(g.r.why_bogus[0] != '\0');
 	close_dns(&loop, d);
 }
@@ -868,16 +863,10 @@ static void test_live_negative(void **state)
 	uv_loop_t loop;
 	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
 	static struct got g;
-	query(d, "nope.example", DNS_T_A, &g);
-	wait_for(&loop, &g, "A nope.example");
-	expect(&g, DNS_NXDOMAIN, DNS_SECURE, 0, "A nope.example");
+	ask(&loop, d, "nope.example", DNS_T_A, &g, DNS_NXDOMAIN, DNS_SECURE, 0, "A nope.example");
 	assert_true(g.r.ttl > 0 && g.r.ttl <= 300);
-	query(d, "mx1.example", DNS_T_MX, &g);
-	wait_for(&loop, &g, "MX mx1.example");
-	expect(&g, DNS_NODATA, DNS_SECURE, 0, "MX mx1.example");
-	query(d, "_25._tcp.nope.example", DNS_T_TLSA, &g);
-	wait_for(&loop, &g, "TLSA _25._tcp.nope.example");
-	expect(&g, DNS_NXDOMAIN, DNS_SECURE, 0, "TLSA _25._tcp.nope.example");
+	ask(&loop, d, "mx1.example", DNS_T_MX, &g, DNS_NODATA, DNS_SECURE, 0, "MX mx1.example");
+	ask(&loop, d, "_25._tcp.nope.example", DNS_T_TLSA, &g, DNS_NXDOMAIN, DNS_SECURE, 0, "TLSA _25._tcp.nope.example");
 	close_dns(&loop, d);
 }
 
@@ -888,9 +877,7 @@ static void test_live_addresses(void **state)
 	uv_loop_t loop;
 	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
 	static struct got g;
-	query(d, "mx1.example", DNS_T_A, &g);
-	wait_for(&loop, &g, "A mx1.example");
-	expect(&g, DNS_OK, DNS_SECURE, 2, "A mx1.example");
+	ask(&loop, d, "mx1.example", DNS_T_A, &g, DNS_OK, DNS_SECURE, 2, "A mx1.example");
 	uint32_t seen = 0;
 	for (size_t i = 0; i < 2; i++) {
 		const struct sockaddr_in *sin = (const struct sockaddr_in *)&g.r.u.addr[i];
@@ -901,9 +888,7 @@ static void test_live_addresses(void **state)
 	}
 	assert_int_equal(seen, 3);
 
-	query(d, "mx1.example", DNS_T_AAAA, &g);
-	wait_for(&loop, &g, "AAAA mx1.example");
-	expect(&g, DNS_OK, DNS_SECURE, 1, "AAAA mx1.example");
+	ask(&loop, d, "mx1.example", DNS_T_AAAA, &g, DNS_OK, DNS_SECURE, 1, "AAAA mx1.example");
 	const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&g.r.u.addr[0];
 	assert_int_equal(sin6->sin6_family, AF_INET6);
 	assert_int_equal(sin6->sin6_port, 0);
@@ -912,9 +897,7 @@ static void test_live_addresses(void **state)
 	assert_memory_equal(&sin6->sin6_addr, &want, 16);
 
 	/* Two CNAMEs: the data of the last name, its name as canonical. */
-	query(d, "Chain.Example.", DNS_T_A, &g);
-	wait_for(&loop, &g, "A chain.example");
-	expect(&g, DNS_OK, DNS_SECURE, 2, "A chain.example");
+	ask(&loop, d, "Chain.Example.", DNS_T_A, &g, DNS_OK, DNS_SECURE, 2, "A chain.example");
 	assert_string_equal(g.r.canonical, "mx1.example");
 	close_dns(&loop, d);
 }
@@ -926,9 +909,7 @@ static void test_live_txt(void **state)
 	uv_loop_t loop;
 	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
 	static struct got g;
-	query(d, "txt.example", DNS_T_TXT, &g);
-	wait_for(&loop, &g, "TXT txt.example");
-	expect(&g, DNS_OK, DNS_SECURE, 2, "TXT txt.example");
+	ask(&loop, d, "txt.example", DNS_T_TXT, &g, DNS_OK, DNS_SECURE, 2, "TXT txt.example");
 	int sts = g.r.txt_len[0] == 28 ? 0 : 1;
 	assert_int_equal(g.r.txt_len[sts], 28);
 	assert_string_equal(g.txt[sts], "v=STSv1; id=20240101T000000;");
@@ -937,9 +918,7 @@ static void test_live_txt(void **state)
 	assert_int_equal(g.r.txt_trunc[0] | g.r.txt_trunc[1], 0);
 
 	/* 5000 octets: over TCP (truncated over UDP), cut to DNS_TXT_MAX and flagged. */
-	query(d, "big.example", DNS_T_TXT, &g);
-	wait_for(&loop, &g, "TXT big.example");
-	expect(&g, DNS_OK, DNS_SECURE, 1, "TXT big.example");
+	ask(&loop, d, "big.example", DNS_T_TXT, &g, DNS_OK, DNS_SECURE, 1, "TXT big.example");
 	assert_int_equal(g.r.txt_len[0], DNS_TXT_MAX);
 	assert_int_equal(g.r.txt_trunc[0], 1);
 	assert_int_equal(strlen(g.txt[0]), DNS_TXT_MAX);
@@ -954,9 +933,7 @@ static void test_live_tlsa(void **state)
 	uv_loop_t loop;
 	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
 	static struct got g;
-	query(d, "_25._tcp.mx1.example", DNS_T_TLSA, &g);
-	wait_for(&loop, &g, "TLSA _25._tcp.mx1.example");
-	expect(&g, DNS_OK, DNS_SECURE, 1, "TLSA _25._tcp.mx1.example");
+	ask(&loop, d, "_25._tcp.mx1.example", DNS_T_TLSA, &g, DNS_OK, DNS_SECURE, 1, "TLSA _25._tcp.mx1.example");
 	const struct dns_tlsa *t = &g.r.u.tlsa[0];
 	assert_int_equal(t->usage, 3);
 	assert_int_equal(t->selector, 1);
@@ -965,9 +942,7 @@ static void test_live_tlsa(void **state)
 	assert_int_equal(t->data[0], 0x8a);
 	assert_int_equal(t->data[31], 0xe6);
 	/* 100 octets of data (matching type 0): kept with its length, unusable. */
-	query(d, "_25._tcp.mx2.example", DNS_T_TLSA, &g);
-	wait_for(&loop, &g, "TLSA _25._tcp.mx2.example");
-	expect(&g, DNS_OK, DNS_SECURE, 1, "TLSA _25._tcp.mx2.example");
+	ask(&loop, d, "_25._tcp.mx2.example", DNS_T_TLSA, &g, DNS_OK, DNS_SECURE, 1, "TLSA _25._tcp.mx2.example");
 	assert_int_equal(g.r.u.tlsa[0].mtype, 0);
 	assert_int_equal(g.r.u.tlsa[0].len, 100);
 	assert_int_equal(g.r.u.tlsa[0].data[1], 1);
