@@ -108,52 +108,45 @@ apt_install() {
 	cleanup
 }
 
+# unpack_private PKG ROOT WHY: the archive's candidate of PKG unpacked into ROOT (no
+# maintainer script runs), unless ROOT holds that version already; 0 when it unpacked, 1
+# when it was there.
+unpack_private() {
+	local pkg=$1 root=$2 ver dl
+	ver=$(apt-cache policy "$pkg" | awk '/Candidate:/{print $2}')
+	[ -n "$ver" ] && [ "$ver" != "(none)" ] || { echo "deps: no $pkg package in the archive" >&2; exit 1; }
+	[ -f "$root/.complete" ] && [ "$(cat "$root/.complete")" = "$ver" ] && return 1
+	echo "deps: $3: unpacking $pkg $ver privately in $root"
+	dl=$(mktemp -d "/tmp/stp-$pkg.XXXXXX")
+	cleanups+=("rm -rf '$dl'")
+	(cd "$dl" && chmod 755 . && apt-get download -q "$pkg=$ver" >/dev/null 2>&1)
+	rm -rf "$root"
+	mkdir -p "$root"
+	dpkg-deb -x "$dl/${pkg}_"*.deb "$root"
+	echo "$ver" >"$root/.complete"
+	cleanup
+	return 0
+}
+
 # Postfix unpacked into $2 (default PREFIX_ROOT/postfix-root; no maintainer script runs):
 # for hosts whose MTA the postfix package would replace. The tests find it through
 # PREFIX_ROOT/postfix.current (smtp_lib.sh runs it with its own directories).
 private_postfix() {
-	local root=${2:-$PREFIX_ROOT/postfix-root} ver
-	ver=$(apt-cache policy postfix | awk '/Candidate:/{print $2}')
-	[ -n "$ver" ] && [ "$ver" != "(none)" ] || { echo "deps: no postfix package in the archive" >&2; exit 1; }
-	if [ -f "$root/.complete" ] && [ "$(cat "$root/.complete")" = "$ver" ]; then
-		[ -n "${2:-}" ] || echo "$root" >"$PREFIX_ROOT/postfix.current"
-		return
+	local root=${2:-$PREFIX_ROOT/postfix-root}
+	if unpack_private postfix "$root" "$1"; then
+		# The users and groups the package would create; Postfix refuses to run without them.
+		getent group postdrop >/dev/null || groupadd --system postdrop
+		getent passwd postfix >/dev/null ||
+			useradd --system --home-dir /var/spool/postfix --no-create-home \
+				--shell /usr/sbin/nologin postfix
 	fi
-	echo "deps: $1: unpacking postfix $ver privately in $root"
-	local dl
-	dl=$(mktemp -d /tmp/stp-postfix.XXXXXX)
-	cleanups+=("rm -rf '$dl'")
-	(cd "$dl" && chmod 755 . && apt-get download -q "postfix=$ver" >/dev/null 2>&1)
-	rm -rf "$root"
-	mkdir -p "$root"
-	dpkg-deb -x "$dl"/postfix_*.deb "$root"
-	# The users and groups the package would create; Postfix refuses to run without them.
-	getent group postdrop >/dev/null || groupadd --system postdrop
-	getent passwd postfix >/dev/null ||
-		useradd --system --home-dir /var/spool/postfix --no-create-home \
-			--shell /usr/sbin/nologin postfix
-	echo "$ver" >"$root/.complete"
 	[ -n "${2:-}" ] || echo "$root" >"$PREFIX_ROOT/postfix.current"
-	cleanup
 }
 
-# NSD unpacked into PREFIX_ROOT/nsd-root (no maintainer script runs: no user, no service);
-# the tests run nsd -d from there with a configuration of their own.
+# NSD unpacked into PREFIX_ROOT/nsd-root (no user, no service); the tests run nsd -d from
+# there with a configuration of their own.
 private_nsd() {
-	local root=$PREFIX_ROOT/nsd-root ver
-	ver=$(apt-cache policy nsd | awk '/Candidate:/{print $2}')
-	[ -n "$ver" ] && [ "$ver" != "(none)" ] || { echo "deps: no nsd package in the archive" >&2; exit 1; }
-	[ -f "$root/.complete" ] && [ "$(cat "$root/.complete")" = "$ver" ] && return
-	echo "deps: unpacking nsd $ver privately in $root (the tests' DNS server)"
-	local dl
-	dl=$(mktemp -d /tmp/stp-nsd.XXXXXX)
-	cleanups+=("rm -rf '$dl'")
-	(cd "$dl" && chmod 755 . && apt-get download -q "nsd=$ver" >/dev/null 2>&1)
-	rm -rf "$root"
-	mkdir -p "$root"
-	dpkg-deb -x "$dl"/nsd_*.deb "$root"
-	echo "$ver" >"$root/.complete"
-	cleanup
+	unpack_private nsd "$PREFIX_ROOT/nsd-root" "the tests' DNS server" || true
 }
 
 if [ "$WHAT" = private-postfix ]; then
