@@ -56,5 +56,11 @@ const char *sts_mode_name(enum sts_mode m);
  * (%x21-3A / %x3C / %x3E-7E). */
 size_t sts_ext_name_len(const char *s, size_t n);
 int sts_ext_char(int c);
+/* The one record among TXT records (NULL entries skipped) that starts with tag ("v=STSv1",
+ * "v=TLSRPTv1") followed by ";" (spaces or tabs before it) or the end: the rule RFC 8461
+ * §3.1 and RFC 8460 §3 share. 0 with *rec and *len; -ENOENT when none does; -EINVAL with
+ * err when several do or the one is longer than max octets. */
+int sts_pick_record(const char *const *records, const size_t *lens, size_t n, const char *tag,
+		    size_t max, const char **rec, size_t *len, char *err, size_t errlen);
 
 #endif

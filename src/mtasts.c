@@ -34,11 +34,11 @@ int sts_ext_char(int c)
 	return c >= 0x21 && c <= 0x7e && c != ';' && c != '=';
 }
 
-static int starts_sts(const char *r, size_t n)
+/* r starts with tag followed by ";" (spaces or tabs before it) or is exactly tag. */
+static int starts_with_tag(const char *r, size_t n, const char *tag)
 {
-	static const char v[] = "v=STSv1";
-	size_t k = sizeof(v) - 1;
-	if (n < k || memcmp(r, v, k) != 0)
+	size_t k = strlen(tag);
+	if (!r || n < k || memcmp(r, tag, k) != 0)
 		return 0;
 	size_t i = k;
 	while (i < n && is_wsp((unsigned char)r[i]))
@@ -46,29 +46,41 @@ static int starts_sts(const char *r, size_t n)
 	return i == n ? i == k : r[i] == ';';
 }
 
-int sts_parse_txt(const char *const *records, const size_t *lens, size_t n, char *id,
-		  char *err, size_t errlen)
+int sts_pick_record(const char *const *records, const size_t *lens, size_t n, const char *tag,
+		    size_t max, const char **rec, size_t *len, char *err, size_t errlen)
 {
-	const char *r = NULL;
-	size_t len = 0, found = 0;
-	err[0] = '\0';
-	id[0] = '\0';
+	size_t found = 0;
+	*rec = NULL;
+	*len = 0;
 	for (size_t i = 0; i < n; i++)
-		if (records[i] && starts_sts(records[i], lens[i])) {
-			r = records[i];
-			len = lens[i];
+		if (starts_with_tag(records[i], lens[i], tag)) {
+			*rec = records[i];
+			*len = lens[i];
 			found++;
 		}
 	if (found == 0)
 		return -ENOENT;
 	if (found > 1) {
-		snprintf(err, errlen, "%zu TXT records start with v=STSv1 (one is allowed)", found);
+		snprintf(err, errlen, "%zu TXT records start with %s (one is allowed)", found, tag);
 		return -EINVAL;
 	}
-	if (len > STS_TXT_MAX) {
-		snprintf(err, errlen, "TXT record of %zu octets (at most %d)", len, STS_TXT_MAX);
+	if (*len > max) {
+		snprintf(err, errlen, "TXT record of %zu octets (at most %zu)", *len, max);
 		return -EINVAL;
 	}
+	return 0;
+}
+
+int sts_parse_txt(const char *const *records, const size_t *lens, size_t n, char *id,
+		  char *err, size_t errlen)
+{
+	const char *r;
+	size_t len;
+	err[0] = '\0';
+	id[0] = '\0';
+	int rc = sts_pick_record(records, lens, n, "v=STSv1", STS_TXT_MAX, &r, &len, err, errlen);
+	if (rc < 0)
+		return rc;
 	size_t i = 7; /* after "v=STSv1" */
 	for (;;) {
 		while (i < len && is_wsp((unsigned char)r[i]))

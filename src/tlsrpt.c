@@ -1234,17 +1234,6 @@ out:
 
 /* ================================================================ TXT record (RFC 8460 §3) */
 
-static int starts_tlsrpt(const char *r, size_t n)
-{
-	static const char v[] = "v=TLSRPTv1";
-	size_t k = sizeof v - 1, i = k;
-	if (!r || n < k || memcmp(r, v, k) != 0)
-		return 0;
-	while (i < n && is_wsp((unsigned char)r[i]))
-		i++;
-	return i == n ? i == k : r[i] == ';';
-}
-
 /* RFC 3986 characters a tlsrpt-uri may hold raw (",", "!" and ";" must be encoded). */
 static int uri_char(int c)
 {
@@ -1427,26 +1416,14 @@ static int check_uri(const char *u, size_t n, char *out, const char **why)
 int tlsrpt_parse_txt(const char *const *records, const size_t *lens, size_t n,
 		     char rua[][512], size_t *nrua, char *err, size_t errlen)
 {
-	const char *r = NULL;
-	size_t len = 0, found = 0;
+	const char *r;
+	size_t len;
 	*nrua = 0;
 	err[0] = '\0';
-	for (size_t i = 0; i < n; i++)
-		if (starts_tlsrpt(records[i], lens[i])) {
-			r = records[i];
-			len = lens[i];
-			found++;
-		}
-	if (found == 0)
-		return -ENOENT;
-	if (found > 1) {
-		snprintf(err, errlen, "%zu TXT records start with v=TLSRPTv1 (one is allowed)", found);
-		return -EINVAL;
-	}
-	if (len > TLSRPT_TXT_MAX) {
-		snprintf(err, errlen, "TXT record of %zu octets (at most %d)", len, TLSRPT_TXT_MAX);
-		return -EINVAL;
-	}
+	int prc = sts_pick_record(records, lens, n, "v=TLSRPTv1", TLSRPT_TXT_MAX, &r, &len, err,
+				  errlen);
+	if (prc < 0)
+		return prc;
 	size_t i = 10, uris = 0; /* after "v=TLSRPTv1" */
 	int have_rua = 0;
 	for (;;) {
