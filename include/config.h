@@ -114,6 +114,7 @@ struct cfg {
 	char *helo_name;
 	char *cert, *key, *ca;
 	uint64_t drain_timeout_ms;
+	uint64_t drain_grace_ms; /* SIGTERM: /readyz 503 this long before listeners close */
 	char *ticket_key_file;
 	struct tls_ticket_keys tickets; /* read from ticket_key_file (n = 0 without it) */
 	/* Recipient-domain policies (late binding): the DNS resolver (NULL: /etc/resolv.conf),

@@ -25,8 +25,18 @@ struct listener {
 /* Binds every route's address once without SO_REUSEPORT, so that an address another
  * process listens on is an error instead of a silent share. */
 int listener_probe(const struct cfg *cfg, char *err, size_t errlen);
-/* A listening socket for addr (SO_REUSEPORT, so each worker can have its own): the fd. */
-int listener_socket(const struct cfg_addr *addr, char *err, size_t errlen);
+/* A listening socket for route r of c: a new descriptor of the socket the service manager
+ * passed under the route's name, else a new socket bound to its listen address
+ * (SO_REUSEPORT, so each worker can have its own): the fd. err names FILE:LINE and route. */
+int listener_socket(const struct cfg *c, const struct cfg_route *r, char *err, size_t errlen);
+/* Socket activation: the sockets passed (kept, with fds, for the life of the process) are
+ * checked (listening stream sockets, each named after a route of cfg) and used from now on
+ * by listener_socket and skipped by listener_probe. */
+struct notify_fd;
+int listener_inherit(struct notify_fd *fds, size_t n, const struct cfg *cfg, char *err,
+		     size_t errlen);
+/* 1 when the route of that name listens on a socket the manager passed. */
+int listener_is_inherited(const char *name);
 /* A listener for route on fd, not yet listening; NULL when out of memory. */
 struct listener *listener_new(struct session_host *host, struct cfg_route *route, int fd);
 /* Starts accepting on the host's loop. */

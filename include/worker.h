@@ -31,6 +31,8 @@ struct worker {
 	uv_thread_t thread;
 	uv_async_t wake;
 	uv_timer_t drain_timer;
+	uv_timer_t beat_timer;   /* every WORKER_BEAT_MS: beat = uv_hrtime() */
+	uint64_t beat;           /* atomic */
 	struct session_host host; /* its cfg is the worker's reference */
 	struct listener **listeners;
 	size_t nlisteners;
@@ -51,5 +53,9 @@ void worker_stop(struct worker *w);
  * from now on). Sessions already open keep the configuration they started with. */
 void worker_reload(struct worker *w, struct reload *r);
 void worker_join(struct worker *w);
+/* Thread-safe: when the worker's loop last turned (uv_hrtime() ns); a loop stuck in one
+ * callback stops beating, and the service manager's watchdog is then left unfed. */
+#define WORKER_BEAT_MS 1000
+uint64_t worker_beat(const struct worker *w);
 
 #endif

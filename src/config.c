@@ -645,7 +645,7 @@ static void get_addr(struct parse *P, struct section *sec, const char *key,
 
 static const char *const global_keys[] = {
 	"workers", "user", "log_level", "log_format", "admin_listen", "max_connections",
-	"helo_name", "cert", "key", "ca", "drain_timeout", "ticket_key_file", "resolver",
+	"helo_name", "cert", "key", "ca", "drain_timeout", "drain_grace", "ticket_key_file", "resolver",
 	"dnssec_trust_anchor", "mta_sts_cache", "mta_sts_port", "tlsrpt_dir", "tlsrpt_relay",
 	"tlsrpt_org", "tlsrpt_interval", NULL
 };
@@ -829,6 +829,7 @@ static void parse_global(struct parse *P, struct section *sec, struct cfg *c)
 	get_file(P, sec, "key", &c->key);
 	get_file(P, sec, "ca", &c->ca);
 	get_duration(P, sec, "drain_timeout", &c->drain_timeout_ms);
+	get_duration(P, sec, "drain_grace", &c->drain_grace_ms);
 	get_file(P, sec, "ticket_key_file", &c->ticket_key_file);
 	parse_dns_keys(P, sec, c);
 	check_unknown(P, sec, global_keys);

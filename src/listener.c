@@ -3,9 +3,11 @@
 
 #include "config.h"
 #include "log.h"
+#include "notify.h"
 #include "session.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,8 +15,73 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-int listener_socket(const struct cfg_addr *a, char *err, size_t errlen)
+/* The sockets the service manager passed (socket activation), by FileDescriptorName=. */
+static struct notify_fd *inherited;
+static size_t ninherited;
+
+static int inherited_fd(const char *name)
 {
+	for (size_t i = 0; name && i < ninherited; i++)
+		if (!strcmp(inherited[i].name, name))
+			return inherited[i].fd;
+	return -1;
+}
+
+int listener_inherit(struct notify_fd *fds, size_t n, const struct cfg *cfg, char *err,
+		     size_t errlen)
+{
+	for (size_t i = 0; i < n; i++) {
+		int type = 0, acc = 0;
+		socklen_t len = sizeof(type);
+		if (getsockopt(fds[i].fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 ||
+		    type != SOCK_STREAM || (len = sizeof(acc),
+		    getsockopt(fds[i].fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) < 0) || !acc) {
+			snprintf(err, errlen, "socket activation: descriptor %d (\"%s\") is not a "
+				 "listening stream socket (ListenStream= in the .socket unit)",
+				 fds[i].fd, fds[i].name);
+			return -EINVAL;
+		}
+		size_t r = 0;
+		while (r < cfg->nroutes && strcmp(cfg->routes[r].name, fds[i].name))
+			r++;
+		if (r == cfg->nroutes) {
+			snprintf(err, errlen, "socket activation: socket \"%s\" (descriptor %d) "
+				 "matches no route: FileDescriptorName= must be a route's name",
+				 fds[i].name, fds[i].fd);
+			return -EINVAL;
+		}
+	}
+	inherited = fds;
+	ninherited = n;
+	return 0;
+}
+
+int listener_is_inherited(const char *name)
+{
+	return inherited_fd(name) >= 0;
+}
+
+int listener_socket(const struct cfg *c, const struct cfg_route *r, char *err, size_t errlen)
+{
+	const struct cfg_addr *a = &r->listen;
+	const char *name = r->name;
+	int ifd = inherited_fd(name);
+	if (ifd >= 0) { /* one descriptor per worker, all on the manager's socket */
+		int one = 1, fd = fcntl(ifd, F_DUPFD_CLOEXEC, 3);
+		if (fd < 0 || fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0 ||
+		    (a->transparent &&
+		     (a->ss.ss_family == AF_INET6
+			      ? setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one))
+			      : setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof(one))) < 0)) {
+			int e = errno;
+			snprintf(err, errlen, "%s:%d: route \"%s\": inherited socket: %s", c->path,
+				 a->line, name, strerror(e));
+			if (fd >= 0)
+				close(fd);
+			return -e;
+		}
+		return fd;
+	}
 	int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		goto fail;
@@ -37,7 +104,8 @@ int listener_socket(const struct cfg_addr *a, char *err, size_t errlen)
 	return fd;
 fail:;
 	int e = errno;
-	snprintf(err, errlen, "cannot listen on %s:%u: %s", a->host, a->port, strerror(e));
+	snprintf(err, errlen, "%s:%d: route \"%s\": cannot listen on %s:%u: %s", c->path,
+		 a->line, name, a->host, a->port, strerror(e));
 	if (fd >= 0)
 		close(fd);
 	return -e;
@@ -47,6 +115,8 @@ int listener_probe(const struct cfg *cfg, char *err, size_t errlen)
 {
 	for (size_t i = 0; i < cfg->nroutes; i++) {
 		const struct cfg_addr *a = &cfg->routes[i].listen;
+		if (inherited_fd(cfg->routes[i].name) >= 0)
+			continue;
 		int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		int one = 1, rc = 0;
 		if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
@@ -58,7 +128,8 @@ int listener_probe(const struct cfg *cfg, char *err, size_t errlen)
 		if (fd >= 0)
 			close(fd);
 		if (rc) {
-			snprintf(err, errlen, "cannot listen on %s:%u: %s", a->host, a->port,
+			snprintf(err, errlen, "%s:%d: route \"%s\": cannot listen on %s:%u: %s",
+				 cfg->path, a->line, cfg->routes[i].name, a->host, a->port,
 				 strerror(-rc));
 			return rc;
 		}

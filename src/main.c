@@ -4,6 +4,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "listener.h"
+#include "notify.h"
 #include "probe.h"
 #include "shared.h"
 #include "tlsrpt.h"
@@ -110,6 +111,8 @@ static int drop_privileges(const char *user)
 		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", "unknown user", "user", user, NULL);
 		return -EPERM;
 	}
+	if (getuid() == pw->pw_uid && geteuid() == pw->pw_uid && getgid() == pw->pw_gid)
+		return 0; /* started as that user already (systemd User=, a container's USER) */
 	if (setgroups(1, &pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
 		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", "cannot drop privileges", "user",
 			  user, NULL);
@@ -123,7 +126,8 @@ static int nworkers;
 static int stopping;
 static struct stp_shared shared;
 static uv_signal_t sigs[3];
-static uv_timer_t stop_poll;
+static uv_timer_t stop_poll, grace_timer, status_timer, watchdog_timer;
+static int status_on, watchdog_on;
 
 /* Every route gets its counters (kept across reloads, by route name). */
 #define CERT_WARN_DAYS 14
@@ -186,6 +190,11 @@ static void poll_workers(uv_timer_t *t)
 	if (__atomic_load_n(&shared.workers_done, __ATOMIC_ACQUIRE) < nworkers)
 		return;
 	uv_close((uv_handle_t *)t, NULL);
+	uv_timer_t *timers[] = { &status_timer, &watchdog_timer };
+	int on[] = { status_on, watchdog_on };
+	for (int i = 0; i < 2; i++)
+		if (on[i] && !uv_is_closing((uv_handle_t *)timers[i]))
+			uv_close((uv_handle_t *)timers[i], NULL);
 	admin_stop();
 	for (int i = 0; i < 3; i++)
 		if (!uv_is_closing((uv_handle_t *)&sigs[i]))
@@ -226,7 +235,49 @@ static int start_tlsrpt(uv_loop_t *loop, const struct cfg *c)
 	return 0;
 }
 
-static void reload(void)
+/* STATUS= for the service manager: what `systemctl status` shows. */
+static void send_status(const char *what)
+{
+	long open = __atomic_load_n(&shared.active, __ATOMIC_RELAXED);
+	unsigned long long total = __atomic_load_n(&shared.next_id, __ATOMIC_RELAXED);
+	notify_sendf("STATUS=%s: sessions open %ld, since start %llu, routes %zu", what, open,
+		     total, current ? current->nroutes : 0);
+}
+
+static void status_tick(uv_timer_t *t)
+{
+	(void)t;
+	send_status(stopping ? "draining" : "serving");
+}
+
+/* WATCHDOG=1 while every worker's loop turns (worker_beat) within the interval the
+ * manager set; a stuck worker leaves it unfed, and the manager restarts the service. */
+static void watchdog_tick(uv_timer_t *t)
+{
+	(void)t;
+	uint64_t now = uv_hrtime(), limit = notify_watchdog_usec() * 1000;
+	for (int i = 0; i < nworkers && !stopping; i++) {
+		uint64_t b = worker_beat(&workers[i]);
+		if (now > b && now - b > limit) {
+			char w[16];
+			snprintf(w, sizeof(w), "%d", i);
+			log_event(LOG_ERROR, NULL, NULL, "watchdog", "result", "worker-stalled",
+				  "worker", w, NULL);
+			return;
+		}
+	}
+	notify_send("WATCHDOG=1");
+}
+
+static unsigned long long monotonic_usec(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000;
+}
+
+/* 0 when the new configuration runs, -1 when it was refused (logged). */
+static int reload(void)
 {
 	struct cfg_errors errs = { 0 };
 	struct cfg *nc = NULL;
@@ -234,7 +285,7 @@ static void reload(void)
 		for (size_t i = 0; i < errs.n; i++)
 			reload_failed(errs.msg[i]);
 		cfg_errors_free(&errs);
-		return;
+		return -1;
 	}
 	cfg_errors_free(&errs);
 	if (nc->workers != current->workers || (nc->user != current->user &&
@@ -258,7 +309,7 @@ static void reload(void)
 		if (kept)
 			continue;
 		for (int w = 0; ok && w < nworkers; w++) {
-			fds[w][i] = listener_socket(&nc->routes[i].listen, err, sizeof(err));
+			fds[w][i] = listener_socket(nc, &nc->routes[i], err, sizeof(err));
 			if (fds[w][i] < 0) {
 				reload_failed(err);
 				ok = 0;
@@ -274,7 +325,7 @@ static void reload(void)
 		}
 		free(fds);
 		cfg_unref(nc);
-		return;
+		return -1;
 	}
 	log_setup(nc->log_level, nc->log_format == CFG_LOG_JSON);
 	attach_metrics(current, nc);
@@ -305,25 +356,48 @@ static void reload(void)
 	char n[16];
 	snprintf(n, sizeof(n), "%zu", nc->nroutes);
 	log_event(LOG_INFO, NULL, NULL, "reload", "result", "ok", "routes", n, NULL);
+	return 0;
+}
+
+/* The drain proper: listeners close, open sessions get drain_timeout. */
+static void stop_workers(uv_timer_t *t)
+{
+	if (t)
+		uv_close((uv_handle_t *)t, NULL);
+	for (int i = 0; i < nworkers; i++)
+		worker_stop(&workers[i]);
+	uv_timer_init(sigs[0].loop, &stop_poll);
+	uv_timer_start(&stop_poll, poll_workers, 0, 100);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
 {
 	if (signum == SIGHUP) {
-		if (!stopping)
-			reload();
+		if (stopping)
+			return;
+		notify_sendf("RELOADING=1\nMONOTONIC_USEC=%llu", monotonic_usec());
+		int rc = reload();
+		notify_send("READY=1");
+		send_status(rc == 0 ? "serving (reloaded)"
+				    : "serving; the last reload was refused, see the log");
 		return;
 	}
 	if (stopping)
 		return;
 	stopping = 1;
+	char grace[32];
+	snprintf(grace, sizeof(grace), "%llu", (unsigned long long)current->drain_grace_ms);
 	log_event(LOG_INFO, NULL, NULL, "shutdown", "signal", signum == SIGTERM ? "TERM" : "INT",
-		  NULL);
-	admin_set_ready(0);
-	for (int i = 0; i < nworkers; i++)
-		worker_stop(&workers[i]);
-	uv_timer_init(h->loop, &stop_poll);
-	uv_timer_start(&stop_poll, poll_workers, 0, 100);
+		  "drain_grace_ms", grace, NULL);
+	notify_send("STOPPING=1");
+	send_status("draining");
+	admin_set_ready(0); /* /readyz 503: load balancers stop sending new clients */
+	if (!current->drain_grace_ms) {
+		stop_workers(NULL);
+		return;
+	}
+	uv_timer_init(h->loop, &grace_timer);
+	uv_timer_start(&grace_timer, stop_workers, current->drain_grace_ms, 0);
 }
 
 int main(int argc, char **argv)
@@ -398,6 +472,16 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	char perr[300];
+	if (notify_init() < 0)
+		log_event(LOG_WARN, NULL, NULL, "notify", "error",
+			  "NOTIFY_SOCKET is not an absolute path or @name: ignored", NULL);
+	struct notify_fd *passed = NULL;
+	size_t npassed = 0;
+	if (notify_listen_fds(&passed, &npassed, perr, sizeof(perr)) < 0 ||
+	    listener_inherit(passed, npassed, cfg, perr, sizeof(perr)) < 0) {
+		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", perr, NULL);
+		return 1;
+	}
 	if (listener_probe(cfg, perr, sizeof(perr)) < 0) {
 		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", perr, NULL);
 		return 1;
@@ -429,7 +513,8 @@ int main(int argc, char **argv)
 		char addr[300];
 		const struct cfg_route *r = &cfg->routes[i];
 		snprintf(addr, sizeof(addr), "%s:%u", r->listen.host, r->listen.port);
-		log_event(LOG_INFO, NULL, r->name, "listening", "addr", addr, "protocol",
+		log_event(LOG_INFO, NULL, r->name, "listening", "addr", addr, "socket",
+			  listener_is_inherited(r->name) ? "passed" : "bound", "protocol",
 			  cfg_proto_name(r->protocol), "client_tls", cfg_tls_name(r->client_tls),
 			  "upstream_tls", cfg_tls_name(r->upstream_tls), "upstream_policy",
 			  cfg_policy_name(r->upstream_policy), NULL);
@@ -452,6 +537,20 @@ int main(int argc, char **argv)
 		uv_signal_start(&sigs[i], on_signal, signums[i]);
 	}
 	admin_set_ready(1);
+	/* every listener is bound and every worker runs */
+	notify_sendf("READY=1\nMAINPID=%ld", (long)getpid());
+	send_status("serving");
+	if (notify_watchdog_usec() >= 2000) {
+		uv_timer_init(loop, &watchdog_timer);
+		watchdog_on = 1;
+		uint64_t ms = notify_watchdog_usec() / 2000;
+		uv_timer_start(&watchdog_timer, watchdog_tick, ms, ms);
+	}
+	if (notify_active()) {
+		uv_timer_init(loop, &status_timer);
+		status_on = 1;
+		uv_timer_start(&status_timer, status_tick, 2000, 2000);
+	}
 	uv_run(loop, UV_RUN_DEFAULT); /* until SIGTERM/SIGINT and every worker has drained */
 
 	for (int i = 0; i < nworkers; i++)
@@ -466,5 +565,8 @@ int main(int argc, char **argv)
 	log_event(LOG_INFO, NULL, NULL, "stopped", NULL);
 	cfg_unref(current);
 	shared_destroy(&shared);
+	for (size_t i = 0; i < npassed; i++)
+		close(passed[i].fd);
+	free(passed);
 	return 0;
 }

@@ -29,6 +29,8 @@ static void finish(struct session_host *h)
 	uv_timer_stop(&w->drain_timer);
 	if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
 		uv_close((uv_handle_t *)&w->drain_timer, NULL);
+	if (!uv_is_closing((uv_handle_t *)&w->beat_timer))
+		uv_close((uv_handle_t *)&w->beat_timer, NULL);
 	if (!uv_is_closing((uv_handle_t *)&w->wake))
 		uv_close((uv_handle_t *)&w->wake, NULL);
 }
@@ -64,7 +66,7 @@ int worker_init(struct worker *w, int index, struct cfg *cfg, struct stp_shared 
 		return init_failed(w, -ENOMEM);
 	}
 	for (size_t i = 0; i < w->nlisteners; i++) {
-		int fd = listener_socket(&cfg->routes[i].listen, err, errlen);
+		int fd = listener_socket(cfg, &cfg->routes[i], err, errlen);
 		if (fd < 0)
 			return init_failed(w, fd);
 		w->listeners[i] = listener_new(&w->host, &cfg->routes[i], fd);
@@ -166,6 +168,18 @@ static void wake_cb(uv_async_t *a)
 	uv_timer_start(&w->drain_timer, drain_timeout, w->host.cfg->drain_timeout_ms, 0);
 }
 
+/* The loop turns: the main thread's watchdog reads w->beat (see worker_beat). */
+static void beat(uv_timer_t *t)
+{
+	struct worker *w = t->data;
+	__atomic_store_n(&w->beat, uv_hrtime(), __ATOMIC_RELAXED);
+}
+
+uint64_t worker_beat(const struct worker *w)
+{
+	return __atomic_load_n(&w->beat, __ATOMIC_RELAXED);
+}
+
 static void run(void *arg)
 {
 	struct worker *w = arg;
@@ -182,6 +196,10 @@ int worker_start(struct worker *w)
 	w->wake.data = w;
 	uv_timer_init(&w->loop, &w->drain_timer);
 	w->drain_timer.data = w;
+	uv_timer_init(&w->loop, &w->beat_timer);
+	w->beat_timer.data = w;
+	w->beat = uv_hrtime();
+	uv_timer_start(&w->beat_timer, beat, WORKER_BEAT_MS, WORKER_BEAT_MS);
 	uv_mutex_init(&w->lock);
 	for (size_t i = 0; i < w->nlisteners; i++)
 		if ((rc = listener_start(w->listeners[i])) < 0)

@@ -34,6 +34,7 @@
 #include "config.h"
 #include "listener.h"
 #include "log.h"
+#include "notify.h"
 #include "session.h"
 #include "shared.h"
 #include "unit_fixture.h"
@@ -132,6 +133,22 @@ static int group_teardown(void **state)
 
 /* ------------------------------------------------------------------ listener_socket */
 
+/* listener_socket for a route "r" of a configuration "test.conf" listening on *a (line 7). */
+static int sock_for(const struct cfg_addr *a, char *err, size_t errlen)
+{
+	struct cfg_route r;
+	struct cfg c;
+	memset(&r, 0, sizeof r);
+	memset(&c, 0, sizeof c);
+	r.name = "r";
+	r.listen = *a;
+	r.listen.line = 7;
+	c.path = "test.conf";
+	c.routes = &r;
+	c.nroutes = 1;
+	return listener_socket(&c, &r, err, errlen);
+}
+
 static void check_listening_socket(int fd, int port)
 {
 	assert_true(fd >= 0);
@@ -156,11 +173,11 @@ static void test_socket_binds_with_reuseport(void **state)
 	struct cfg_addr a;
 	fill_addr(&a, "127.0.0.1", port);
 	char err[256] = "";
-	int fd1 = listener_socket(&a, err, sizeof err);
+	int fd1 = sock_for(&a, err, sizeof err);
 	if (fd1 < 0)
 		fail_msg("listener_socket: %d %s", fd1, err);
 	check_listening_socket(fd1, port);
-	int fd2 = listener_socket(&a, err, sizeof err);
+	int fd2 = sock_for(&a, err, sizeof err);
 	if (fd2 < 0)
 		fail_msg("second listener_socket on the same address: %d %s", fd2, err);
 	check_listening_socket(fd2, port);
@@ -179,7 +196,7 @@ static void test_socket_binds_with_reuseport(void **state)
 		return;
 	close(probe);
 	fill_addr(&a, "::1", port);
-	int fd6 = listener_socket(&a, err, sizeof err);
+	int fd6 = sock_for(&a, err, sizeof err);
 	if (fd6 == -EADDRNOTAVAIL || fd6 == -EAFNOSUPPORT) {
 		print_message("no ::1 here (%s): IPv6 part skipped\n", err);
 		return;
@@ -215,13 +232,15 @@ static void test_socket_errors(void **state)
 			a.ss.ss_family = AF_UNSPEC;
 		int before = count_fds();
 		char err[256] = "", want[64];
-		int rc = listener_socket(&a, err, sizeof err);
+		int rc = sock_for(&a, err, sizeof err);
 		assert_int_equal(rc, cases[i].want);
 		assert_int_equal(count_fds(), before);
 		snprintf(want, sizeof want, "%s:%d", cases[i].host, port);
 		if (!strstr(err, want))
 			fail_msg("message \"%s\" does not name %s", err, want);
 		assert_non_null(strstr(err, strerror(-cases[i].want)));
+		if (!strstr(err, "test.conf:7: route \"r\": "))
+			fail_msg("message \"%s\" does not name FILE:LINE and the route", err);
 		if (busy >= 0)
 			close(busy);
 	}
@@ -257,6 +276,7 @@ static void test_probe(void **state)
 		}
 		struct cfg c;
 		memset(&c, 0, sizeof c);
+		c.path = "test.conf";
 		c.routes = routes;
 		c.nroutes = (size_t)cases[i].nroutes;
 		int busy = -1;
@@ -286,6 +306,83 @@ static void test_probe(void **state)
 		if (rc != 0)
 			fail_msg("listener_probe after the port was freed: %d %s", rc, err);
 	}
+}
+
+/* ------------------------------------------------------------------ socket activation */
+
+/* Sockets the service manager passed, by FileDescriptorName= = route name: the route
+ * listens on a new descriptor of that socket (accepting what connects to it) and
+ * listener_probe skips it, though its address is taken (by the manager's socket). A
+ * descriptor that is not a listening stream socket, or whose name matches no route, is
+ * refused with a message naming it; nothing is adopted then. */
+static void test_inherited_sockets(void **state)
+{
+	(void)state;
+	int port = free_port(), other = free_port();
+	while (other == port)
+		other = free_port();
+	int passed = plain_listener(port, 0); /* what systemd would have bound */
+	struct cfg_route routes[2];
+	memset(routes, 0, sizeof routes);
+	routes[0].name = "smtp-in";
+	fill_addr(&routes[0].listen, "127.0.0.1", other); /* the socket's address wins */
+	routes[1].name = "other";
+	fill_addr(&routes[1].listen, "127.0.0.1", free_port());
+	struct cfg c;
+	memset(&c, 0, sizeof c);
+	c.path = "test.conf";
+	c.routes = routes;
+	c.nroutes = 2;
+	char err[256] = "";
+
+	/* refusals first */
+	int dgram = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int unlistened = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct notify_fd bad[] = { { dgram, "smtp-in" }, { unlistened, "smtp-in" },
+				   { passed, "nosuchroute" } };
+	static const char *const want[] = { "is not a listening stream socket",
+					    "is not a listening stream socket",
+					    "socket \"nosuchroute\" (descriptor" };
+	for (int i = 0; i < 3; i++) {
+		err[0] = 0;
+		assert_int_equal(listener_inherit(&bad[i], 1, &c, err, sizeof err), -EINVAL);
+		if (!strstr(err, want[i]))
+			fail_msg("case %d: message \"%s\" lacks \"%s\"", i, err, want[i]);
+		assert_int_equal(listener_is_inherited("smtp-in"), 0);
+	}
+	close(dgram);
+	close(unlistened);
+
+	/* without the passed socket, the probe finds the port taken... */
+	fill_addr(&routes[0].listen, "127.0.0.1", port);
+	assert_int_equal(listener_probe(&c, err, sizeof err), -EADDRINUSE);
+	/* ...with it, the route is the manager's and the probe passes */
+	struct notify_fd good = { passed, "smtp-in" };
+	assert_int_equal(listener_inherit(&good, 1, &c, err, sizeof err), 0);
+	assert_int_equal(listener_is_inherited("smtp-in"), 1);
+	assert_int_equal(listener_is_inherited("other"), 0);
+	if (listener_probe(&c, err, sizeof err) != 0)
+		fail_msg("listener_probe with the socket passed: %s", err);
+	int fd = listener_socket(&c, &routes[0], err, sizeof err);
+	if (fd < 0)
+		fail_msg("listener_socket on the passed socket: %d %s", fd, err);
+	assert_int_not_equal(fd, passed);
+	assert_true(fcntl(fd, F_GETFL) & O_NONBLOCK);
+	assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+	int cl = try_connect(port);
+	assert_true(cl >= 0);
+	struct pollfd pf = { fd, POLLIN, 0 };
+	assert_int_equal(poll(&pf, 1, TIMEOUT_MS), 1); /* the same socket */
+	close(cl);
+	close(fd);
+	/* the other route binds its own socket */
+	fd = listener_socket(&c, &routes[1], err, sizeof err);
+	if (fd < 0)
+		fail_msg("listener_socket for the other route: %d %s", fd, err);
+	check_listening_socket(fd, routes[1].listen.port);
+	close(fd);
+	assert_int_equal(listener_inherit(NULL, 0, &c, err, sizeof err), 0);
+	close(passed);
 }
 
 /* ------------------------------------------------------------------ on a loop */
@@ -330,7 +427,7 @@ static void test_start_then_close(void **state)
 	fill_addr(&a, "127.0.0.1", port);
 	f.route.listen = a;
 	char err[256];
-	int fd = listener_socket(&a, err, sizeof err);
+	int fd = sock_for(&a, err, sizeof err);
 	assert_true(fd >= 0);
 	struct listener *l = listener_new(&f.host, &f.route, fd);
 	assert_non_null(l);
@@ -356,7 +453,7 @@ static void test_close_never_started(void **state)
 	int port = free_port();
 	fill_addr(&f.route.listen, "127.0.0.1", port);
 	char err[256];
-	int fd = listener_socket(&f.route.listen, err, sizeof err);
+	int fd = sock_for(&f.route.listen, err, sizeof err);
 	assert_true(fd >= 0);
 	struct listener *l = listener_new(&f.host, &f.route, fd);
 	assert_non_null(l);
@@ -460,7 +557,7 @@ static void test_stopping_host_makes_no_session(void **state)
 	f.host.readbuf = readbuf;
 	f.host.stopping = 1;
 	char err[256];
-	int fd = listener_socket(&cfg->routes[0].listen, err, sizeof err);
+	int fd = listener_socket(cfg, &cfg->routes[0], err, sizeof err);
 	assert_true(fd >= 0);
 	struct listener *l = listener_new(&f.host, &cfg->routes[0], fd);
 	assert_non_null(l);
@@ -504,6 +601,7 @@ int main(void)
 		cmocka_unit_test(test_socket_binds_with_reuseport),
 		cmocka_unit_test(test_socket_errors),
 		cmocka_unit_test(test_probe),
+		cmocka_unit_test(test_inherited_sockets),
 		cmocka_unit_test(test_start_then_close),
 		cmocka_unit_test(test_close_never_started),
 		cmocka_unit_test(test_start_on_a_non_socket),

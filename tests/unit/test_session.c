@@ -116,7 +116,7 @@ static void harness_start(struct harness *t, const char *conf)
 	for (size_t i = 0; i < t->cfg->nroutes; i++) {
 		t->cfg->routes[i].metrics = metrics_route(t->cfg->routes[i].name);
 		char err[200];
-		int fd = listener_socket(&t->cfg->routes[i].listen, err, sizeof err);
+		int fd = listener_socket(t->cfg, &t->cfg->routes[i], err, sizeof err);
 		assert_true(fd >= 0);
 		t->l[i] = listener_new(&t->host, &t->cfg->routes[i], fd);
 		assert_int_equal(listener_start(t->l[i]), 0);

@@ -310,7 +310,7 @@ static void reload_to(struct cfg *nc, const struct cfg *old)
 		for (size_t j = 0; j < old->nroutes; j++)
 			kept |= cfg_addr_equal(&old->routes[j].listen, &nc->routes[i].listen);
 		char err[256];
-		r->fds[i] = kept ? -1 : listener_socket(&nc->routes[i].listen, err, sizeof err);
+		r->fds[i] = kept ? -1 : listener_socket(nc, &nc->routes[i], err, sizeof err);
 		if (!kept && r->fds[i] < 0)
 			fail_msg("listener_socket: %s", err);
 	}
