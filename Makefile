@@ -1,6 +1,7 @@
 # starttls-proxy — see README.md.  make | make test | make demo | make deps | make install
 VERSION   := 0.1.0
 PREFIX    ?= /usr/local
+SYSCONFDIR ?= /etc
 DESTDIR   ?=
 DEPS_DIR  ?= /var/cache/starttls-proxy
 BUILD     := build
@@ -90,12 +91,28 @@ fuzz:
 	@bash scripts/deps.sh test
 	@bash tests/fuzz/run.sh $(FUZZ_SECONDS)
 
+# The binary, man pages, systemd units (service, socket, sysusers; the transparent drop-in
+# with the docs), the documented example of every key, and a configuration that passes -t
+# as it is, in SYSCONFDIR/starttls-proxy unless one is there already (never overwritten).
+DOCDIR := $(DESTDIR)$(PREFIX)/share/doc/starttls-proxy
 install: all
 	install -D -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/starttls-proxy
-	install -D -m 644 etc/starttls-proxy.conf $(DESTDIR)$(PREFIX)/share/doc/starttls-proxy/starttls-proxy.conf.example
+	install -D -m 644 etc/starttls-proxy.conf $(DOCDIR)/starttls-proxy.conf.example
+	install -D -m 644 etc/policy.table $(DOCDIR)/policy.table.example
+	install -D -m 644 systemd/starttls-proxy-transparent.conf $(DOCDIR)/systemd-transparent.conf
+	install -D -m 644 README.md $(DOCDIR)/README.md
+	install -D -m 644 LICENSE $(DOCDIR)/LICENSE
+	install -D -m 644 CHANGELOG.md $(DOCDIR)/CHANGELOG.md
+	for f in docs/*.md; do install -D -m 644 $$f $(DOCDIR)/$$f; done
 	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system
 	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' systemd/starttls-proxy.service \
 	  > $(DESTDIR)$(PREFIX)/lib/systemd/system/starttls-proxy.service
+	install -m 644 systemd/starttls-proxy.socket $(DESTDIR)$(PREFIX)/lib/systemd/system/
+	install -D -m 644 systemd/starttls-proxy.sysusers \
+	  $(DESTDIR)$(PREFIX)/lib/sysusers.d/starttls-proxy.conf
+	install -d -m 755 $(DESTDIR)$(SYSCONFDIR)/starttls-proxy
+	test -e $(DESTDIR)$(SYSCONFDIR)/starttls-proxy/starttls-proxy.conf || \
+	  install -m 644 etc/minimal.conf $(DESTDIR)$(SYSCONFDIR)/starttls-proxy/starttls-proxy.conf
 	install -D -m 644 man/starttls-proxy.8 $(DESTDIR)$(PREFIX)/share/man/man8/starttls-proxy.8
 	install -D -m 644 man/starttls-proxy.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/starttls-proxy.conf.5
 

@@ -5,15 +5,27 @@
 . "$(dirname "$0")/lib.sh"
 
 root=$T/root
+ETC_BEFORE=$(ls -la --time-style=full-iso /etc/starttls-proxy 2>&1)
 if make -s -C "$REPO_ROOT" install DESTDIR="$root" PREFIX=/opt/stp >"$T/install.log" 2>&1; then
 	pass install_ran
 else
 	fail install_ran "$(tail -n 5 "$T/install.log")"
 fi
 for f in bin/starttls-proxy share/man/man8/starttls-proxy.8 share/man/man5/starttls-proxy.conf.5 \
-	share/doc/starttls-proxy/starttls-proxy.conf.example lib/systemd/system/starttls-proxy.service; do
+	share/doc/starttls-proxy/starttls-proxy.conf.example lib/systemd/system/starttls-proxy.service \
+	lib/systemd/system/starttls-proxy.socket lib/sysusers.d/starttls-proxy.conf \
+	share/doc/starttls-proxy/LICENSE share/doc/starttls-proxy/systemd-transparent.conf; do
 	check "installed_${f##*/}" test -s "$root/opt/stp/$f"
 done
+# The installed configuration (SYSCONFDIR, default /etc) passes -t as it is, and a second
+# install leaves an existing one alone.
+CONF=$root/etc/starttls-proxy/starttls-proxy.conf
+check installed_config_exists test -s "$CONF"
+check installed_config_passes_check sh -c "'$root/opt/stp/bin/starttls-proxy' -t -c '$CONF' | grep -qx 'configuration OK'"
+echo "; edited by the admin" >>"$CONF"
+make -s -C "$REPO_ROOT" install DESTDIR="$root" PREFIX=/opt/stp >"$T/install2.log" 2>&1
+check reinstall_keeps_config grep -qx '; edited by the admin' "$CONF"
+check real_etc_untouched test "$ETC_BEFORE" = "$(ls -la --time-style=full-iso /etc/starttls-proxy 2>&1)"
 check binary_runs grep -q 'wolfSSL' <("$root/opt/stp/bin/starttls-proxy" -V)
 check unit_points_at_prefix grep -q '^ExecStart=/opt/stp/bin/starttls-proxy ' \
 	"$root/opt/stp/lib/systemd/system/starttls-proxy.service"
