@@ -310,6 +310,7 @@ struct parse {
 	struct cfg_errors *errs;
 	int nerr;
 	int oom; /* an allocation failed: the load fails with -ENOMEM */
+	int global_identity_reported; /* [global] cert/key refused once, not once per route */
 	struct section *s;
 	size_t n, cap;
 };
@@ -659,15 +660,71 @@ static const char *const route_keys[] = {
 	"client_ciphers", "upstream_ciphers", "client_alpn", "detect_timeout", NULL
 };
 
+/* Optimal string alignment distance (edits, adjacent swaps counted as one), case-blind;
+ * keys are short (at most 64 bytes compared). */
+static size_t edit_distance(const char *a, const char *b)
+{
+	size_t n = strlen(a), m = strlen(b);
+	if (n > 64 || m > 64)
+		return 99;
+	size_t d[65][65];
+	for (size_t i = 0; i <= n; i++)
+		d[i][0] = i;
+	for (size_t j = 0; j <= m; j++)
+		d[0][j] = j;
+	for (size_t i = 1; i <= n; i++)
+		for (size_t j = 1; j <= m; j++) {
+			int same = tolower((unsigned char)a[i - 1]) == tolower((unsigned char)b[j - 1]);
+			size_t v = d[i - 1][j - 1] + !same;
+			if (d[i - 1][j] + 1 < v)
+				v = d[i - 1][j] + 1;
+			if (d[i][j - 1] + 1 < v)
+				v = d[i][j - 1] + 1;
+			if (i > 1 && j > 1 && tolower((unsigned char)a[i - 1]) ==
+						      tolower((unsigned char)b[j - 2]) &&
+			    tolower((unsigned char)a[i - 2]) == tolower((unsigned char)b[j - 1]) &&
+			    d[i - 2][j - 2] + 1 < v)
+				v = d[i - 2][j - 2] + 1;
+			d[i][j] = v;
+		}
+	return d[n][m];
+}
+
+/* The known key closest to key (at most 2 edits, 1 for keys of 4 letters or fewer, and
+ * fewer edits than half its length), or NULL. */
+static const char *closest(const char *key, const char *const *known)
+{
+	const char *best = NULL;
+	size_t bd = (size_t)-1, len = strlen(key), max = len <= 4 ? 1 : 2;
+	for (size_t i = 0; known[i]; i++) {
+		size_t d = edit_distance(key, known[i]);
+		if (d < bd) {
+			bd = d;
+			best = known[i];
+		}
+	}
+	return bd <= max && bd * 2 < len ? best : NULL;
+}
+
 static void check_unknown(struct parse *P, struct section *sec, const char *const *known)
 {
+	const char *const *other = known == global_keys ? route_keys : global_keys;
 	for (size_t i = 0; i < sec->n; i++) {
 		if (sec->e[i].used)
 			continue;
-		int found = enum_lookup(known, sec->e[i].key) >= 0;
-		if (!found)
-			ERR(P, sec->e[i].line, "unknown key \"%s\" in [%s%s%s]", sec->e[i].key,
-			    sec->is_route ? "route " : "", sec->name, "");
+		const char *key = sec->e[i].key, *hint;
+		if (enum_lookup(known, key) >= 0)
+			continue;
+		if (enum_lookup(other, key) >= 0)
+			ERR(P, sec->e[i].line, "key \"%s\" belongs in %s, not in [%s%s]", key,
+			    sec->is_route ? "[global]" : "a [route NAME] section",
+			    sec->is_route ? "route " : "", sec->name);
+		else if ((hint = closest(key, known)))
+			ERR(P, sec->e[i].line, "unknown key \"%s\" in [%s%s]: did you mean \"%s\"?",
+			    key, sec->is_route ? "route " : "", sec->name, hint);
+		else
+			ERR(P, sec->e[i].line, "unknown key \"%s\" in [%s%s]", key,
+			    sec->is_route ? "route " : "", sec->name);
 	}
 }
 
@@ -1315,8 +1372,13 @@ static void build_tls(struct parse *P, struct section *sec, struct section *glob
 					     .min_version = r->client_min_tls,
 					     .ciphers = r->client_ciphers, .alpn = r->client_alpn,
 					     .tickets = c->tickets.n ? &c->tickets : NULL };
-		if (tls_ctx_server_new(&o, &r->client_side_tls, err, sizeof(err)) < 0)
-			ERR(P, err_line(sec, glob, err), "route \"%s\": %s", r->name, err);
+		int global_identity = !get(sec, "cert") && !get(sec, "key");
+		if (tls_ctx_server_new(&o, &r->client_side_tls, err, sizeof(err)) < 0) {
+			if (!global_identity)
+				ERR(P, err_line(sec, glob, err), "route \"%s\": %s", r->name, err);
+			else if (!P->global_identity_reported++) /* the routes share it */
+				ERR(P, err_line(sec, glob, err), "[global] %s", err);
+		}
 		r->cert_line = err_line(sec, glob, "cert ");
 		check_expiry(P, r, "cert", r->cert, r->cert_line, &r->cert_not_after);
 	}
@@ -1365,6 +1427,30 @@ static void free_sections(struct parse *P)
 		free(P->s[i].name);
 	}
 	free(P->s);
+}
+
+/* The unspecified address of its family (0.0.0.0, ::). */
+static int unspecified(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+	if (ss->ss_family == AF_INET6)
+		return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+	return 0;
+}
+
+/* Two listening addresses that cannot both be bound: the same port, and the same address
+ * or an unspecified one covering the other ([::] covers IPv4 too: it listens dual-stack). */
+static int listen_overlap(const struct cfg_addr *a, const struct cfg_addr *b)
+{
+	if (a->port != b->port)
+		return 0;
+	if (cfg_addr_equal(a, b))
+		return 1;
+	int fa = a->ss.ss_family, fb = b->ss.ss_family;
+	if ((fa == AF_INET6 && unspecified(&a->ss)) || (fb == AF_INET6 && unspecified(&b->ss)))
+		return 1;
+	return fa == fb && (unspecified(&a->ss) || unspecified(&b->ss));
 }
 
 int cfg_load_flags(const char *path, int flags, struct cfg **out, struct cfg_errors *errs)
@@ -1426,14 +1512,23 @@ int cfg_load_flags(const char *path, int flags, struct cfg **out, struct cfg_err
 		struct cfg_route *r = &c->routes[c->nroutes++];
 		parse_route(&P, &P.s[i], c, r);
 		for (size_t j = 0; j + 1 < c->nroutes; j++)
-			if (r->listen.port && cfg_addr_equal(&c->routes[j].listen, &r->listen)) {
+			if (r->listen.port && listen_overlap(&c->routes[j].listen, &r->listen)) {
 				ERR(&P, line_of(&P.s[i], "listen"),
-				    "listen address %s:%u is already used by route \"%s\" (line %d)",
+				    "listen address %s:%u overlaps that of route \"%s\" (line %d)",
 				    r->listen.host, r->listen.port, c->routes[j].name,
 				    c->routes[j].line);
 				break;
 			}
 	}
+	for (size_t j = 0; c->has_admin_listen && j < c->nroutes; j++)
+		if (c->routes[j].listen.port &&
+		    listen_overlap(&c->admin_listen, &c->routes[j].listen)) {
+			ERR(&P, line_of(glob, "admin_listen"),
+			    "admin_listen %s:%u overlaps the listen address of route \"%s\" (line %d)",
+			    c->admin_listen.host, c->admin_listen.port, c->routes[j].name,
+			    c->routes[j].line);
+			break;
+		}
 	if (P.nerr == 0 && !P.oom && !(flags & CFG_NO_FILES) && c->ticket_key_file)
 		load_ticket_keys(&P, c, line_of(glob, "ticket_key_file"));
 	if (P.nerr == 0 && !P.oom && !(flags & CFG_NO_FILES)) {

@@ -15,6 +15,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* [::] listens dual-stack (IPv4 clients too, seen as IPv4 addresses: see session.c); any
+ * other IPv6 address only on IPv6. */
+static void set_v6only(int fd, const struct cfg_addr *a)
+{
+	if (a->ss.ss_family != AF_INET6)
+		return;
+	int v6only = !IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)&a->ss)->sin6_addr);
+	setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only));
+}
+
 /* The sockets the service manager passed (socket activation), by FileDescriptorName=. */
 static struct notify_fd *inherited;
 static size_t ninherited;
@@ -89,8 +99,7 @@ int listener_socket(const struct cfg *c, const struct cfg_route *r, char *err, s
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
 	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
 		goto fail;
-	if (a->ss.ss_family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	set_v6only(fd, a);
 	/* TPROXY: accept connections addressed to other hosts (needs CAP_NET_ADMIN) */
 	if (a->transparent &&
 	    (a->ss.ss_family == AF_INET6
@@ -121,8 +130,8 @@ int listener_probe(const struct cfg *cfg, char *err, size_t errlen)
 		int one = 1, rc = 0;
 		if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
 			rc = -errno;
-		if (!rc && a->ss.ss_family == AF_INET6)
-			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+		if (!rc)
+			set_v6only(fd, a);
 		if (!rc && bind(fd, (const struct sockaddr *)&a->ss, a->sslen) < 0)
 			rc = -errno;
 		if (fd >= 0)

@@ -117,6 +117,22 @@ static int ctx_common(WOLFSSL_CTX *ctx, int min_version, const char *ciphers, co
 	return 0;
 }
 
+/* 1 when the PEM file holds an encrypted private key (PKCS#8 "ENCRYPTED PRIVATE KEY", or
+ * a traditional key with "Proc-Type: 4,ENCRYPTED"). */
+static int pem_encrypted(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 0;
+	char line[256];
+	int enc = 0;
+	for (int i = 0; i < 64 && !enc && fgets(line, sizeof(line), f); i++)
+		enc = strstr(line, "-----BEGIN ENCRYPTED PRIVATE KEY-----") != NULL ||
+		      strstr(line, "Proc-Type: 4,ENCRYPTED") != NULL;
+	fclose(f);
+	return enc;
+}
+
 static int load_identity(WOLFSSL_CTX *ctx, const char *cert, const char *key,
 			 const char *certname, const char *keyname, char *err, size_t errlen)
 {
@@ -125,7 +141,12 @@ static int load_identity(WOLFSSL_CTX *ctx, const char *cert, const char *key,
 		return -1;
 	}
 	if (wolfSSL_CTX_use_PrivateKey_file(ctx, key, WOLFSSL_FILETYPE_PEM) != WOLFSSL_SUCCESS) {
-		load_err(err, errlen, keyname, key, "not a PEM private key");
+		load_err(err, errlen, keyname, key,
+			 pem_encrypted(key) ? "an encrypted (passphrase-protected) private key: "
+					      "the proxy cannot ask for a passphrase; store it "
+					      "decrypted (openssl pkey -in KEY -out KEY.new), "
+					      "readable only by the proxy's user"
+					    : "not a PEM private key");
 		return -1;
 	}
 	if (wolfSSL_CTX_check_private_key(ctx) != WOLFSSL_SUCCESS) {

@@ -278,6 +278,47 @@ else
 	fail example_configuration_checks "exit $RC: $(grep -v 'does not resolve' <<<"$OUT" | head -n 3)"
 fi
 
+# An encrypted key says so (the proxy cannot ask for a passphrase), at the key's line.
+openssl pkey -in "$CERTS/server.key" -aes256 -passout pass:secret -out "$T/enc.key" 2>/dev/null
+cat >"$T/enc.conf" <<EOF
+[global]
+cert = $CERTS/server.pem
+key = $T/enc.key
+
+[route a]
+listen = 127.0.0.1:$P1
+protocol = smtp
+client_tls = implicit
+upstream = 127.0.0.1:$P2
+upstream_tls = none
+EOF
+expect_error encrypted_key_says_so "$T/enc.conf" "$(line_of "$T/enc.conf" '^key = ')" \
+	'encrypted \(passphrase-protected\) private key'
+
+# A [global] cert/key error is reported once, as global, however many routes use it.
+cat >"$T/global.conf" <<EOF
+[global]
+cert = $CERTS/server.pem
+key = $CERTS/client.key
+
+[route a]
+listen = 127.0.0.1:$P1
+protocol = smtp
+client_tls = implicit
+upstream = 127.0.0.1:$P2
+upstream_tls = none
+
+[route b]
+listen = 127.0.0.1:$P3
+protocol = smtp
+client_tls = starttls
+upstream = 127.0.0.1:$P2
+upstream_tls = none
+EOF
+expect_error global_identity_error "$T/global.conf" "$(line_of "$T/global.conf" '^key = ')" \
+	'\[global\] key ".*" does not match'
+check global_identity_error_once test "$(grep -c 'does not match' <<<"$OUT")" -eq 1
+
 # Exit 1 with the usage text (a crash is no rejection).
 OUT=$("$STP_BIN" --no-such-option 2>&1)
 RC=$?
