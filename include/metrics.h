@@ -32,7 +32,20 @@ void metrics_policy_failure(struct metrics_route *m, const char *result, int tes
  * sts, 1 tlsa, 2 no-policy-found (enum tlsrpt_policy); result NULL for success, else the
  * RFC 8460 result type. */
 void metrics_evaluation(struct metrics_route *m, int type, const char *result);
-/* The exposition text (malloc'd, NUL-terminated); NULL when out of memory. */
+/* A message got the upstream's final reply: result "accepted", "deferred" or "rejected". */
+void metrics_message(struct metrics_route *m, const char *result);
+/* A client or session turned away, by reason: "upstream-unreachable", "max-connections",
+ * "max-connections-per-client", "client-not-allowed", "proxy-protocol" (others: "other"). */
+void metrics_refusal(struct metrics_route *m, const char *reason);
+/* Durations, into histograms: a TLS handshake on a side, a TCP connect to the upstream. */
+void metrics_handshake_time(struct metrics_route *m, int side, uint64_t usec);
+void metrics_connect_time(struct metrics_route *m, uint64_t usec);
+/* A policy decided for an upstream connection: source "route", "table", "mta-sts", "dane",
+ * "dane-unusable" or "no-policy"; level its name (cfg_policy_name). */
+void metrics_policy_decision(struct metrics_route *m, const char *source, const char *level);
+/* The exposition text (malloc'd, NUL-terminated), the process's own metrics included
+ * (process_open_fds, process_resident_memory_bytes, process_cpu_seconds_total, ...);
+ * NULL when out of memory. */
 char *metrics_render(size_t *len);
 
 #endif

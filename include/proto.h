@@ -31,6 +31,20 @@ enum proto_act_type {
 			usual; or bind_failed */
 	PA_CHECK,    /* a later recipient's domain (off/len): may the current upstream take it?
 			The session answers with rcpt_verdict */
+	PA_MESSAGE,  /* a message got the upstream's final reply: the session logs it (off/len:
+			a copy, read with proto_message_get) */
+};
+
+/* One message relayed, as a mail admin traces it (event=message). */
+struct proto_message {
+	char from[320];      /* envelope sender, "" for the null sender <> */
+	unsigned rcpts;      /* recipients the upstream accepted for it */
+	const char *to;      /* their addresses, comma-separated (at most ~2 KiB, then "...") */
+	uint64_t size;       /* message octets relayed to the upstream (DATA: as sent, without
+				the end marker; BDAT: the chunks' sizes) */
+	unsigned delivered;  /* LMTP: recipients whose final reply was 2xx; SMTP: rcpts or 0 */
+	int code;            /* the final reply's code (LMTP: the last one's) */
+	char reply[256];     /* its last line, without CRLF (e.g. "250 2.0.0 Ok: queued as X") */
 };
 
 struct proto_act {
@@ -56,6 +70,10 @@ void proto_ready(struct proto_actions *a);
 void proto_close(struct proto_actions *a, const char *reason);
 void proto_policy(struct proto_actions *a, const char *result, const char *detail);
 void proto_bind(struct proto_actions *a, enum proto_act_type type, const char *domain);
+void proto_message(struct proto_actions *a, const struct proto_message *m);
+/* The message of a PA_MESSAGE action (m->to points into the actions' buffer). */
+int proto_message_get(const struct proto_actions *a, const struct proto_act *x,
+		      struct proto_message *m);
 void proto_actions_clear(struct proto_actions *a);
 void proto_actions_free(struct proto_actions *a);
 

@@ -3,6 +3,8 @@
  * process: the session sees proto_actions.failed and ends that one session. */
 #include "proto.h"
 
+#include <errno.h>
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,6 +141,29 @@ void proto_policy(struct proto_actions *a, const char *result, const char *detai
 void proto_bind(struct proto_actions *a, enum proto_act_type type, const char *domain)
 {
 	push_text(a, type, domain);
+}
+
+void proto_message(struct proto_actions *a, const struct proto_message *m)
+{
+	/* a copy: the module's record is reused before the session reads the action */
+	size_t tn = m->to ? strlen(m->to) : 0;
+	long off = keep_bytes(a, m, sizeof(*m));
+	if (off < 0 || keep_bytes(a, m->to ? m->to : "", tn + 1) < 0)
+		return;
+	struct proto_act *x = push(a);
+	x->type = PA_MESSAGE;
+	x->off = (size_t)off;
+	x->len = sizeof(*m) + tn + 1;
+}
+
+int proto_message_get(const struct proto_actions *a, const struct proto_act *x,
+		      struct proto_message *m)
+{
+	if (x->type != PA_MESSAGE || x->len <= sizeof(*m))
+		return -EINVAL;
+	memcpy(m, a->buf + x->off, sizeof(*m));
+	m->to = (const char *)a->buf + x->off + sizeof(*m);
+	return 0;
 }
 
 void proto_actions_clear(struct proto_actions *a)

@@ -92,6 +92,7 @@ struct smtp {
 	int in_tx, rcpt_ok, auth_done, quit_seen, client_eof;
 	uint64_t bdat_left;
 	int bdat_skip;            /* the chunk was refused: its octets are dropped */
+	int bdat_last;            /* the chunk going up is the last (BDAT ... LAST) */
 	int chunking;             /* the upstream offered CHUNKING to this client session */
 	uint64_t size_limit;      /* its SIZE (0: none announced) */
 	int body_ls, body_dot, body_cr, body_bad; /* DATA end detection (body_bytes) */
@@ -114,6 +115,11 @@ struct smtp {
 	char check_domain[SMTP_DOMAIN_MAX + 1]; /* PA_CHECK asked about it */
 	int verdict;              /* 0 none, 1 ok, -1 refused (verdict_reply) */
 	char verdict_reply[300];
+	/* the message in progress, for its event=message line */
+	struct proto_message msg;
+	struct buf m_pend;        /* MAIL, RCPT and data ends sent up, not answered yet */
+	struct buf m_to;          /* the accepted ones, comma-separated */
+	uint64_t m_acc;           /* data octets of the message going up now */
 };
 
 /* ---- state changes ----------------------------------------------------------------- */
@@ -602,23 +608,31 @@ static void on_helo(struct smtp *s, struct proto_actions *a, struct expect *e, i
 	caps_known(s);
 }
 
+static void track_mail_reply(struct smtp *s, int code);
+
 static void on_mail(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
 {
 	(void)e;
 	relay_reply(s, a);
+	track_mail_reply(s, code);
 	if (code / 100 == 2) {
 		s->in_tx = 1;
 		s->rcpt_ok = 0;
 	}
 }
 
+static void track_rcpt_reply(struct smtp *s, int code);
+
 static void on_rcpt(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
 {
 	(void)e;
 	relay_reply(s, a);
+	track_rcpt_reply(s, code);
 	if (code / 100 == 2)
 		s->rcpt_ok++;
 }
+
+static void track_message_end(struct smtp *s, struct proto_actions *a, int code, int last);
 
 static void on_data(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
 {
@@ -629,6 +643,8 @@ static void on_data(struct smtp *s, struct proto_actions *a, struct expect *e, i
 		s->body_dot = s->body_cr = s->body_bad = 0;
 		enter_cstate(s, C_BODY);
 	} else {
+		if (s->in_tx) /* the transaction's final reply: its message is traced */
+			track_message_end(s, a, code, 1);
 		enter_cstate(s, C_COMMAND);
 	}
 }
@@ -642,6 +658,7 @@ static void on_message_end(struct smtp *s, struct proto_actions *a, struct expec
 	int left = e->count;
 	if (left < 0)
 		left = s->lmtp && s->rcpt_ok > 1 ? s->rcpt_ok : 1;
+	track_message_end(s, a, code, left <= 1 || code == 421);
 	if (--left > 0 && code != 421) {
 		eq_unpop(&s->q); /* the entry stays at the head for the next answer */
 		eq_head(&s->q)->count = left;
@@ -707,9 +724,12 @@ static void approve(struct smtp *s, const char *domain)
 	snprintf(s->approved[s->napproved - 1], sizeof(s->approved[0]), "%s", domain);
 }
 
+static void track_command(struct smtp *s, enum ekind k, const char *line, size_t len);
+
 static void send_buf_up(struct smtp *s, struct proto_actions *a, const struct buf *b,
 			enum ekind k)
 {
+	track_command(s, k, (const char *)buf_ptr(b), b->len);
 	proto_send(a, PROTO_UPSTREAM, buf_ptr(b), b->len);
 	proto_send(a, PROTO_UPSTREAM, "\r\n", 2);
 	expect(s, a, k, NULL);
@@ -762,6 +782,7 @@ static void on_int_lhello(struct smtp *s, struct proto_actions *a, struct expect
 static void on_int_lmail(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
 {
 	(void)e;
+	track_mail_reply(s, code);
 	if (code / 100 != 2) {
 		/* The client's MAIL was accepted by the module: the upstream's refusal of it is
 		 * the answer to the waiting RCPT, and the transaction ends. */
@@ -913,9 +934,133 @@ struct cmdline {
 	char verb[16];    /* upper case ("" when longer) */
 };
 
+/* The address of a MAIL FROM:<...> or RCPT TO:<...> line (the path between the first '<'
+ * and the next '>', at most cap - 1 octets, control characters and spaces replaced by '?'
+ * so that a log line stays one line); "" when there is none. */
+static void path_of(const char *line, size_t len, char *out, size_t cap)
+{
+	const char *lt = memchr(line, '<', len);
+	size_t o = 0;
+	if (lt) {
+		const char *end = line + len;
+		const char *gt = memchr(lt, '>', (size_t)(end - lt));
+		for (const char *p = lt + 1; p < (gt ? gt : end) && o + 1 < cap; p++)
+			out[o++] = (unsigned char)*p <= ' ' || *p == 0x7f || *p == '"' ? '?' : *p;
+	}
+	out[o] = '\0';
+}
+
+/* The envelope is traced from the replies, in the order the commands went up: each MAIL,
+ * RCPT and message end sent up leaves an entry ("M<addr>", "R<addr>", "S<size>") in
+ * m_pend, taken by its reply. Commands pipelined past the end of a message (the next MAIL)
+ * therefore never mix into the message still waiting for its final reply. */
+static void push_entry(struct smtp *s, char kind, const char *text)
+{
+	if (buf_append(&s->m_pend, &kind, 1) < 0 || buf_append(&s->m_pend, text, strlen(text)) < 0 ||
+	    buf_append(&s->m_pend, "\n", 1) < 0)
+		buf_consume(&s->m_pend, s->m_pend.len); /* no memory: the trace is lost */
+}
+
+/* The oldest entry, when it is of that kind, into out (""), and gone from the list. */
+static void pop_entry(struct smtp *s, char kind, char *out, size_t cap)
+{
+	out[0] = '\0';
+	if (!s->m_pend.len)
+		return;
+	const char *p = (const char *)buf_ptr(&s->m_pend);
+	const char *nl = memchr(p, '\n', s->m_pend.len);
+	if (!nl || p[0] != kind)
+		return;
+	size_t n = (size_t)(nl - p) - 1;
+	snprintf(out, cap, "%.*s", (int)n, p + 1);
+	buf_consume(&s->m_pend, n + 2);
+}
+
+static void track_command(struct smtp *s, enum ekind k, const char *line, size_t len)
+{
+	if (k == E_MAIL || k == E_INT_LMAIL || k == E_RCPT) {
+		char addr[320];
+		path_of(line, len, addr, sizeof(addr));
+		push_entry(s, k == E_RCPT ? 'R' : 'M', addr);
+	}
+}
+
+/* The end of a message's data went up (DATA's end marker, BDAT LAST). */
+static void track_data_end(struct smtp *s)
+{
+	char n[24];
+	snprintf(n, sizeof(n), "%llu", (unsigned long long)s->m_acc);
+	push_entry(s, 'S', n);
+	s->m_acc = 0;
+}
+
+/* A MAIL reply: an accepted one opens the traced message. */
+static void track_mail_reply(struct smtp *s, int code)
+{
+	char addr[320];
+	pop_entry(s, 'M', addr, sizeof(addr));
+	if (code / 100 != 2)
+		return;
+	snprintf(s->msg.from, sizeof(s->msg.from), "%s", addr);
+	s->msg.rcpts = 0;
+	s->msg.size = 0;
+	s->msg.delivered = 0;
+	buf_consume(&s->m_to, s->m_to.len);
+}
+
+/* A RCPT reply: when accepted, its address joins m_to. */
+static void track_rcpt_reply(struct smtp *s, int code)
+{
+	char addr[320];
+	pop_entry(s, 'R', addr, sizeof(addr));
+	if (code / 100 != 2)
+		return;
+	s->msg.rcpts++;
+	if (s->m_to.len < 2048) {
+		if (s->m_to.len)
+			buf_append(&s->m_to, ",", 1);
+		buf_append(&s->m_to, addr, strlen(addr));
+	} else if (s->m_to.len < 2052) {
+		buf_append(&s->m_to, ",...", 4);
+	}
+}
+
+/* The final reply to a message: event=message, then the trace starts afresh. */
+static void track_message_end(struct smtp *s, struct proto_actions *a, int code, int last)
+{
+	if (s->lmtp && code / 100 == 2)
+		s->msg.delivered++;
+	if (!last)
+		return;
+	if (!s->lmtp)
+		s->msg.delivered = code / 100 == 2 ? s->msg.rcpts : 0;
+	s->msg.code = code;
+	char size[24];
+	pop_entry(s, 'S', size, sizeof(size)); /* none when DATA itself was refused */
+	s->msg.size = strtoull(size, NULL, 10);
+	const char *r = (const char *)buf_ptr(&s->reply);
+	size_t n = s->reply.len;
+	while (n && (r[n - 1] == '\n' || r[n - 1] == '\r'))
+		n--;
+	const char *line = r;
+	for (size_t i = 0; i < n; i++)
+		if (r[i] == '\n')
+			line = r + i + 1;
+	size_t ln = (size_t)(r + n - line), o = 0;
+	for (size_t i = 0; i < ln && o + 1 < sizeof(s->msg.reply); i++)
+		s->msg.reply[o++] = (unsigned char)line[i] < ' ' || line[i] == '"' ? '?' : line[i];
+	s->msg.reply[o] = '\0';
+	if (buf_append(&s->m_to, "", 1) == 0) /* NUL-terminated for the reader */
+		s->m_to.len--;
+	s->msg.to = s->m_to.len ? (const char *)buf_ptr(&s->m_to) : "";
+	proto_message(a, &s->msg);
+	s->msg.delivered = 0;
+}
+
 static void forward(struct smtp *s, struct proto_actions *a, const struct cmdline *c,
 		    enum ekind k)
 {
+	track_command(s, k, c->line, c->len);
 	proto_send(a, PROTO_UPSTREAM, c->line, c->len);
 	proto_send(a, PROTO_UPSTREAM, "\r\n", 2);
 	expect(s, a, k, NULL);
@@ -1064,8 +1209,11 @@ static int cmd_bdat(struct smtp *s, struct proto_actions *a, const struct cmdlin
 	forward(s, a, c, last ? E_BDAT_LAST : E_BDAT);
 	s->bdat_left = n;
 	s->bdat_skip = 0;
+	s->bdat_last = last;
 	if (n)
 		enter_cstate(s, C_BDAT);
+	else if (last)
+		track_data_end(s);
 	return 0;
 }
 
@@ -1484,6 +1632,12 @@ static void process_client(struct smtp *s, struct proto_actions *a)
 			int ended;
 			size_t used = body_bytes(s, a, lr_data(&s->cin), lr_pending(&s->cin), &ended);
 			lr_consume(&s->cin, used);
+			s->m_acc += used;
+			if (ended) { /* the end marker ".<CRLF>" is not the message */
+				s->m_acc = s->m_acc >= 3 ? s->m_acc - 3 : 0;
+				if (!s->body_bad)
+					track_data_end(s);
+			}
 			if (ended && s->body_bad) {
 				/* The upstream never got the end: it drops what it has of the message. */
 				char r[300];
@@ -1501,12 +1655,17 @@ static void process_client(struct smtp *s, struct proto_actions *a)
 			size_t n = lr_pending(&s->cin);
 			if (n > s->bdat_left)
 				n = (size_t)s->bdat_left;
-			if (!s->bdat_skip)
+			if (!s->bdat_skip) {
 				proto_send(a, PROTO_UPSTREAM, lr_data(&s->cin), n);
+				s->m_acc += n;
+			}
 			lr_consume(&s->cin, n);
 			s->bdat_left -= n;
-			if (s->bdat_left == 0)
+			if (s->bdat_left == 0) {
+				if (s->bdat_last && !s->bdat_skip)
+					track_data_end(s);
 				enter_cstate(s, C_COMMAND);
+			}
 			continue;
 		}
 		/* C_COMMAND, C_AUTH_LINE: a line */
@@ -1582,6 +1741,8 @@ static void smtp_destroy(void *st)
 	buf_free(&s->l_hello);
 	buf_free(&s->l_mail);
 	buf_free(&s->l_rcpt);
+	buf_free(&s->m_pend);
+	buf_free(&s->m_to);
 	free(s);
 }
 

@@ -52,7 +52,7 @@ struct session {
 	uv_timer_t timer;
 	uv_connect_t connect_req;
 	enum timer_kind timer_kind;
-	uint64_t started_ms, last_activity_ms, phase_started_ms, client_hs_ms;
+	uint64_t started_ms, last_activity_ms, phase_started_ms, client_hs_ms, up_hs_ms;
 	int handles; /* open handles: down, up, timer */
 	unsigned up_started : 1, up_connected : 1, up_ready : 1, down_ready : 1;
 	unsigned ending : 1, closed : 1;
@@ -198,7 +198,8 @@ static void log_close(struct session *s)
 {
 	char up[24], down[24], dur[24];
 	snprintf(up, sizeof(up), "%llu", (unsigned long long)s->down.bytes_read);
-	snprintf(down, sizeof(down), "%llu", (unsigned long long)s->up.bytes_read);
+	/* what the client received: the upstream's bytes and the proxy's own replies */
+	snprintf(down, sizeof(down), "%llu", (unsigned long long)s->down.bytes_written);
 	snprintf(dur, sizeof(dur), "%llu", (unsigned long long)(now_ms(s) - s->started_ms));
 	const char *ctls = s->down.tls && s->down.tls_ready ? tls_conn_version(s->down.tls) : "none";
 	const char *utls = s->up.tls && s->up.tls_ready ? tls_conn_version(s->up.tls) : "none";
@@ -415,6 +416,7 @@ static void upstream_unreachable(struct session *s, const char *error)
 	}
 	log_event(LOG_WARN, s->id, s->r->name, "upstream_unreachable", "result",
 		  "upstream-unreachable", "upstream", s->upstream, "error", error, NULL);
+	metrics_refusal(s->r->metrics, "upstream-unreachable");
 	fail_upstream(s, PF_UNREACHABLE, error, "upstream unreachable");
 }
 
@@ -454,6 +456,7 @@ static int check_upstream_tls(struct session *s)
 								      NULL, 0, d2, sizeof(d2));
 	}
 	metrics_handshake(r->metrics, METRICS_UPSTREAM, tls_conn_version(t), result);
+	metrics_handshake_time(r->metrics, METRICS_UPSTREAM, (now_ms(s) - s->up_hs_ms) * 1000);
 	log_event(LOG_INFO, s->id, r->name, "upstream_tls", "version", tls_conn_version(t),
 		  "cipher", tls_conn_cipher(t), "verify", verify, "policy",
 		  cfg_policy_name(p->level), "resumption",
@@ -525,6 +528,67 @@ static void up_ready(struct session *s)
 		ep_resume(&s->down);
 }
 
+/* The domain of an address ("" for none: the null sender). */
+static const char *domain_of(const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+	return at ? at + 1 : "";
+}
+
+/* The distinct domains of a comma-separated address list, comma-separated, in order of
+ * first appearance (at most cap - 1 octets; "..." when more did not fit). */
+static void domains_of(const char *list, char *out, size_t cap)
+{
+	size_t o = 0;
+	out[0] = '\0';
+	for (const char *p = list; p && *p;) {
+		const char *comma = strchr(p, ',');
+		size_t n = comma ? (size_t)(comma - p) : strlen(p);
+		const char *at = memchr(p, '@', n);
+		const char *d = at ? at + 1 : p + n;
+		size_t dn = (size_t)(p + n - d);
+		int seen = 0;
+		for (const char *q = out; dn && *q && !seen;) {
+			const char *c2 = strchr(q, ',');
+			size_t qn = c2 ? (size_t)(c2 - q) : strlen(q);
+			seen = qn == dn && !strncasecmp(q, d, dn);
+			q = c2 ? c2 + 1 : q + qn;
+		}
+		if (dn && !seen) {
+			if (o + dn + 5 >= cap) {
+				snprintf(out + o, cap - o, "%s...", o ? "," : "");
+				return;
+			}
+			o += (size_t)snprintf(out + o, cap - o, "%s%.*s", o ? "," : "", (int)dn, d);
+		}
+		p = comma ? comma + 1 : p + n;
+	}
+}
+
+/* event=message: one line per message relayed, as mail admins trace mail. Addresses only
+ * at log_level = debug; domains, counts, size, the upstream's final reply (its queue id)
+ * and the TLS of both legs at info. */
+static void log_message(struct session *s, const struct proto_message *m)
+{
+	char rcpts[16], size[24], delivered[16], domains[512];
+	snprintf(rcpts, sizeof(rcpts), "%u", m->rcpts);
+	snprintf(delivered, sizeof(delivered), "%u", m->delivered);
+	snprintf(size, sizeof(size), "%llu", (unsigned long long)m->size);
+	domains_of(m->to, domains, sizeof(domains));
+	int debug = log_enabled(LOG_DEBUG);
+	const char *result = m->code / 100 == 2 ? "accepted" : m->code / 100 == 4 ? "deferred"
+										    : "rejected";
+	log_event(LOG_INFO, s->id, s->r->name, "message", "result", result, "from_domain",
+		  domain_of(m->from), "from", debug ? m->from : NULL, "rcpts", rcpts,
+		  "rcpt_domains", domains, "to", debug ? m->to : NULL, "delivered",
+		  s->r->protocol == CFG_PROTO_LMTP ? delivered : NULL, "size", size, "reply",
+		  m->reply, "client_tls",
+		  s->down.tls && s->down.tls_ready ? tls_conn_version(s->down.tls) : "none",
+		  "upstream_tls", s->up.tls && s->up.tls_ready ? tls_conn_version(s->up.tls) : "none",
+		  "upstream", s->upstream, NULL);
+	metrics_message(s->r->metrics, result);
+}
+
 /* Carries out what the protocol module asked for, in order. Actions appended while
  * executing (a write fails, the module answers) are carried out too. */
 static void exec_actions(struct session *s)
@@ -578,6 +642,12 @@ static void exec_actions(struct session *s)
 				 (const char *)a->buf + x.off);
 			policy_failure(s, x.reason, detail[0] ? detail : NULL);
 			late_eval_conn(s, x.reason);
+			break;
+		}
+		case PA_MESSAGE: {
+			struct proto_message m;
+			if (proto_message_get(a, &x, &m) == 0)
+				log_message(s, &m);
 			break;
 		}
 		case PA_BIND:
@@ -785,6 +855,8 @@ static void on_tls(struct endpoint *ep, int status)
 			return;
 		}
 		metrics_handshake(s->r->metrics, METRICS_CLIENT, tls_conn_version(ep->tls), NULL);
+		metrics_handshake_time(s->r->metrics, METRICS_CLIENT,
+				       (now_ms(s) - s->client_hs_ms) * 1000);
 		log_event(LOG_INFO, s->id, s->r->name, "client_tls", "version",
 			  tls_conn_version(ep->tls), "cipher", tls_conn_cipher(ep->tls), NULL);
 		s->down_ready = 1;
@@ -921,6 +993,7 @@ static void decide(struct session *s)
 	else
 		policy_source(&s->pol, src, sizeof(src));
 	addr_text((const struct sockaddr *)d, s->upstream, sizeof(s->upstream));
+	metrics_policy_decision(s->r->metrics, src, cfg_policy_name(s->pol.level));
 	log_event(LOG_INFO, s->id, s->r->name, "policy", "upstream", s->upstream, "policy",
 		  cfg_policy_name(s->pol.level), "mode",
 		  s->pol.mode == CFG_MODE_ENFORCE ? "enforce" : "testing", "tls",
@@ -947,6 +1020,7 @@ static void connect_cb(uv_connect_t *req, int status)
 		return;
 	}
 	s->up_connected = 1;
+	metrics_connect_time(s->r->metrics, (now_ms(s) - s->phase_started_ms) * 1000);
 	s->phase_started_ms = now_ms(s);
 	log_event(LOG_DEBUG, s->id, s->r->name, "upstream_connected", "upstream", s->upstream,
 		  NULL);
@@ -1126,6 +1200,7 @@ static void tls_cache_drop(struct session *s)
 /* TLS toward the upstream, offering a cached session unless one was refused already. */
 static int start_upstream_tls(struct session *s)
 {
+	s->up_hs_ms = now_ms(s);
 	int dane = s->pol.level == CFG_POLICY_DANE;
 	struct tls_session *cached = s->resume_retry || dane ? NULL : tls_cache_get(s);
 	s->resume_offered = cached != NULL;
@@ -1745,6 +1820,9 @@ static void refuse(struct session *s, enum proto_refusal kind, const char *why)
 {
 	log_event(LOG_WARN, s->id, s->r->name, "refused", "reason", why, "client", s->client,
 		  kind == PR_NOT_ALLOWED ? "result" : NULL, "client-not-allowed", NULL);
+	metrics_refusal(s->r->metrics, kind == PR_NOT_ALLOWED ? "client-not-allowed"
+				       : !strcmp(why, "max_connections") ? "max-connections"
+									  : "max-connections-per-client");
 	const struct proto_ops *ops = proto_lookup(s->r->protocol);
 	if (!ops) {
 		session_close(s, why);

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include <ctype.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,9 +83,13 @@ struct family {
 };
 
 struct checker {
-	struct family fam[32];
+	struct family fam[48];
 	int nfam;
 	int current; /* family of the last TYPE line, -1 before any */
+	/* the histogram series being read: its labels but le, the last bucket's bound and
+	 * cumulative count, the +Inf bucket's count (-1: not seen yet) */
+	char hseries[4200];
+	double hle, hcum, hinf;
 	char **series;
 	size_t nseries, cap;
 	int problems;
@@ -128,7 +133,7 @@ static int find_family(struct checker *c, const char *name, size_t nl)
 static int add_family(struct checker *c, const char *name, size_t nl)
 {
 	int f = find_family(c, name, nl);
-	if (f >= 0 || c->nfam == 32 || nl >= sizeof(c->fam[0].name))
+	if (f >= 0 || c->nfam == 48 || nl >= sizeof(c->fam[0].name))
 		return f;
 	f = c->nfam++;
 	memset(&c->fam[f], 0, sizeof(c->fam[f]));
@@ -155,8 +160,25 @@ static void check_sample(struct checker *c, int lineno, const char *line, size_t
 		return;
 	}
 	int f = find_family(c, line, nl);
+	/* a histogram's samples: NAME_bucket{...,le="B"}, NAME_sum, NAME_count */
+	int hpart = 0; /* 1 bucket, 2 sum, 3 count */
+	static const char *const suffixes[] = { "_bucket", "_sum", "_count" };
+	for (int k = 0; f < 0 && k < 3; k++) {
+		size_t sl = strlen(suffixes[k]);
+		if (nl > sl && !memcmp(line + nl - sl, suffixes[k], sl)) {
+			int hf = find_family(c, line, nl - sl);
+			if (hf >= 0 && !strcmp(c->fam[hf].type, "histogram")) {
+				f = hf;
+				hpart = k + 1;
+			}
+		}
+	}
 	if (f < 0 || !c->fam[f].type[0]) {
 		problem(c, lineno, line, "sample without a TYPE");
+		return;
+	}
+	if (!hpart && !strcmp(c->fam[f].type, "histogram")) {
+		problem(c, lineno, line, "histogram sample without _bucket/_sum/_count");
 		return;
 	}
 	if (f != c->current)
@@ -233,16 +255,68 @@ static void check_sample(struct checker *c, int lineno, const char *line, size_t
 	p++;
 	const char *v = p;
 	if (*p == '-') {
-		if (strcmp(c->fam[f].type, "counter") == 0)
-			problem(c, lineno, line, "negative counter");
+		if (strcmp(c->fam[f].type, "gauge") != 0)
+			problem(c, lineno, line, "negative counter or histogram value");
 		p++;
 	}
+	const char *digits = p;
 	if (!isdigit((unsigned char)*p))
-		problem(c, lineno, line, "value is not an integer");
+		problem(c, lineno, line, "value is not a number");
 	while (isdigit((unsigned char)*p))
 		p++;
-	if (p != end || (*v == '0' && p - v > 1))
-		problem(c, lineno, line, "trailing text after the value (or leading zero)");
+	if (*digits == '0' && p - digits > 1)
+		problem(c, lineno, line, "leading zero");
+	if (*p == '.') { /* a fraction: digits on both sides */
+		p++;
+		if (!isdigit((unsigned char)*p))
+			problem(c, lineno, line, "a '.' without digits after it");
+		while (isdigit((unsigned char)*p))
+			p++;
+	}
+	if (p != end)
+		problem(c, lineno, line, "trailing text after the value");
+	double value = strtod(v, NULL);
+	/* histograms: buckets cumulative, in increasing le, ending with +Inf = _count */
+	if (hpart) {
+		char rest[4200] = "", le[64] = "";
+		size_t rl = 0;
+		for (int i = 0; i < nlabels; i++) {
+			if (!strncmp(labels[i], "le=\"", 4)) {
+				snprintf(le, sizeof le, "%.*s", (int)strlen(labels[i]) - 5,
+					 labels[i] + 4);
+				continue;
+			}
+			rl += (size_t)snprintf(rest + rl, sizeof rest - rl, "%s,", labels[i]);
+		}
+		if (hpart == 1) {
+			if (!le[0]) {
+				problem(c, lineno, line, "bucket without le");
+			} else if (strcmp(c->hseries, rest) != 0) { /* the series' first bucket */
+				if (c->hinf < 0 && c->hseries[0])
+					problem(c, lineno, line, "previous histogram without +Inf");
+				snprintf(c->hseries, sizeof c->hseries, "%s", rest);
+				c->hle = strtod(le, NULL);
+				c->hcum = value;
+				c->hinf = !strcmp(le, "+Inf") ? value : -1;
+			} else {
+				double b = !strcmp(le, "+Inf") ? 1e300 : strtod(le, NULL);
+				if (b <= c->hle)
+					problem(c, lineno, line, "le not increasing");
+				if (value < c->hcum)
+					problem(c, lineno, line, "bucket counts not cumulative");
+				c->hle = b;
+				c->hcum = value;
+				if (!strcmp(le, "+Inf"))
+					c->hinf = value;
+			}
+		} else if (le[0]) {
+			problem(c, lineno, line, "le on _sum or _count");
+		} else if (strcmp(c->hseries, rest) != 0 || c->hinf < 0) {
+			problem(c, lineno, line, "_sum/_count without its buckets up to +Inf");
+		} else if (hpart == 3 && value != c->hinf) {
+			problem(c, lineno, line, "_count differs from the +Inf bucket");
+		}
+	}
 	/* The series key: the name and its labels sorted. */
 	qsort(labels, (size_t)nlabels, sizeof(labels[0]), cmp_label);
 	size_t kl = nl + 3;
@@ -272,7 +346,7 @@ static void check_sample(struct checker *c, int lineno, const char *line, size_t
 /* Returns the number of problems (printed); *samples gets the number of sample lines. */
 static int check_exposition(const char *text, size_t len, int *samples)
 {
-	struct checker c = { .current = -1 };
+	struct checker c = { .current = -1, .hinf = -1 };
 	if (len != strlen(text))
 		problem(&c, 0, "", "NUL byte in the text");
 	if (len == 0 || text[len - 1] != '\n')
@@ -312,7 +386,8 @@ static int check_exposition(const char *text, size_t len, int *samples)
 					else if (c.fam[f].samples)
 						problem(&c, lineno, l, "TYPE after samples");
 					if ((rl == 7 && memcmp(rest, "counter", 7) == 0) ||
-					    (rl == 5 && memcmp(rest, "gauge", 5) == 0))
+					    (rl == 5 && memcmp(rest, "gauge", 5) == 0) ||
+					    (rl == 9 && memcmp(rest, "histogram", 9) == 0))
 						memcpy(c.fam[f].type, rest, rl);
 					else
 						problem(&c, lineno, l, "unknown TYPE");
@@ -346,7 +421,8 @@ static int check_exposition(const char *text, size_t len, int *samples)
 	return c.problems;
 }
 
-/* The checker rejects each of these (and accepts the first). */
+/* The checker rejects each of these bodies marked bad, accepts the others. */
+#define H "# HELP h H.\n# TYPE h histogram\n"
 static void test_checker_self_check(void **state)
 {
 	(void)state;
@@ -373,6 +449,17 @@ static void test_checker_self_check(void **state)
 		{ "# TYPE a_total counter\n", 1 },             /* second TYPE */
 		{ "# HELP b_total B.\n# TYPE b_total counter\na_total 1\n", 1 }, /* interleaved */
 		{ "# TYPE g gauge\n", 1 }, /* TYPE without HELP */
+		{ "a_total 1.5\n", 0 },                           /* a fraction */
+		{ "a_total 1.\n", 1 },                            /* a bare '.' */
+		{ "a_total 01\n", 1 },                            /* leading zero */
+		{ H "h_bucket{le=\"0.1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 0.3\nh_count 2\n", 0 },
+		{ H "h_bucket{le=\"0.1\"} 3\nh_bucket{le=\"+Inf\"} 2\nh_sum 0.3\nh_count 2\n", 1 },
+		{ H "h_bucket{le=\"0.2\"} 1\nh_bucket{le=\"0.1\"} 1\nh_bucket{le=\"+Inf\"} 1\n"
+		    "h_sum 0\nh_count 1\n", 1 },                /* le decreasing */
+		{ H "h_bucket{le=\"0.1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 0.3\nh_count 3\n", 1 },
+		{ H "h_bucket{le=\"0.1\"} 1\nh_sum 0.3\nh_count 1\n", 1 }, /* no +Inf */
+		{ H "h 1\n", 1 },                                  /* bare histogram sample */
+		{ H "h_bucket 1\n", 1 },                           /* bucket without le */
 	};
 	int failures = 0;
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -398,6 +485,11 @@ static const char *const families[][2] = {
 	{ "starttls_proxy_tls_handshakes_total", "counter" },
 	{ "starttls_proxy_policy_failures_total", "counter" },
 	{ "starttls_proxy_policy_evaluations_total", "counter" },
+	{ "starttls_proxy_refusals_total", "counter" },
+	{ "starttls_proxy_policy_decisions_total", "counter" },
+	{ "starttls_proxy_handshake_duration_seconds", "histogram" },
+	{ "starttls_proxy_upstream_connect_seconds", "histogram" },
+	{ "starttls_proxy_messages_total", "counter" },
 	{ "starttls_proxy_bytes_total", "counter" },
 	{ "starttls_proxy_certificate_expiry_seconds", "gauge" },
 };
@@ -412,7 +504,7 @@ static void test_render_without_routes(void **state)
 	assert_non_null(text);
 	int samples = -1;
 	assert_int_equal(check_exposition(text, len, &samples), 0);
-	assert_int_equal(samples, 0);
+	assert_int_equal(samples, 6); /* the process's own: cpu, fds, max fds, memory x2, start */
 	const char *p = text;
 	for (size_t i = 0; i < NFAMILIES; i++) {
 		char help[128], type[128];
@@ -425,7 +517,72 @@ static void test_render_without_routes(void **state)
 		assert_memory_equal(p, type, strlen(type));
 		p += strlen(type);
 	}
+	/* then the process's metrics, with values that are this process's */
+	static const char *const proc[] = { "process_cpu_seconds_total", "process_open_fds",
+					    "process_max_fds", "process_virtual_memory_bytes",
+					    "process_resident_memory_bytes",
+					    "process_start_time_seconds" };
+	for (size_t i = 0; i < 6; i++) {
+		char want[128];
+		snprintf(want, sizeof want, "# HELP %s ", proc[i]);
+		assert_memory_equal(p, want, strlen(want));
+		p = strchr(strchr(p, '\n') + 1, '\n') + 1; /* HELP, TYPE */
+		size_t nl = strlen(proc[i]);
+		assert_memory_equal(p, proc[i], nl);
+		double v = strtod(p + nl + 1, NULL);
+		if (!strcmp(proc[i], "process_open_fds"))
+			assert_true(v >= 3 && v < 1000); /* stdin, stdout, stderr at least */
+		else if (!strcmp(proc[i], "process_resident_memory_bytes"))
+			assert_true(v > 100000);
+		else if (!strcmp(proc[i], "process_start_time_seconds"))
+			assert_true(fabs(v - (double)time(NULL)) < 600);
+		p = strchr(p, '\n') + 1;
+	}
 	assert_int_equal(*p, '\0');
+	free(text);
+}
+
+/* Refusals by reason, policy decisions by source and level, and the two histograms:
+ * cumulative buckets in seconds, the sum, the count; an unknown reason or source is
+ * counted as "other" / "no-policy", never dropped. */
+static void test_refusals_decisions_histograms(void **state)
+{
+	(void)state;
+	struct metrics_route *m = metrics_route("hist-route");
+	assert_non_null(m);
+	metrics_refusal(m, "client-not-allowed");
+	metrics_refusal(m, "client-not-allowed");
+	metrics_refusal(m, "upstream-unreachable");
+	metrics_refusal(m, "something-new");
+	metrics_policy_decision(m, "table:12", "verify");
+	metrics_policy_decision(m, "route", "may");
+	metrics_policy_decision(m, "mta-sts", "mta-sts");
+	metrics_handshake_time(m, METRICS_CLIENT, 3000);     /* 3 ms */
+	metrics_handshake_time(m, METRICS_CLIENT, 20000000); /* 20 s: only +Inf */
+	metrics_connect_time(m, 1000);                       /* exactly 1 ms: le 0.001 */
+	char *text = render();
+	assert_int_equal(check_exposition(text, strlen(text), NULL), 0);
+	static const char *const want[] = {
+		"starttls_proxy_refusals_total{route=\"hist-route\",reason=\"upstream-unreachable\"} 1\n",
+		"starttls_proxy_refusals_total{route=\"hist-route\",reason=\"client-not-allowed\"} 2\n",
+		"starttls_proxy_refusals_total{route=\"hist-route\",reason=\"other\"} 1\n",
+		"starttls_proxy_policy_decisions_total{route=\"hist-route\",source=\"route\",policy=\"may\"} 1\n",
+		"starttls_proxy_policy_decisions_total{route=\"hist-route\",source=\"table\",policy=\"verify\"} 1\n",
+		"starttls_proxy_policy_decisions_total{route=\"hist-route\",source=\"mta-sts\",policy=\"mta-sts\"} 1\n",
+		"starttls_proxy_handshake_duration_seconds_bucket{route=\"hist-route\",side=\"client\",le=\"0.0025\"} 0\n",
+		"starttls_proxy_handshake_duration_seconds_bucket{route=\"hist-route\",side=\"client\",le=\"0.005\"} 1\n",
+		"starttls_proxy_handshake_duration_seconds_bucket{route=\"hist-route\",side=\"client\",le=\"10\"} 1\n",
+		"starttls_proxy_handshake_duration_seconds_bucket{route=\"hist-route\",side=\"client\",le=\"+Inf\"} 2\n",
+		"starttls_proxy_handshake_duration_seconds_sum{route=\"hist-route\",side=\"client\"} 20.003000\n",
+		"starttls_proxy_handshake_duration_seconds_count{route=\"hist-route\",side=\"client\"} 2\n",
+		"starttls_proxy_upstream_connect_seconds_bucket{route=\"hist-route\",le=\"0.001\"} 1\n",
+		"starttls_proxy_upstream_connect_seconds_count{route=\"hist-route\"} 1\n",
+	};
+	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+		if (!strstr(text, want[i]))
+			fail_msg("missing: %s", want[i]);
+	/* no upstream handshake was observed: no series for that side */
+	assert_null(strstr(text, "side=\"upstream\",le="));
 	free(text);
 }
 
@@ -571,6 +728,9 @@ static void test_render_known_updates(void **state)
 	metrics_handshake(NULL, METRICS_CLIENT, "TLSv1.3", NULL);
 	metrics_policy_failure(NULL, "other", 0);
 	char *after = render();
+	/* (the process's own metrics, CPU time and all, move on between two renderings) */
+	*strstr(before, "# HELP process_") = '\0';
+	*strstr(after, "# HELP process_") = '\0';
 	assert_string_equal(before, after);
 	free(before);
 	free(after);
@@ -872,6 +1032,7 @@ int main(void)
 		cmocka_unit_test(test_exposition_format),
 		cmocka_unit_test(test_concurrent_updates),
 		cmocka_unit_test(test_evaluations),
+		cmocka_unit_test(test_refusals_decisions_histograms),
 	};
 	return cmocka_run_group_tests_name("metrics", tests, NULL, NULL);
 }

@@ -284,6 +284,14 @@ static void collect(struct run *r, int stepno)
 			buf_adds(&r->sc_acts, x->type == PA_BIND ? " bind:" : " check:");
 			buf_add(&r->sc_acts, a->buf + x->off, x->len);
 			break;
+		case PA_MESSAGE: { /* well-formed; test_message_trace checks the contents */
+			struct proto_message m;
+			if (proto_message_get(a, x, &m) < 0 || m.code < 200 || m.code > 599 ||
+			    strncmp(m.reply, "", 0) != 0 || (m.reply[0] && m.reply[0] != '0' + m.code / 100))
+				run_fail(r, stepno, "malformed PA_MESSAGE (code %d, reply \"%s\")",
+					 m.code, m.reply);
+			break;
+		}
 		case PA_POLICY:
 			/* Counted by the session; must name an RFC 8460 result. */
 			if (!x->reason || strcmp(x->reason, "starttls-not-supported") != 0)
@@ -1968,6 +1976,125 @@ static void test_empty_reads(void **state)
 	RUN_TABLE(empty_scripts);
 }
 
+/* ------------------------------------------------------------------ message trace */
+
+/* Feeds bytes to the module from a side; the PA_MESSAGE records it produced are appended
+ * to got[*n] (their "to" copied into tos). */
+static void trace_feed(void *st, struct proto_actions *a, int side, const char *bytes,
+		       struct proto_message *got, char tos[][256], int *n)
+{
+	proto_smtp_ops.data(st, side, (const uint8_t *)bytes, strlen(bytes), a);
+	for (size_t i = 0; i < a->n; i++) {
+		if (a->a[i].type != PA_MESSAGE)
+			continue;
+		assert_true(*n < 8);
+		assert_int_equal(proto_message_get(a, &a->a[i], &got[*n]), 0);
+		snprintf(tos[*n], 256, "%s", got[*n].to);
+		got[*n].to = tos[*n];
+		(*n)++;
+	}
+	proto_actions_clear(a);
+}
+
+/* event=message's record: one per message, at its final reply, also for two messages
+ * pipelined in one read (each keeps its own envelope); only accepted recipients count; the
+ * size is the data without the end marker; a DATA refused for want of recipients ends its
+ * transaction with a record; LMTP counts the 2xx per-recipient replies. */
+static void test_message_trace(void **state)
+{
+	(void)state;
+	struct proto_actions a = { 0 };
+	struct proto_message got[8];
+	char tos[8][256];
+	int n = 0;
+	void *st = proto_smtp_ops.create(&P_PLAIN);
+	assert_non_null(st);
+	proto_smtp_ops.upstream_connected(st, &a);
+	proto_actions_clear(&a);
+	trace_feed(st, &a, PROTO_UPSTREAM, GREET, got, tos, &n);
+	trace_feed(st, &a, PROTO_CLIENT,
+		   "EHLO c.test\r\nMAIL FROM:<s@one.test>\r\nRCPT TO:<a@x.test>\r\n"
+		   "RCPT TO:<bad@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n", got, tos, &n);
+	trace_feed(st, &a, PROTO_UPSTREAM,
+		   "250-mx.test\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n550 no\r\n250 ok\r\n"
+		   "354 go\r\n", got, tos, &n);
+	/* 12 octets of data, then the end, then a second message, all in one read */
+	trace_feed(st, &a, PROTO_CLIENT,
+		   "Subject: 1\r\n\r\nhi\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<c@z.test>\r\nDATA\r\n",
+		   got, tos, &n);
+	assert_int_equal(n, 0); /* nothing before the final reply */
+	trace_feed(st, &a, PROTO_UPSTREAM,
+		   "250 2.0.0 Ok: queued as 4Xyz\r\n250 ok\r\n250 ok\r\n354 go\r\n", got, tos, &n);
+	assert_int_equal(n, 1);
+	assert_string_equal(got[0].from, "s@one.test");
+	assert_int_equal(got[0].rcpts, 2);
+	assert_string_equal(got[0].to, "a@x.test,b@y.test");
+	assert_int_equal(got[0].size, strlen("Subject: 1\r\n\r\nhi\r\n"));
+	assert_int_equal(got[0].code, 250);
+	assert_int_equal(got[0].delivered, 2);
+	assert_string_equal(got[0].reply, "250 2.0.0 Ok: queued as 4Xyz");
+	trace_feed(st, &a, PROTO_CLIENT, "x\r\n.\r\n", got, tos, &n);
+	trace_feed(st, &a, PROTO_UPSTREAM, "451-4.3.0 busy\r\n451 4.3.0 try later\r\n", got,
+		   tos, &n);
+	assert_int_equal(n, 2);
+	assert_string_equal(got[1].from, "");
+	assert_string_equal(got[1].to, "c@z.test");
+	assert_int_equal(got[1].code, 451);
+	assert_int_equal(got[1].delivered, 0);
+	assert_string_equal(got[1].reply, "451 4.3.0 try later"); /* the last line */
+	/* every recipient refused: DATA's refusal ends the transaction */
+	trace_feed(st, &a, PROTO_CLIENT, "MAIL FROM:<s@one.test>\r\nRCPT TO:<q@x.test>\r\nDATA\r\n",
+		   got, tos, &n);
+	trace_feed(st, &a, PROTO_UPSTREAM, "250 ok\r\n550 no\r\n554 5.5.1 no valid recipients\r\n",
+		   got, tos, &n);
+	assert_int_equal(n, 3);
+	assert_int_equal(got[2].rcpts, 0);
+	assert_int_equal(got[2].code, 554);
+	assert_int_equal(got[2].size, 0);
+	proto_smtp_ops.destroy(st);
+
+	/* BDAT: the chunks' octets, the message ends with the LAST one */
+	n = 0;
+	st = proto_smtp_ops.create(&P_PLAIN);
+	proto_smtp_ops.upstream_connected(st, &a);
+	proto_actions_clear(&a);
+	trace_feed(st, &a, PROTO_UPSTREAM, GREET, got, tos, &n);
+	trace_feed(st, &a, PROTO_CLIENT, "EHLO c.test\r\n", got, tos, &n);
+	trace_feed(st, &a, PROTO_UPSTREAM, "250-mx.test\r\n250 CHUNKING\r\n", got, tos, &n);
+	trace_feed(st, &a, PROTO_CLIENT,
+		   "MAIL FROM:<s@one.test>\r\nRCPT TO:<a@x.test>\r\nBDAT 5\r\nabcdeBDAT 3 LAST\r\nfgh",
+		   got, tos, &n);
+	trace_feed(st, &a, PROTO_UPSTREAM, "250 ok\r\n250 ok\r\n250 5 octets\r\n250 queued\r\n",
+		   got, tos, &n);
+	assert_int_equal(n, 1);
+	assert_int_equal(got[0].size, 8);
+	assert_string_equal(got[0].reply, "250 queued");
+	proto_smtp_ops.destroy(st);
+
+	/* LMTP: three accepted recipients, two delivered */
+	n = 0;
+	st = proto_smtp_ops.create(&P_PLAIN_LMTP);
+	proto_smtp_ops.upstream_connected(st, &a);
+	proto_actions_clear(&a);
+	trace_feed(st, &a, PROTO_UPSTREAM, GREET, got, tos, &n);
+	trace_feed(st, &a, PROTO_CLIENT,
+		   "LHLO c.test\r\nMAIL FROM:<s@one.test>\r\nRCPT TO:<a@x.test>\r\n"
+		   "RCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\nDATA\r\n", got, tos, &n);
+	trace_feed(st, &a, PROTO_UPSTREAM,
+		   "250-mx.test\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n"
+		   "354 go\r\n", got, tos, &n);
+	trace_feed(st, &a, PROTO_CLIENT, "hi\r\n.\r\n", got, tos, &n);
+	trace_feed(st, &a, PROTO_UPSTREAM, "250 a ok\r\n452 b full\r\n", got, tos, &n);
+	assert_int_equal(n, 0);
+	trace_feed(st, &a, PROTO_UPSTREAM, "250 c ok\r\n", got, tos, &n);
+	assert_int_equal(n, 1);
+	assert_int_equal(got[0].rcpts, 3);
+	assert_int_equal(got[0].delivered, 2);
+	assert_string_equal(got[0].reply, "250 c ok");
+	proto_smtp_ops.destroy(st);
+	proto_actions_free(&a);
+}
+
 /* ------------------------------------------------------------------ xclient */
 
 static const struct step s_xclient[] = {
@@ -2275,6 +2402,7 @@ int main(void)
 		cmocka_unit_test(test_body_table),
 		cmocka_unit_test(test_failures),
 		cmocka_unit_test(test_xclient),
+		cmocka_unit_test(test_message_trace),
 		cmocka_unit_test(test_late),
 		cmocka_unit_test(test_rcpt_domain),
 		cmocka_unit_test(test_empty_reads),
