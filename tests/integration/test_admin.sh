@@ -8,6 +8,7 @@ start_server echo --mode echo
 start_server selfsigned --mode echo --cert "$CERTS/selfsigned.pem" --key "$CERTS/selfsigned.key"
 wait_servers
 free_port PADM; free_port PIN; free_port POUT; free_port PBAD; free_port PHOLD
+free_port PDEAD; free_port PNOBODY; free_port PDENY
 
 conf=$T/admin.conf
 {
@@ -37,6 +38,17 @@ upstream_name = localhost
 listen = 127.0.0.1:$PHOLD
 protocol = tcp
 upstream = 127.0.0.1:$(port_of echo)
+
+[route dead]
+listen = 127.0.0.1:$PDEAD
+protocol = tcp
+upstream = 127.0.0.1:$PNOBODY
+
+[route deny]
+listen = 127.0.0.1:$PDENY
+protocol = tcp
+client_allow = 192.0.2.0/24
+upstream = 127.0.0.1:$(port_of echo)
 CONF
 } >"$conf"
 start_proxy "$conf"
@@ -48,6 +60,8 @@ check readyz_200 sh -c "curl -sf $ADM/readyz | grep -qx ready"
 # Known traffic: three 5-byte echoes through plainout -> tlsin, one refused upstream.
 for i in 1 2 3; do relay_ok "echo_$i" "$POUT"; done
 relay_blocked bad_upstream_blocked "$PBAD"
+relay_blocked dead_upstream_blocked "$PDEAD"
+relay_blocked not_allowed_blocked "$PDENY"
 # The counters are final once every session is counted out, which the proxy does just after
 # its close line: /metrics is read again until no route has an active session (5 s at
 # most; after that the checks below judge what is there).
@@ -80,6 +94,25 @@ fi
 want bytes_up 'starttls_proxy_bytes_total{route="plainout",direction="up"}' 36
 want bytes_down 'starttls_proxy_bytes_total{route="tlsin",direction="down"}' 36
 check type_lines grep -q '^# TYPE starttls_proxy_connections_active gauge' "$T/metrics.txt"
+# Durations: three client handshakes on tlsin and three upstream ones on plainout, in the
+# histograms (the +Inf bucket and the count agree); three TCP connects per route; the
+# policy each connect was given, by source; the refused upstream (certificate) is a policy
+# failure, not a refusal: no refusal series for it.
+want hs_hist_client_count 'starttls_proxy_handshake_duration_seconds_count{route="tlsin",side="client"}' 3
+want hs_hist_client_inf 'starttls_proxy_handshake_duration_seconds_bucket{route="tlsin",side="client",le="+Inf"}' 3
+want hs_hist_upstream_count 'starttls_proxy_handshake_duration_seconds_count{route="plainout",side="upstream"}' 3
+want connect_hist_count 'starttls_proxy_upstream_connect_seconds_count{route="plainout"}' 3
+want decisions_by_source 'starttls_proxy_policy_decisions_total{route="plainout",source="route",policy="verify"}' 3
+want refusal_unreachable 'starttls_proxy_refusals_total{route="dead",reason="upstream-unreachable"} ' 1
+want refusal_not_allowed 'starttls_proxy_refusals_total{route="deny",reason="client-not-allowed"} ' 1
+if grep -q 'starttls_proxy_refusals_total{route="bad"' "$T/metrics.txt"; then
+	fail policy_block_not_a_refusal "$(grep 'refusals_total{route="bad"' "$T/metrics.txt")"
+else
+	pass policy_block_not_a_refusal
+fi
+check process_metrics sh -c "grep -Eq '^process_open_fds [1-9][0-9]*$' '$T/metrics.txt' &&
+	grep -Eq '^process_resident_memory_bytes [1-9][0-9]*$' '$T/metrics.txt' &&
+	grep -Eq '^process_cpu_seconds_total [0-9.]+$' '$T/metrics.txt'"
 
 # An open session shows in the gauge.
 /usr/bin/python3 - "$PHOLD" "$T/hold.stop" >"$T/hold.out" 2>&1 <<'PY' &
