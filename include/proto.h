@@ -148,6 +148,9 @@ struct proto_ops {
 	 * exists): the reply to send, then PA_CLOSE. */
 	void (*refuse)(const struct proto_params *p, enum proto_refusal why,
 		       struct proto_actions *a);
+	/* 1 when the session sits between transactions with nothing in flight either way:
+	 * the proxy, draining, may end it at once (fail PF_SHUTDOWN: the protocol's 421). */
+	int (*idle)(void *st);
 };
 
 extern const struct proto_ops proto_smtp_ops; /* smtp and lmtp */

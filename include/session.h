@@ -44,6 +44,10 @@ void session_accept(struct session_host *h, struct cfg_route *route, uv_stream_t
 void session_close(struct session *s, const char *reason);
 /* Ends the session because the proxy stops: protocols say so to the client first. */
 void session_shutdown(struct session *s);
+/* The drain began: a session idle between transactions (the protocol says so) gets its
+ * protocol's 421 now and ends; 1 when it did, 0 when it goes on until it is done or
+ * drain_timeout. */
+int session_drain(struct session *s);
 struct session *session_next(struct session *s);
 /* The host stops: the late-binding resources (their resolver's handles) are released so
  * that the loop can end; sessions still open keep their own reference. */

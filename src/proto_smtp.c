@@ -1944,6 +1944,13 @@ static void smtp_refuse(const struct proto_params *p, enum proto_refusal why,
 	proto_close(a, why == PR_NOT_ALLOWED ? "client not allowed" : "connection limit");
 }
 
+static int smtp_idle(void *st)
+{
+	const struct smtp *s = st;
+	return (s->u == U_READY || s->u == U_LATE) && s->client_greeted && s->c == C_COMMAND &&
+	       !s->in_tx && eq_len(&s->q) == 0 && lr_pending(&s->cin) == 0 && !s->quit_seen;
+}
+
 const struct proto_ops proto_smtp_ops = {
 	.name = "smtp",
 	.create = smtp_create,
@@ -1960,4 +1967,5 @@ const struct proto_ops proto_smtp_ops = {
 	.rcpt_verdict = smtp_rcpt_verdict,
 	.fail = smtp_fail,
 	.refuse = smtp_refuse,
+	.idle = smtp_idle,
 };

@@ -661,8 +661,12 @@ static void exec_actions(struct session *s)
 		}
 		}
 	}
-	if (--s->exec_depth == 0)
+	if (--s->exec_depth == 0) {
 		proto_actions_clear(a);
+		/* draining: a session that just finished its transaction ends now */
+		if (s->h->stopping && !s->ending && !s->closed)
+			session_drain(s);
+	}
 }
 
 static void on_data(struct endpoint *ep, const uint8_t *data, size_t len)
@@ -1953,6 +1957,15 @@ void session_shutdown(struct session *s)
 		fail_upstream(s, PF_SHUTDOWN, NULL, "shutdown");
 	else
 		session_close(s, "shutdown");
+}
+
+int session_drain(struct session *s)
+{
+	if (!s->proto || !s->proto->idle || s->ending || s->closed || !s->down_ready ||
+	    !s->proto->idle(s->ps))
+		return 0;
+	session_shutdown(s);
+	return 1;
 }
 
 struct session *session_next(struct session *s)

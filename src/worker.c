@@ -82,8 +82,9 @@ int worker_init(struct worker *w, int index, struct cfg *cfg, struct stp_shared 
 static void drain_timeout(uv_timer_t *t)
 {
 	struct worker *w = t->data;
-	log_event(LOG_WARN, NULL, NULL, "drain_timeout", "sessions_closed",
-		  w->host.nsessions ? "yes" : "no", NULL);
+	char n[24];
+	snprintf(n, sizeof(n), "%zu", (size_t)w->host.nsessions);
+	log_event(LOG_WARN, NULL, NULL, "drain_timeout", "sessions_closed", n, NULL);
 	struct session *s = w->host.sessions;
 	while (s) {
 		struct session *next = session_next(s);
@@ -161,6 +162,18 @@ static void wake_cb(uv_async_t *a)
 		listener_close(w->listeners[i]);
 		w->listeners[i] = NULL;
 	}
+	size_t open = w->host.nsessions, idle = 0;
+	for (struct session *x = w->host.sessions; x;) {
+		struct session *next = session_next(x);
+		idle += (size_t)session_drain(x);
+		x = next;
+	}
+	char n_open[24], n_idle[24], wi[16];
+	snprintf(n_open, sizeof(n_open), "%zu", open);
+	snprintf(n_idle, sizeof(n_idle), "%zu", idle);
+	snprintf(wi, sizeof(wi), "%d", w->index);
+	log_event(LOG_INFO, NULL, NULL, "drain", "worker", wi, "sessions", n_open, "idle_closed",
+		  n_idle, NULL);
 	if (w->host.nsessions == 0) {
 		finish(&w->host);
 		return;
