@@ -73,16 +73,24 @@ fi
 # A deferred and a rejected message (every recipient refused at DATA's end is not possible
 # with Postfix's RCPT checks: a message whose only recipient is deferred gets no DATA).
 # smtp_dialog: MAIL, a deferred RCPT (450), DATA refused (554 no valid recipients).
-dialog message_deferred_dialog --connect "127.0.0.1:$P_INFO" --ca "$CERTS/ca.pem" --name localhost expect:220 cmd:250:"EHLO c.test" \
-	cmd:220:STARTTLS starttls cmd:250:"EHLO c.test" cmd:250:"MAIL FROM:<a@client.test>" \
-	cmd:450:"RCPT TO:<later@dest.test>" cmd:554:DATA cmd:221:QUIT
+smtp_dialog_to "$T/deferred.json" --connect "127.0.0.1:$P_INFO" --ca "$CERTS/ca.pem" --name localhost \
+	expect:220 cmd:250:"EHLO c.test" cmd:220:STARTTLS starttls cmd:250:"EHLO c.test" \
+	cmd:250:"MAIL FROM:<a@client.test>" cmd:450:"RCPT TO:<later@dest.test>" cmd:554:DATA \
+	cmd:221:QUIT closed:5
+check message_deferred_dialog grep -q '"ok": true' "$T/deferred.json"
 check message_refused_data_logged wait_log 'route=trace .*event=message result=rejected .*rcpts=0 .*reply="554 5.5.1 Error: no valid recipients"' 5 "$INFO_LOG"
 
-# bytes_down: what the client received, the proxy's own STARTTLS reply and greeting
-# included (the dialog's session is the second close of the route).
+# bytes_down: exactly what the client received (every reply line of the dialog's
+# transcript), the proxy's own "220 2.0.0 Ready to start TLS" and its rewritten EHLO reply
+# included, and not what the upstream sent the proxy (its replies to the proxy's own EHLO
+# and STARTTLS). The dialog's session is the route's second close.
 wait_count 'route=trace .*event=close' 2 5 "$INFO_LOG"
 DOWN=$(log_line 'route=trace .*event=close' "$INFO_LOG" | sed -n 's/.*bytes_down=\([0-9]*\).*/\1/p')
-check bytes_down_counts_proxy_replies awk -v n="${DOWN:-0}" 'BEGIN { exit !(n > 200) }'
+GOT=$("$SMTP_PY" -c '
+import json, sys
+t = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["transcript"]
+print(sum(len(l[3:].encode()) + 2 for l in t if l.startswith("S: ")))' "$T/deferred.json")
+check bytes_down_is_what_the_client_got test "${DOWN:-x}" = "$GOT"
 
 # LMTP: one final reply per recipient, counted.
 make_message "$T/m2" trace2
