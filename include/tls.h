@@ -130,7 +130,11 @@ const char *tls_conn_cipher(const struct tls_conn *c);  /* IANA name */
 /* Meaningful only for contexts built with a trust store (tls_client_opts.ca): without one,
  * nothing is verified and the result stays TLS_VERIFY_OK. */
 enum tls_verify tls_conn_verify_result(const struct tls_conn *c);
-const char *tls_conn_error_text(const struct tls_conn *c); /* last wolfSSL error, or "" */
+const char *tls_conn_error_text(const struct tls_conn *c);
+/* After a failed handshake: 1 when it failed on the protocol version (a client below the
+ * route's client_min_tls); *offered the version its ClientHello named (its highest, for
+ * clients before TLS 1.3), or NULL when not known. */
+int tls_conn_version_too_low(const struct tls_conn *c, const char **offered); /* last wolfSSL error, or "" */
 /* SHA-256 of the peer certificate's SubjectPublicKeyInfo: 0 or TLS_E_HANDSHAKE. */
 int tls_conn_peer_spki_sha256(struct tls_conn *c, uint8_t out[32]);
 /* 1 when the peer certificate's names (DNS SANs, or the CN when there is no SAN) match

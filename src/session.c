@@ -852,9 +852,21 @@ static void on_tls(struct endpoint *ep, int status)
 	if (ep == &s->down) {
 		if (status < 0) {
 			metrics_handshake(s->r->metrics, METRICS_CLIENT, NULL, "tls-handshake-failure");
-			log_event(LOG_WARN, s->id, s->r->name, "client_tls_failed", "result",
-				  "tls-handshake-failure", "error", tls_conn_error_text(ep->tls),
-				  NULL);
+			const char *offered;
+			if (tls_conn_version_too_low(ep->tls, &offered)) {
+				char min[32];
+				snprintf(min, sizeof(min), "%d.%d", s->r->client_min_tls / 10,
+					 s->r->client_min_tls % 10);
+				log_event(LOG_WARN, s->id, s->r->name, "client_tls_failed", "result",
+					  "tls-version-too-low", "offered", offered ? offered : "unknown",
+					  "client_min_tls", min, "client", s->client, "hint",
+					  "a legacy device: client_min_tls = 1.0 on a route of its own",
+					  NULL);
+			} else {
+				log_event(LOG_WARN, s->id, s->r->name, "client_tls_failed", "result",
+					  "tls-handshake-failure", "error", tls_conn_error_text(ep->tls),
+					  NULL);
+			}
 			session_close(s, "client handshake failed");
 			return;
 		}

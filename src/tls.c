@@ -35,7 +35,8 @@ struct tls_conn {
 	int verify_error; /* wolfSSL error code of the first chain failure */
 	char err[128];
 	struct tls_chain *chain; /* --probe: where the verification callback records the chain */
-	uint8_t first[8];        /* the first bytes the peer sent */
+	uint8_t first[16];       /* the first bytes the peer sent */
+	int err_code;            /* wolfSSL's error of the failed handshake */
 	size_t nfirst;
 	uint8_t offered[32];     /* SHA-256 of the ticket offered for resumption */
 	int has_offered;
@@ -591,6 +592,7 @@ size_t tls_conn_first_bytes(const struct tls_conn *c, uint8_t *buf, size_t len)
 static void record_error(struct tls_conn *c, int rc)
 {
 	int e = wolfSSL_get_error(c->ssl, rc);
+	c->err_code = e;
 	char buf[WOLFSSL_MAX_ERROR_SZ];
 	wolfSSL_ERR_error_string_n((unsigned long)(e < 0 ? -e : e), buf, sizeof(buf));
 	snprintf(c->err, sizeof(c->err), "%s", buf);
@@ -688,6 +690,20 @@ enum tls_verify tls_conn_verify_result(const struct tls_conn *c)
 const char *tls_conn_error_text(const struct tls_conn *c)
 {
 	return c->err;
+}
+
+int tls_conn_version_too_low(const struct tls_conn *c, const char **offered)
+{
+	*offered = NULL;
+	if (c->err_code != VERSION_ERROR)
+		return 0;
+	/* record header (5), handshake header (4), then ClientHello.legacy_version */
+	if (c->nfirst >= 11 && c->first[0] == 0x16 && c->first[5] == 0x01 && c->first[9] == 3) {
+		static const char *const names[] = { "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2" };
+		if (c->first[10] <= 3)
+			*offered = names[c->first[10]];
+	}
+	return 1;
 }
 
 int tls_conn_has_peer_cert(struct tls_conn *c)

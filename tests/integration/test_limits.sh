@@ -97,6 +97,9 @@ for v in tls1:TLSv1 tls1_1:TLSv1.1; do
 done
 check default_accepts_TLSv1.2 [ "$(s_client_proto "$P_NEW" -tls1_2)" = TLSv1.2 ]
 expect_log old_version_logged 'route=old .*event=client_tls .*version=TLSv1 '
+# A client below client_min_tls is logged as such (not as a record layer error).
+expect_log below_min_logged_as_such 'route=new .*event=client_tls_failed result=tls-version-too-low offered=TLSv1 client_min_tls=1.2 '
+expect_log below_min_tls11_logged 'route=new .*event=client_tls_failed result=tls-version-too-low offered=TLSv1.1 client_min_tls=1.2 '
 
 # --- per-client limit, tcp ----------------------------------------------------------------
 python3 - "$P_PER" >"$T/per.out" 2>&1 <<'PY'
