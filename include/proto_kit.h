@@ -113,7 +113,9 @@ int cap_word_is(const char *text, size_t len, const char *keyword);
 /* TLS starts on side now (the 220 / OK that allows it has just been queued or read):
  * whatever that side sent after the STARTTLS exchange and the module has not processed is
  * dropped (CVE-2011-0411, CVE-2014-3556) and the session is asked to switch. The module
- * forgets, in its tls_done, everything it learned from that side before TLS. */
-void kit_starttls(struct proto_actions *a, enum proto_side side, struct line_reader *r);
+ * forgets, in its tls_done, everything it learned from that side before TLS. Returns the
+ * count of bytes dropped: more than 0 is an injection attempt (or a broken peer), which the
+ * module logs as a security event (event=starttls_injection). */
+size_t kit_starttls(struct proto_actions *a, enum proto_side side, struct line_reader *r);
 
 #endif

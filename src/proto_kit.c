@@ -180,8 +180,10 @@ int cap_word_is(const char *text, size_t len, const char *keyword)
 
 /* ---- the STARTTLS boundary ----------------------------------------------------------- */
 
-void kit_starttls(struct proto_actions *a, enum proto_side side, struct line_reader *r)
+size_t kit_starttls(struct proto_actions *a, enum proto_side side, struct line_reader *r)
 {
+	size_t dropped = lr_pending(r);
 	lr_discard(r);
 	proto_starttls(a, side);
+	return dropped;
 }

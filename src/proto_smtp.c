@@ -142,6 +142,20 @@ static void enter_cstate(struct smtp *s, enum cstate c)
 	s->c = c;
 }
 
+/* Bytes a side sent in plaintext after STARTTLS, dropped at the boundary: the STARTTLS
+ * command injection of CVE-2011-0411 (client) or a reply injected before the upstream's
+ * handshake (CVE-2014-3556's kind). A security event, never a silent drop. */
+static void injection(struct smtp *s, enum proto_side side, size_t dropped)
+{
+	if (!dropped)
+		return;
+	char n[24];
+	snprintf(n, sizeof(n), "%zu", dropped);
+	log_event(LOG_WARN, s->p.session_id, s->p.route, "starttls_injection", "side",
+		  side == PROTO_CLIENT ? "client" : "upstream", "bytes", n, "action", "discarded",
+		  "security", "yes", NULL);
+}
+
 static int waiting(const struct smtp *s)
 {
 	return s->c == C_WAIT_DATA || s->c == C_WAIT_AUTH || s->c == C_WAIT_XCLIENT ||
@@ -559,7 +573,7 @@ static void on_int_starttls(struct smtp *s, struct proto_actions *a, struct expe
 	}
 	/* Whatever the upstream sent after its 220 was sent before TLS: dropped. */
 	enter_ustate(s, U_HANDSHAKE);
-	kit_starttls(a, PROTO_UPSTREAM, &s->uin);
+	injection(s, PROTO_UPSTREAM, kit_starttls(a, PROTO_UPSTREAM, &s->uin));
 }
 
 static void on_int_rset(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
@@ -922,7 +936,7 @@ static void drain_locals(struct smtp *s, struct proto_actions *a)
 		}
 		proto_sendf(a, PROTO_CLIENT, "220 2.0.0 Ready to start TLS\r\n");
 		/* pipelined after STARTTLS: never processed */
-		kit_starttls(a, PROTO_CLIENT, &s->cin);
+		injection(s, PROTO_CLIENT, kit_starttls(a, PROTO_CLIENT, &s->cin));
 	}
 }
 
@@ -1618,7 +1632,8 @@ static size_t body_bytes(struct smtp *s, struct proto_actions *a, const uint8_t 
 static void process_client(struct smtp *s, struct proto_actions *a)
 {
 	while (s->u != U_DONE && s->client_greeted && lr_pending(&s->cin)) {
-		if (s->c == C_STARTTLS) {
+		if (s->c == C_STARTTLS) { /* after the 220, before the handshake */
+			injection(s, PROTO_CLIENT, lr_pending(&s->cin));
 			lr_discard(&s->cin);
 			return;
 		}

@@ -155,6 +155,9 @@ for r in legacy_may legacy_encrypt; do
 	# The NOOP sent after the handshake reached the upstream: so would have the pipelined
 	# commands sent before it.
 	fake_never "upstream_never_saw_pipelined_command_$r" "$r" 'evil@attacker|victim@dest' 1 '^plain: NOOP$'
+	# and the attempt is a logged security event with the bytes dropped (two lines, 60)
+	expect_log "client_injection_logged_$r" \
+		"route=$r .*event=starttls_injection side=client bytes=60 action=discarded security=yes"
 done
 
 # --- response injection by the upstream after its 220 -----------------------------------
@@ -165,6 +168,8 @@ dialog upstream_injected_reply_discarded --connect "127.0.0.1:${P[inject]}" \
 	cmd:354:DATA "data:$T/msg" expect:250:fake- \
 	cmd:250:NOOP absent:injected silent:0.5 cmd:221:QUIT closed:3
 stored_over inject true injection_message_delivered_over_tls
+expect_log upstream_injection_logged \
+	'route=inject .*event=starttls_injection side=upstream bytes=[1-9][0-9]* action=discarded security=yes'
 
 # --- STARTTLS stripped by the upstream -----------------------------------------------------
 transaction nost_may stripped_may_delivered_plaintext

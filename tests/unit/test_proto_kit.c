@@ -249,7 +249,7 @@ static void test_boundary(void **state)
 	struct line_reader r;
 	lr_init(&r, 100);
 	lr_feed(&r, "MAIL FROM:<evil@x>\r\nRCPT", 24);
-	kit_starttls(&a, PROTO_CLIENT, &r);
+	assert_int_equal(kit_starttls(&a, PROTO_CLIENT, &r), 24); /* reported, for the log */
 	assert_int_equal(lr_pending(&r), 0); /* what came after STARTTLS is gone */
 	assert_int_equal(a.n, 1);
 	assert_int_equal(a.a[0].type, PA_STARTTLS);
