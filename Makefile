@@ -90,6 +90,18 @@ fuzz:
 	@bash scripts/deps.sh test
 	@bash tests/fuzz/run.sh $(FUZZ_SECONDS)
 
+# The container images, built offline by podman (Containerfile, docs/kubernetes.md):
+# IMAGE (the proxy) and IMAGE-netinit (the sidecar's init container), tagged VERSION and latest.
+PODMAN ?= podman
+IMAGE  ?= starttls-proxy
+.PHONY: image
+image: all
+	@command -v $(firstword $(PODMAN)) >/dev/null || { echo "podman missing: run 'make deps'"; exit 1; }
+	@bash scripts/mkimage.sh $(BIN) build/image
+	$(PODMAN) build --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
+	$(PODMAN) build --target netinit --build-arg VERSION=$(VERSION) \
+	  -t $(IMAGE)-netinit:$(VERSION) -t $(IMAGE)-netinit:latest .
+
 install: all
 	install -D -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/starttls-proxy
 	install -D -m 644 etc/starttls-proxy.conf $(DESTDIR)$(PREFIX)/share/doc/starttls-proxy/starttls-proxy.conf.example
