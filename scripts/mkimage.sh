@@ -65,13 +65,24 @@ merged_usr() {
 	chmod 755 "$1/usr/lib64/ld-linux-x86-64.so.2"
 }
 
-# self_test ROOTFS EXE ARGS...: runs EXE with the rootfs's own loader and libraries only
-# (no root needed): proof that nothing is missing before the image is built.
+# self_test ROOTFS EXE ARGS...: EXE's libraries, as the rootfs's own loader resolves them with
+# the rootfs's library directory first, must all come from the rootfs (the loader would fall
+# back to the host's directories for a missing one: that is the failure looked for); then
+# EXE ARGS runs that way. No root needed.
 self_test() {
-	local rootfs=$1 exe=$2
+	local rootfs=$1 exe=$2 ld
 	shift 2
-	env -i "$rootfs/usr/lib64/ld-linux-x86-64.so.2" --inhibit-cache \
-		--library-path "$rootfs/usr/lib/x86_64-linux-gnu" "$rootfs$exe" "$@"
+	ld=("$rootfs/usr/lib64/ld-linux-x86-64.so.2" --inhibit-cache
+		--library-path "$rootfs/usr/lib/x86_64-linux-gnu" "$rootfs$exe")
+	env -i LD_TRACE_LOADED_OBJECTS=1 "${ld[@]}" >"$OUT/trace.out" 2>&1 || true
+	if ! grep -q '=>' "$OUT/trace.out" ||
+		awk -v r="$rootfs/" '$2 == "=>" && index($3, r) != 1 { bad = 1 } END { exit !bad }' "$OUT/trace.out"; then
+		echo "mkimage: $exe: not every library resolves inside $rootfs:" >&2
+		cat "$OUT/trace.out" >&2
+		exit 1
+	fi
+	rm -f "$OUT/trace.out"
+	env -i "${ld[@]}" "$@"
 }
 
 epoch=$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)
