@@ -59,17 +59,28 @@ config_ok() {
 }
 
 # --- the configurations, mounted as the kubelet would -------------------------------------------------
-CONF="" ARGS=() # set by "eval $(km mount ...)"
 mkdir -p "$T/sc" "$T/gw"
-eval "$(km mount "$SIDECAR" legacy-app starttls-proxy "$T/sc/proxy")" || { fail sidecar_mount "k8s_manifest.py mount"; finish; }
+# mounted NAME ARGS...: k8s_manifest.py mount ARGS; sets CONF, ARGS, MOUNTS, or FAILs NAME
+# and ends the test.
+mounted() {
+	local name=$1 out
+	shift
+	CONF="" ARGS=()
+	if ! out=$(km mount "$@" 2>&1); then
+		fail "$name" "k8s_manifest.py mount: $(tail -n 2 <<<"$out")"
+		finish
+	fi
+	eval "$out"
+}
+mounted sidecar_mount "$SIDECAR" legacy-app starttls-proxy "$T/sc/proxy"
 SC_CONF=$CONF
 config_ok sidecar_config_ok "$SC_CONF"
 
 openssl rand -hex 80 >"$T/tickets.key"
-eval "$(km mount "$GATEWAY" starttls-proxy-gateway starttls-proxy "$T/gw/proxy" \
+mounted gateway_mount "$GATEWAY" starttls-proxy-gateway starttls-proxy "$T/gw/proxy" \
 	--secret "mail-gateway-tls/tls.crt=$CERTS/server.pem" \
 	--secret "mail-gateway-tls/tls.key=$CERTS/server.key" \
-	--secret "starttls-proxy-tickets/tickets.key=$T/tickets.key")" || { fail gateway_mount "k8s_manifest.py mount"; finish; }
+	--secret "starttls-proxy-tickets/tickets.key=$T/tickets.key"
 GW_CONF=$CONF
 config_ok gateway_config_ok "$GW_CONF"
 
@@ -135,7 +146,7 @@ fi
 pass setup_namespaces
 
 # --- sidecar: the init container's rules -------------------------------------------------------------
-eval "$(km mount "$SIDECAR" legacy-app redirect "$T/sc/redirect")"
+mounted redirect_mount "$SIDECAR" legacy-app redirect "$T/sc/redirect"
 REDIRECT_ARGS=("${ARGS[@]}")
 # The image's entrypoint is nft; NET_ADMIN is the one capability the manifest gives.
 apply_rules() {

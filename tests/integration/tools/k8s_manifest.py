@@ -258,6 +258,8 @@ def mount(path, workload, container, out, secrets):
             data = cms[v["configMap"]["name"]]
             items = v["configMap"].get("items") or [{"key": k, "path": k} for k in data]
             for it in items:
+                if it["key"] not in data:
+                    sys.exit("ConfigMap %s has no key %s" % (v["configMap"]["name"], it["key"]))
                 dst = os.path.join(local, it["path"])
                 with open(dst, "w", encoding="utf-8") as f:
                     f.write(mapped(data[it["key"]]))
