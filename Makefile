@@ -91,6 +91,18 @@ fuzz:
 	@bash scripts/deps.sh test
 	@bash tests/fuzz/run.sh $(FUZZ_SECONDS)
 
+# The container images, built offline by podman (Containerfile, docs/kubernetes.md):
+# IMAGE (the proxy) and IMAGE-netinit (the sidecar's init container), tagged VERSION and latest.
+PODMAN ?= podman
+IMAGE  ?= starttls-proxy
+.PHONY: image
+image: all
+	@command -v $(firstword $(PODMAN)) >/dev/null || { echo "podman missing: run 'make deps'"; exit 1; }
+	@bash scripts/mkimage.sh $(BIN) build/image
+	$(PODMAN) build --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
+	$(PODMAN) build --target netinit --build-arg VERSION=$(VERSION) \
+	  -t $(IMAGE)-netinit:$(VERSION) -t $(IMAGE)-netinit:latest .
+
 # The binary, man pages, systemd units (service, socket, sysusers; the transparent drop-in
 # with the docs), the documented example of every key, and a configuration that passes -t
 # as it is, in SYSCONFDIR/starttls-proxy unless one is there already (never overwritten).
