@@ -149,12 +149,16 @@ private_nsd() {
 	unpack_private nsd "$PREFIX_ROOT/nsd-root" "the tests' DNS server" || true
 }
 
+mkdir -p "$PREFIX_ROOT"
+# One run at a time (two `make test` in two clones share this cache): the second waits,
+# then finds everything in place.
+exec 9>"$PREFIX_ROOT/.deps.lock"
+flock 9
+
 if [ "$WHAT" = private-postfix ]; then
 	private_postfix "requested" "$2"
 	exit 0
 fi
-
-mkdir -p "$PREFIX_ROOT"
 need_pkgs=()
 mta=""
 private=0
