@@ -84,6 +84,10 @@ int ep_start_tls_with(struct endpoint *ep, struct tls_ctx *ctx, const uint8_t *d
 /* 0, or -EPIPE (the side is closing or failed), -ENOMEM, or the write's error (the side
  * has failed: on_error follows or has run). */
 int ep_write(struct endpoint *ep, const void *data, size_t len);
+/* Bytes for the socket as they are, outside TLS and ahead of everything written after
+ * them (a PROXY protocol header): on a side whose TCP connection is up and that nothing
+ * was written to yet. 0, -EPIPE, -ENOMEM, or the write's error (on_error has run). */
+int ep_write_raw(struct endpoint *ep, const void *data, size_t len);
 /* Drops what was written before the side was ready: the owner rejected the peer. */
 void ep_discard_held(struct endpoint *ep);
 /* Bytes written but not yet accepted by the kernel. */

@@ -728,16 +728,6 @@ static void check_unknown(struct parse *P, struct section *sec, const char *cons
 	}
 }
 
-/* Keys of the contract whose feature this build does not carry yet: refusing them is
- * better than silently running without what the operator asked for. */
-static void refuse_unsupported(struct parse *P, struct section *sec, const char *key,
-			       const char *unless_value)
-{
-	struct entry *e = get(sec, key);
-	if (e && (!unless_value || strcasecmp(e->value, unless_value) != 0))
-		ERR(P, e->line, "%s: not supported by this version of starttls-proxy", key);
-}
-
 /* resolver, dnssec_trust_anchor, mta_sts_cache, mta_sts_port; the TLSRPT keys are refused
  * until reports exist. */
 static void parse_dns_keys(struct parse *P, struct section *sec, struct cfg *c)
@@ -1184,10 +1174,10 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	v = CFG_PP_NONE;
 	get_enum(P, sec, "proxy_protocol_out", pp_names, &v);
 	r->proxy_protocol_out = v;
-	if (r->proxy_protocol_in != CFG_PP_NONE)
-		refuse_unsupported(P, sec, "proxy_protocol_in", NULL);
-	if (r->proxy_protocol_out != CFG_PP_NONE)
-		refuse_unsupported(P, sec, "proxy_protocol_out", NULL);
+	if (r->proxy_protocol_out != CFG_PP_NONE && cfg_route_late(r))
+		ERR(P, line_of(sec, "proxy_protocol_out"),
+		    "proxy_protocol_out is for an upstream of one's own, not the recipients' MX "
+		    "hosts (upstream_policy = %s)", policy_names[r->upstream_policy]);
 	v = 0;
 	get_enum(P, sec, "xclient", yesno_names, &v);
 	r->xclient = v;

@@ -363,6 +363,13 @@ int ep_write(struct endpoint *ep, const void *data, size_t len)
 	return raw_write(ep, data, len);
 }
 
+int ep_write_raw(struct endpoint *ep, const void *data, size_t len)
+{
+	if (ep->closing || ep->failed)
+		return -EPIPE;
+	return raw_write(ep, data, len);
+}
+
 void ep_discard_held(struct endpoint *ep)
 {
 	buf_free(&ep->held);

@@ -9,6 +9,7 @@
 #include "metrics.h"
 #include "policy.h"
 #include "proto.h"
+#include "proxyproto.h"
 #include "shared.h"
 #include "stsmgr.h"
 #include "tls.h"
@@ -38,7 +39,7 @@
 #define TLS_CACHE_SIZE 64
 #define TLS_CACHE_MS (3600 * 1000)
 
-enum timer_kind { T_NONE, T_DETECT, T_CONNECT, T_HANDSHAKE_CLIENT, T_HANDSHAKE_UPSTREAM, T_IDLE, T_LINGER };
+enum timer_kind { T_NONE, T_PROXY, T_DETECT, T_CONNECT, T_HANDSHAKE_CLIENT, T_HANDSHAKE_UPSTREAM, T_IDLE, T_LINGER };
 
 struct session {
 	struct session *next, *prev; /* in the host's list */
@@ -60,6 +61,17 @@ struct session {
 	char close_detail[160];
 	char client_ip[INET6_ADDRSTRLEN];
 	unsigned client_port;
+	/* the client as the session knows it (logs, client_allow, per-client limits, XCLIENT,
+	 * source = client): the socket's peer, or the PROXY header's source */
+	struct sockaddr_storage peer;
+	/* proxy_protocol_in: the header is read before anything else (pp_reading), its bytes
+	 * so far in pp_buf (PP_HEADER_MAX); a header with addresses gave the client (peer)
+	 * and the address it connected to (pp_dst) */
+	uint8_t *pp_buf;
+	size_t pp_len;
+	unsigned pp_reading : 1, pp_addr : 1;
+	struct sockaddr_storage pp_dst;
+	long active; /* open sessions when this one was accepted (max_connections) */
 	/* protocol module (NULL for tcp: plain relay) */
 	const struct proto_ops *proto;
 	void *ps;
@@ -184,6 +196,7 @@ static void handle_closed(struct session *s)
 	free(s->cands);
 	free(s->late_pol);
 	buf_free(&s->early);
+	free(s->pp_buf);
 	proto_actions_free(&s->acts);
 	cfg_unref(s->cfg);
 	free(s);
@@ -271,6 +284,7 @@ static void session_end(struct session *s, const char *reason, const char *detai
 
 static void timer_cb(uv_timer_t *t);
 static void detected(struct session *s, const uint8_t *data, size_t len);
+static void pp_refused(struct session *s, const char *reason, const char *close_reason);
 
 static void consider(enum timer_kind *k, uint64_t *due, enum timer_kind kind, uint64_t when)
 {
@@ -291,8 +305,10 @@ static void arm_timer(struct session *s)
 	uint64_t now = now_ms(s);
 	if (s->ending) {
 		consider(&k, &due, T_LINGER, now + LINGER_MS);
+	} else if (s->pp_reading) {
+		consider(&k, &due, T_PROXY, s->started_ms + r->handshake_timeout_ms);
 	} else if (s->detecting) {
-		consider(&k, &due, T_DETECT, s->started_ms + r->detect_timeout_ms);
+		consider(&k, &due, T_DETECT, s->client_hs_ms + r->detect_timeout_ms);
 	} else {
 		if (!s->down_ready)
 			consider(&k, &due, T_HANDSHAKE_CLIENT, s->client_hs_ms + r->handshake_timeout_ms);
@@ -339,6 +355,11 @@ static void timer_cb(uv_timer_t *t)
 	switch (s->timer_kind) {
 	case T_LINGER:
 		session_close(s, s->close_reason ? s->close_reason : "linger timeout");
+		return;
+	case T_PROXY:
+		pp_refused(s, s->pp_len ? "no complete header within handshake_timeout"
+					: "no header within handshake_timeout",
+			   "proxy protocol timeout");
 		return;
 	case T_DETECT: /* a client that waits: the plaintext greeting, STARTTLS offered */
 		detected(s, NULL, 0);
@@ -669,11 +690,17 @@ static void exec_actions(struct session *s)
 	}
 }
 
+static void pp_input(struct session *s, const uint8_t *data, size_t len);
+
 static void on_data(struct endpoint *ep, const uint8_t *data, size_t len)
 {
 	struct session *s = ep->owner;
 	if (s->ending || s->closed)
 		return;
+	if (s->pp_reading && ep == &s->down) {
+		pp_input(s, data, len);
+		return;
+	}
 	if (s->detecting && ep == &s->down) {
 		detected(s, data, len);
 		return;
@@ -717,6 +744,12 @@ static void on_eof(struct endpoint *ep)
 	struct session *s = ep->owner;
 	if (s->ending || s->closed)
 		return;
+	if (ep == &s->down && s->pp_reading) {
+		pp_refused(s, s->pp_len ? "closed before the header was complete"
+					: "closed without a header",
+			   "proxy protocol");
+		return;
+	}
 	if (ep == &s->up) {
 		if (!s->up_ready) {
 			upstream_unreachable(s, "closed by the upstream before it was ready");
@@ -784,6 +817,10 @@ static void on_error(struct endpoint *ep, const char *what, int err)
 			upstream_unreachable(s, detail);
 		else
 			fail_upstream(s, PF_LOST, detail, "upstream error");
+		return;
+	}
+	if (ep == &s->down && s->pp_reading) {
+		pp_refused(s, detail, "client error");
 		return;
 	}
 	snprintf(s->close_detail, sizeof(s->close_detail), "%s", detail);
@@ -1026,6 +1063,49 @@ static void decide(struct session *s)
 		s->proto->set_policy(s->ps, s->pol.tls, s->pol.level, s->pol.mode);
 }
 
+static int original_destination(struct session *s, struct sockaddr_storage *out);
+
+/* Where the client connected: the PROXY header's destination (proxy_protocol_in), the
+ * original destination on a transparent route, else the accepted socket's own address
+ * (family 0 when none is known). */
+static void client_destination(struct session *s, struct sockaddr_storage *out)
+{
+	if (s->pp_addr) {
+		*out = s->pp_dst;
+		return;
+	}
+	if ((s->r->upstream.original_dst || s->r->transparent == CFG_TRANSPARENT_TPROXY) &&
+	    original_destination(s, out) == 0)
+		return;
+	int len = sizeof(*out);
+	if (uv_tcp_getsockname(&s->down.tcp, (struct sockaddr *)out, &len) < 0)
+		memset(out, 0, sizeof(*out));
+}
+
+/* proxy_protocol_out: the first bytes of every upstream connection, before TLS and before
+ * anything the protocol module sends: the client (after proxy_protocol_in) and the address
+ * it connected to. 0, or -1 when the write failed (on_error has run). */
+static int send_proxy_header(struct session *s)
+{
+	struct sockaddr_storage dst;
+	uint8_t hdr[PP_HEADER_MAX];
+	client_destination(s, &dst);
+	const struct sockaddr *src = s->peer.ss_family ? (const struct sockaddr *)&s->peer : NULL;
+	enum pp_version v = s->r->proxy_protocol_out == CFG_PP_V1 ? PP_V1 : PP_V2;
+	int n = v == PP_V1 ? pp_build_v1(src, (const struct sockaddr *)&dst, hdr, sizeof(hdr))
+			   : pp_build_v2(src, (const struct sockaddr *)&dst, hdr, sizeof(hdr));
+	char to[64];
+	addr_text((const struct sockaddr *)&dst, to, sizeof(to));
+	log_event(LOG_DEBUG, s->id, s->r->name, "proxy_protocol", "side", "upstream", "version",
+		  pp_version_name(v), "client", s->client, "destination", to, "upstream",
+		  s->upstream, NULL);
+	if (n < 0) { /* cannot happen with PP_HEADER_MAX bytes */
+		upstream_unreachable(s, "cannot build the PROXY protocol header");
+		return -1;
+	}
+	return ep_write_raw(&s->up, hdr, (size_t)n) < 0 ? -1 : 0;
+}
+
 static void connect_cb(uv_connect_t *req, int status)
 {
 	struct session *s = req->data;
@@ -1040,6 +1120,8 @@ static void connect_cb(uv_connect_t *req, int status)
 	s->phase_started_ms = now_ms(s);
 	log_event(LOG_DEBUG, s->id, s->r->name, "upstream_connected", "upstream", s->upstream,
 		  NULL);
+	if (s->r->proxy_protocol_out != CFG_PP_NONE && send_proxy_header(s) < 0)
+		return;
 	if (s->pol.tls == CFG_TLS_IMPLICIT) {
 		if (start_upstream_tls(s) < 0) {
 			session_end(s, "out of memory", NULL);
@@ -1061,11 +1143,11 @@ static void connect_cb(uv_connect_t *req, int status)
 /* source = client (TPROXY): the upstream socket is bound to the client's own address. */
 static int open_as_client(struct session *s, const struct sockaddr_storage *d)
 {
-	struct sockaddr_storage src;
-	int len = sizeof(src);
-	if (uv_tcp_getpeername(&s->down.tcp, (struct sockaddr *)&src, &len) < 0 ||
-	    src.ss_family != d->ss_family)
+	struct sockaddr_storage src = s->peer;
+	if (src.ss_family != d->ss_family)
 		return -EAFNOSUPPORT;
+	socklen_t len = src.ss_family == AF_INET ? sizeof(struct sockaddr_in)
+						 : sizeof(struct sockaddr_in6);
 	if (src.ss_family == AF_INET)
 		((struct sockaddr_in *)(void *)&src)->sin_port = 0;
 	else
@@ -1077,7 +1159,7 @@ static int open_as_client(struct session *s, const struct sockaddr_storage *d)
 	int rc = src.ss_family == AF_INET
 			 ? setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof(one))
 			 : setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one));
-	if (rc < 0 || bind(fd, (struct sockaddr *)&src, (socklen_t)len) < 0 ||
+	if (rc < 0 || bind(fd, (struct sockaddr *)&src, len) < 0 ||
 	    uv_tcp_open(&s->up.tcp, fd) < 0) {
 		rc = -errno;
 		close(fd);
@@ -1711,22 +1793,28 @@ static void start_upstream(struct session *s)
 
 /* ---- accept ---------------------------------------------------------------------- */
 
+/* The client's address, everywhere the session uses it. */
+static void set_client(struct session *s, const struct sockaddr_storage *peer)
+{
+	s->peer = *peer;
+	addr_text((const struct sockaddr *)peer, s->client, sizeof(s->client));
+	if (peer->ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const void *)peer;
+		inet_ntop(AF_INET, &a->sin_addr, s->client_ip, sizeof(s->client_ip));
+		s->client_port = ntohs(a->sin_port);
+	} else if (peer->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const void *)peer;
+		inet_ntop(AF_INET6, &a->sin6_addr, s->client_ip, sizeof(s->client_ip));
+		s->client_port = ntohs(a->sin6_port);
+	}
+}
+
 static void peer_address(struct session *s)
 {
 	struct sockaddr_storage peer;
 	int plen = sizeof(peer);
-	if (uv_tcp_getpeername(&s->down.tcp, (struct sockaddr *)&peer, &plen) != 0)
-		return;
-	addr_text((struct sockaddr *)&peer, s->client, sizeof(s->client));
-	if (peer.ss_family == AF_INET) {
-		const struct sockaddr_in *a = (const void *)&peer;
-		inet_ntop(AF_INET, &a->sin_addr, s->client_ip, sizeof(s->client_ip));
-		s->client_port = ntohs(a->sin_port);
-	} else if (peer.ss_family == AF_INET6) {
-		const struct sockaddr_in6 *a = (const void *)&peer;
-		inet_ntop(AF_INET6, &a->sin6_addr, s->client_ip, sizeof(s->client_ip));
-		s->client_port = ntohs(a->sin6_port);
-	}
+	if (uv_tcp_getpeername(&s->down.tcp, (struct sockaddr *)&peer, &plen) == 0)
+		set_client(s, &peer);
 }
 
 static void fill_params(const struct session *s, struct proto_params *out)
@@ -1831,8 +1919,10 @@ static int start_proto(struct session *s)
 }
 
 /* A connection over a limit: mail protocols get a temporary reply before the close (inside
- * TLS for implicit TLS, after the handshake; the client retries later either way). */
-static void refuse(struct session *s, enum proto_refusal kind, const char *why)
+ * TLS for implicit TLS, after the handshake; the client retries later either way). data:
+ * the client's first bytes, read with a PROXY header (its ClientHello, on implicit TLS). */
+static void refuse(struct session *s, enum proto_refusal kind, const char *why,
+		   const uint8_t *data, size_t len)
 {
 	log_event(LOG_WARN, s->id, s->r->name, "refused", "reason", why, "client", s->client,
 		  kind == PR_NOT_ALLOWED ? "result" : NULL, "client-not-allowed", NULL);
@@ -1846,12 +1936,14 @@ static void refuse(struct session *s, enum proto_refusal kind, const char *why)
 	}
 	/* implicit TLS: the refusal inside TLS, where the client can read it */
 	if (s->ctls == CFG_TLS_IMPLICIT &&
-	    ep_start_tls(&s->down, s->r->client_side_tls, NULL) < 0) {
+	    (len ? ep_start_tls_with(&s->down, s->r->client_side_tls, data, len)
+		 : ep_start_tls(&s->down, s->r->client_side_tls, NULL)) < 0) {
 		session_close(s, why);
 		return;
 	}
 	s->down_ready = s->ctls != CFG_TLS_IMPLICIT;
-	ep_connected(&s->down);
+	if (!s->down.connected)
+		ep_connected(&s->down);
 	struct proto_params p;
 	fill_params(s, &p);
 	ops->refuse(&p, kind, &s->acts);
@@ -1865,12 +1957,10 @@ static void refuse(struct session *s, enum proto_refusal kind, const char *why)
 /* client_allow: the client's address is in one of the networks. */
 static int client_allowed(struct session *s)
 {
-	struct sockaddr_storage peer;
-	int len = sizeof(peer);
-	if (uv_tcp_getpeername(&s->down.tcp, (struct sockaddr *)&peer, &len) < 0)
+	if (s->peer.ss_family != AF_INET && s->peer.ss_family != AF_INET6)
 		return 0;
 	for (size_t i = 0; i < s->r->nclient_allow; i++)
-		if (cfg_cidr_match(&s->r->client_allow[i], (const struct sockaddr *)&peer))
+		if (cfg_cidr_match(&s->r->client_allow[i], (const struct sockaddr *)&s->peer))
 			return 1;
 	return 0;
 }
@@ -1891,6 +1981,115 @@ static void reject(uv_loop_t *loop, uv_stream_t *server)
 	if (uv_accept(server, (uv_stream_t *)t) < 0)
 		log_event(LOG_WARN, NULL, NULL, "accept_failed", "error", "out of memory", NULL);
 	uv_close((uv_handle_t *)t, reject_closed);
+}
+
+/* The client is known (its socket's peer, or the PROXY header's source): the limits, then
+ * its TLS, then the session starts. data: the client's first bytes, read with the PROXY
+ * header (none without one), processed as if they had just arrived. */
+static void admit(struct session *s, const uint8_t *data, size_t len)
+{
+	struct cfg_route *r = s->r;
+	struct session_host *h = s->h;
+	s->client_hs_ms = now_ms(s); /* detect_timeout and handshake_timeout start now */
+	if (r->nclient_allow && !client_allowed(s)) {
+		refuse(s, PR_NOT_ALLOWED, "client-not-allowed", data, len);
+		return;
+	}
+	if ((unsigned long)s->active > h->cfg->max_connections) {
+		refuse(s, PR_LIMIT, "max_connections", data, len);
+		return;
+	}
+	if (r->max_connections_per_client) {
+		unsigned n = shared_client_acquire(h->shared, r, s->client_ip);
+		s->counted_client = n > 0;
+		if (n == 0 || n > r->max_connections_per_client) {
+			refuse(s, PR_LIMIT, "max_connections_per_client", data, len);
+			return;
+		}
+	}
+	if (r->client_tls == CFG_TLS_AUTO) {
+		s->detecting = 1;
+		s->down_ready = 1; /* reads flow; detected() decides */
+		if (len) {
+			detected(s, data, len);
+			return;
+		}
+		if (!s->down.connected)
+			ep_connected(&s->down);
+		arm_timer(s);
+		return;
+	}
+	if (r->client_tls == CFG_TLS_IMPLICIT) {
+		if ((len ? ep_start_tls_with(&s->down, r->client_side_tls, data, len)
+			 : ep_start_tls(&s->down, r->client_side_tls, NULL)) < 0) {
+			session_close(s, "out of memory");
+			return;
+		}
+	} else {
+		s->down_ready = 1;
+	}
+	if (!s->down.connected)
+		ep_connected(&s->down);
+	if (s->closed)
+		return;
+	start(s);
+	if (len && r->client_tls != CFG_TLS_IMPLICIT && !s->closed && !s->ending)
+		on_data(&s->down, data, len);
+}
+
+/* proxy_protocol_in: a header that is not there, not whole, or not valid ends the session
+ * before anything else happened: no reply to the client, no upstream connection. */
+static void pp_refused(struct session *s, const char *reason, const char *close_reason)
+{
+	char got[24];
+	snprintf(got, sizeof(got), "%zu", s->pp_len);
+	log_event(LOG_WARN, s->id, s->r->name, "proxy_protocol", "result", "invalid", "reason",
+		  reason, "version", s->r->proxy_protocol_in == CFG_PP_V1 ? "v1" : "v2", "client",
+		  s->client, "received", got, NULL);
+	snprintf(s->close_detail, sizeof(s->close_detail), "%s", reason);
+	session_close(s, close_reason);
+}
+
+/* proxy_protocol_in: the header's bytes as they arrive. Once it is whole, its addresses
+ * replace the socket's, and the bytes after it in this read are the client's first. */
+static void pp_input(struct session *s, const uint8_t *data, size_t len)
+{
+	if (!s->pp_buf && !(s->pp_buf = malloc(PP_HEADER_MAX))) {
+		session_close(s, "out of memory");
+		return;
+	}
+	size_t before = s->pp_len;
+	size_t take = len < PP_HEADER_MAX - before ? len : PP_HEADER_MAX - before;
+	memcpy(s->pp_buf + before, data, take);
+	s->pp_len += take;
+	struct pp_result res;
+	const char *why = NULL;
+	enum pp_version v = s->r->proxy_protocol_in == CFG_PP_V1 ? PP_V1 : PP_V2;
+	int rc = pp_parse(v, s->pp_buf, s->pp_len, &res, &why);
+	if (rc == -EAGAIN && s->pp_len < PP_HEADER_MAX)
+		return;
+	if (rc < 0) { /* (-EAGAIN at PP_HEADER_MAX bytes: the parser's bounds forbid it) */
+		pp_refused(s, why ? why : "header too long", "proxy protocol");
+		return;
+	}
+	/* every earlier call needed more, so the header ends in this read */
+	size_t used = (size_t)rc > before ? (size_t)rc - before : 0;
+	free(s->pp_buf);
+	s->pp_buf = NULL;
+	s->pp_reading = 0;
+	char proxy[64], dst[64] = "";
+	snprintf(proxy, sizeof(proxy), "%s", s->client);
+	if (res.has_addr) {
+		s->pp_addr = 1;
+		s->pp_dst = res.dst;
+		set_client(s, &res.src);
+		addr_text((const struct sockaddr *)&res.dst, dst, sizeof(dst));
+	}
+	log_event(LOG_INFO, s->id, s->r->name, "proxy_protocol", "result", "ok", "version",
+		  pp_version_name(v), "command", res.local ? "local" : NULL, "client", s->client,
+		  "proxy", proxy, "destination", dst[0] ? dst : NULL, "address",
+		  res.has_addr ? NULL : "none", NULL);
+	admit(s, data + used, len - used);
 }
 
 void session_accept(struct session_host *h, struct cfg_route *r, uv_stream_t *server)
@@ -1926,41 +2125,15 @@ void session_accept(struct session_host *h, struct cfg_route *r, uv_stream_t *se
 	log_event(LOG_INFO, s->id, r->name, "accept", "client", s->client, NULL);
 	/* auto: plaintext until the client shows otherwise (a refusal goes out in plaintext) */
 	s->ctls = r->client_tls == CFG_TLS_AUTO ? CFG_TLS_STARTTLS : r->client_tls;
-	if (r->nclient_allow && !client_allowed(s)) {
-		refuse(s, PR_NOT_ALLOWED, "client-not-allowed");
-		return;
-	}
-	if ((unsigned long)active > h->cfg->max_connections) {
-		refuse(s, PR_LIMIT, "max_connections");
-		return;
-	}
-	if (r->max_connections_per_client) {
-		unsigned n = shared_client_acquire(h->shared, r, s->client_ip);
-		s->counted_client = n > 0;
-		if (n == 0 || n > r->max_connections_per_client) {
-			refuse(s, PR_LIMIT, "max_connections_per_client");
-			return;
-		}
-	}
-	if (r->client_tls == CFG_TLS_AUTO) {
-		s->detecting = 1;
-		s->down_ready = 1; /* reads flow; detected() decides */
+	s->active = active;
+	if (r->proxy_protocol_in != CFG_PP_NONE) {
+		/* the header first: nothing else happens until it is in (pp_input) */
+		s->pp_reading = 1;
 		ep_connected(&s->down);
 		arm_timer(s);
 		return;
 	}
-	if (r->client_tls == CFG_TLS_IMPLICIT) {
-		if (ep_start_tls(&s->down, r->client_side_tls, NULL) < 0) {
-			session_close(s, "out of memory");
-			return;
-		}
-	} else {
-		s->down_ready = 1;
-	}
-	ep_connected(&s->down);
-	if (s->closed)
-		return;
-	start(s);
+	admit(s, NULL, 0);
 }
 
 void session_shutdown(struct session *s)

@@ -221,3 +221,28 @@ def mtasts_seeds():
 
 
 write("mtasts", mtasts_seeds())
+
+
+def proxyproto_seeds():
+    """byte 0: the version the route expects (0 v1, 1 v2), then what the client sends."""
+    sig = b"\r\n\r\n\x00\r\nQUIT\n"
+    v4 = sig + b"\x21\x11\x00\x0c" + bytes([127, 0, 0, 2, 127, 0, 0, 1, 0x30, 0x39, 0, 25])
+    v6 = sig + b"\x21\x21\x00\x24" + bytes(15) + b"\x02" + bytes(15) + b"\x01" + b"\xff\xff\x00\x19"
+    tlv = sig + b"\x21\x11\x00\x1b" + bytes([10, 0, 0, 1, 10, 0, 0, 2, 0, 80, 1, 187]) \
+        + b"\x01\x00\x02h2\x04\x00\x00\x03\x00\x04abcd"
+    return {
+        "v1_tcp4": b"\x00PROXY TCP4 127.0.0.2 127.0.0.1 12345 25\r\nEHLO x\r\n",
+        "v1_tcp6": b"\x00PROXY TCP6 2001:db8::7 ::ffff:192.0.2.1 65535 0\r\n",
+        "v1_unknown": b"\x00PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:fffe 65535 65535\r\n",
+        "v1_on_v2": b"\x01PROXY TCP4 127.0.0.2 127.0.0.1 12345 25\r\n",
+        "v2_tcp4": b"\x01" + v4 + b"\x16\x03\x01\x00\x05hello",
+        "v2_tcp6": b"\x01" + v6,
+        "v2_tlv": b"\x01" + tlv,
+        "v2_local": b"\x01" + sig + b"\x20\x00\x00\x00",
+        "v2_unix": b"\x01" + sig + b"\x21\x31\x00\xd8" + bytes(216),
+        "v2_on_v1": b"\x00" + v4,
+        "smtp": b"\x01EHLO client.example\r\n",
+    }
+
+
+write("proxyproto", proxyproto_seeds())

@@ -1052,6 +1052,10 @@ static const struct err_case err_cases[] = {
 	  G "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nupstream = mx\n"
 	    "upstream_tls = starttls\nupstream_policy = mta-sts\nxclient = yes\n",
 	  { "xclient = yes" }, 0, "Postfix", 0 },
+	{ "proxy_protocol_out toward recipients' MX",
+	  G "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nupstream = mx\n"
+	    "upstream_tls = starttls\nupstream_policy = mta-sts\nproxy_protocol_out = v1\n",
+	  { "proxy_protocol_out = v1" }, 0, "MX hosts", 0 },
 	{ "resolver not an address", G "resolver = dns.example\n" R1, { "resolver" }, 0,
 	  "IP or IP:PORT", 0 },
 	{ "unreadable trust anchor", G "dnssec_trust_anchor = @T@/no-such.key\n" R1,
