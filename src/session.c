@@ -1797,6 +1797,20 @@ static void start_upstream(struct session *s)
 static void set_client(struct session *s, const struct sockaddr_storage *peer)
 {
 	s->peer = *peer;
+	/* An IPv4 client of a dual-stack [::] listener arrives as ::ffff:a.b.c.d: it is an
+	 * IPv4 client for the logs, client_allow, the per-client limit and XCLIENT. */
+	const struct sockaddr_in6 *m6 = (const void *)peer;
+	if (peer->ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&m6->sin6_addr)) {
+		struct sockaddr_in *v4 = (struct sockaddr_in *)&s->peer;
+		uint16_t port = m6->sin6_port;
+		uint8_t a4[4];
+		memcpy(a4, &m6->sin6_addr.s6_addr[12], 4);
+		memset(&s->peer, 0, sizeof(s->peer));
+		v4->sin_family = AF_INET;
+		v4->sin_port = port;
+		memcpy(&v4->sin_addr, a4, 4);
+		peer = &s->peer;
+	}
 	addr_text((const struct sockaddr *)peer, s->client, sizeof(s->client));
 	if (peer->ss_family == AF_INET) {
 		const struct sockaddr_in *a = (const void *)peer;
@@ -2046,6 +2060,7 @@ static void pp_refused(struct session *s, const char *reason, const char *close_
 	log_event(LOG_WARN, s->id, s->r->name, "proxy_protocol", "result", "invalid", "reason",
 		  reason, "version", s->r->proxy_protocol_in == CFG_PP_V1 ? "v1" : "v2", "client",
 		  s->client, "received", got, NULL);
+	metrics_refusal(s->r->metrics, "proxy-protocol");
 	snprintf(s->close_detail, sizeof(s->close_detail), "%s", reason);
 	session_close(s, close_reason);
 }

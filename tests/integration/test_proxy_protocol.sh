@@ -37,10 +37,11 @@ for v in P_IN1 P_IN2 P_DENY P_HOST2 P_HOST1 P_IMPL P_AUTO P_TCP P_XC P_PER P_OUT
 	free_port "$v"
 done
 SINK=127.0.0.1:$(port_of sink)
+free_port P_ADM
 
 conf=$T/pp.conf
 {
-	global_section "helo_name = proxy.pp.test"
+	global_section "helo_name = proxy.pp.test" "admin_listen = 127.0.0.1:$P_ADM"
 	cat <<EOF
 [route in-v1]
 listen = 127.0.0.1:$P_IN1
@@ -319,6 +320,9 @@ if wait_count 'route=hostile-v[12] .*event=close ' 9 10; then
 else
 	fail hostile_sessions_all_closed "$(log_count 'route=hostile-v[12] .*event=close ') of 9 closed"
 fi
+# and counted as refusals
+check hostile_refusals_counted sh -c "curl -sf http://127.0.0.1:$P_ADM/metrics | grep -qx 'starttls_proxy_refusals_total{route=\"hostile-v2\",reason=\"proxy-protocol\"} 5' &&
+	curl -sf http://127.0.0.1:$P_ADM/metrics | grep -qx 'starttls_proxy_refusals_total{route=\"hostile-v1\",reason=\"proxy-protocol\"} 4'"
 if [ "$(log_count 'route=hostile-v[12] .*event=(policy|upstream_connected|upstream_unreachable)')" = 0 ]; then
 	pass hostile_no_upstream_attempt_logged
 else
