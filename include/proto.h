@@ -94,6 +94,10 @@ struct proto_params {
 	 * the module reports that recipient's domain (PA_BIND). Until then the module answers
 	 * the client itself (late_start). */
 	int late;
+	/* xclient: the client's forward-confirmed host name for XCLIENT NAME, filled in while
+	 * the upstream connects ("" still unknown: [TEMPUNAVAIL]); NULL: none is looked up
+	 * ([UNAVAILABLE]). */
+	const char *client_name;
 };
 
 /* Why the session turns a client away before anything else happened. */

@@ -472,8 +472,15 @@ static void send_xclient(struct smtp *s, struct proto_actions *a)
 	char cmd[1024], v[600];
 	int n = snprintf(cmd, sizeof(cmd), "XCLIENT");
 #define HAS(attr) (strcasestr(attrs, " " attr) != NULL)
-	if (HAS("NAME"))
-		n += snprintf(cmd + n, sizeof(cmd) - (size_t)n, " NAME=[UNAVAILABLE]");
+	if (HAS("NAME")) {
+		const char *name = !s->p.client_name ? "[UNAVAILABLE]"
+				   : !s->p.client_name[0] ? "[TEMPUNAVAIL]" : s->p.client_name;
+		if (name[0] == '[')
+			snprintf(v, sizeof(v), "%s", name);
+		else
+			xtext(name, v, sizeof(v));
+		n += snprintf(cmd + n, sizeof(cmd) - (size_t)n, " NAME=%s", v);
+	}
 	if (HAS("ADDR")) {
 		xtext(s->p.client_ip, v, sizeof(v));
 		n += snprintf(cmd + n, sizeof(cmd) - (size_t)n, " ADDR=%s%s",

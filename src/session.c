@@ -17,6 +17,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <ifaddrs.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -40,6 +41,14 @@
 #define TLS_CACHE_MS (3600 * 1000)
 
 enum timer_kind { T_NONE, T_PROXY, T_DETECT, T_CONNECT, T_HANDSHAKE_CLIENT, T_HANDSHAKE_UPSTREAM, T_IDLE, T_LINGER };
+
+/* A client host name lookup (XCLIENT NAME; lookup_name). */
+struct name_req {
+	uv_getnameinfo_t ni;
+	uv_getaddrinfo_t ai;
+	struct session *s;
+	char host[NI_MAXHOST];
+};
 
 struct session {
 	struct session *next, *prev; /* in the host's list */
@@ -116,6 +125,10 @@ struct session {
 	struct late_cand *cands;
 	struct tls_tlsa tlsa[LATE_TLSA_MAX];
 	struct sts_policy *late_pol; /* the bound domain's MTA-STS policy (late_sts) */
+	/* xclient: the client's host name for XCLIENT NAME, forward-confirmed (see
+	 * lookup_name): "" while the lookup runs, "[UNAVAILABLE]" or "[TEMPUNAVAIL]" */
+	char client_name[256];
+	struct name_req *nreq;
 };
 
 static const struct ep_ops down_ops, up_ops;
@@ -191,6 +204,8 @@ static void handle_closed(struct session *s)
 	unlist(s);
 	if (s->proto)
 		s->proto->destroy(s->ps);
+	if (s->nreq)
+		s->nreq->s = NULL; /* its callbacks free it */
 	late_cancel(s->late_req);
 	late_res_unref(s->late);
 	free(s->cands);
@@ -1841,6 +1856,7 @@ static void fill_params(const struct session *s, struct proto_params *out)
 		.policy_mode = r->policy_mode, .helo_name = s->cfg->helo_name,
 		.xclient = r->xclient, .bare_newline = r->bare_newline, .client_ip = s->client_ip, .client_port = s->client_port,
 		.late = s->late_route,
+		.client_name = s->r->xclient ? s->client_name : NULL,
 	};
 	*out = p;
 }
@@ -1873,10 +1889,84 @@ static int late_from_table(struct session *s)
 }
 
 /* The client is who it is (TLS or not): the protocol module starts, then the upstream. */
+/* XCLIENT NAME: the client address's PTR name, confirmed by a forward lookup that gives
+ * the address back (as Postfix's smtpd does for its own clients); the lookups run in
+ * libuv's thread pool while the upstream connects, and a session that ends first leaves
+ * the request to free itself. */
+static void name_done(struct name_req *nr, const char *name)
+{
+	if (nr->s) {
+		snprintf(nr->s->client_name, sizeof(nr->s->client_name), "%s", name);
+		log_event(LOG_DEBUG, nr->s->id, nr->s->r->name, "client_name", "name", name, NULL);
+		nr->s->nreq = NULL;
+	}
+	free(nr);
+}
+
+static int same_ip(const struct sockaddr *a, const struct sockaddr_storage *b)
+{
+	if (a->sa_family != b->ss_family)
+		return 0;
+	if (a->sa_family == AF_INET)
+		return !memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+			       &((const struct sockaddr_in *)b)->sin_addr, 4);
+	return a->sa_family == AF_INET6 &&
+	       !memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+		       &((const struct sockaddr_in6 *)b)->sin6_addr, 16);
+}
+
+static void name_forward(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	struct name_req *nr = req->data;
+	int confirmed = 0;
+	for (struct addrinfo *ai = res; status == 0 && nr->s && ai && !confirmed; ai = ai->ai_next)
+		confirmed = same_ip(ai->ai_addr, &nr->s->peer);
+	if (res)
+		uv_freeaddrinfo(res);
+	name_done(nr, confirmed ? nr->host
+		      : status == UV_EAI_AGAIN ? "[TEMPUNAVAIL]" : "[UNAVAILABLE]");
+}
+
+static void name_reverse(uv_getnameinfo_t *req, int status, const char *host,
+			 const char *service)
+{
+	(void)service;
+	struct name_req *nr = req->data;
+	if (!nr->s || status < 0 || !host || !*host) {
+		name_done(nr, status == UV_EAI_AGAIN ? "[TEMPUNAVAIL]" : "[UNAVAILABLE]");
+		return;
+	}
+	snprintf(nr->host, sizeof(nr->host), "%s", host);
+	struct addrinfo hints = { .ai_family = nr->s->peer.ss_family, .ai_socktype = SOCK_STREAM };
+	nr->ai.data = nr;
+	if (uv_getaddrinfo(nr->s->h->loop, &nr->ai, name_forward, nr->host, NULL, &hints) < 0)
+		name_done(nr, "[TEMPUNAVAIL]");
+}
+
+static void lookup_name(struct session *s)
+{
+	struct name_req *nr = calloc(1, sizeof(*nr));
+	if (!nr) {
+		snprintf(s->client_name, sizeof(s->client_name), "[TEMPUNAVAIL]");
+		return;
+	}
+	nr->s = s;
+	nr->ni.data = nr;
+	s->nreq = nr;
+	if (uv_getnameinfo(s->h->loop, &nr->ni, name_reverse, (const struct sockaddr *)&s->peer,
+			   NI_NAMEREQD) < 0) {
+		s->nreq = NULL;
+		free(nr);
+		snprintf(s->client_name, sizeof(s->client_name), "[TEMPUNAVAIL]");
+	}
+}
+
 static void start(struct session *s)
 {
 	if (late_from_table(s) < 0)
 		return;
+	if (s->r->xclient && !s->late_route)
+		lookup_name(s);
 	if (start_proto(s) < 0) {
 		session_close(s, "out of memory");
 		return;

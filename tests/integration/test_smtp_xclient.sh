@@ -114,6 +114,28 @@ else
 	fail xclient_plain_received_shows_real_client "Received: $rcv"
 fi
 
+# NAME: the client's forward-confirmed host name (127.0.0.1 is localhost both ways in
+# /etc/hosts), so Postfix logs localhost[127.0.0.1], not unknown[...]; a client without a
+# name (127.0.0.2) is sent as [UNAVAILABLE] and logged as unknown.
+make_message "$T/m-named" xc-named
+dialog xclient_named_client --connect "127.0.0.1:$P_PLAIN" --source 127.0.0.1 \
+	expect:220 cmd:250:"EHLO named-client.example" \
+	cmd:250:"MAIL FROM:<app@client.test>" cmd:250:"RCPT TO:<someone@dest.test>" \
+	cmd:354:DATA "data:$T/m-named" expect:250 cmd:221:QUIT closed:3
+wait_tag "$STORE" xc-named 10 >/dev/null
+c=$(queued_client xc-named)
+if [ "$c" = "localhost[127.0.0.1]" ]; then
+	pass xclient_name_sent
+else
+	fail xclient_name_sent "Postfix logged client=$c, want localhost[127.0.0.1]"
+fi
+c=$(queued_client xc-dialog)
+if [ "$c" = "unknown[127.0.0.2]" ]; then
+	pass xclient_no_name_unavailable
+else
+	fail xclient_no_name_unavailable "Postfix logged client=$c, want unknown[127.0.0.2]"
+fi
+
 # A client may not send XCLIENT itself.
 dialog xclient_from_client_refused --connect "127.0.0.1:$P_PLAIN" --source 127.0.0.2 \
 	expect:220 cmd:250:"EHLO dialog-client.example" \

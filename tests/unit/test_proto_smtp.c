@@ -515,6 +515,14 @@ static const struct proto_params P_IMPLICIT_INJ =
 /* xclient */
 static const struct proto_params P_XCLIENT =
 	PARAMS(SMTP, T_NONE, CFG_POLICY_MAY, T_NONE, CFG_POLICY_NONE, ENF, 1, IP4);
+/* a name looked up and confirmed by the session ('+' is xtext-encoded), or still pending */
+#define XCLIENT_NAMED(n)                                                                    \
+	{ .session_id = "0123456789abcdef", .route = "unit", .protocol = SMTP,               \
+	  .client_tls = T_NONE, .client_policy = CFG_POLICY_MAY, .upstream_tls = T_NONE,     \
+	  .upstream_policy = CFG_POLICY_NONE, .policy_mode = ENF, .helo_name = "proxy.test", \
+	  .xclient = 1, .client_ip = "192.0.2.7", .client_port = 40000, .client_name = (n) }
+static const struct proto_params P_XCLIENT_NAMED = XCLIENT_NAMED("mail+1.client.example");
+static const struct proto_params P_XCLIENT_PENDING = XCLIENT_NAMED("");
 static const struct proto_params P_XCLIENT6 =
 	PARAMS(SMTP, T_NONE, CFG_POLICY_MAY, T_NONE, CFG_POLICY_NONE, ENF, 1, "2001:db8::7", 2525);
 
@@ -2141,7 +2149,27 @@ static const struct step s_xclient_rejected[] = {
 	END
 };
 
+static const struct step s_xclient_named[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("EHLO client.test\r\n", "", "EHLO proxy.test\r\n", ""),
+	UP("250-mx.test\r\n250 XCLIENT NAME ADDR\r\n", "",
+	   "XCLIENT NAME=mail+2B1.client.example ADDR=192.0.2.7\r\n", ""),
+	END
+};
+
+static const struct step s_xclient_pending[] = {
+	CONN("", "", ""),
+	UP(GREET, GREET, "", "ready"),
+	CL("EHLO client.test\r\n", "", "EHLO proxy.test\r\n", ""),
+	UP("250-mx.test\r\n250 XCLIENT NAME ADDR\r\n", "",
+	   "XCLIENT NAME=[TEMPUNAVAIL] ADDR=192.0.2.7\r\n", ""),
+	END
+};
+
 static const struct script xclient_scripts[] = {
+	{ "xclient_named", &P_XCLIENT_NAMED, s_xclient_named, 0 },
+	{ "xclient_name_pending", &P_XCLIENT_PENDING, s_xclient_pending, 0 },
 	{ "xclient", &P_XCLIENT, s_xclient, 0 },
 	{ "xclient_partial_v6", &P_XCLIENT6, s_xclient_partial, 0 },
 	{ "xclient_not_offered", &P_XCLIENT, s_xclient_not_offered, 0 },
