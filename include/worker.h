@@ -57,5 +57,8 @@ void worker_join(struct worker *w);
  * callback stops beating, and the service manager's watchdog is then left unfed. */
 #define WORKER_BEAT_MS 1000
 uint64_t worker_beat(const struct worker *w);
+/* The beat's period for workers started from now on (default WORKER_BEAT_MS): a quarter of
+ * the watchdog interval at most, so that a loop that turns is never taken for a stuck one. */
+void worker_set_beat(uint64_t ms);
 
 #endif

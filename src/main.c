@@ -480,6 +480,7 @@ int main(int argc, char **argv)
 	if (notify_listen_fds(&passed, &npassed, perr, sizeof(perr)) < 0 ||
 	    listener_inherit(passed, npassed, cfg, perr, sizeof(perr)) < 0) {
 		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", perr, NULL);
+		free(passed);
 		return 1;
 	}
 	if (listener_probe(cfg, perr, sizeof(perr)) < 0) {
@@ -519,6 +520,8 @@ int main(int argc, char **argv)
 			  "upstream_tls", cfg_tls_name(r->upstream_tls), "upstream_policy",
 			  cfg_policy_name(r->upstream_policy), NULL);
 	}
+	if (notify_watchdog_usec() && notify_watchdog_usec() / 4000 < WORKER_BEAT_MS)
+		worker_set_beat(notify_watchdog_usec() / 4000);
 	for (int i = 0; i < nworkers; i++) {
 		int rc = worker_start(&workers[i]);
 		if (rc < 0) {

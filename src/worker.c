@@ -188,6 +188,13 @@ static void beat(uv_timer_t *t)
 	__atomic_store_n(&w->beat, uv_hrtime(), __ATOMIC_RELAXED);
 }
 
+static uint64_t beat_ms = WORKER_BEAT_MS;
+
+void worker_set_beat(uint64_t ms)
+{
+	beat_ms = ms < 20 ? 20 : ms;
+}
+
 uint64_t worker_beat(const struct worker *w)
 {
 	return __atomic_load_n(&w->beat, __ATOMIC_RELAXED);
@@ -212,7 +219,7 @@ int worker_start(struct worker *w)
 	uv_timer_init(&w->loop, &w->beat_timer);
 	w->beat_timer.data = w;
 	w->beat = uv_hrtime();
-	uv_timer_start(&w->beat_timer, beat, WORKER_BEAT_MS, WORKER_BEAT_MS);
+	uv_timer_start(&w->beat_timer, beat, beat_ms, beat_ms);
 	uv_mutex_init(&w->lock);
 	for (size_t i = 0; i < w->nlisteners; i++)
 		if ((rc = listener_start(w->listeners[i])) < 0)
