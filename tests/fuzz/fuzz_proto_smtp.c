@@ -279,6 +279,16 @@ static void collect(struct ctx *c)
 		case PA_READY:
 			trace_add(c, 2, "R", 1);
 			break;
+		case PA_MESSAGE: { /* a message's final reply: a well-formed record */
+			struct proto_message m;
+			CHECK(proto_message_get(a, x, &m) == 0, "PA_MESSAGE unreadable");
+			CHECK(m.code >= 200 && m.code <= 599, "PA_MESSAGE code %d", m.code);
+			CHECK(strlen(m.reply) < sizeof(m.reply) && strlen(m.to) <= 2100,
+			      "PA_MESSAGE texts out of bounds");
+			CHECK(!strpbrk(m.reply, "\r\n") && !strpbrk(m.to, "\r\n") &&
+			      !strpbrk(m.from, "\r\n"), "PA_MESSAGE text with a line break");
+			break;
+		}
 		case PA_CLOSE:
 			c->closed = 1;
 			trace_add(c, 2, "X", 1);
