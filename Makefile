@@ -117,7 +117,8 @@ install: all
 	install -D -m 644 CHANGELOG.md $(DOCDIR)/CHANGELOG.md
 	for f in docs/*.md; do install -D -m 644 $$f $(DOCDIR)/$$f; done
 	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system
-	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' systemd/starttls-proxy.service \
+	sed -e 's|/usr/local/bin/|$(PREFIX)/bin/|g' \
+	  -e 's|/etc/starttls-proxy/|$(SYSCONFDIR)/starttls-proxy/|g' systemd/starttls-proxy.service \
 	  > $(DESTDIR)$(PREFIX)/lib/systemd/system/starttls-proxy.service
 	install -m 644 systemd/starttls-proxy.socket $(DESTDIR)$(PREFIX)/lib/systemd/system/
 	install -D -m 644 systemd/starttls-proxy.sysusers \

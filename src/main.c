@@ -113,7 +113,9 @@ static int drop_privileges(const char *user)
 	}
 	if (getuid() == pw->pw_uid && geteuid() == pw->pw_uid && getgid() == pw->pw_gid)
 		return 0; /* started as that user already (systemd User=, a container's USER) */
-	if (setgroups(1, &pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
+	/* its supplementary groups too: a key readable through one of them stays readable */
+	if (initgroups(pw->pw_name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
+	    setuid(pw->pw_uid) < 0) {
 		log_event(LOG_ERROR, NULL, NULL, "fatal", "error", "cannot drop privileges", "user",
 			  user, NULL);
 		return -EPERM;
@@ -208,9 +210,6 @@ static void reload_failed(const char *error)
 	log_event(LOG_ERROR, NULL, NULL, "reload", "result", "failed", "error", error, NULL);
 }
 
-/* SIGHUP: load and check the file again (certificates and keys included); on success the
- * workers switch to it, keeping the listeners of addresses that stay and the sessions
- * already open; on any error the running configuration stays. */
 static int same_str(const char *a, const char *b)
 {
 	return a == b || (a && b && !strcmp(a, b));
@@ -276,7 +275,10 @@ static unsigned long long monotonic_usec(void)
 	return (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000;
 }
 
-/* 0 when the new configuration runs, -1 when it was refused (logged). */
+/* SIGHUP: load and check the file again (certificates and keys included); on success the
+ * workers switch to it, keeping the listeners of addresses that stay and the sessions
+ * already open; on any error the running configuration stays. 0 when the new
+ * configuration runs, -1 when it was refused (logged). */
 static int reload(void)
 {
 	struct cfg_errors errs = { 0 };

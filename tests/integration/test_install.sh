@@ -27,6 +27,11 @@ make -s -C "$REPO_ROOT" install DESTDIR="$root" PREFIX=/opt/stp >"$T/install2.lo
 check reinstall_keeps_config grep -qx '; edited by the admin' "$CONF"
 check real_etc_untouched test "$ETC_BEFORE" = "$(ls -la --time-style=full-iso /etc/starttls-proxy 2>&1)"
 check binary_runs grep -q 'wolfSSL' <("$root/opt/stp/bin/starttls-proxy" -V)
+check unit_reads_sysconfdir grep -q '^ExecStart=/opt/stp/bin/starttls-proxy -c /etc/starttls-proxy/starttls-proxy.conf$' \
+	"$root/opt/stp/lib/systemd/system/starttls-proxy.service"
+make -s -C "$REPO_ROOT" install DESTDIR="$T/root2" PREFIX=/opt/stp SYSCONFDIR=/opt/etc >"$T/install3.log" 2>&1
+check unit_follows_sysconfdir sh -c "grep -q '^ExecStart=/opt/stp/bin/starttls-proxy -c /opt/etc/starttls-proxy/starttls-proxy.conf\$' '$T/root2/opt/stp/lib/systemd/system/starttls-proxy.service' &&
+	test -s '$T/root2/opt/etc/starttls-proxy/starttls-proxy.conf'"
 check unit_points_at_prefix grep -q '^ExecStart=/opt/stp/bin/starttls-proxy ' \
 	"$root/opt/stp/lib/systemd/system/starttls-proxy.service"
 check nothing_outside_destdir test ! -e /opt/stp
