@@ -304,6 +304,15 @@ static int reload(void)
 			fds[w][i] = -1;
 	}
 	char err[300];
+	for (size_t i = 0; i < nc->nroutes; i++) { /* a passed socket wins over listen */
+		const struct cfg_route *r = &nc->routes[i];
+		for (size_t j = 0; listener_is_inherited(r->name) && j < current->nroutes; j++)
+			if (!strcmp(current->routes[j].name, r->name) &&
+			    !cfg_addr_equal(&current->routes[j].listen, &r->listen))
+				log_event(LOG_WARN, NULL, r->name, "reload", "note",
+					  "the route keeps the socket systemd passed; its new listen "
+					  "address is not bound (change the .socket unit)", NULL);
+	}
 	for (size_t i = 0; ok && i < nc->nroutes; i++) {
 		int kept = 0;
 		for (size_t j = 0; j < current->nroutes && !kept; j++)

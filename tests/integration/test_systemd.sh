@@ -182,6 +182,14 @@ else
 	pass route_listen_not_bound
 fi
 
+# A reload that moves the route's listen address: the passed socket stays, and the log
+# says the new address is not bound.
+free_port PMOVED
+sed -i "s/^listen = 127.0.0.1:$PNEVER\$/listen = 127.0.0.1:$PMOVED/" "$T/sa.conf"
+kill -HUP "${PROXY_PID[activated]}"
+check activated_reload_note wait_log 'route=smtp-in event=reload note="the route keeps the socket systemd passed' 5 "$T/activated.log"
+check activated_socket_still_serves smtp_send --connect "127.0.0.1:$PS" --file "$T/m.eml" --from a@client.test --to after@example.test
+
 # A socket whose name matches no route: refused at start, with the name in the message.
 free_port PBAD
 PROXY_NAMES+=(misnamed)
