@@ -7,6 +7,7 @@
 #include "shared.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,6 +204,9 @@ uint64_t worker_beat(const struct worker *w)
 static void run(void *arg)
 {
 	struct worker *w = arg;
+	char name[16]; /* "stp-worker-N" in top -H, ps -L and /proc/PID/task/TID/comm */
+	snprintf(name, sizeof(name), "stp-worker-%d", w->index);
+	pthread_setname_np(pthread_self(), name);
 	uv_run(&w->loop, UV_RUN_DEFAULT);
 	__atomic_add_fetch(&w->host.shared->workers_done, 1, __ATOMIC_RELEASE);
 }

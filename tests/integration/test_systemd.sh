@@ -103,6 +103,32 @@ check watchdog_fed awk -v n=$((T1 - T0)) 'BEGIN { exit !(n >= 5 && n <= 8) }'
 # the workers' beat is faster than the watchdog: a loop that turns is never "stalled"
 check no_false_stall sh -c "! grep -q 'result=worker-stalled' '$PROXY_LOG'"
 
+# A stuck worker: its thread stopped (gdb in non-stop mode: the main thread keeps running)
+# for 3 s. WATCHDOG=1 stops (the manager would restart the service), worker-stalled is
+# logged; once the worker runs again, the watchdog is fed again.
+WTID=$(grep -lx 'stp-worker-0' /proc/"$PROXY"/task/*/comm 2>/dev/null | head -n 1 | cut -d/ -f5)
+if [ -z "$WTID" ]; then
+	fail worker_thread_named "no thread named stp-worker-0 in /proc/$PROXY/task"
+else
+	pass worker_thread_named
+	MONO="/usr/bin/python3 -c 'import time; print(time.monotonic())'"
+	timeout 30 gdb -q -batch -ex 'set non-stop on' -ex "attach $PROXY" -ex 'thread 1' \
+		-ex 'continue &' \
+		-ex "python [t.switch() for t in gdb.selected_inferior().threads() if t.ptid[1] == $WTID]" \
+		-ex 'interrupt' -ex "shell $MONO >$T/stopped_at" -ex 'shell sleep 3' \
+		-ex "shell $MONO >$T/resumed_at" -ex 'detach' >"$T/gdb.out" 2>&1
+	kill -CONT "$PROXY" # (a thread gdb interrupted stays stopped after the detach)
+	S1=$(log_count ' WATCHDOG=1' "$NOTES")
+	# the notifications from 1 s after the stop (the beat is then older than the 1 s
+	# watchdog) to the resume: none (fed every 0.5 s, there would be 4)
+	FED=$(awk -v a="$(cat "$T/stopped_at" 2>/dev/null || echo 1e18)" -v b="$(cat "$T/resumed_at" 2>/dev/null || echo 0)" \
+		'$2 == "WATCHDOG=1" && $1 > a + 1.05 && $1 < b { n++ } END { print n + 0 }' "$NOTES")
+	note "WATCHDOG=1 while the worker was stuck: $FED"
+	check watchdog_unfed_while_stuck test "$FED" -eq 0 -a -s "$T/resumed_at"
+	check worker_stalled_logged grep -q 'event=watchdog result=worker-stalled worker=0' "$PROXY_LOG"
+	check watchdog_fed_again wait_count ' WATCHDOG=1' $((S1 + 2)) 3 "$NOTES"
+fi
+
 # An idle session shows in STATUS (sent every 2 s); the connection of ready_when_listening
 # was the first.
 exec 7<>"/dev/tcp/127.0.0.1/$P"
