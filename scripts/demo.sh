@@ -54,7 +54,7 @@ step "What the legacy server received"
 sed -n '/MESSAGE FOLLOWS/,/MESSAGE END/p' "$dir/legacy.out"
 
 step "Proxy log: which hops were encrypted"
-grep -E 'event=(accept|upstream_tls|client_tls|policy_failure|close)' "$dir/proxy.log"
+grep -E 'event=(accept|upstream_tls|client_tls|policy_failure|message|close)' "$dir/proxy.log"
 
 step "Summary"
 if grep -q 'route=legacy-app-out event=upstream_tls version=TLSv1.[23].* verify=ok' "$dir/proxy.log" &&
