@@ -248,4 +248,27 @@ else
 	note "broken page: $out"
 fi
 
+
+# Every integration script has its row in tests/integration/README.md (and every row names
+# a script that exists).
+tests_listed() {
+	local t b bad=0 readme=$1 dir=$2
+	for t in "$dir"/test_*.sh; do
+		b=${t##*/}
+		grep -q "^| \`$b\` |" "$readme" || { echo "$b: no row in $readme"; bad=1; }
+	done
+	for b in $(sed -n 's/^| `\(test_[a-z0-9_]*\.sh\)` |.*/\1/p' "$readme"); do
+		[ -f "$dir/$b" ] || { echo "$b: listed, but no such script"; bad=1; }
+	done
+	return $bad
+}
+check integration_readme_lists_every_script tests_listed "$LIB_DIR/README.md" "$LIB_DIR"
+mkdir -p "$T/fake-tests"
+cp "$LIB_DIR"/test_*.sh "$T/fake-tests/"
+touch "$T/fake-tests/test_unlisted_new.sh"
+if tests_listed "$LIB_DIR/README.md" "$T/fake-tests" >/dev/null; then
+	fail integration_readme_check_rejects_unlisted "a script without a row passed"
+else
+	pass integration_readme_check_rejects_unlisted
+fi
 finish
