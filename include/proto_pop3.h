@@ -34,4 +34,8 @@ size_t pop3_strip_timestamp(const char *line, size_t len, char *out, size_t cap)
  * not written), 2 rewritten into out (a SASL line without PLAIN and LOGIN). */
 int pop3_rewrite_capa_line(const char *line, size_t len, unsigned hide, char *out, size_t cap);
 
+/* 1 when the session ended on a response written before its command was sent (read in
+ * smaller pieces it would have come after the command: the fuzz harness compares runs). */
+int pop3_saw_early_response(const void *st);
+
 #endif

@@ -97,6 +97,7 @@ struct pop3 {
 	int stls_offered; /* our CAPA listed STLS */
 	int pipelining;   /* the upstream's last relayed CAPA listed PIPELINING */
 	int greeting_pre_tls; /* the greeting was read before TLS toward the upstream */
+	int early_response;   /* a response came before its command was sent */
 	struct buf greeting;  /* the upstream's greeting line (terminator included) */
 };
 
@@ -329,6 +330,7 @@ static void on_status(struct pop3 *s, struct proto_actions *a, const struct line
 		return;
 	}
 	if (!eq_answers(e, start)) {
+		s->early_response = 1;
 		protocol_error(s, a, "response before its command was sent",
 			       "upstream protocol error");
 		return;
@@ -686,8 +688,16 @@ static void handle_command(struct pop3 *s, struct proto_actions *a, const struct
 {
 	struct cmdline c = { .line = l->p, .len = l->len };
 	size_t vl = 0;
-	while (vl < l->len && l->p[vl] != ' ')
+	while (vl < l->len && isalnum(l->p[vl]))
 		vl++;
+	/* The verb ends at SP or the end of the line, and no CR or NUL hides in the line: a
+	 * server that splits such a line differently ("AUTH\r...", "USER a\rPASS b") would
+	 * read a command the proxy did not. */
+	if ((vl < l->len && l->p[vl] != ' ') || memchr(l->p, '\r', l->len) ||
+	    memchr(l->p, '\0', l->len)) {
+		local_reply(s, a, "-ERR Malformed command");
+		return;
+	}
 	if (vl < sizeof(c.verb))
 		for (size_t i = 0; i < vl; i++)
 			c.verb[i] = (char)toupper(l->p[i]);
@@ -760,6 +770,11 @@ static void process_client(struct pop3 *s, struct proto_actions *a)
 }
 
 /* ---- module interface ------------------------------------------------------------------- */
+
+int pop3_saw_early_response(const void *st)
+{
+	return ((const struct pop3 *)st)->early_response;
+}
 
 static void *pop3_create(const struct proto_params *p)
 {

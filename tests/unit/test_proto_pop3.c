@@ -818,7 +818,20 @@ static const struct step s_client_early[] = {
 	END
 };
 
+/* a verb not followed by SP, or a CR or NUL inside a line: answered, never forwarded */
+static const struct step s_malformed_command[] = {
+	CONN("", "", ""), UP(G, G, "", "ready"),
+	CL("AUTH\r\xff\r\n", "-ERR Malformed command\r\n", "", ""),
+	CL("USER a\rPASS b\r\n", "-ERR Malformed command\r\n", "", ""),
+	CL("USER\ta\r\n", "-ERR Malformed command\r\n", "", ""),
+	{ .op = OP_CL, .in = "NOOP\0x\r\n", .inlen = 8, .to_client = "-ERR Malformed command\r\n",
+	  .to_up = "", .acts = "" },
+	CL("noop\r\n", "", "noop\r\n", ""),
+	END
+};
+
 static const struct script command_scripts[] = {
+	{ "malformed-command", &P_TERM_ENCRYPT, s_malformed_command, 0 },
 	{ "auth", &P_PLAIN, s_auth, 0 },
 	{ "unsolicited-err", &P_PLAIN, s_unsolicited_err, 0 },
 	{ "unsolicited-ok", &P_PLAIN, s_unsolicited_ok, 0 },
