@@ -119,6 +119,14 @@ free_port P_IMPL_UP
 free_port P_STRIPPED
 free_port P_INJECTION
 free_port P_TERM_FAKE
+free_port P_STLS_IMPL
+free_port P_IMPL_STLS
+free_port P_IMPL_IMPL
+free_port P_PLAIN
+free_port P_DENIED
+free_port P_UNREACH
+free_port P_IDLE
+free_port NOBODY_LISTENS
 conf=$T/pop3.conf
 {
 	global_section
@@ -173,6 +181,58 @@ upstream = 127.0.0.1:$DV_TLS_IMPLICIT
 upstream_tls = implicit
 upstream_policy = verify
 upstream_name = localhost
+
+[route stls-implicit]
+listen = 127.0.0.1:$P_STLS_IMPL
+protocol = pop3
+client_tls = starttls
+client_policy = encrypt
+upstream = 127.0.0.1:$DV_TLS_IMPLICIT
+upstream_tls = implicit
+upstream_policy = verify
+upstream_name = localhost
+
+[route implicit-stls]
+listen = 127.0.0.1:$P_IMPL_STLS
+protocol = pop3
+client_tls = implicit
+upstream = 127.0.0.1:$DV_TLS
+upstream_tls = starttls
+upstream_policy = verify
+upstream_name = localhost
+
+[route implicit-implicit]
+listen = 127.0.0.1:$P_IMPL_IMPL
+protocol = pop3
+client_tls = implicit
+upstream = 127.0.0.1:$DV_TLS_IMPLICIT
+upstream_tls = implicit
+upstream_policy = verify
+upstream_name = localhost
+
+[route plain]
+listen = 127.0.0.1:$P_PLAIN
+protocol = pop3
+client_tls = none
+upstream = 127.0.0.1:$DV_PLAIN
+upstream_tls = none
+
+[route denied]
+listen = 127.0.0.1:$P_DENIED
+protocol = pop3
+client_allow = 192.0.2.0/24
+upstream = 127.0.0.1:$DV_PLAIN
+
+[route unreachable]
+listen = 127.0.0.1:$P_UNREACH
+protocol = pop3
+upstream = 127.0.0.1:$NOBODY_LISTENS
+
+[route idle]
+listen = 127.0.0.1:$P_IDLE
+protocol = pop3
+idle_timeout = 1s
+upstream = 127.0.0.1:$DV_PLAIN
 
 [route stripped]
 listen = 127.0.0.1:$P_STRIPPED
@@ -389,6 +449,28 @@ if [ $? -eq 0 ]; then pass implicit_client_stls_refused; else fail implicit_clie
 # --- implicit TLS toward the upstream (plaintext client -> Dovecot's 995) -----------------
 
 tls_login_after implicit_upstream_curl curl_get "pop3://127.0.0.1:$P_IMPL_UP/1" "$MSG1"
+
+# --- the other client_tls x upstream_tls combinations -------------------------------------
+
+tls_login_after stls_implicit_curl curl_get "pop3://localhost:$P_STLS_IMPL/1" "$MSG1" \
+	--ssl-reqd --cacert "$CERTS/ca.pem"
+tls_login_after implicit_stls_curl curl_get "pop3s://localhost:$P_IMPL_STLS/2" "$MSG2" \
+	--cacert "$CERTS/ca.pem"
+tls_login_after implicit_implicit_curl curl_get "pop3s://localhost:$P_IMPL_IMPL/1" "$MSG1" \
+	--cacert "$CERTS/ca.pem"
+curl_same plain_curl "pop3://127.0.0.1:$P_PLAIN/1" "$MSG1"
+out=$(dialog "$P_PLAIN" line:+OK send:'STLS\r\n' line:'-ERR' send:'QUIT\r\n' line:+OK 2>&1)
+if [ $? -eq 0 ]; then pass plain_stls_not_passed; else fail plain_stls_not_passed "$out"; fi
+
+# --- refusals and failures: -ERR, never a silent close ------------------------------------
+
+out=$(dialog "$P_DENIED" line:'-ERR [SYS/PERM] ' eof 2>&1)
+if [ $? -eq 0 ]; then pass refused_client_not_allowed; else fail refused_client_not_allowed "$out"; fi
+expect_log refused_logged 'route=denied .*result=client-not-allowed'
+out=$(dialog "$P_UNREACH" line:'-ERR [SYS/TEMP] Upstream server unreachable' eof 2>&1)
+if [ $? -eq 0 ]; then pass upstream_unreachable_err; else fail upstream_unreachable_err "$out"; fi
+out=$(dialog "$P_IDLE" line:+OK line:'-ERR [SYS/TEMP] Timeout' eof 2>&1)
+if [ $? -eq 0 ]; then pass idle_timeout_err; else fail idle_timeout_err "$out"; fi
 
 # --- stripped STLS under encrypt: -ERR to the client, no USER/PASS upstream ---------------
 
