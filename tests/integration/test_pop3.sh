@@ -459,7 +459,7 @@ tls_login_after implicit_stls_curl curl_get "pop3s://localhost:$P_IMPL_STLS/2" "
 tls_login_after implicit_implicit_curl curl_get "pop3s://localhost:$P_IMPL_IMPL/1" "$MSG1" \
 	--cacert "$CERTS/ca.pem"
 curl_same plain_curl "pop3://127.0.0.1:$P_PLAIN/1" "$MSG1"
-out=$(dialog "$P_PLAIN" line:+OK send:'STLS\r\n' line:'-ERR' send:'QUIT\r\n' line:+OK 2>&1)
+out=$(dialog "$P_PLAIN" line:+OK send:'STLS\r\n' line:'-ERR STLS not available' send:'QUIT\r\n' line:+OK 2>&1)
 if [ $? -eq 0 ]; then pass plain_stls_not_passed; else fail plain_stls_not_passed "$out"; fi
 
 # --- refusals and failures: -ERR, never a silent close ------------------------------------
