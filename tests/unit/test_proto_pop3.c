@@ -480,6 +480,8 @@ static const struct proto_params P_IMPL_UP =
 	PARAMS(T_NONE, CFG_POLICY_MAY, T_IMPL, CFG_POLICY_VERIFY, ENF);
 static const struct proto_params P_IMPL_INJ =
 	PARAMS(T_IMPL, CFG_POLICY_MAY, T_STLS, CFG_POLICY_VERIFY, ENF);
+static const struct proto_params P_IMPL_IMPL =
+	PARAMS(T_IMPL, CFG_POLICY_MAY, T_IMPL, CFG_POLICY_VERIFY, ENF);
 static const struct proto_params P_STLS_IMPL =
 	PARAMS(T_STLS, CFG_POLICY_ENCRYPT, T_IMPL, CFG_POLICY_VERIFY, ENF);
 
@@ -741,6 +743,14 @@ static const struct step s_stls_impl[] = {
 	CL("USER a\r\n", "", "USER a\r\n", ""),
 	END
 };
+/* implicit TLS both sides (995 <-> 995) */
+static const struct step s_impl_impl[] = {
+	CONN("", "", ""), UP(G, G, "", "ready"),
+	CL("STLS\r\n", "-ERR TLS already active\r\n", "", ""),
+	CL("CAPA\r\n", "", "CAPA\r\n", ""), UP(CAPA_STLS, CAPA_NOSTLS, "", ""),
+	CL("USER a\r\n", "", "USER a\r\n", ""),
+	END
+};
 /* plaintext both sides: STLS is not offered nor passed */
 static const struct step s_plain[] = {
 	CONN("", "", ""), UP(G, G, "", "ready"),
@@ -759,6 +769,7 @@ static const struct script terminate_scripts[] = {
 	{ "implicit-upstream", &P_IMPL_UP, s_impl_up, 0 },
 	{ "implicit-client-inject", &P_IMPL_INJ, s_impl_inject, 0 },
 	{ "stls-client-implicit-upstream", &P_STLS_IMPL, s_stls_impl, 0 },
+	{ "implicit-implicit", &P_IMPL_IMPL, s_impl_impl, 0 },
 	{ "plain", &P_PLAIN, s_plain, 0 },
 };
 
