@@ -126,6 +126,7 @@ free_port P_PLAIN
 free_port P_DENIED
 free_port P_UNREACH
 free_port P_IDLE
+free_port P_AUTO
 free_port NOBODY_LISTENS
 conf=$T/pop3.conf
 {
@@ -232,6 +233,13 @@ upstream = 127.0.0.1:$NOBODY_LISTENS
 listen = 127.0.0.1:$P_IDLE
 protocol = pop3
 idle_timeout = 1s
+upstream = 127.0.0.1:$DV_PLAIN
+
+[route auto]
+listen = 127.0.0.1:$P_AUTO
+protocol = pop3
+client_tls = auto
+client_policy = encrypt
 upstream = 127.0.0.1:$DV_PLAIN
 
 [route stripped]
@@ -461,6 +469,10 @@ tls_login_after implicit_implicit_curl curl_get "pop3s://localhost:$P_IMPL_IMPL/
 curl_same plain_curl "pop3://127.0.0.1:$P_PLAIN/1" "$MSG1"
 out=$(dialog "$P_PLAIN" line:+OK send:'STLS\r\n' line:'-ERR STLS not available' send:'QUIT\r\n' line:+OK 2>&1)
 if [ $? -eq 0 ]; then pass plain_stls_not_passed; else fail plain_stls_not_passed "$out"; fi
+
+# client_tls = auto: one port for implicit-TLS and STLS clients
+curl_same auto_implicit_client "pop3s://localhost:$P_AUTO/1" "$MSG1" --cacert "$CERTS/ca.pem"
+curl_same auto_stls_client "pop3://localhost:$P_AUTO/2" "$MSG2" --ssl-reqd --cacert "$CERTS/ca.pem"
 
 # --- refusals and failures: -ERR, never a silent close ------------------------------------
 
