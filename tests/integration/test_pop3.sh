@@ -519,4 +519,39 @@ fi
 out=$("$STP_BIN" --probe "127.0.0.1:$DV_TLS_IMPLICIT" --protocol pop3 --tls implicit --name localhost --ca "$CERTS/ca.pem" 2>&1)
 if [ $? -eq 0 ]; then pass probe_pop3_dovecot_implicit; else fail probe_pop3_dovecot_implicit "$(tr '\n' ' ' <<<"$out")"; fi
 
+# --- shutdown: an idle POP3 session is ended at once with -ERR [SYS/TEMP] -----------------
+
+free_port P_DRAIN
+{
+	global_section
+	cat <<CONF
+[route drain]
+listen = 127.0.0.1:$P_DRAIN
+protocol = pop3
+upstream = 127.0.0.1:$DV_PLAIN
+CONF
+} >"$T/drain.conf"
+start_proxy "$T/drain.conf" drainproxy
+python3 "$TOOLS/pop3_dialog.py" "$P_DRAIN" line:+OK send:'CAPA\r\n' multi:+OK \
+	line:'-ERR [SYS/TEMP] Service shutting down' eof >"$T/drain.out" 2>&1 &
+drain_client=$!
+PIDS+=("$drain_client")
+wait_log 'route=drain event=pop3_state side=upstream from=greeting to=ready' 5 "$T/drainproxy.log"
+sleep 0.3
+if stop_proxy drainproxy 10; then
+	PROXY_STOPPED[drainproxy]=1
+fi
+if wait "$drain_client"; then
+	pass shutdown_idle_session_err
+else
+	fail shutdown_idle_session_err "$(tr '\n' ' ' <"$T/drain.out")"
+fi
+# ended at once as idle (the idle op), not after drain_timeout
+if grep -q 'event=drain .*idle_closed=1' "$T/drainproxy.log"; then
+	pass shutdown_idle_closed_at_once
+else
+	fail shutdown_idle_closed_at_once "$(grep 'event=drain' "$T/drainproxy.log")"
+fi
+PROXY_LOG=$T/proxy.log
+
 finish
