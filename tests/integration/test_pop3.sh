@@ -130,6 +130,7 @@ free_port P_AUTO
 free_port NOBODY_LISTENS
 conf=$T/pop3.conf
 {
+	# shellcheck disable=SC2119 # no extra [global] lines
 	global_section
 	cat <<CONF
 [route inject]
@@ -264,7 +265,8 @@ CONF
 check config_check_pop3 "$STP_BIN" -t -c "$conf"
 sed 's/^protocol = pop3$/protocol = imap/' "$conf" >"$T/imap.conf"
 out=$("$STP_BIN" -t -c "$T/imap.conf" 2>&1)
-if [ $? -ne 0 ] && grep -q "imap is not supported" <<<"$out"; then
+rc=$?
+if [ $rc -ne 0 ] && grep -q "imap is not supported" <<<"$out"; then
 	pass config_imap_still_refused
 else
 	fail config_imap_still_refused "$(head -n 2 <<<"$out")"
@@ -276,6 +278,7 @@ tls_logins() { grep -c 'pop3-login: Info: Login: user=<alice>.*, TLS,' "$TLS_LOG
 logins() { grep -c 'pop3-login: Info: Login: user=<alice>' "$1" 2>/dev/null; }
 
 # curl_get URL FILE [CURL ARGS...]: the message at URL is FILE byte for byte
+# shellcheck disable=SC2317 # called through check and tls_login_after
 curl_get() {
 	local url=$1 file=$2 out=$T/curl.out
 	shift 2
@@ -366,6 +369,7 @@ expect_log inject_upstream_tls_logged 'route=inject event=upstream_tls .*verify=
 # --- terminate: STLS clients -> legacy Dovecot without TLS --------------------------------
 
 curl_same terminate_curl_ssl_reqd "pop3://localhost:$P_TERM/1" "$MSG1" --ssl-reqd --cacert "$CERTS/ca.pem"
+# shellcheck disable=SC2317 # called through check and tls_login_after
 python_stls() { # PORT MSGFILE
 	python3 - "$@" "$CERTS/ca.pem" <<'PY'
 import poplib, ssl, sys
@@ -411,7 +415,8 @@ else
 	fail terminate_encrypt_refusals "$out"
 fi
 out=$(encrypt_refusals "$P_TERM_FAKE" 2>&1)
-if [ $? -eq 0 ] && wait_file_line "$T/legacy.lines" '^plain: QUIT' &&
+rc=$?
+if [ $rc -eq 0 ] && wait_file_line "$T/legacy.lines" '^plain: QUIT' &&
 	[ "$(tr '\n' ' ' <"$T/legacy.lines")" = "plain: CAPA plain: QUIT " ]; then
 	pass terminate_encrypt_nothing_upstream
 else
@@ -422,7 +427,8 @@ fi
 before=$(logins "$LEGACY_LOG")
 out=$(dialog "$P_TERM" --ca "$CERTS/ca.pem" line:+OK send:'STLS\r\nUSER alice\r\nPASS secret\r\n' \
 	line:'+OK Begin TLS' tls send:'STAT\r\n' line:'-ERR' send:'QUIT\r\n' line:+OK 2>&1)
-if [ $? -eq 0 ]; then pass terminate_pipelined_after_stls_dropped; else fail terminate_pipelined_after_stls_dropped "$out"; fi
+rc=$?
+if [ $rc -eq 0 ]; then pass terminate_pipelined_after_stls_dropped; else fail terminate_pipelined_after_stls_dropped "$out"; fi
 expect_log terminate_injection_logged 'route=terminate event=starttls_injection side=client bytes=[1-9][0-9]* action=discarded'
 sleep 0.5
 if [ "$(logins "$LEGACY_LOG")" = "$before" ]; then
@@ -433,7 +439,8 @@ fi
 : >"$T/legacy.lines"
 out=$(dialog "$P_TERM_FAKE" --ca "$CERTS/ca.pem" line:+OK send:'STLS\r\nUSER alice\r\nPASS secret\r\n' \
 	line:'+OK Begin TLS' tls send:'STAT\r\n' line:'+OK 1 42' send:'QUIT\r\n' line:+OK 2>&1)
-if [ $? -eq 0 ] && wait_file_line "$T/legacy.lines" '^plain: QUIT' &&
+rc=$?
+if [ $rc -eq 0 ] && wait_file_line "$T/legacy.lines" '^plain: QUIT' &&
 	[ "$(tr '\n' ' ' <"$T/legacy.lines")" = "plain: STAT plain: QUIT " ]; then
 	pass terminate_pipelined_never_upstream
 else
@@ -452,7 +459,8 @@ curl_same implicit_client_curl_pop3s "pop3s://localhost:$P_IMPL_CLIENT/1" "$MSG1
 curl_list implicit_client_curl_list "pop3s://localhost:$P_IMPL_CLIENT/" --cacert "$CERTS/ca.pem"
 out=$(dialog "$P_IMPL_CLIENT" --implicit --ca "$CERTS/ca.pem" line:+OK send:'STLS\r\n' line:-ERR \
 	send:'QUIT\r\n' line:+OK 2>&1)
-if [ $? -eq 0 ]; then pass implicit_client_stls_refused; else fail implicit_client_stls_refused "$out"; fi
+rc=$?
+if [ $rc -eq 0 ]; then pass implicit_client_stls_refused; else fail implicit_client_stls_refused "$out"; fi
 
 # --- implicit TLS toward the upstream (plaintext client -> Dovecot's 995) -----------------
 
@@ -468,7 +476,8 @@ tls_login_after implicit_implicit_curl curl_get "pop3s://localhost:$P_IMPL_IMPL/
 	--cacert "$CERTS/ca.pem"
 curl_same plain_curl "pop3://127.0.0.1:$P_PLAIN/1" "$MSG1"
 out=$(dialog "$P_PLAIN" line:+OK send:'STLS\r\n' line:'-ERR STLS not available' send:'QUIT\r\n' line:+OK 2>&1)
-if [ $? -eq 0 ]; then pass plain_stls_not_passed; else fail plain_stls_not_passed "$out"; fi
+rc=$?
+if [ $rc -eq 0 ]; then pass plain_stls_not_passed; else fail plain_stls_not_passed "$out"; fi
 
 # client_tls = auto: one port for implicit-TLS and STLS clients
 curl_same auto_implicit_client "pop3s://localhost:$P_AUTO/1" "$MSG1" --cacert "$CERTS/ca.pem"
@@ -477,17 +486,21 @@ curl_same auto_stls_client "pop3://localhost:$P_AUTO/2" "$MSG2" --ssl-reqd --cac
 # --- refusals and failures: -ERR, never a silent close ------------------------------------
 
 out=$(dialog "$P_DENIED" line:'-ERR [SYS/PERM] ' eof 2>&1)
-if [ $? -eq 0 ]; then pass refused_client_not_allowed; else fail refused_client_not_allowed "$out"; fi
+rc=$?
+if [ $rc -eq 0 ]; then pass refused_client_not_allowed; else fail refused_client_not_allowed "$out"; fi
 expect_log refused_logged 'route=denied .*result=client-not-allowed'
 out=$(dialog "$P_UNREACH" line:'-ERR [SYS/TEMP] Upstream server unreachable' eof 2>&1)
-if [ $? -eq 0 ]; then pass upstream_unreachable_err; else fail upstream_unreachable_err "$out"; fi
+rc=$?
+if [ $rc -eq 0 ]; then pass upstream_unreachable_err; else fail upstream_unreachable_err "$out"; fi
 out=$(dialog "$P_IDLE" line:+OK line:'-ERR [SYS/TEMP] Timeout' eof 2>&1)
-if [ $? -eq 0 ]; then pass idle_timeout_err; else fail idle_timeout_err "$out"; fi
+rc=$?
+if [ $rc -eq 0 ]; then pass idle_timeout_err; else fail idle_timeout_err "$out"; fi
 
 # --- stripped STLS under encrypt: -ERR to the client, no USER/PASS upstream ---------------
 
 out=$(dialog "$P_STRIPPED" send:'USER alice\r\nPASS secret\r\n' line:'-ERR [SYS/TEMP]' eof 2>&1)
-if [ $? -eq 0 ]; then pass stripped_stls_blocked; else fail stripped_stls_blocked "$out"; fi
+rc=$?
+if [ $rc -eq 0 ]; then pass stripped_stls_blocked; else fail stripped_stls_blocked "$out"; fi
 expect_log stripped_policy_failure_logged 'route=stripped .*result=starttls-not-supported'
 sleep 0.3
 if grep -q '^plain: CAPA' "$T/nostls.lines" && ! grep -Eq '^[a-z]+: (USER|PASS)' "$T/nostls.lines"; then
@@ -499,7 +512,8 @@ fi
 # --- a response injected after the upstream's +OK to STLS: discarded ----------------------
 
 out=$(dialog "$P_INJECTION" line:+OK send:'STAT\r\n' line:'+OK 1 42' send:'QUIT\r\n' line:+OK 2>&1)
-if [ $? -eq 0 ] && ! grep -q injected <<<"$out"; then
+rc=$?
+if [ $rc -eq 0 ] && ! grep -q injected <<<"$out"; then
 	pass upstream_injection_discarded
 else
 	fail upstream_injection_discarded "$out"
@@ -517,12 +531,14 @@ else
 	fail probe_pop3_dovecot "exit $rc: $(tr '\n' ' ' <<<"$out")"
 fi
 out=$("$STP_BIN" --probe "127.0.0.1:$DV_TLS_IMPLICIT" --protocol pop3 --tls implicit --name localhost --ca "$CERTS/ca.pem" 2>&1)
-if [ $? -eq 0 ]; then pass probe_pop3_dovecot_implicit; else fail probe_pop3_dovecot_implicit "$(tr '\n' ' ' <<<"$out")"; fi
+rc=$?
+if [ $rc -eq 0 ]; then pass probe_pop3_dovecot_implicit; else fail probe_pop3_dovecot_implicit "$(tr '\n' ' ' <<<"$out")"; fi
 
 # --- shutdown: an idle POP3 session is ended at once with -ERR [SYS/TEMP] -----------------
 
 free_port P_DRAIN
 {
+	# shellcheck disable=SC2119 # no extra [global] lines
 	global_section
 	cat <<CONF
 [route drain]
