@@ -20,6 +20,8 @@ const struct proto_ops *proto_lookup(enum cfg_proto protocol)
 	case CFG_PROTO_SMTP:
 	case CFG_PROTO_LMTP:
 		return &proto_smtp_ops;
+	case CFG_PROTO_POP3:
+		return &proto_pop3_ops;
 	default:
 		return NULL;
 	}
