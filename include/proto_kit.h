@@ -117,5 +117,16 @@ int cap_word_is(const char *text, size_t len, const char *keyword);
  * count of bytes dropped: more than 0 is an injection attempt (or a broken peer), which the
  * module logs as a security event (event=starttls_injection). */
 size_t kit_starttls(struct proto_actions *a, enum proto_side side, struct line_reader *r);
+/* Bytes a side sent in plaintext after STARTTLS/STLS, dropped at the boundary: the command
+ * injection of CVE-2011-0411 (client) or a response injected before the upstream's
+ * handshake (CVE-2014-3556's kind). Logged as a security event (event=starttls_injection);
+ * nothing when dropped is 0. */
+void kit_injection(const struct proto_params *p, enum proto_side side, size_t dropped);
+/* The upstream does not offer STARTTLS/STLS, or refused it: a policy failure under encrypt
+ * and stricter (PA_POLICY starttls-not-supported). 1 when the session goes on in plaintext
+ * (policy may, or testing mode; logged as event=upstream_tls tls=none), 0 when the module
+ * must end it with its protocol's temporary failure. */
+int kit_starttls_unavailable(struct proto_actions *a, const struct proto_params *p,
+			     const char *detail);
 
 #endif

@@ -1,8 +1,11 @@
 /* proto_kit.c - shared pieces of the protocol modules (see proto_kit.h). */
 #include "proto_kit.h"
 
+#include "log.h"
+
 #include <ctype.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -186,4 +189,28 @@ size_t kit_starttls(struct proto_actions *a, enum proto_side side, struct line_r
 	lr_discard(r);
 	proto_starttls(a, side);
 	return dropped;
+}
+
+void kit_injection(const struct proto_params *p, enum proto_side side, size_t dropped)
+{
+	if (!dropped)
+		return;
+	char n[24];
+	snprintf(n, sizeof(n), "%zu", dropped);
+	log_event(LOG_WARN, p->session_id, p->route, "starttls_injection", "side",
+		  side == PROTO_CLIENT ? "client" : "upstream", "bytes", n, "action", "discarded",
+		  "security", "yes", NULL);
+}
+
+int kit_starttls_unavailable(struct proto_actions *a, const struct proto_params *p,
+			     const char *detail)
+{
+	int may = p->upstream_policy == CFG_POLICY_MAY;
+	if (!may)
+		proto_policy(a, "starttls-not-supported", detail);
+	if (!may && p->policy_mode != CFG_MODE_TESTING)
+		return 0;
+	log_event(LOG_INFO, p->session_id, p->route, "upstream_tls", "tls", "none", "policy",
+		  cfg_policy_name(p->upstream_policy), "detail", detail, NULL);
+	return 1;
 }

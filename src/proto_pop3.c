@@ -120,19 +120,6 @@ static void enter_state(struct pop3 *s, enum proto_side side, int to)
 		s->c = (enum cstate)to;
 }
 
-/* Bytes a side sent in plaintext after STLS, dropped at the boundary (CVE-2011-0411 for
- * clients, a response injected before the upstream's handshake, CVE-2014-3556's kind). */
-static void injection(struct pop3 *s, enum proto_side side, size_t dropped)
-{
-	if (!dropped)
-		return;
-	char n[24];
-	snprintf(n, sizeof(n), "%zu", dropped);
-	log_event(LOG_WARN, s->p.session_id, s->p.route, "starttls_injection", "side",
-		  side == PROTO_CLIENT ? "client" : "upstream", "bytes", n, "action", "discarded",
-		  "security", "yes", NULL);
-}
-
 /* ---- helpers ------------------------------------------------------------------------ */
 
 static void finish(struct pop3 *s, struct proto_actions *a, const char *reply,
@@ -263,12 +250,7 @@ static void upstream_ready(struct pop3 *s, struct proto_actions *a)
 /* The upstream does not offer STLS, or refused it. */
 static void starttls_unavailable(struct pop3 *s, struct proto_actions *a, const char *detail)
 {
-	int may = s->p.upstream_policy == CFG_POLICY_MAY;
-	if (!may)
-		proto_policy(a, "starttls-not-supported", detail);
-	if (may || s->p.policy_mode == CFG_MODE_TESTING) {
-		log_event(LOG_INFO, s->p.session_id, s->p.route, "upstream_tls", "tls", "none",
-			  "policy", cfg_policy_name(s->p.upstream_policy), "detail", detail, NULL);
+	if (kit_starttls_unavailable(a, &s->p, detail)) {
 		upstream_ready(s, a);
 		return;
 	}
@@ -358,7 +340,7 @@ static void on_status(struct pop3 *s, struct proto_actions *a, const struct line
 		enter_state(s, PROTO_UPSTREAM, U_HANDSHAKE);
 		lr_consume(&s->uin, l->size);
 		/* whatever the upstream sent after its +OK was sent before TLS: dropped */
-		injection(s, PROTO_UPSTREAM, kit_starttls(a, PROTO_UPSTREAM, &s->uin));
+		kit_injection(&s->p, PROTO_UPSTREAM, kit_starttls(a, PROTO_UPSTREAM, &s->uin));
 		return;
 	default:
 		break;
@@ -541,7 +523,7 @@ static void drain_locals(struct pop3 *s, struct proto_actions *a)
 		eq_pop(&s->q); /* E_LOCAL_STLS */
 		proto_sendf(a, PROTO_CLIENT, "+OK Begin TLS negotiation\r\n");
 		/* pipelined after STLS: never processed */
-		injection(s, PROTO_CLIENT, kit_starttls(a, PROTO_CLIENT, &s->cin));
+		kit_injection(&s->p, PROTO_CLIENT, kit_starttls(a, PROTO_CLIENT, &s->cin));
 	}
 }
 
@@ -686,7 +668,7 @@ static void process_client(struct pop3 *s, struct proto_actions *a)
 	while (s->u != U_DONE && s->client_greeted && lr_pending(&s->cin)) {
 		if (s->c == C_STARTTLS) { /* after STLS, before the handshake */
 			if (eq_len(&s->q) == 0) {
-				injection(s, PROTO_CLIENT, lr_pending(&s->cin));
+				kit_injection(&s->p, PROTO_CLIENT, lr_pending(&s->cin));
 				lr_discard(&s->cin);
 			}
 			return;
@@ -788,7 +770,7 @@ static void pop3_data(void *st, enum proto_side from, const uint8_t *d, size_t n
 		return;
 	}
 	if (s->c == C_STARTTLS && eq_len(&s->q) == 0) {
-		injection(s, PROTO_CLIENT, n);
+		kit_injection(&s->p, PROTO_CLIENT, n);
 		return;
 	}
 	if (lr_pending(&s->cin) + n > POP3_HOLD_MAX + POP3_CMD_MAX) {

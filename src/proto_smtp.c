@@ -142,20 +142,6 @@ static void enter_cstate(struct smtp *s, enum cstate c)
 	s->c = c;
 }
 
-/* Bytes a side sent in plaintext after STARTTLS, dropped at the boundary: the STARTTLS
- * command injection of CVE-2011-0411 (client) or a reply injected before the upstream's
- * handshake (CVE-2014-3556's kind). A security event, never a silent drop. */
-static void injection(struct smtp *s, enum proto_side side, size_t dropped)
-{
-	if (!dropped)
-		return;
-	char n[24];
-	snprintf(n, sizeof(n), "%zu", dropped);
-	log_event(LOG_WARN, s->p.session_id, s->p.route, "starttls_injection", "side",
-		  side == PROTO_CLIENT ? "client" : "upstream", "bytes", n, "action", "discarded",
-		  "security", "yes", NULL);
-}
-
 static int waiting(const struct smtp *s)
 {
 	return s->c == C_WAIT_DATA || s->c == C_WAIT_AUTH || s->c == C_WAIT_XCLIENT ||
@@ -407,12 +393,7 @@ static void upstream_ready(struct smtp *s, struct proto_actions *a)
 /* The upstream does not offer STARTTLS, or refused it. */
 static void starttls_unavailable(struct smtp *s, struct proto_actions *a, const char *detail)
 {
-	int may = s->p.upstream_policy == CFG_POLICY_MAY;
-	if (!may)
-		proto_policy(a, "starttls-not-supported", detail);
-	if (may || s->p.policy_mode == CFG_MODE_TESTING) {
-		log_event(LOG_INFO, s->p.session_id, s->p.route, "upstream_tls", "tls", "none",
-			  "policy", cfg_policy_name(s->p.upstream_policy), "detail", detail, NULL);
+	if (kit_starttls_unavailable(a, &s->p, detail)) {
 		upstream_ready(s, a);
 		return;
 	}
@@ -580,7 +561,7 @@ static void on_int_starttls(struct smtp *s, struct proto_actions *a, struct expe
 	}
 	/* Whatever the upstream sent after its 220 was sent before TLS: dropped. */
 	enter_ustate(s, U_HANDSHAKE);
-	injection(s, PROTO_UPSTREAM, kit_starttls(a, PROTO_UPSTREAM, &s->uin));
+	kit_injection(&s->p, PROTO_UPSTREAM, kit_starttls(a, PROTO_UPSTREAM, &s->uin));
 }
 
 static void on_int_rset(struct smtp *s, struct proto_actions *a, struct expect *e, int code)
@@ -943,7 +924,7 @@ static void drain_locals(struct smtp *s, struct proto_actions *a)
 		}
 		proto_sendf(a, PROTO_CLIENT, "220 2.0.0 Ready to start TLS\r\n");
 		/* pipelined after STARTTLS: never processed */
-		injection(s, PROTO_CLIENT, kit_starttls(a, PROTO_CLIENT, &s->cin));
+		kit_injection(&s->p, PROTO_CLIENT, kit_starttls(a, PROTO_CLIENT, &s->cin));
 	}
 }
 
@@ -1640,7 +1621,7 @@ static void process_client(struct smtp *s, struct proto_actions *a)
 {
 	while (s->u != U_DONE && s->client_greeted && lr_pending(&s->cin)) {
 		if (s->c == C_STARTTLS) { /* after the 220, before the handshake */
-			injection(s, PROTO_CLIENT, lr_pending(&s->cin));
+			kit_injection(&s->p, PROTO_CLIENT, lr_pending(&s->cin));
 			lr_discard(&s->cin);
 			return;
 		}
