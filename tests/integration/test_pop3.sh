@@ -13,8 +13,8 @@
 
 for tool in dovecot curl openssl; do
 	if ! command -v "$tool" >/dev/null; then
-		skip test_pop3 "$tool not installed (bash scripts/deps.sh test)"
-		exit 0
+		fail test_pop3 "$tool not installed (make deps installs it)"
+		finish
 	fi
 done
 
