@@ -136,9 +136,9 @@ expect_log client_handshake_timeout_logged \
 expect_log client_handshake_timeout_close_reason 'route=hs_client .*event=close .*reason="?client handshake timeout'
 
 # --- max_connections = 2 ------------------------------------------------------------------------
-free_port P_MAX
+free_port P_MAX; free_port P_MAXADM
 cat >"$T/max.conf" <<EOF
-$(global_section "max_connections = 2")
+$(global_section "max_connections = 2" "admin_listen = 127.0.0.1:$P_MAXADM")
 [route max]
 listen = 127.0.0.1:$P_MAX
 protocol = tcp
@@ -157,6 +157,7 @@ touch "$T/m.release"
 client_wait m1
 client_wait m2
 expect_log max_connections_logged 'route=max .*max_connections' 1 "$T/proxy_max.log"
+check max_connections_refusal_counted sh -c "curl -sf http://127.0.0.1:$P_MAXADM/metrics | grep -qx 'starttls_proxy_refusals_total{route=\"max\",reason=\"max-connections\"} 1'"
 # The slots come back once the two sessions have closed: the proxy frees a slot just after
 # the session's close line, so the relay is tried until it works (5 s at most).
 if wait_count 'route=max .*event=close' 3 5; then

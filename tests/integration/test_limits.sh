@@ -8,7 +8,7 @@ start_server echo --mode echo
 wait_servers
 ECHO=127.0.0.1:$(port_of echo)
 free_port P_OLD; free_port P_NEW; free_port P_PER; free_port P_SMTP; free_port P_SMTPS
-free_port SINK
+free_port SINK; free_port ADMIN
 
 # A tiny SMTP server for the smtp route: greets, answers QUIT.
 python3 - "$SINK" >"$T/sink.log" 2>&1 <<'PY' &
@@ -31,7 +31,7 @@ wait_port "$SINK"
 
 conf=$T/limits.conf
 {
-	global_section
+	global_section "admin_listen = 127.0.0.1:$ADMIN"
 	cat <<CONF
 [route old]
 listen = 127.0.0.1:$P_OLD
@@ -188,4 +188,9 @@ print("second", data.decode().strip())
 PY
 check smtps_first_greeted grep -q '^first 220 sink ESMTP' "$T/smtps.out"
 check smtps_second_421_in_tls grep -Eq '^second 421 4\.7\.0 .*Too many connections' "$T/smtps.out"
+# Every refusal is counted, by route and reason.
+curl -sf "http://127.0.0.1:$ADMIN/metrics" >"$T/metrics.txt"
+for r in per smtp smtps; do
+	check "refusal_counted_$r" grep -Eq "^starttls_proxy_refusals_total\{route=\"$r\",reason=\"max-connections-per-client\"\} [1-9]" "$T/metrics.txt"
+done
 finish

@@ -146,7 +146,34 @@ check reloading_monotonic_usec awk -v m="${MONO:-0}" -v a="$BEFORE" -v b="$AFTER
 check ready_after_reload sh -c "wait_n=0; until grep -A1 'RELOADING=1' '$NOTES' | tail -n 1 | grep -q ' READY=1\$'; do
 	[ \$wait_n -ge 50 ] && exit 1; sleep 0.1; wait_n=\$((wait_n + 1)); done"
 check status_reloaded wait_note ' STATUS=serving \(reloaded\)'
-# A refused reload: the same pair, and a STATUS that says so.
+# `systemctl reload` runs the unit's ExecReload lines in order and fails at the first that
+# fails: run them as systemd would (the binary, the file and $MAINPID put in): with a
+# refused file the -t line fails, so no SIGHUP is sent and the reload reports failure.
+exec_reload() { # CONF: exit status of the ExecReload sequence
+	local line cmd
+	while IFS= read -r line; do
+		cmd=${line#ExecReload=}
+		cmd=${cmd//\/usr\/local\/bin\/starttls-proxy/$STP_BIN}
+		cmd=${cmd//\/etc\/starttls-proxy\/starttls-proxy.conf/$1}
+		cmd=${cmd//\$MAINPID/$PROXY}
+		eval "$cmd" >/dev/null 2>&1 || return 1
+	done < <(grep '^ExecReload=' "$UNITS/starttls-proxy.service")
+}
+cp "$T/proxy.conf" "$T/refused.conf"
+echo "bogus_key = 1" >>"$T/refused.conf"
+R0=$(log_count 'event=reload ')
+if exec_reload "$T/refused.conf"; then
+	fail systemctl_reload_fails_on_refused_file "the ExecReload sequence succeeded"
+else
+	pass systemctl_reload_fails_on_refused_file
+fi
+# Fence: the same sequence with the good file does reload (one more event=reload line);
+# had the refused attempt sent a SIGHUP, there would be two.
+check systemctl_reload_good_file exec_reload "$T/proxy.conf"
+wait_count 'event=reload ' $((R0 + 1)) 5
+check refused_file_no_sighup test "$(log_count 'event=reload ')" -eq $((R0 + 1))
+# A refused reload reaching the process anyway (kill -HUP by hand): the same pair, and a
+# STATUS that says so.
 echo "bogus_key = 1" >>"$T/proxy.conf"
 kill -HUP "$PROXY"
 check reload_refused_status wait_note 'STATUS=serving; the last reload was refused'
