@@ -168,7 +168,7 @@ in_image() {
 	unshare --mount --propagation private -- sh -c "$IN_IMAGE_SH" sh "$M" "$@"
 }
 
-out=$(chroot --userspec=$USER_ID "$M" /usr/bin/starttls-proxy -V 2>&1)
+out=$(in_image "" "$USER_ID" /usr/bin/starttls-proxy -V 2>&1) # (with /proc: a sanitizer build needs it)
 if [[ $out == "starttls-proxy $VERSION (wolfSSL "* ]]; then
 	pass version_in_image
 else
