@@ -95,8 +95,8 @@ struct proto_params {
 	 * the client itself (late_start). */
 	int late;
 	/* xclient: the client's forward-confirmed host name for XCLIENT NAME, filled in while
-	 * the upstream connects ("" still unknown: [TEMPUNAVAIL]); NULL: none is looked up
-	 * ([UNAVAILABLE]). */
+	 * the upstream connects ("" while the lookup runs: a module that needs it waits for
+	 * client_name_ready); NULL: none is looked up ([UNAVAILABLE]). */
 	const char *client_name;
 };
 
@@ -155,6 +155,9 @@ struct proto_ops {
 	/* 1 when the session sits between transactions with nothing in flight either way:
 	 * the proxy, draining, may end it at once (fail PF_SHUTDOWN: the protocol's 421). */
 	int (*idle)(void *st);
+	/* proto_params.client_name is filled in now (a name, [UNAVAILABLE] or, when the lookup
+	 * took too long, [TEMPUNAVAIL]): a module that waits for it goes on. May be NULL. */
+	void (*client_name_ready)(void *st, struct proto_actions *a);
 };
 
 extern const struct proto_ops proto_smtp_ops; /* smtp and lmtp */

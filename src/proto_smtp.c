@@ -97,6 +97,8 @@ struct smtp {
 	uint64_t size_limit;      /* its SIZE (0: none announced) */
 	int body_ls, body_dot, body_cr, body_bad; /* DATA end detection (body_bytes) */
 	int xclient_state;        /* 0 not tried, 1 running, 2 done */
+	int xclient_wait_name;    /* XCLIENT waits for the client's host name */
+	char xclient_attrs[512];  /* the XCLIENT keyword line of the upstream's EHLO reply */
 	int xclient_helo_is_ehlo;
 	char xclient_helo[256];
 	/* upstream side */
@@ -430,19 +432,24 @@ static void xclient_done(struct smtp *s, const char *result)
 	enter_cstate(s, C_COMMAND);
 }
 
+static void xclient_go(struct smtp *s, struct proto_actions *a);
+
+/* The upstream's reply to our EHLO is in: which XCLIENT attributes it accepts ("250-XCLIENT
+ * NAME ADDR PORT PROTO HELO") are kept, and XCLIENT goes up now, or once the client's host
+ * name is known when NAME is among them and the session is still looking it up
+ * (client_name_ready). */
 static void send_xclient(struct smtp *s, struct proto_actions *a)
 {
-	/* Which attributes the upstream accepts: "250-XCLIENT NAME ADDR PORT PROTO HELO". */
-	char attrs[512] = "";
 	int offered = 0;
 	struct keywords kw = keywords_of(s);
 	const char *t;
 	size_t tn;
+	s->xclient_attrs[0] = '\0';
 	while (next_keyword(&kw, &t, &tn)) {
 		if (cap_word_is(t, tn, "XCLIENT")) {
-			size_t k = tn < sizeof(attrs) ? tn : sizeof(attrs) - 1;
-			memcpy(attrs, t, k);
-			attrs[k] = '\0';
+			size_t k = tn < sizeof(s->xclient_attrs) ? tn : sizeof(s->xclient_attrs) - 1;
+			memcpy(s->xclient_attrs, t, k);
+			s->xclient_attrs[k] = '\0';
 			offered = 1;
 		}
 	}
@@ -450,6 +457,17 @@ static void send_xclient(struct smtp *s, struct proto_actions *a)
 		xclient_done(s, "not-offered");
 		return;
 	}
+	if (strcasestr(s->xclient_attrs, " NAME") && s->p.client_name && !s->p.client_name[0]) {
+		s->xclient_wait_name = 1; /* the client's commands wait in C_WAIT_XCLIENT */
+		return;
+	}
+	xclient_go(s, a);
+}
+
+static void xclient_go(struct smtp *s, struct proto_actions *a)
+{
+	const char *attrs = s->xclient_attrs;
+	s->xclient_wait_name = 0;
 	char cmd[1024], v[600];
 	int n = snprintf(cmd, sizeof(cmd), "XCLIENT");
 #define HAS(attr) (strcasestr(attrs, " " attr) != NULL)
@@ -1947,6 +1965,15 @@ static void smtp_refuse(const struct proto_params *p, enum proto_refusal why,
 	proto_close(a, why == PR_NOT_ALLOWED ? "client not allowed" : "connection limit");
 }
 
+static void smtp_client_name_ready(void *st, struct proto_actions *a)
+{
+	struct smtp *s = st;
+	if (s->xclient_wait_name && s->u != U_DONE) {
+		xclient_go(s, a);
+		process_client(s, a);
+	}
+}
+
 static int smtp_idle(void *st)
 {
 	const struct smtp *s = st;
@@ -1971,4 +1998,5 @@ const struct proto_ops proto_smtp_ops = {
 	.fail = smtp_fail,
 	.refuse = smtp_refuse,
 	.idle = smtp_idle,
+	.client_name_ready = smtp_client_name_ready,
 };

@@ -40,7 +40,10 @@
 #define TLS_CACHE_SIZE 64
 #define TLS_CACHE_MS (3600 * 1000)
 
-enum timer_kind { T_NONE, T_PROXY, T_DETECT, T_CONNECT, T_HANDSHAKE_CLIENT, T_HANDSHAKE_UPSTREAM, T_IDLE, T_LINGER };
+enum timer_kind { T_NONE, T_PROXY, T_DETECT, T_CONNECT, T_HANDSHAKE_CLIENT, T_HANDSHAKE_UPSTREAM, T_IDLE, T_LINGER,
+		  T_NAME };
+/* How long XCLIENT waits for the client's host name (then NAME=[TEMPUNAVAIL]). */
+#define NAME_WAIT_MS 2000
 
 /* A client host name lookup (XCLIENT NAME; lookup_name). */
 struct name_req {
@@ -129,6 +132,7 @@ struct session {
 	 * lookup_name): "" while the lookup runs, "[UNAVAILABLE]" or "[TEMPUNAVAIL]" */
 	char client_name[256];
 	struct name_req *nreq;
+	uint64_t name_started_ms;
 };
 
 static const struct ep_ops down_ops, up_ops;
@@ -300,6 +304,7 @@ static void session_end(struct session *s, const char *reason, const char *detai
 static void timer_cb(uv_timer_t *t);
 static void detected(struct session *s, const uint8_t *data, size_t len);
 static void pp_refused(struct session *s, const char *reason, const char *close_reason);
+static void name_given_up(struct session *s);
 
 static void consider(enum timer_kind *k, uint64_t *due, enum timer_kind kind, uint64_t when)
 {
@@ -334,6 +339,8 @@ static void arm_timer(struct session *s)
 				 s->phase_started_ms + r->handshake_timeout_ms);
 		if (s->down_ready && (s->up_ready || (s->late_route && !s->up_started)))
 			consider(&k, &due, T_IDLE, s->last_activity_ms + r->idle_timeout_ms);
+		if (s->nreq)
+			consider(&k, &due, T_NAME, s->name_started_ms + NAME_WAIT_MS);
 	}
 	s->timer_kind = k;
 	if (k != T_NONE)
@@ -370,6 +377,10 @@ static void timer_cb(uv_timer_t *t)
 	switch (s->timer_kind) {
 	case T_LINGER:
 		session_close(s, s->close_reason ? s->close_reason : "linger timeout");
+		return;
+	case T_NAME: /* the lookup goes on in the pool; its answer is no longer awaited */
+		name_given_up(s);
+		arm_timer(s);
 		return;
 	case T_PROXY:
 		pp_refused(s, s->pp_len ? "no complete header within handshake_timeout"
@@ -1893,14 +1904,37 @@ static int late_from_table(struct session *s)
  * the address back (as Postfix's smtpd does for its own clients); the lookups run in
  * libuv's thread pool while the upstream connects, and a session that ends first leaves
  * the request to free itself. */
+static void exec_actions(struct session *s);
+
+/* The name is known (or given up): the module waiting for it goes on. */
+static void name_known(struct session *s, const char *name)
+{
+	snprintf(s->client_name, sizeof(s->client_name), "%s", name);
+	log_event(LOG_DEBUG, s->id, s->r->name, "client_name", "name", name, NULL);
+	s->nreq = NULL;
+	if (s->proto && s->proto->client_name_ready && !s->ending && !s->closed) {
+		s->proto->client_name_ready(s->ps, &s->acts);
+		exec_actions(s);
+	}
+}
+
+/* name may point into nr (its host): nr is freed last */
 static void name_done(struct name_req *nr, const char *name)
 {
-	if (nr->s) {
-		snprintf(nr->s->client_name, sizeof(nr->s->client_name), "%s", name);
-		log_event(LOG_DEBUG, nr->s->id, nr->s->r->name, "client_name", "name", name, NULL);
-		nr->s->nreq = NULL;
+	struct session *s = nr->s;
+	if (s) {
+		name_known(s, name);
+		arm_timer(s);
 	}
 	free(nr);
+}
+
+static void name_given_up(struct session *s)
+{
+	if (!s->nreq)
+		return;
+	s->nreq->s = NULL; /* its callbacks free it */
+	name_known(s, "[TEMPUNAVAIL]");
 }
 
 static int same_ip(const struct sockaddr *a, const struct sockaddr_storage *b)
@@ -1953,6 +1987,7 @@ static void lookup_name(struct session *s)
 	nr->s = s;
 	nr->ni.data = nr;
 	s->nreq = nr;
+	s->name_started_ms = now_ms(s);
 	if (uv_getnameinfo(s->h->loop, &nr->ni, name_reverse, (const struct sockaddr *)&s->peer,
 			   NI_NAMEREQD) < 0) {
 		s->nreq = NULL;

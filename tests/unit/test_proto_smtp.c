@@ -2071,12 +2071,13 @@ static const struct step s_xclient_named[] = {
 	END
 };
 
+/* the name is still being looked up: XCLIENT waits (test_xclient_name_wait goes on) */
 static const struct step s_xclient_pending[] = {
 	CONN("", "", ""),
 	UP(GREET, GREET, "", "ready"),
 	CL("EHLO client.test\r\n", "", "EHLO proxy.test\r\n", ""),
-	UP("250-mx.test\r\n250 XCLIENT NAME ADDR\r\n", "",
-	   "XCLIENT NAME=[TEMPUNAVAIL] ADDR=192.0.2.7\r\n", ""),
+	UP("250-mx.test\r\n250 XCLIENT NAME ADDR\r\n", "", "", ""),
+	CL("MAIL FROM:<a@b>\r\n", "", "", ""),
 	END
 };
 
@@ -2088,6 +2089,48 @@ static const struct script xclient_scripts[] = {
 	{ "xclient_not_offered", &P_XCLIENT, s_xclient_not_offered, 0 },
 	{ "xclient_rejected", &P_XCLIENT, s_xclient_rejected, 0 },
 };
+
+/* XCLIENT waits for the client's host name, then goes up with it, and the client's held
+ * EHLO and MAIL follow XCLIENT's 220; an upstream without NAME among its attributes does not
+ * wait. */
+static void xclient_feed(void *st, struct proto_actions *a, int side, const char *bytes,
+			 struct buf *up)
+{
+	if (bytes)
+		proto_smtp_ops.data(st, side, (const uint8_t *)bytes, strlen(bytes), a);
+	for (size_t i = 0; i < a->n; i++)
+		if (a->a[i].type == PA_SEND && a->a[i].side == PROTO_UPSTREAM)
+			buf_add(up, a->buf + a->a[i].off, a->a[i].len);
+	proto_actions_clear(a);
+}
+
+static void test_xclient_name_wait(void **state)
+{
+	(void)state;
+	char name[256] = "";
+	struct proto_params p = P_XCLIENT_PENDING;
+	p.client_name = name;
+	struct proto_actions a = { 0 };
+	struct buf up = { 0 };
+	void *st = proto_smtp_ops.create(&p);
+	proto_smtp_ops.upstream_connected(st, &a);
+	xclient_feed(st, &a, PROTO_UPSTREAM, GREET, &up);
+	xclient_feed(st, &a, PROTO_CLIENT, "EHLO client.test\r\nMAIL FROM:<a@b>\r\n", &up);
+	xclient_feed(st, &a, PROTO_UPSTREAM, "250-mx.test\r\n250 XCLIENT NAME ADDR\r\n", &up);
+	assert_string_equal(up.p, "EHLO proxy.test\r\n"); /* waiting */
+	snprintf(name, sizeof(name), "late.example");
+	proto_smtp_ops.client_name_ready(st, &a);
+	xclient_feed(st, &a, PROTO_CLIENT, NULL, &up);
+	assert_string_equal(up.p, "EHLO proxy.test\r\nXCLIENT NAME=late.example ADDR=192.0.2.7\r\n");
+	xclient_feed(st, &a, PROTO_UPSTREAM, "220 mx.test ESMTP\r\n", &up);
+	assert_string_equal(up.p, "EHLO proxy.test\r\nXCLIENT NAME=late.example ADDR=192.0.2.7\r\n"
+				  "EHLO client.test\r\nMAIL FROM:<a@b>\r\n");
+	proto_smtp_ops.client_name_ready(st, &a); /* a second call changes nothing */
+	assert_int_equal(a.n, 0);
+	proto_smtp_ops.destroy(st);
+	buf_free(&up);
+	proto_actions_free(&a);
+}
 
 /* ------------------------------------------------------------------ late binding */
 
@@ -2344,6 +2387,7 @@ int main(void)
 		cmocka_unit_test(test_failures),
 		cmocka_unit_test(test_xclient),
 		cmocka_unit_test(test_message_trace),
+		cmocka_unit_test(test_xclient_name_wait),
 		cmocka_unit_test(test_late),
 		cmocka_unit_test(test_rcpt_domain),
 		cmocka_unit_test(test_empty_reads),
