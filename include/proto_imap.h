@@ -33,6 +33,11 @@
 #define IMAP_LITERAL_MAX (64ULL * 1024 * 1024)
 #define IMAP_TAG_MAX 64  /* longest tag the module accepts (RFC: unbounded; real: < 20) */
 #define IMAP_VERB_MAX 32 /* longest verb kept (the longest IMAP command is 12 octets) */
+/* Response lines (one segment) from the upstream may be longer than commands: a SEARCH
+ * result lists every matching number on one line. A longer one ends the session. */
+#define IMAP_RESP_LINE_MAX (1024 * 1024)
+/* Client bytes held while a command is answered before the session is ended. */
+#define IMAP_HOLD_MAX (256 * 1024)
 
 /* ---- the reader ------------------------------------------------------------------------ */
 

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "proto.h"
 #include "proto_imap.h"
 
 /* ------------------------------------------------------------------ transcripts */
@@ -572,6 +573,382 @@ static void test_caps_rewrite_bound(void **state)
 	assert_int_equal(olen, n + strlen(" STARTTLS"));
 }
 
+/* ------------------------------------------------------------------ the module */
+
+/* A script step: what happens, and what the module must answer. In expectations the tag
+ * of the module's own commands (random) is written "@", and inputs may use "@" for it. */
+enum op { UP, CLI, UPS, TLS_C, TLS_U, EOFC, FAIL };
+struct step {
+	enum op op;
+	const char *in;
+	const char *to_client, *to_up; /* exact, after tag substitution */
+	const char *acts;              /* "tls:client", "tls:up", "ready", "close" in order */
+};
+
+struct mod_params {
+	enum cfg_tls ctls, utls;
+	enum cfg_policy cpol, upol;
+	enum cfg_mode mode;
+};
+
+struct mrun {
+	void *st;
+	char tag[32];
+	struct sbuf cl, up, acts;
+};
+
+static void collect(struct mrun *m, struct proto_actions *a)
+{
+	for (size_t i = 0; i < a->n; i++) {
+		const struct proto_act *x = &a->a[i];
+		switch (x->type) {
+		case PA_SEND:
+			sb_add(x->side == PROTO_CLIENT ? &m->cl : &m->up, a->buf + x->off, x->len);
+			if (x->side == PROTO_UPSTREAM && x->len > 17 && a->buf[x->off] == 'P' &&
+			    a->buf[x->off + 17] == ' ') {
+				memcpy(m->tag, a->buf + x->off, 17);
+				m->tag[17] = '\0';
+			}
+			break;
+		case PA_STARTTLS:
+			sb_adds(&m->acts, x->side == PROTO_CLIENT ? "tls:client " : "tls:up ");
+			break;
+		case PA_READY:
+			sb_adds(&m->acts, "ready ");
+			break;
+		case PA_CLOSE:
+			sb_adds(&m->acts, "close ");
+			break;
+		case PA_POLICY:
+			sb_adds(&m->acts, "policy ");
+			break;
+		default:
+			break;
+		}
+	}
+	proto_actions_clear(a);
+}
+
+/* s with the module's tag written "@" (or "@" replaced by the tag when fill). */
+static char *subst(const char *s, size_t n, const char *tag, int fill)
+{
+	struct sbuf o = { 0 };
+	size_t tl = strlen(tag);
+	sb_adds(&o, "");
+	for (size_t i = 0; i < n;) {
+		if (fill && s[i] == '@') {
+			sb_adds(&o, tag);
+			i++;
+		} else if (!fill && tl && n - i >= tl && memcmp(s + i, tag, tl) == 0) {
+			sb_adds(&o, "@");
+			i += tl;
+		} else {
+			sb_add(&o, s + i, 1);
+			i++;
+		}
+	}
+	return o.p;
+}
+
+static void run_script(const struct mod_params *mp, const struct step *steps, size_t n,
+		       int bytewise)
+{
+	struct proto_params p = { .session_id = "t", .route = "r", .protocol = CFG_PROTO_IMAP,
+				  .client_tls = mp->ctls, .upstream_tls = mp->utls,
+				  .client_policy = mp->cpol, .upstream_policy = mp->upol,
+				  .policy_mode = mp->mode };
+	const struct proto_ops *ops = proto_lookup(CFG_PROTO_IMAP);
+	assert_non_null(ops);
+	struct mrun m;
+	memset(&m, 0, sizeof(m));
+	m.st = ops->create(&p);
+	assert_non_null(m.st);
+	struct proto_actions a = { 0 };
+	for (size_t i = 0; i < n; i++) {
+		const struct step *t = &steps[i];
+		char *in = t->in ? subst(t->in, strlen(t->in), m.tag, 1) : NULL;
+		size_t len = in ? strlen(in) : 0;
+		switch (t->op) {
+		case UP: ops->upstream_connected(m.st, &a); break;
+		case CLI:
+		case UPS:
+			if (bytewise)
+				for (size_t k = 0; k < len; k++) {
+					ops->data(m.st, t->op == CLI ? PROTO_CLIENT : PROTO_UPSTREAM,
+						  (const uint8_t *)in + k, 1, &a);
+					collect(&m, &a);
+				}
+			else
+				ops->data(m.st, t->op == CLI ? PROTO_CLIENT : PROTO_UPSTREAM,
+					  (const uint8_t *)in, len, &a);
+			break;
+		case TLS_C: ops->tls_done(m.st, PROTO_CLIENT, &a); break;
+		case TLS_U: ops->tls_done(m.st, PROTO_UPSTREAM, &a); break;
+		case EOFC: ops->client_eof(m.st, &a); break;
+		case FAIL: (ops->fail)(m.st, PF_LOST, NULL, &a); break;
+		}
+		collect(&m, &a);
+		free(in);
+		char *cl = subst(m.cl.p ? m.cl.p : "", m.cl.n, m.tag, 0);
+		char *up = subst(m.up.p ? m.up.p : "", m.up.n, m.tag, 0);
+		const char *acts = m.acts.p ? m.acts.p : "";
+		if (strcmp(cl, t->to_client) || strcmp(up, t->to_up) || strcmp(acts, t->acts)) {
+			struct sbuf e = { 0 };
+			sb_adds(&e, "");
+			sb_esc(&e, (const uint8_t *)cl, strlen(cl));
+			sb_adds(&e, "] up [");
+			sb_esc(&e, (const uint8_t *)up, strlen(up));
+			print_message("step %zu (%s): client [%s] acts [%s]\n", i,
+				      bytewise ? "bytewise" : "whole", e.p, acts);
+			free(e.p);
+		}
+		assert_string_equal(cl, t->to_client);
+		assert_string_equal(up, t->to_up);
+		assert_string_equal(acts, t->acts);
+		free(cl);
+		free(up);
+		m.cl.n = m.up.n = m.acts.n = 0;
+		if (m.cl.p) m.cl.p[0] = '\0';
+		if (m.up.p) m.up.p[0] = '\0';
+		if (m.acts.p) m.acts.p[0] = '\0';
+	}
+	ops->destroy(m.st);
+	proto_actions_free(&a);
+	free(m.cl.p);
+	free(m.up.p);
+	free(m.acts.p);
+}
+
+#define RUN(mp, steps)                                                                     \
+	do {                                                                               \
+		run_script(mp, steps, sizeof(steps) / sizeof(steps[0]), 0);                \
+		run_script(mp, steps, sizeof(steps) / sizeof(steps[0]), 1);                \
+	} while (0)
+
+#define GREET_CAPS "* OK [CAPABILITY IMAP4rev1 LITERAL+ STARTTLS AUTH=PLAIN] ready\r\n"
+
+/* Injection: STARTTLS with the module's random tag; untagged responses before its OK and
+ * bytes after it dropped; inside TLS CAPABILITY asked again and the client greeted with it
+ * (STARTTLS removed). */
+static void test_inject(void **state)
+{
+	(void)state;
+	struct mod_params mp = { CFG_TLS_NONE, CFG_TLS_STARTTLS, CFG_POLICY_NONE,
+				 CFG_POLICY_ENCRYPT, CFG_MODE_ENFORCE };
+	static const struct step s[] = {
+		{ UP, NULL, "", "", "" },
+		{ CLI, "A1 LOGIN a b\r\n", "", "", "" },
+		{ UPS, GREET_CAPS, "", "@ STARTTLS\r\n", "" },
+		{ UPS, "* OK [ALERT] fake\r\n@ OK go\r\nA1 OK [CAPABILITY IMAP4rev1] injected\r\n",
+		  "", "", "tls:up " },
+		{ TLS_U, NULL, "", "@ CAPABILITY\r\n", "" },
+		{ UPS, "* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN COMPRESS=DEFLATE\r\n@ OK done\r\n",
+		  "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] Server ready\r\n", "A1 LOGIN a b\r\n",
+		  "ready " },
+		{ UPS, "A1 OK [CAPABILITY IMAP4rev1 IDLE STARTTLS] Logged in\r\n",
+		  "A1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n", "", "" },
+		{ CLI, "A2 CAPABILITY\r\n", "", "A2 CAPABILITY\r\n", "" },
+		{ UPS, "* CAPABILITY IMAP4rev1 STARTTLS\r\nA2 OK done\r\n",
+		  "* CAPABILITY IMAP4rev1\r\nA2 OK done\r\n", "", "" },
+		{ CLI, "A3 LOGOUT\r\n", "", "A3 LOGOUT\r\n", "" },
+		{ UPS, "* BYE bye\r\nA3 OK bye\r\n", "* BYE bye\r\nA3 OK bye\r\n", "", "" },
+		{ EOFC, NULL, "", "", "close " },
+	};
+	RUN(&mp, s);
+	/* greeting without capabilities: CAPABILITY asked first */
+	static const struct step s2[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* OK hi\r\n", "", "@ CAPABILITY\r\n", "" },
+		{ UPS, "* CAPABILITY IMAP4rev1 STARTTLS\r\n* 1 EXISTS\r\n@ OK done\r\n", "",
+		  "@ STARTTLS\r\n", "" },
+		{ UPS, "@ OK go\r\n", "", "", "tls:up " },
+	};
+	RUN(&mp, s2);
+}
+
+/* Policy failures under encrypt: no STARTTLS, a refused STARTTLS, PREAUTH, BYE. */
+static void test_inject_failures(void **state)
+{
+	(void)state;
+	struct mod_params mp = { CFG_TLS_NONE, CFG_TLS_STARTTLS, CFG_POLICY_NONE,
+				 CFG_POLICY_ENCRYPT, CFG_MODE_ENFORCE };
+	static const char bye[] = "* BYE [UNAVAILABLE] TLS is required toward the upstream "
+				  "server and it does not offer STARTTLS; try again later\r\n";
+	static const struct step nostls[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hi\r\n", bye, "", "policy close " },
+	};
+	RUN(&mp, nostls);
+	static const struct step refused[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, GREET_CAPS, "", "@ STARTTLS\r\n", "" },
+		{ UPS, "@ NO not now\r\n", bye, "", "policy close " },
+	};
+	RUN(&mp, refused);
+	static const struct step preauth[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* PREAUTH [CAPABILITY IMAP4rev1 STARTTLS] hi\r\n", bye, "",
+		  "policy close " },
+	};
+	RUN(&mp, preauth);
+	static const struct step byeg[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* BYE go away\r\n",
+		  "* BYE [UNAVAILABLE] Upstream server refused service; try again later\r\n", "",
+		  "close " },
+	};
+	RUN(&mp, byeg);
+	/* a response with another tag than the module's: never taken for its OK */
+	static const struct step wrongtag[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, GREET_CAPS, "", "@ STARTTLS\r\n", "" },
+		{ UPS, "A1 OK go\r\n", "* BYE [UNAVAILABLE] Upstream protocol error\r\n", "",
+		  "close " },
+	};
+	RUN(&mp, wrongtag);
+	/* may: plaintext goes on */
+	struct mod_params may = mp;
+	may.upol = CFG_POLICY_MAY;
+	static const struct step mays[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hi\r\n",
+		  "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hi\r\n", "", "ready " },
+	};
+	RUN(&may, mays);
+}
+
+/* Termination: STARTTLS offered and answered locally, pipelined bytes after it dropped;
+ * under client_policy = encrypt LOGINDISABLED and no AUTH= before TLS, LOGIN refused
+ * locally; inside TLS the list is shown without STARTTLS and LOGIN goes up. */
+static void test_terminate(void **state)
+{
+	(void)state;
+	struct mod_params mp = { CFG_TLS_STARTTLS, CFG_TLS_NONE, CFG_POLICY_ENCRYPT,
+				 CFG_POLICY_NONE, CFG_MODE_ENFORCE };
+	static const struct step s[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN COMPRESS=DEFLATE] hi\r\n",
+		  "* OK [CAPABILITY IMAP4rev1 LITERAL+ STARTTLS LOGINDISABLED] hi\r\n", "",
+		  "ready " },
+		{ CLI, "A1 LOGIN a b\r\n",
+		  "A1 NO [PRIVACYREQUIRED] Must issue a STARTTLS command first\r\n", "", "" },
+		{ CLI, "A2 AUTHENTICATE PLAIN\r\n",
+		  "A2 NO [PRIVACYREQUIRED] Must issue a STARTTLS command first\r\n", "", "" },
+		{ CLI, "A3 CAPABILITY\r\n", "", "A3 CAPABILITY\r\n", "" },
+		{ UPS, "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nA3 OK done\r\n",
+		  "* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED\r\nA3 OK done\r\n", "", "" },
+		{ CLI, "A4 COMPRESS DEFLATE\r\n",
+		  "A4 NO COMPRESS is not available through this proxy\r\n", "", "" },
+		{ CLI, "A5 STARTTLS\r\nA6 LOGIN a b\r\n", "A5 OK Begin TLS negotiation now\r\n", "",
+		  "tls:client " },
+		{ TLS_C, NULL, "", "", "" },
+		{ CLI, "A7 CAPABILITY\r\n", "", "A7 CAPABILITY\r\n", "" },
+		{ UPS, "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nA7 OK done\r\n",
+		  "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nA7 OK done\r\n", "", "" },
+		{ CLI, "A8 STARTTLS\r\n", "A8 BAD TLS already active\r\n", "", "" },
+		{ CLI, "A9 LOGIN a b\r\n", "", "A9 LOGIN a b\r\n", "" },
+		{ UPS, "A9 OK done\r\n", "A9 OK done\r\n", "", "" },
+	};
+	RUN(&mp, s);
+}
+
+/* Literals: a STARTTLS inside an APPENDed message is data (synchronizing and LITERAL+); a
+ * refused synchronizing literal; a FETCH literal holding a fake tagged OK; IDLE and
+ * AUTHENTICATE continuation lines go up as they are. */
+static void test_literals(void **state)
+{
+	(void)state;
+	struct mod_params mp = { CFG_TLS_STARTTLS, CFG_TLS_NONE, CFG_POLICY_NONE,
+				 CFG_POLICY_NONE, CFG_MODE_ENFORCE };
+	static const struct step s[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* OK hi\r\n", "* OK hi\r\n", "", "ready " },
+		{ CLI, "A1 APPEND INBOX {13}\r\n", "", "A1 APPEND INBOX {13}\r\n", "" },
+		{ UPS, "+ go\r\n", "+ go\r\n", "", "" },
+		{ CLI, "A2 STARTTLS\r\n\r\n", "", "A2 STARTTLS\r\n\r\n", "" },
+		{ UPS, "A1 OK appended\r\n", "A1 OK appended\r\n", "", "" },
+		{ CLI, "B1 APPEND INBOX {13+}\r\nB2 STARTTLS\r\n\r\n", "",
+		  "B1 APPEND INBOX {13+}\r\nB2 STARTTLS\r\n\r\n", "" },
+		{ UPS, "B1 OK appended\r\n", "B1 OK appended\r\n", "", "" },
+		{ CLI, "C1 APPEND INBOX {999}\r\n", "", "C1 APPEND INBOX {999}\r\n", "" },
+		{ UPS, "C1 NO [OVERQUOTA] no\r\n", "C1 NO [OVERQUOTA] no\r\n", "", "" },
+		{ CLI, "C2 FETCH 1 BODY[]\r\n", "", "C2 FETCH 1 BODY[]\r\n", "" },
+		{ UPS, "* 1 FETCH (BODY[] {12}\r\nC2 OK done\r\n)\r\nC2 OK fetched\r\n",
+		  "* 1 FETCH (BODY[] {12}\r\nC2 OK done\r\n)\r\nC2 OK fetched\r\n", "", "" },
+		{ CLI, "D1 IDLE\r\n", "", "D1 IDLE\r\n", "" },
+		{ UPS, "+ idling\r\n* 2 EXISTS\r\n", "+ idling\r\n* 2 EXISTS\r\n", "", "" },
+		{ CLI, "DONE\r\n", "", "DONE\r\n", "" },
+		{ UPS, "D1 OK idle done\r\n", "D1 OK idle done\r\n", "", "" },
+		{ CLI, "E1 AUTHENTICATE PLAIN\r\n", "", "E1 AUTHENTICATE PLAIN\r\n", "" },
+		{ UPS, "+ \r\n", "+ \r\n", "", "" },
+		{ CLI, "AGEAYg==\r\n", "", "AGEAYg==\r\n", "" },
+		{ UPS, "E1 OK [CAPABILITY IMAP4rev1 STARTTLS] in\r\n",
+		  "E1 OK [CAPABILITY IMAP4rev1] in\r\n", "", "" },
+		{ CLI, "F1 STARTTLS\r\n", "F1 BAD STARTTLS not permitted after authentication\r\n",
+		  "", "" },
+	};
+	RUN(&mp, s);
+}
+
+/* Bounds and refusals: an oversized line and literal end the session with BYE; a
+ * malformed command gets BAD; refusals are BYE; idle only between commands. */
+static void test_bounds_refuse_idle(void **state)
+{
+	(void)state;
+	struct mod_params mp = { CFG_TLS_NONE, CFG_TLS_NONE, CFG_POLICY_NONE, CFG_POLICY_NONE,
+				 CFG_MODE_ENFORCE };
+	static char longline[IMAP_LINE_MAX + 16];
+	memset(longline, 'a', sizeof(longline) - 3);
+	memcpy(longline, "A1 NOOP ", 8);
+	memcpy(longline + sizeof(longline) - 3, "\r\n", 3);
+	const struct step s[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* OK hi\r\n", "* OK hi\r\n", "", "ready " },
+		{ CLI, "+bad\r\n", "* BAD Malformed command\r\n", "", "" },
+		{ CLI, longline, "* BYE [TOOBIG] Line too long, closing connection\r\n", "",
+		  "close " },
+	};
+	RUN(&mp, s);
+	static const struct step s2[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* OK hi\r\n", "* OK hi\r\n", "", "ready " },
+		{ CLI, "A1 APPEND INBOX {99999999999}\r\n",
+		  "* BYE [TOOBIG] Literal too large, closing connection\r\n", "", "close " },
+	};
+	RUN(&mp, s2);
+	static const struct step s3[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* OK hi\r\n", "* OK hi\r\n", "", "ready " },
+		{ CLI, "A1 NOOP\r\n", "", "A1 NOOP\r\n", "" },
+		{ FAIL, NULL, "* BYE [UNAVAILABLE] Upstream connection lost\r\n", "", "close " },
+	};
+	RUN(&mp, s3);
+
+	struct proto_params p = { .session_id = "t", .route = "r", .protocol = CFG_PROTO_IMAP };
+	const struct proto_ops *ops = proto_lookup(CFG_PROTO_IMAP);
+	struct proto_actions a = { 0 };
+	ops->refuse(&p, PR_NOT_ALLOWED, &a);
+	assert_int_equal(a.n, 2);
+	assert_memory_equal(a.buf + a.a[0].off, "* BYE Access denied\r\n", a.a[0].len);
+	assert_int_equal(a.a[1].type, PA_CLOSE);
+	proto_actions_clear(&a);
+	ops->refuse(&p, PR_LIMIT, &a);
+	assert_memory_equal(a.buf + a.a[0].off, "* BYE [UNAVAILABLE]", 19);
+	proto_actions_clear(&a);
+
+	void *st = ops->create(&p);
+	assert_int_equal(ops->idle(st), 0);
+	ops->upstream_connected(st, &a);
+	ops->data(st, PROTO_UPSTREAM, (const uint8_t *)"* OK hi\r\n", 9, &a);
+	assert_int_equal(ops->idle(st), 1);
+	ops->data(st, PROTO_CLIENT, (const uint8_t *)"A1 NOOP\r\n", 9, &a);
+	assert_int_equal(ops->idle(st), 0);
+	ops->data(st, PROTO_UPSTREAM, (const uint8_t *)"A1 OK\r\n", 7, &a);
+	assert_int_equal(ops->idle(st), 1);
+	ops->destroy(st);
+	proto_actions_free(&a);
+}
+
 int main(void)
 {
 	log_setup(LOG_ERROR, 0);
@@ -583,6 +960,11 @@ int main(void)
 		cmocka_unit_test(test_caps_find_flags),
 		cmocka_unit_test(test_caps_rewrite),
 		cmocka_unit_test(test_caps_rewrite_bound),
+		cmocka_unit_test(test_inject),
+		cmocka_unit_test(test_inject_failures),
+		cmocka_unit_test(test_terminate),
+		cmocka_unit_test(test_literals),
+		cmocka_unit_test(test_bounds_refuse_idle),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
