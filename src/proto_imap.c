@@ -463,6 +463,8 @@ struct imap {
 	int auth_done;     /* the upstream accepted a login (or greeted PREAUTH) */
 	int client_eof, logout_seen;
 	int sending;       /* a command's first segment went up, its last has not */
+	int skipping;      /* the rest of a command answered locally is dropped (its
+			      LITERAL+ data and continuation segments never go up) */
 	char tag[IMAP_TAG_MAX + 1]; /* the command in flight ("" none) */
 	enum ckind kind;
 	/* upstream side */
@@ -932,21 +934,36 @@ static void process_client(struct imap *s, struct proto_actions *a)
 			continue;
 		}
 		if (k == IR_DATA || !it.first) {
-			proto_send(a, PROTO_UPSTREAM, it.p, it.size);
+			if (!s->skipping)
+				proto_send(a, PROTO_UPSTREAM, it.p, it.size);
 			if (k == IR_LINE && it.last)
-				s->sending = 0;
+				s->sending = s->skipping = 0;
 			ir_consume(&s->cin, &it);
+			if (s->skipping && k == IR_LINE && !it.last && !it.nonsync) {
+				/* a synchronizing literal nobody will answer "+" to */
+				ir_cancel_literal(&s->cin);
+				s->skipping = 0;
+			}
 			continue;
 		}
 		if (s->tag[0])
 			return; /* one command at a time: wait for the tagged response */
-		if (command(s, a, &it)) {
+		int up = command(s, a, &it);
+		if (up) {
 			proto_send(a, PROTO_UPSTREAM, it.p, it.size);
 			s->sending = !it.last;
 		}
 		if (s->u == U_DONE)
 			return;
 		ir_consume(&s->cin, &it);
+		if (!up && !it.last) {
+			/* answered locally: a synchronizing literal's data will not come (the
+			 * client got a tagged response, not "+"); LITERAL+ data is dropped */
+			if (it.nonsync)
+				s->skipping = 1;
+			else
+				ir_cancel_literal(&s->cin);
+		}
 		if (s->c == C_STARTTLS) {
 			injection(s, PROTO_CLIENT, kit_starttls(a, PROTO_CLIENT, &s->cin.lr));
 			ir_discard(&s->cin);
