@@ -50,6 +50,10 @@ free_port P_IMPL_UP
 free_port P_STRIPPED
 free_port P_PREAUTH
 free_port P_INJECTION
+free_port P_PLAIN
+free_port P_STLS_IMPL
+free_port P_IMPL_STLS
+free_port P_IMPL_IMPL
 conf=$T/imap.conf
 {
 	# shellcheck disable=SC2119 # no extra [global] lines
@@ -72,6 +76,11 @@ conf=$T/imap.conf
 	route bridge "$P_BRIDGE" starttls "$DV_TLS" starttls "client_policy = encrypt" "${verify[@]}"
 	route implicit-client "$P_IMPL_CLIENT" implicit "$DV_PLAIN" none
 	route implicit-upstream "$P_IMPL_UP" none "$DV_TLS_IMPLICIT" implicit "${verify[@]}"
+	route plain "$P_PLAIN" none "$DV_PLAIN" none
+	route starttls-implicit "$P_STLS_IMPL" starttls "$DV_TLS_IMPLICIT" implicit \
+		"client_policy = encrypt" "${verify[@]}"
+	route implicit-starttls "$P_IMPL_STLS" implicit "$DV_TLS" starttls "${verify[@]}"
+	route implicit-implicit "$P_IMPL_IMPL" implicit "$DV_TLS_IMPLICIT" implicit "${verify[@]}"
 	route stripped "$P_STRIPPED" none "$(port_of fake_nostls)" starttls "upstream_policy = encrypt"
 	route preauth "$P_PREAUTH" none "$(port_of fake_preauth)" starttls "upstream_policy = encrypt"
 	route injection "$P_INJECTION" none "$(port_of fake_inject)" starttls \
@@ -126,6 +135,14 @@ tls_login_after bridge_curl_ssl_reqd_tls curl_get "imap://127.0.0.1:$P_BRIDGE/IN
 	"$MSG1" --ssl-reqd -k
 check implicit_client_imaps curl_get "imaps://127.0.0.1:$P_IMPL_CLIENT/INBOX;UID=1" "$MSG1" -k
 tls_login_after implicit_upstream_993 curl_get "imap://127.0.0.1:$P_IMPL_UP/INBOX;UID=2" "$MSG2"
+# the other combinations of client_tls x upstream_tls
+check plain_plain curl_get "imap://127.0.0.1:$P_PLAIN/INBOX;UID=1" "$MSG1"
+tls_login_after starttls_implicit_tls curl_get "imap://127.0.0.1:$P_STLS_IMPL/INBOX;UID=1" \
+	"$MSG1" --ssl-reqd -k
+tls_login_after implicit_starttls_tls curl_get "imaps://127.0.0.1:$P_IMPL_STLS/INBOX;UID=2" \
+	"$MSG2" -k
+tls_login_after implicit_implicit_tls curl_get "imaps://127.0.0.1:$P_IMPL_IMPL/INBOX;UID=1" \
+	"$MSG1" -k
 
 # curl's mailbox list through the terminating route
 out=$(curl -sS --max-time 20 -u alice:secret --ssl-reqd -k "imap://127.0.0.1:$P_TERM/" 2>&1)
@@ -217,9 +234,10 @@ else
 	fail preauth_greeting_blocked "$(tr '\r\n' '  ' <<<"$out")"
 fi
 
-# a response injected after the upstream's tagged OK to STARTTLS is discarded
+# a response injected after the upstream's tagged OK to STARTTLS is discarded, and an
+# untagged response before that OK is dropped
 out=$(dialog --port "$P_INJECTION" --send 'A1 CAPABILITY\r\n')
-if ! grep -q 'injected' <<<"$out" && grep -q '^A1 OK done' <<<"$out" &&
+if ! grep -q 'injected\|untagged before' <<<"$out" && grep -q '^A1 OK done' <<<"$out" &&
 	grep -q 'event=starttls_injection side=upstream' "$PROXY_LOG"; then
 	pass upstream_injection_after_ok_discarded
 else

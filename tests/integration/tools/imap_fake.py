@@ -3,8 +3,8 @@
 every line it reads to --lines. Modes:
   nostls   greets with capabilities without STARTTLS; answers CAPABILITY, LOGIN (OK), LOGOUT
   preauth  greets "* PREAUTH" (with STARTTLS listed)
-  inject   offers STARTTLS; after "TAG OK" to STARTTLS it writes an injected tagged response
-           in the same segment, then does TLS and serves CAPABILITY/LOGOUT inside"""
+  inject   offers STARTTLS; answers it with an untagged response, "TAG OK", and an injected
+           tagged response in the same segment, then does TLS and serves CAPABILITY/LOGOUT inside"""
 import argparse
 import socket
 import ssl
@@ -34,7 +34,8 @@ def serve(conn, mode, lines_path, ctx):
         tag = parts[0]
         verb = parts[1].upper() if len(parts) > 1 else b""
         if verb == b"STARTTLS" and mode == "inject":
-            out.sendall(tag + b" OK go\r\nA1 OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] injected\r\n")
+            out.sendall(b"* OK [ALERT] untagged before the OK\r\n" + tag +
+                        b" OK go\r\nA1 OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] injected\r\n")
             conn = ctx.wrap_socket(conn, server_side=True)
             out = conn
             f = conn.makefile("rb")
