@@ -180,6 +180,19 @@ else
 	fail terminate_openssl_starttls "$(tail -n 3 <<<"$out")"
 fi
 
+# IDLE, ID and ENABLE pass through; COMPRESS is refused by the proxy (docs/imap.md)
+out=$(dialog --port "$P_PLAIN" --wait 1 --send 'a1 LOGIN alice secret\r\n' \
+	--send 'a2 SELECT INBOX\r\n' --send 'a3 IDLE\r\n' --send 'DONE\r\n' \
+	--send 'a4 ID NIL\r\n' --send 'a5 ENABLE CONDSTORE\r\n' --send 'a6 COMPRESS DEFLATE\r\n' \
+	--send 'a7 LOGOUT\r\n')
+if grep -q '^+ idling' <<<"$out" && grep -q '^a3 OK' <<<"$out" && grep -q '^\* ID ' <<<"$out" &&
+	grep -q '^a4 OK' <<<"$out" && grep -q '^\* ENABLED CONDSTORE' <<<"$out" &&
+	grep -q '^a6 NO COMPRESS' <<<"$out" && grep -q '^a7 OK' <<<"$out"; then
+	pass idle_id_enable_pass_compress_refused
+else
+	fail idle_id_enable_pass_compress_refused "$(tr '\r\n' '  ' <<<"$out")"
+fi
+
 # --- security ------------------------------------------------------------------------------
 
 # a LOGIN before STARTTLS is refused without reaching the upstream
