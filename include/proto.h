@@ -162,6 +162,7 @@ struct proto_ops {
 
 extern const struct proto_ops proto_smtp_ops; /* smtp and lmtp */
 extern const struct proto_ops proto_pop3_ops;
+extern const struct proto_ops proto_imap_ops;
 
 /* The module of a protocol, or NULL for tcp (a plain relay). */
 const struct proto_ops *proto_lookup(enum cfg_proto protocol);

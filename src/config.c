@@ -1040,9 +1040,6 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	v = CFG_PROTO_TCP;
 	get_enum(P, sec, "protocol", proto_names, &v);
 	r->protocol = v;
-	if (e && r->protocol == CFG_PROTO_IMAP)
-		ERR(P, e->line, "protocol: %s is not supported by this version of starttls-proxy",
-		    e->value);
 
 	v = CFG_TLS_NONE;
 	get_enum(P, sec, "client_tls", client_tls_names, &v);

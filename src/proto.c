@@ -22,6 +22,8 @@ const struct proto_ops *proto_lookup(enum cfg_proto protocol)
 		return &proto_smtp_ops;
 	case CFG_PROTO_POP3:
 		return &proto_pop3_ops;
+	case CFG_PROTO_IMAP:
+		return &proto_imap_ops;
 	default:
 		return NULL;
 	}

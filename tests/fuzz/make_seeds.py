@@ -246,3 +246,28 @@ def proxyproto_seeds():
 
 
 write("proxyproto", proxyproto_seeds())
+
+
+# ---- fuzz_proto_imap: byte 0 rewrite ops, bytes 1-2 a split point, then one side's bytes
+def imap_seeds():
+    def s(ops, cut, text):
+        return bytes([ops, cut & 0xFF, cut >> 8]) + text
+    return {
+        "commands": s(1, 10, b"A1 CAPABILITY\r\nA2 STARTTLS\r\nA3 LOGIN a b\r\nA4 UID FETCH 1 (FLAGS)\r\n"),
+        "login_literals": s(4, 15, b"A1 LOGIN {4}\r\nuser {6}\r\nsecret\r\nA2 LOGOUT\r\n"),
+        "append_starttls": s(2, 30, b"A2 APPEND INBOX (\\Seen) {16}\r\nA3 STARTTLS\r\nx\r\n\r\n"
+                             b"A4 APPEND INBOX {13+}\r\nA5 STARTTLS\r\n\r\nA6 NOOP\r\n"),
+        "literal8": s(0, 25, b"A5 APPEND INBOX ~{3}\r\na\0b\r\nA6 APPEND INBOX ~{2+}\r\n\0\n\r\n"),
+        "greeting": s(15, 40, b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE "
+                      b"LITERAL+ STARTTLS AUTH=PLAIN COMPRESS=DEFLATE] Dovecot ready.\r\n"
+                      b"* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED\r\n"
+                      b"A1 OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] Logged in\r\n"),
+        "fetch": s(2, 20, b"* 1 FETCH (BODY[] {12}\r\nA1 OK done\r\n)\r\n+ go ahead\r\n"
+                   b"* 2 FETCH (BODY[HEADER] {2}\r\nh\n BODY[TEXT] {2}\r\nt\n)\r\n"
+                   b"A1 OK FETCH completed\r\n* PREAUTH hi\r\n* BYE [UNAVAILABLE] x\r\n"),
+        "bounds": s(3, 200, b"B1 APPEND INBOX {301}\r\nB2 NOOP\r\nB3 X {99999999999999999999+}\r\n"
+                    + b"x" * 300 + b"\r\nB4 NOOP\r\n"),
+    }
+
+
+write("proto_imap", imap_seeds())
