@@ -493,19 +493,6 @@ static void enter_state(struct imap *s, enum proto_side side, int to)
 		s->c = (enum cstate)to;
 }
 
-/* Bytes a side sent in plaintext after STARTTLS, dropped at the boundary (CVE-2011-0411,
- * CVE-2014-3556's kind). */
-static void injection(struct imap *s, enum proto_side side, size_t dropped)
-{
-	if (!dropped)
-		return;
-	char n[24];
-	snprintf(n, sizeof(n), "%zu", dropped);
-	log_event(LOG_WARN, s->p.session_id, s->p.route, "starttls_injection", "side",
-		  side == PROTO_CLIENT ? "client" : "upstream", "bytes", n, "action", "discarded",
-		  "security", "yes", NULL);
-}
-
 static void finish(struct imap *s, struct proto_actions *a, const char *reply,
 		   const char *reason)
 {
@@ -633,12 +620,7 @@ static void upstream_ready(struct imap *s, struct proto_actions *a)
 /* The upstream does not offer STARTTLS, or refused it. */
 static void starttls_unavailable(struct imap *s, struct proto_actions *a, const char *detail)
 {
-	int may = s->p.upstream_policy == CFG_POLICY_MAY;
-	if (!may)
-		proto_policy(a, "starttls-not-supported", detail);
-	if (may || s->p.policy_mode == CFG_MODE_TESTING) {
-		log_event(LOG_INFO, s->p.session_id, s->p.route, "upstream_tls", "tls", "none",
-			  "policy", cfg_policy_name(s->p.upstream_policy), "detail", detail, NULL);
+	if (kit_starttls_unavailable(a, &s->p, detail)) {
 		upstream_ready(s, a);
 		return;
 	}
@@ -832,7 +814,7 @@ static void upstream_bytes(struct imap *s, struct proto_actions *a)
 			on_own(s, a, it.p, it.len, &r);
 			if (s->u == U_HANDSHAKE && before != U_HANDSHAKE) {
 				ir_consume(&s->uin, &it);
-				injection(s, PROTO_UPSTREAM, kit_starttls(a, PROTO_UPSTREAM, &s->uin.lr));
+				kit_injection(&s->p, PROTO_UPSTREAM, kit_starttls(a, PROTO_UPSTREAM, &s->uin.lr));
 				ir_discard(&s->uin);
 				return;
 			}
@@ -909,7 +891,7 @@ static void process_client(struct imap *s, struct proto_actions *a)
 {
 	while (s->u == U_READY && s->client_greeted) {
 		if (s->c == C_STARTTLS) {
-			injection(s, PROTO_CLIENT, ir_pending(&s->cin));
+			kit_injection(&s->p, PROTO_CLIENT, ir_pending(&s->cin));
 			ir_discard(&s->cin);
 			return;
 		}
@@ -965,7 +947,7 @@ static void process_client(struct imap *s, struct proto_actions *a)
 				ir_cancel_literal(&s->cin);
 		}
 		if (s->c == C_STARTTLS) {
-			injection(s, PROTO_CLIENT, kit_starttls(a, PROTO_CLIENT, &s->cin.lr));
+			kit_injection(&s->p, PROTO_CLIENT, kit_starttls(a, PROTO_CLIENT, &s->cin.lr));
 			ir_discard(&s->cin);
 			return;
 		}
@@ -1025,7 +1007,7 @@ static void imap_data(void *st, enum proto_side from, const uint8_t *d, size_t n
 		return;
 	}
 	if (s->c == C_STARTTLS) {
-		injection(s, PROTO_CLIENT, n);
+		kit_injection(&s->p, PROTO_CLIENT, n);
 		return;
 	}
 	if (ir_pending(&s->cin) + n > IMAP_HOLD_MAX + IMAP_LINE_MAX) {
