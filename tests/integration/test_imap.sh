@@ -54,6 +54,11 @@ free_port P_PLAIN
 free_port P_STLS_IMPL
 free_port P_IMPL_STLS
 free_port P_IMPL_IMPL
+free_port P_TABLE; free_port P_TABLE_BAD
+# A policy table decides per destination, as for SMTP: one row verifies Dovecot under the
+# name its certificate has, the other under a name it has not.
+printf '127.0.0.1:%s verify names=localhost\n' "$DV_TLS" >"$T/good.table"
+printf '127.0.0.1:%s verify names=wrong.example\n' "$DV_TLS" >"$T/bad.table"
 conf=$T/imap.conf
 {
 	# shellcheck disable=SC2119 # no extra [global] lines
@@ -85,6 +90,10 @@ conf=$T/imap.conf
 	route preauth "$P_PREAUTH" none "$(port_of fake_preauth)" starttls "upstream_policy = encrypt"
 	route injection "$P_INJECTION" none "$(port_of fake_inject)" starttls \
 		"upstream_policy = encrypt"
+	route table "$P_TABLE" none "$DV_TLS" starttls "upstream_policy = encrypt" \
+		"policy_table = $T/good.table"
+	route table-bad "$P_TABLE_BAD" none "$DV_TLS" starttls "upstream_policy = encrypt" \
+		"policy_table = $T/bad.table"
 } >"$conf"
 
 check config_check_imap "$STP_BIN" -t -c "$conf"
@@ -127,6 +136,15 @@ tls_login_after() {
 }
 
 # --- the four directions with real clients ------------------------------------------------
+
+tls_login_after table_row_verify_passes curl_get "imap://127.0.0.1:$P_TABLE/INBOX;UID=1" "$MSG1"
+expect_log table_row_decides 'route=table .*event=policy .*policy=verify .*source=table:1'
+if curl_get "imap://127.0.0.1:$P_TABLE_BAD/INBOX;UID=1" "$MSG1" >/dev/null 2>&1; then
+	fail table_row_verify_blocks "a message was fetched through a certificate that fails the row"
+else
+	pass table_row_verify_blocks
+fi
+expect_log table_row_block_logged 'route=table-bad .*result=certificate-host-mismatch'
 
 tls_login_after inject_curl_fetch_tls curl_get "imap://127.0.0.1:$P_INJECT/INBOX;UID=1" "$MSG1"
 check terminate_curl_ssl_reqd curl_get "imap://127.0.0.1:$P_TERM/INBOX;UID=2" "$MSG2" \
