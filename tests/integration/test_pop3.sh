@@ -58,10 +58,20 @@ free_port P_UNREACH
 free_port P_IDLE
 free_port P_AUTO
 free_port NOBODY_LISTENS
+free_port P_TABLE; free_port P_TABLE_BAD
+# A policy table decides per destination, as for SMTP.
+printf '127.0.0.1:%s verify names=localhost\n' "$DV_TLS" >"$T/good.table"
+printf '127.0.0.1:%s verify names=wrong.example\n' "$DV_TLS" >"$T/bad.table"
 conf=$T/pop3.conf
 {
 	# shellcheck disable=SC2119 # no extra [global] lines
 	global_section
+	for t in table:good table-bad:bad; do
+		printf '[route %s]\nlisten = 127.0.0.1:%s\nprotocol = pop3\nupstream = 127.0.0.1:%s\n' \
+			"${t%%:*}" "$([ "${t##*:}" = good ] && echo "$P_TABLE" || echo "$P_TABLE_BAD")" "$DV_TLS"
+		printf 'upstream_tls = starttls\nupstream_policy = encrypt\npolicy_table = %s\n\n' \
+			"$T/${t##*:}.table"
+	done
 	cat <<CONF
 [route inject]
 listen = 127.0.0.1:$P_INJECT
@@ -295,6 +305,16 @@ else
 	fail inject_capa_post_tls "$out"
 fi
 expect_log inject_upstream_tls_logged 'route=inject event=upstream_tls .*verify=ok'
+
+# --- a policy table: a verify row passes, one with the wrong name blocks ------------------
+tls_login_after table_row_verify_passes curl_get "pop3://127.0.0.1:$P_TABLE/1" "$MSG1"
+expect_log table_row_decides 'route=table .*event=policy .*policy=verify .*source=table:1'
+if curl_get "pop3://127.0.0.1:$P_TABLE_BAD/1" "$MSG1" >/dev/null 2>&1; then
+	fail table_row_verify_blocks "a message was retrieved through a certificate that fails the row"
+else
+	pass table_row_verify_blocks
+fi
+expect_log table_row_block_logged 'route=table-bad .*result=certificate-host-mismatch'
 
 # --- terminate: STLS clients -> legacy Dovecot without TLS --------------------------------
 
