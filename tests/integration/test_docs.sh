@@ -271,4 +271,12 @@ if tests_listed "$LIB_DIR/README.md" "$T/fake-tests" >/dev/null; then
 else
 	pass integration_readme_check_rejects_unlisted
 fi
+
+# A doc's links never climb out of its folder ("](../"): a reader of docs/ on a forge or
+# in an installed doc directory has no parent to climb to; files elsewhere are named.
+if grep -n '](\.\./' "$REPO_ROOT/README.md" "$REPO_ROOT"/docs/*.md; then
+	fail docs_links_stay_below "links with ../ (above)"
+else
+	pass docs_links_stay_below
+fi
 finish
