@@ -43,9 +43,11 @@ void lr_discard(struct line_reader *r)
 int lr_next(struct line_reader *r, struct line *l)
 {
 	for (;;) {
-		const uint8_t *p = buf_ptr(&r->in);
 		size_t avail = r->in.len;
-		const uint8_t *nl = avail ? memchr(p, '\n', avail) : NULL;
+		if (!avail)
+			return LR_MORE; /* nothing buffered (the buffer may not exist yet) */
+		const uint8_t *p = buf_ptr(&r->in);
+		const uint8_t *nl = memchr(p, '\n', avail);
 		if (r->skipping) {
 			/* the tail of an overlong line, already reported */
 			if (!nl) {
