@@ -17,8 +17,17 @@
  * for commands or responses. Capability lists in responses are rewritten for the client:
  * STARTTLS offered while the client may start TLS with the proxy and removed otherwise,
  * LOGINDISABLED added and AUTH= removed under client_policy = encrypt before TLS, and
- * COMPRESS= always removed (after COMPRESS DEFLATE the stream is compressed and could not
- * be read; a client that asks anyway gets NO). */
+ * COMPRESS= removed until the upstream accepted a login.
+ *
+ * COMPRESS (RFC 4978) passes through once the client is authenticated: when the upstream
+ * answers the client's COMPRESS with its tagged OK, both directions are compressed from the
+ * next octet on, and the module becomes an opaque relay (client state "compressed"): it
+ * forwards every octet as it is and reads nothing more. By then nothing is left to police:
+ * STARTTLS is over or no longer permitted (RFC 3501 §6.2.1), the login is done, and the
+ * upstream's TLS, if any, is established. Before a login the module answers COMPRESS
+ * itself (BAD), so a client cannot make the stream unreadable while a policy still has to
+ * see its commands. A failure in the compressed stream closes the connection without a
+ * BYE (a plaintext line would corrupt the client's inflater). */
 #include "proto_imap.h"
 
 #include "buf.h"
@@ -446,11 +455,12 @@ enum cstate {
 	C_COMMAND,  /* command lines (and their literals) */
 	C_RAWLINE,  /* the next client line answers a "+" (SASL response, DONE) */
 	C_STARTTLS, /* STARTTLS accepted: nothing counts until the client's handshake */
+	C_COMPRESSED, /* COMPRESS accepted by the upstream: an opaque relay both ways */
 };
-static const char *const cstate_names[] = { "command", "raw-line", "starttls" };
+static const char *const cstate_names[] = { "command", "raw-line", "starttls", "compressed" };
 
 /* What the command in flight is. */
-enum ckind { K_NONE, K_OTHER, K_LOGIN, K_AUTH, K_IDLE, K_LOGOUT };
+enum ckind { K_NONE, K_OTHER, K_LOGIN, K_AUTH, K_IDLE, K_LOGOUT, K_COMPRESS };
 
 struct imap {
 	struct proto_params p;
@@ -527,7 +537,7 @@ static int hide_auth(const struct imap *s)
 /* How capability lists are shown to the client now. */
 static unsigned client_ops(const struct imap *s)
 {
-	unsigned ops = IMAP_CAPS_DEL_COMPRESS;
+	unsigned ops = s->auth_done ? 0 : IMAP_CAPS_DEL_COMPRESS;
 	if (s->p.client_tls == CFG_TLS_STARTTLS && !s->client_tls && !s->auth_done)
 		ops |= IMAP_CAPS_ADD_STARTTLS;
 	else
@@ -772,13 +782,35 @@ static void on_response(struct imap *s, struct proto_actions *a, const uint8_t *
 	s->tag[0] = '\0';
 	if (s->kind == K_LOGOUT)
 		s->logout_seen = 1;
+	int compress = s->kind == K_COMPRESS && r->status == IMAP_S_OK;
 	s->kind = K_NONE;
-	enter_state(s, PROTO_CLIENT, C_COMMAND);
+	enter_state(s, PROTO_CLIENT, compress ? C_COMPRESSED : C_COMMAND);
+}
+
+/* Compressed from here on: what each side sent after the switch goes across as it is (the
+ * client's held bytes first: they came before the upstream's OK was read). A client that
+ * has finished sending gets the OK and the session ends, as after any command answered
+ * once the client is gone (what else the upstream sent is not relayed). */
+static void relay_rest(struct imap *s, struct proto_actions *a)
+{
+	size_t n = ir_pending(&s->cin);
+	if (n)
+		proto_send(a, PROTO_UPSTREAM, lr_data(&s->cin.lr), n);
+	ir_discard(&s->cin);
+	n = ir_pending(&s->uin);
+	if (n && !s->client_eof)
+		proto_send(a, PROTO_CLIENT, lr_data(&s->uin.lr), n);
+	ir_discard(&s->uin);
+	if (s->client_eof)
+		finish(s, a, NULL, "client closed");
 }
 
 static void upstream_bytes(struct imap *s, struct proto_actions *a)
 {
-	while (s->u != U_DONE && s->u != U_HANDSHAKE) {
+	/* during the client's TLS handshake nothing may be written to it: the upstream's
+	 * responses wait in the reader until the handshake is done */
+	while (s->u != U_DONE && s->u != U_HANDSHAKE &&
+	       !(s->u == U_READY && s->c == C_STARTTLS)) {
 		struct imap_item it;
 		int k = ir_next(&s->uin, &it);
 		if (k == IR_MORE)
@@ -820,6 +852,12 @@ static void upstream_bytes(struct imap *s, struct proto_actions *a)
 			}
 		}
 		ir_consume(&s->uin, &it);
+		if (s->c == C_COMPRESSED) {
+			relay_rest(s, a);
+			return;
+		}
+		if (s->u == U_READY && s->client_eof && !s->tag[0] && !s->resp_open)
+			break; /* the client is gone and its last command is answered */
 		if (s->u == U_READY && !s->tag[0])
 			process_client(s, a);
 	}
@@ -876,7 +914,15 @@ static int command(struct imap *s, struct proto_actions *a, const struct imap_it
 		return 0;
 	}
 	if (strcmp(v, "COMPRESS") == 0) {
-		local_tagged(a, w.tag, "NO COMPRESS is not available through this proxy");
+		if (!s->auth_done) /* RFC 4978: valid only in the authenticated state */
+			local_tagged(a, w.tag, "BAD COMPRESS is permitted only after login");
+		else if (!it->last)
+			local_tagged(a, w.tag, "BAD Unexpected literal");
+		else {
+			snprintf(s->tag, sizeof(s->tag), "%s", w.tag);
+			s->kind = K_COMPRESS;
+			return 1;
+		}
 		return 0;
 	}
 	snprintf(s->tag, sizeof(s->tag), "%s", w.tag);
@@ -889,7 +935,7 @@ static int command(struct imap *s, struct proto_actions *a, const struct imap_it
 
 static void process_client(struct imap *s, struct proto_actions *a)
 {
-	while (s->u == U_READY && s->client_greeted) {
+	while (s->u == U_READY && s->client_greeted && s->c != C_COMPRESSED) {
 		if (s->c == C_STARTTLS) {
 			kit_injection(&s->p, PROTO_CLIENT, ir_pending(&s->cin));
 			ir_discard(&s->cin);
@@ -996,9 +1042,17 @@ static void imap_data(void *st, enum proto_side from, const uint8_t *d, size_t n
 	struct imap *s = st;
 	if (s->u == U_DONE || n == 0)
 		return;
+	if (s->c == C_COMPRESSED) {
+		proto_send(a, from == PROTO_UPSTREAM ? PROTO_CLIENT : PROTO_UPSTREAM, d, n);
+		return;
+	}
 	if (from == PROTO_UPSTREAM) {
 		if (s->u == U_HANDSHAKE)
 			return;
+		if (s->c == C_STARTTLS && ir_pending(&s->uin) + n > IMAP_HOLD_MAX + IMAP_LINE_MAX) {
+			protocol_error(s, a, "too much data during the client's TLS handshake");
+			return;
+		}
 		if (ir_feed(&s->uin, d, n) < 0) {
 			out_of_memory(s, a);
 			return;
@@ -1039,6 +1093,7 @@ static void imap_tls_done(void *st, enum proto_side side, struct proto_actions *
 	s->client_tls = 1;
 	ir_discard(&s->cin);
 	enter_state(s, PROTO_CLIENT, C_COMMAND);
+	upstream_bytes(s, a); /* what the upstream said during the handshake */
 }
 
 static void imap_set_policy(void *st, enum cfg_tls tls, enum cfg_policy level, enum cfg_mode mode)
@@ -1075,7 +1130,7 @@ static void imap_client_eof(void *st, struct proto_actions *a)
 	s->client_eof = 1;
 	if (s->u == U_DONE)
 		return;
-	if (!s->tag[0] || !s->client_greeted)
+	if (!s->tag[0] || !s->client_greeted || s->c == C_COMPRESSED)
 		finish(s, a, NULL, s->logout_seen ? "logout" : "client closed");
 }
 
@@ -1093,6 +1148,10 @@ static void imap_fail(void *st, enum proto_failure why, const char *result,
 						     : "upstream lost";
 	if (why == PF_LOST && s->logout_seen) {
 		finish(s, a, NULL, "logout");
+		return;
+	}
+	if (s->c == C_COMPRESSED) { /* no plaintext line fits in a compressed stream */
+		finish(s, a, NULL, why == PF_LOST ? "upstream closed" : reason);
 		return;
 	}
 	switch (why) {
@@ -1132,6 +1191,7 @@ static void imap_refuse(const struct proto_params *p, enum proto_refusal why,
 static int imap_idle(void *st)
 {
 	const struct imap *s = st;
+	/* compressed: the module cannot tell, and could not say BYE */
 	return s->u == U_READY && s->client_greeted && s->c == C_COMMAND && !s->tag[0] &&
 	       !s->resp_open && ir_pending(&s->cin) == 0 && !s->logout_seen;
 }

@@ -650,9 +650,12 @@ static char *subst(const char *s, size_t n, const char *tag, int fill)
 	return o.p;
 }
 
+/* One script, its inputs fed whole (split 0), a byte at a time (split -1), or cut in two
+ * at offset split (an input no longer than that goes whole). */
 static void run_script(const struct mod_params *mp, const struct step *steps, size_t n,
-		       int bytewise)
+		       int split)
 {
+	int bytewise = split < 0;
 	struct proto_params p = { .session_id = "t", .route = "r", .protocol = CFG_PROTO_IMAP,
 				  .client_tls = mp->ctls, .upstream_tls = mp->utls,
 				  .client_policy = mp->cpol, .upstream_policy = mp->upol,
@@ -678,7 +681,13 @@ static void run_script(const struct mod_params *mp, const struct step *steps, si
 						  (const uint8_t *)in + k, 1, &a);
 					collect(&m, &a);
 				}
-			else
+			else if (split > 0 && (size_t)split < len) {
+				ops->data(m.st, t->op == CLI ? PROTO_CLIENT : PROTO_UPSTREAM,
+					  (const uint8_t *)in, (size_t)split, &a);
+				collect(&m, &a);
+				ops->data(m.st, t->op == CLI ? PROTO_CLIENT : PROTO_UPSTREAM,
+					  (const uint8_t *)in + split, len - (size_t)split, &a);
+			} else
 				ops->data(m.st, t->op == CLI ? PROTO_CLIENT : PROTO_UPSTREAM,
 					  (const uint8_t *)in, len, &a);
 			break;
@@ -698,8 +707,9 @@ static void run_script(const struct mod_params *mp, const struct step *steps, si
 			sb_esc(&e, (const uint8_t *)cl, strlen(cl));
 			sb_adds(&e, "] up [");
 			sb_esc(&e, (const uint8_t *)up, strlen(up));
-			print_message("step %zu (%s): client [%s] acts [%s]\n", i,
-				      bytewise ? "bytewise" : "whole", e.p, acts);
+			print_message("step %zu (%s, split %d): client [%s] acts [%s]\n", i,
+				      bytewise ? "bytewise" : split ? "cut" : "whole", split, e.p,
+				      acts);
 			free(e.p);
 		}
 		assert_string_equal(cl, t->to_client);
@@ -719,11 +729,20 @@ static void run_script(const struct mod_params *mp, const struct step *steps, si
 	free(m.acts.p);
 }
 
-#define RUN(mp, steps)                                                                     \
-	do {                                                                               \
-		run_script(mp, steps, sizeof(steps) / sizeof(steps[0]), 0);                \
-		run_script(mp, steps, sizeof(steps) / sizeof(steps[0]), 1);                \
-	} while (0)
+/* Every script runs with its inputs whole, byte by byte, and cut in two at every offset. */
+static void run_all(const struct mod_params *mp, const struct step *steps, size_t n)
+{
+	size_t longest = 0;
+	for (size_t i = 0; i < n; i++)
+		if (steps[i].in && strlen(steps[i].in) > longest)
+			longest = strlen(steps[i].in);
+	run_script(mp, steps, n, 0);
+	run_script(mp, steps, n, -1);
+	for (size_t c = 1; c < longest; c++)
+		run_script(mp, steps, n, (int)c);
+}
+
+#define RUN(mp, steps) run_all(mp, steps, sizeof(steps) / sizeof(steps[0]))
 
 #define GREET_CAPS "* OK [CAPABILITY IMAP4rev1 LITERAL+ STARTTLS AUTH=PLAIN] ready\r\n"
 
@@ -817,7 +836,8 @@ static void test_inject_failures(void **state)
 	RUN(&may, mays);
 }
 
-/* Termination: STARTTLS offered and answered locally, pipelined bytes after it dropped;
+/* Termination: STARTTLS offered and answered locally, pipelined bytes after it dropped, what
+ * the upstream says during the client's handshake held until it ends;
  * under client_policy = encrypt LOGINDISABLED and no AUTH= before TLS, LOGIN refused
  * locally; inside TLS the list is shown without STARTTLS and LOGIN goes up. */
 static void test_terminate(void **state)
@@ -838,19 +858,21 @@ static void test_terminate(void **state)
 		{ UPS, "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nA3 OK done\r\n",
 		  "* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED\r\nA3 OK done\r\n", "", "" },
 		{ CLI, "A4 COMPRESS DEFLATE\r\n",
-		  "A4 NO COMPRESS is not available through this proxy\r\n", "", "" },
+		  "A4 BAD COMPRESS is permitted only after login\r\n", "", "" },
 		/* the rest of a command answered locally never goes up */
 		{ CLI, "B1 COMPRESS {23+}\r\nB2 LOGIN alice secret\r\n\r\n",
-		  "B1 NO COMPRESS is not available through this proxy\r\n", "", "" },
+		  "B1 BAD COMPRESS is permitted only after login\r\n", "", "" },
 		{ CLI, "B3 LOGIN {5}\r\n",
 		  "B3 NO [PRIVACYREQUIRED] Must issue a STARTTLS command first\r\n", "", "" },
 		{ CLI, "B4 NOOP\r\n", "", "B4 NOOP\r\n", "" },
 		{ UPS, "B4 OK done\r\n", "B4 OK done\r\n", "", "" },
 		{ CLI, "B5 STARTTLS {3}\r\n", "B5 BAD Unexpected arguments\r\n", "", "" },
-		{ CLI, "B6 COMPRESS {2+}\r\nx {1}\r\n", "B6 NO COMPRESS is not available through this proxy\r\n", "", "" },
+		{ CLI, "B6 COMPRESS {2+}\r\nx {1}\r\n", "B6 BAD COMPRESS is permitted only after login\r\n", "", "" },
 		{ CLI, "A5 STARTTLS\r\nA6 LOGIN a b\r\n", "A5 OK Begin TLS negotiation now\r\n", "",
 		  "tls:client " },
-		{ TLS_C, NULL, "", "", "" },
+		/* the upstream's words during the client's handshake wait for its end */
+		{ UPS, "* OK [ALERT] meanwhile\r\n", "", "", "" },
+		{ TLS_C, NULL, "* OK [ALERT] meanwhile\r\n", "", "" },
 		{ CLI, "A7 CAPABILITY\r\n", "", "A7 CAPABILITY\r\n", "" },
 		{ UPS, "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nA7 OK done\r\n",
 		  "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nA7 OK done\r\n", "", "" },
@@ -958,6 +980,63 @@ static void test_bounds_refuse_idle(void **state)
 	proto_actions_free(&a);
 }
 
+/* COMPRESS (RFC 4978): answered BAD before a login; after one, COMPRESS= is shown and the
+ * command goes up; a NO changes nothing; after the upstream's OK both directions are relayed
+ * as they are (client bytes held behind the command included, and a STARTTLS in the
+ * compressed stream is not looked at); a failure then closes without a plaintext BYE. */
+static void test_compress(void **state)
+{
+	(void)state;
+	struct mod_params mp = { CFG_TLS_STARTTLS, CFG_TLS_NONE, CFG_POLICY_MAY, CFG_POLICY_NONE,
+				 CFG_MODE_ENFORCE };
+	static const struct step s[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* OK [CAPABILITY IMAP4rev1 COMPRESS=DEFLATE] hi\r\n",
+		  "* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\n", "", "ready " },
+		{ CLI, "A1 STARTTLS\r\n", "A1 OK Begin TLS negotiation now\r\n", "", "tls:client " },
+		{ TLS_C, NULL, "", "", "" },
+		{ CLI, "A2 COMPRESS DEFLATE\r\n", "A2 BAD COMPRESS is permitted only after login\r\n",
+		  "", "" },
+		{ CLI, "A3 LOGIN a b\r\n", "", "A3 LOGIN a b\r\n", "" },
+		{ UPS, "A3 OK [CAPABILITY IMAP4rev1 COMPRESS=DEFLATE] in\r\n",
+		  "A3 OK [CAPABILITY IMAP4rev1 COMPRESS=DEFLATE] in\r\n", "", "" },
+		{ CLI, "A4 COMPRESS {7}\r\n", "A4 BAD Unexpected literal\r\n", "", "" },
+		{ CLI, "A5 COMPRESS DEFLATE\r\n", "", "A5 COMPRESS DEFLATE\r\n", "" },
+		{ UPS, "A5 NO [COMPRESSIONACTIVE] no\r\n", "A5 NO [COMPRESSIONACTIVE] no\r\n", "",
+		  "" },
+		{ CLI, "A6 COMPRESS DEFLATE\r\n\x03\x04", "", "A6 COMPRESS DEFLATE\r\n", "" },
+		{ UPS, "A6 OK DEFLATE active\r\n\x01\xff\r\nA7 OK [CAPABILITY STARTTLS] x\r\n",
+		  "A6 OK DEFLATE active\r\n\x01\xff\r\nA7 OK [CAPABILITY STARTTLS] x\r\n",
+		  "\x03\x04", "" },
+		{ CLI, "\x02\xfe A9 STARTTLS\r\nA8 LOGIN {99999999999}\r\n", "",
+		  "\x02\xfe A9 STARTTLS\r\nA8 LOGIN {99999999999}\r\n", "" },
+		{ FAIL, NULL, "", "", "close " },
+	};
+	RUN(&mp, s);
+	static const struct step s2[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* PREAUTH hi\r\n", "* PREAUTH hi\r\n", "", "ready " },
+		{ CLI, "A1 COMPRESS DEFLATE\r\n", "", "A1 COMPRESS DEFLATE\r\n", "" },
+		{ UPS, "A1 OK on\r\n", "A1 OK on\r\n", "", "" },
+		{ UPS, "\x05", "\x05", "", "" },
+		{ EOFC, NULL, "", "", "close " },
+	};
+	RUN(&mp, s2);
+
+	/* idle: never once compressed (the module cannot tell, and could not say BYE) */
+	struct proto_params p = { .session_id = "t", .route = "r", .protocol = CFG_PROTO_IMAP };
+	const struct proto_ops *ops = proto_lookup(CFG_PROTO_IMAP);
+	struct proto_actions a = { 0 };
+	void *st = ops->create(&p);
+	ops->upstream_connected(st, &a);
+	ops->data(st, PROTO_UPSTREAM, (const uint8_t *)"* PREAUTH hi\r\n", 14, &a);
+	ops->data(st, PROTO_CLIENT, (const uint8_t *)"A1 COMPRESS DEFLATE\r\n", 21, &a);
+	ops->data(st, PROTO_UPSTREAM, (const uint8_t *)"A1 OK\r\n", 7, &a);
+	assert_int_equal(ops->idle(st), 0);
+	ops->destroy(st);
+	proto_actions_free(&a);
+}
+
 int main(void)
 {
 	log_setup(LOG_ERROR, 0);
@@ -974,6 +1053,7 @@ int main(void)
 		cmocka_unit_test(test_terminate),
 		cmocka_unit_test(test_literals),
 		cmocka_unit_test(test_bounds_refuse_idle),
+		cmocka_unit_test(test_compress),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
