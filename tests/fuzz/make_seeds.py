@@ -271,3 +271,53 @@ def imap_seeds():
 
 
 write("proto_imap", imap_seeds())
+
+
+# ---- fuzz_imap_session: fuzz_session.h scripts (bytes 0-1 route, then op records; the last
+# byte also chooses the cut of the third run)
+def imap_session_seeds():
+    def rec(op, text):
+        out = b""
+        for i in range(0, len(text), 255):
+            part = text[i:i + 255]
+            out += bytes([op, len(part)]) + part
+        return out
+
+    def c(text):
+        return rec(0, text)
+
+    def u(text):
+        return rec(2, text)
+
+    tls_client, tls_up, eof = bytes([4]), bytes([4 | 8]), bytes([6])
+    greet = b"* OK [CAPABILITY IMAP4rev1 LITERAL+ STARTTLS AUTH=PLAIN] ready\r\n"
+    # byte 0: client_tls starttls = 2, encrypt = 8; byte 1: upstream starttls = 1,
+    # implicit = 2; upstream_policy encrypt = 2 << 2
+    return {
+        "inject": bytes([0, 1 | 8]) + c(b"A1 LOGIN a b\r\n") + u(greet)
+        + u(b"* OK [ALERT] fake\r\n@ OK go\r\nA1 OK injected\r\n") + tls_up
+        + u(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN COMPRESS=DEFLATE\r\nP0 OK done\r\n")
+        + u(b"A1 OK [CAPABILITY IMAP4rev1 IDLE STARTTLS] in\r\n") + eof + b"\x11",
+        "terminate": bytes([2 | 8, 0]) + u(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hi\r\n")
+        + c(b"A1 LOGIN a b\r\nA2 CAPABILITY\r\n") + u(b"* CAPABILITY IMAP4rev1\r\nA2 OK done\r\n")
+        + c(b"A3 STARTTLS\r\nA4 LOGIN evil x\r\n") + tls_client + c(b"A5 LOGIN a b\r\n")
+        + u(b"A5 OK [CAPABILITY IMAP4rev1 STARTTLS COMPRESS=DEFLATE] in\r\n") + b"\x07",
+        "compress": bytes([2, 0]) + u(b"* PREAUTH [CAPABILITY IMAP4rev1 COMPRESS=DEFLATE] hi\r\n")
+        + c(b"A1 COMPRESS DEFLATE\r\n\x01\x02") + u(b"A1 OK on\r\n\xff\xfe* CAPABILITY STARTTLS\r\n")
+        + c(b"\x03A2 STARTTLS\r\n") + bytes([5]) + b"\x21",
+        "literals": bytes([2, 0]) + u(b"* OK hi\r\n") + c(b"A1 APPEND INBOX {13}\r\n")
+        + u(b"+ go\r\n") + c(b"A2 STARTTLS\r\n\r\nB1 APPEND INBOX {13+}\r\nB2 STARTTLS\r\n\r\n")
+        + u(b"A1 OK x\r\n") + u(b"B1 OK x\r\n")
+        + c(b"C1 FETCH 1 BODY[]\r\n") + u(b"* 1 FETCH (BODY[] {12}\r\nC1 OK done\r\n)\r\nC1 OK\r\n")
+        + c(b"D1 IDLE\r\n") + u(b"+ idling\r\n") + c(b"DONE\r\n") + u(b"D1 OK\r\n") + b"\x05",
+        "bridge": bytes([2 | 8, 1 | 16]) + u(greet) + u(b"P0 OK go\r\n") + tls_up
+        + u(b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN\r\nP0 OK\r\n") + c(b"A1 STARTTLS\r\n")
+        + tls_client + c(b"A2 AUTHENTICATE PLAIN\r\n") + u(b"+ \r\n") + c(b"AGEAYg==\r\n")
+        + u(b"A2 OK in\r\n") + eof + b"\x3f",
+        "preauth": bytes([0, 1 | 8]) + u(b"* PREAUTH [CAPABILITY IMAP4rev1] hi\r\n") + b"\x01",
+        "long": bytes([2, 0]) + u(b"* OK hi\r\n") + bytes([1 | 8 * 3, 40]) + b"A" * 40 + c(b"\r\n")
+        + bytes([3 | 8 * 2, 20]) + b"* 1 EXISTS\r\n* 2 EX" + b"\x02",
+    }
+
+
+write("imap_session", imap_session_seeds())

@@ -26,7 +26,7 @@ if [ -n "${STP_SRC:-}" ]; then
 else
 	OUT=${FUZZ_OUT:-$ROOT/build/fuzz}
 fi
-ALL=(proto_smtp proto_pop3 proto_imap ehlo config policy ticket_keys mtasts fetch dns tlsrpt rcpt proxyproto)
+ALL=(proto_smtp proto_pop3 proto_imap imap_session ehlo config policy ticket_keys mtasts fetch dns tlsrpt rcpt proxyproto)
 
 secs=60
 build_only=0
@@ -84,7 +84,7 @@ for name in "${ALL[@]}"; do
 	src=$FUZZ_DIR/fuzz_$name.c
 	relink=0
 	[ -x "$bin" ] || relink=1
-	for dep in "$src" "$FUZZ_DIR/fuzz_util.h" "$newest_header" "$0" "${objs[@]}"; do
+	for dep in "$src" "$FUZZ_DIR"/*.h "$newest_header" "$0" "${objs[@]}"; do
 		[ "$dep" -nt "$bin" ] && relink=1
 	done
 	if [ $relink = 1 ]; then
@@ -94,7 +94,7 @@ done
 echo "built: $(for n in "${ALL[@]}"; do printf '%s ' "${OUT#"$ROOT"/}/fuzz_$n"; done)"
 [ $build_only = 1 ] && exit 0
 
-declare -A max_len=([proto_smtp]=4096 [proto_pop3]=4096 [proto_imap]=4096 [ehlo]=8192 [config]=4096 [policy]=4096 [ticket_keys]=4096 [mtasts]=8192 [proxyproto]=4200)
+declare -A max_len=([proto_smtp]=4096 [proto_pop3]=4096 [proto_imap]=4096 [imap_session]=4096 [ehlo]=8192 [config]=4096 [policy]=4096 [ticket_keys]=4096 [mtasts]=8192 [proxyproto]=4200)
 status=0
 for name in "${names[@]}"; do
 	bin=$OUT/fuzz_$name
