@@ -68,6 +68,11 @@ CONF
 CONF
 		fi
 		echo "}"
+		if [ "$proto" = imap ]; then
+			# COMPRESS=DEFLATE (RFC 4978), which the proxy passes through after login
+			printf 'mail_plugins = $mail_plugins zlib\nprotocol imap {\n'
+			printf '  mail_plugins = $mail_plugins imap_zlib\n}\n'
+		fi
 		if [ "$ssl" != no ]; then
 			echo "ssl_cert = <$CERTS/server.pem"
 			echo "ssl_key = <$CERTS/server.key"
