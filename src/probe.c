@@ -301,7 +301,8 @@ static int read_reply(struct probe *p, enum probe_reply_kind kind, struct probe_
 	int64_t deadline = now_ms() + p->timeout;
 	size_t lines = 0;
 	for (;;) {
-		int rc = probe_parse_reply(kind, lr_data(&p->lr), lr_pending(&p->lr), r, text, cap);
+		size_t have = lr_pending(&p->lr);
+		int rc = probe_parse_reply(kind, have ? lr_data(&p->lr) : NULL, have, r, text, cap);
 		if (rc == 0)
 			lr_consume(&p->lr, r->size);
 		if (rc != -EAGAIN)
