@@ -62,7 +62,7 @@ for name in $names; do
 	if [ ${#files[@]} -gt 0 ] && ! (cd "$T" && "$bin" "${files[@]}") >"$log" 2>&1; then
 		# the last input it began is the one that failed
 		bad=$(sed -n 's/^Running: //p' "$log" | tail -n 1)
-		why=$(grep -E -m 3 'invariant violated|ERROR: |SUMMARY|^  ' "$log" | tr '\n' ' ')
+		why=$(grep -a -E -m 3 'invariant violated|ERROR: |SUMMARY|^  ' "$log" | tr '\n' ' ')
 		fail "fuzz_$name" "seed ${bad#"$REPO_ROOT"/} fails: $why"
 		continue
 	fi
@@ -79,7 +79,7 @@ for name in $names; do
 			kept=$OUT/artifacts/test_fuzz-$(basename "$art")
 			cp "$art" "$kept"
 		fi
-		why=$(grep -E -m 3 'invariant violated|ERROR: |SUMMARY|^  ' "$log" | tr '\n' ' ')
+		why=$(grep -a -E -m 3 'invariant violated|ERROR: |SUMMARY|^  ' "$log" | tr '\n' ' ')
 		fail "fuzz_$name" "finding (exit $rc), artifact ${kept:-none}: $why"
 		continue
 	fi
