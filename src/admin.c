@@ -5,12 +5,76 @@
 #include "log.h"
 #include "metrics.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define REQ_MAX 4096
+#define REQ_MAX ADMIN_REQ_MAX
 #define REQ_TIMEOUT_MS 5000
+
+/* ---- the request (no I/O) ---------------------------------------------------------- */
+
+/* sscanf's white space (the C locale's isspace) */
+static int ws(char ch)
+{
+	return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\v' || ch == '\f' || ch == '\r';
+}
+
+/* The next token of at most max octets from *pos (as "%Ns" reads it); 0 at the end. */
+static size_t token(const char *s, size_t end, size_t *pos, size_t max, const char **tok)
+{
+	size_t i = *pos;
+	while (i < end && ws(s[i]))
+		i++;
+	*tok = s + i;
+	size_t n = 0;
+	while (i + n < end && !ws(s[i + n]) && n < max)
+		n++;
+	*pos = i + n;
+	return n;
+}
+
+static int refuse(struct admin_req *out, int status)
+{
+	out->status = status;
+	return -EINVAL;
+}
+
+int admin_parse_request(const char *buf, size_t len, struct admin_req *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (len > ADMIN_REQ_MAX)
+		len = ADMIN_REQ_MAX;
+	/* The request line is all we need; the headers end the request. */
+	if (!memmem(buf, len, "\r\n\r\n", 4) && !memmem(buf, len, "\n\n", 2))
+		return len == ADMIN_REQ_MAX ? refuse(out, 431) : -EAGAIN;
+	const char *eol = memchr(buf, '\n', len);
+	size_t ll = (size_t)(eol - buf);
+	if (ll >= 256)
+		return refuse(out, 414);
+	size_t end = strnlen(buf, ll), pos = 0, vl;
+	const char *version;
+	out->method_len = token(buf, end, &pos, 15, &out->method);
+	out->path_len = out->method_len ? token(buf, end, &pos, 199, &out->path) : 0;
+	vl = out->path_len ? token(buf, end, &pos, 15, &version) : 0;
+	if (vl < 7 || memcmp(version, "HTTP/1.", 7) != 0) {
+		out->method = out->path = NULL;
+		out->method_len = out->path_len = 0;
+		return refuse(out, 400);
+	}
+	const char *q = memchr(out->path, '?', out->path_len);
+	if (q)
+		out->path_len = (size_t)(q - out->path);
+	if (out->method_len != 3 || memcmp(out->method, "GET", 3) != 0) {
+		out->path = NULL;
+		out->path_len = 0;
+		return refuse(out, 405);
+	}
+	return 0;
+}
+
+/* ---- the endpoint ------------------------------------------------------------------- */
 
 static uv_tcp_t server;
 static int server_open;
@@ -82,30 +146,11 @@ static void text(struct conn *c, int code, const char *reason, const char *body)
 	respond(c, code, reason, "text/plain; charset=utf-8", body, strlen(body));
 }
 
-static void handle(struct conn *c)
+static void handle(struct conn *c, const struct admin_req *r)
 {
-	char *eol = memchr(c->req, '\n', c->len);
-	size_t ll = (size_t)(eol - c->req);
-	char line[256];
-	if (ll >= sizeof(line)) {
-		text(c, 414, "URI Too Long", "request line too long\n");
-		return;
-	}
-	memcpy(line, c->req, ll);
-	line[ll] = '\0';
-	char method[16], path[200], version[16];
-	if (sscanf(line, "%15s %199s %15s", method, path, version) != 3 ||
-	    strncmp(version, "HTTP/1.", 7) != 0) {
-		text(c, 400, "Bad Request", "bad request\n");
-		return;
-	}
-	if (strcmp(method, "GET") != 0) {
-		text(c, 405, "Method Not Allowed", "GET only\n");
-		return;
-	}
-	char *q = strchr(path, '?');
-	if (q)
-		*q = '\0';
+	char path[200];
+	memcpy(path, r->path, r->path_len);
+	path[r->path_len] = '\0';
 	if (strcmp(path, "/healthz") == 0) {
 		text(c, 200, "OK", "ok\n");
 	} else if (strcmp(path, "/readyz") == 0) {
@@ -144,12 +189,17 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		return;
 	}
 	c->len += (size_t)n;
-	/* The request line is all we need; the headers end the request. */
-	if (memmem(c->req, c->len, "\r\n\r\n", 4) || memmem(c->req, c->len, "\n\n", 2)) {
-		handle(c);
-		return;
-	}
-	if (c->len == REQ_MAX)
+	struct admin_req r;
+	int rc = admin_parse_request(c->req, c->len, &r);
+	if (rc == 0)
+		handle(c, &r);
+	else if (rc == -EINVAL && r.status == 414)
+		text(c, 414, "URI Too Long", "request line too long\n");
+	else if (rc == -EINVAL && r.status == 400)
+		text(c, 400, "Bad Request", "bad request\n");
+	else if (rc == -EINVAL && r.status == 405)
+		text(c, 405, "Method Not Allowed", "GET only\n");
+	else if (rc == -EINVAL)
 		text(c, 431, "Request Header Fields Too Large", "request too large\n");
 }
 

@@ -23,7 +23,6 @@
 #include <unistd.h>
 
 #define SYSTEM_CA "/etc/ssl/certs/ca-certificates.crt"
-#define REPLY_MAX 65536
 
 enum verdict { V_PASS, V_FAIL, V_UNSET };
 static const char *const verdict_names[] = { "pass", "fail", "unset" };
@@ -76,6 +75,132 @@ static void stop(struct probe *p, int unreachable, const char *fmt, const char *
 	if (!p->error[0])
 		snprintf(p->error, sizeof(p->error), fmt, arg ? arg : "");
 	p->unreachable |= unreachable;
+}
+
+/* ---- replies (no I/O) ------------------------------------------------------------ */
+
+static void keep(char *text, size_t cap, const char *v, size_t n)
+{
+	if (n > cap - 1)
+		n = cap - 1;
+	memcpy(text, v, n);
+	text[n] = '\0';
+}
+
+static int smtp_line_ok(const char *v, size_t n)
+{
+	return n >= 3 && v[0] >= '2' && v[0] <= '5' && v[1] >= '0' && v[1] <= '9' && v[2] >= '0' &&
+	       v[2] <= '9' && (n == 3 || v[3] == ' ' || v[3] == '-');
+}
+
+int probe_parse_reply(enum probe_reply_kind kind, const void *buf, size_t len,
+		      struct probe_reply *out, char *text, size_t cap)
+{
+	const char *b = buf;
+	size_t at = 0, o = 0, total = 0;
+	int plus = 0; /* POP3 CAPA: the +OK came */
+	memset(out, 0, sizeof(*out));
+	text[0] = '\0';
+	for (;;) {
+		const char *nl = len > at ? memchr(b + at, '\n', len - at) : NULL;
+		if (!nl)
+			return len - at >= PROBE_LINE_MAX ? -EMSGSIZE : -EAGAIN;
+		size_t size = (size_t)(nl - (b + at)) + 1;
+		if (size > PROBE_LINE_MAX)
+			return -EMSGSIZE;
+		/* the line as looked at: no terminator, up to a NUL, at most PROBE_LINE_KEEP */
+		const char *v = b + at;
+		size_t n = size - 1;
+		if (n && v[n - 1] == '\r')
+			n--;
+		n = strnlen(v, n < PROBE_LINE_KEEP ? n : PROBE_LINE_KEEP);
+		at += size;
+		out->lines++;
+		switch (kind) {
+		case PROBE_SMTP:
+			total += n;
+			if (!smtp_line_ok(v, n) || total > PROBE_REPLY_MAX)
+				return -EPROTO;
+			if (o + n + 2 < cap) {
+				/* the first line kept in text says no keyword */
+				if (o && n > 4 && cap_word_is(v + 4, n - 4, "STARTTLS"))
+					out->offered = 1;
+				if (o)
+					text[o++] = '\n';
+				memcpy(text + o, v, n);
+				o += n;
+				text[o] = '\0';
+			}
+			if (n == 3 || v[3] == ' ') {
+				out->code = (v[0] - '0') * 100 + (v[1] - '0') * 10 + (v[2] - '0');
+				if (out->code != 250)
+					out->offered = 0;
+				out->size = at;
+				return 0;
+			}
+			continue;
+		case PROBE_IMAP_GREETING:
+			keep(text, cap, v, n);
+			if (n < 2 || memcmp(v, "* ", 2) != 0)
+				return -EPROTO;
+			out->code = !(n >= 5 && !strncasecmp(v, "* BYE", 5));
+			break;
+		case PROBE_IMAP_CAPABILITY:
+		case PROBE_IMAP_STARTTLS: {
+			keep(text, cap, v, n);
+			if (kind == PROBE_IMAP_CAPABILITY && n >= 13 &&
+			    !strncasecmp(v, "* CAPABILITY ", 13)) {
+				for (size_t w = 13; w < n;) {
+					const char *sp = memchr(v + w, ' ', n - w);
+					size_t wl = sp ? (size_t)(sp - (v + w)) : n - w;
+					if (cap_word_is(v + w, wl, "STARTTLS"))
+						out->offered = 1;
+					w += wl + 1;
+				}
+			}
+			const char *tag = kind == PROBE_IMAP_CAPABILITY ? "P1 " : "P2 ";
+			if (n >= 3 && !memcmp(v, tag, 3)) {
+				out->code = n >= 5 && !strncasecmp(v + 3, "OK", 2);
+				break;
+			}
+			if (at > PROBE_REPLY_MAX)
+				return -EMSGSIZE;
+			continue;
+		}
+		case PROBE_POP3_GREETING:
+			keep(text, cap, v, n);
+			if (n < 3 || memcmp(v, "+OK", 3) != 0)
+				return -EPROTO;
+			out->code = 1;
+			break;
+		case PROBE_POP3_CAPA:
+			keep(text, cap, v, n);
+			if (!plus) {
+				if (n < 3 || memcmp(v, "+OK", 3) != 0)
+					break; /* code 0 */
+				plus = 1;
+				out->code = 1;
+				continue;
+			}
+			if (n == 1 && v[0] == '.')
+				break;
+			if (cap_word_is(v, n, "STLS"))
+				out->offered = 1;
+			if (out->lines > PROBE_CAPA_LINES)
+				break;
+			continue;
+		case PROBE_POP3_STLS:
+			keep(text, cap, v, n);
+			out->code = n >= 3 && !memcmp(v, "+OK", 3);
+			break;
+		default:
+			keep(text, cap, v, n);
+			out->code = 1;
+			break;
+		}
+		out->size = at;
+		return 0;
+	}
 }
 
 /* ---- I/O -------------------------------------------------------------------------- */
@@ -168,21 +293,23 @@ static int receive(struct probe *p, int64_t deadline)
 	}
 }
 
-/* One line, terminator removed, into buf. */
-static int read_line(struct probe *p, char *buf, size_t cap)
+/* One reply of the kind (probe_parse_reply), consumed when complete: 0, the parser's error,
+ * or an I/O error. Each line has p->timeout to come. */
+static int read_reply(struct probe *p, enum probe_reply_kind kind, struct probe_reply *r,
+		      char *text, size_t cap)
 {
 	int64_t deadline = now_ms() + p->timeout;
+	size_t lines = 0;
 	for (;;) {
-		struct line l;
-		int rc = lr_next(&p->lr, &l);
-		if (rc == LR_TOO_LONG)
-			return -EMSGSIZE;
-		if (rc == LR_LINE) {
-			size_t n = l.len < cap - 1 ? l.len : cap - 1;
-			memcpy(buf, l.p, n);
-			buf[n] = '\0';
-			lr_consume(&p->lr, l.size);
-			return 0;
+		size_t have = lr_pending(&p->lr);
+		int rc = probe_parse_reply(kind, have ? lr_data(&p->lr) : NULL, have, r, text, cap);
+		if (rc == 0)
+			lr_consume(&p->lr, r->size);
+		if (rc != -EAGAIN)
+			return rc;
+		if (r->lines > lines) {
+			lines = r->lines;
+			deadline = now_ms() + p->timeout;
 		}
 		if ((rc = receive(p, deadline)) < 0)
 			return rc;
@@ -190,26 +317,13 @@ static int read_line(struct probe *p, char *buf, size_t cap)
 }
 
 /* An SMTP reply (all its lines, "\n"-joined into text): its code, or a negative errno. */
-static int smtp_reply(struct probe *p, char *text, size_t cap)
+static int smtp_reply(struct probe *p, char *text, size_t cap, int *offered)
 {
-	size_t o = 0, total = 0;
-	text[0] = '\0';
-	for (;;) {
-		char line[2048];
-		int rc = read_line(p, line, sizeof(line));
-		if (rc < 0)
-			return rc;
-		size_t n = strlen(line);
-		total += n;
-		if (n < 3 || line[0] < '2' || line[0] > '5' || line[1] < '0' || line[1] > '9' ||
-		    line[2] < '0' || line[2] > '9' || (n > 3 && line[3] != ' ' && line[3] != '-') ||
-		    total > REPLY_MAX)
-			return -EPROTO;
-		if (o + n + 2 < cap)
-			o += (size_t)snprintf(text + o, cap - o, "%s%s", o ? "\n" : "", line);
-		if (n == 3 || line[3] == ' ')
-			return atoi(line);
-	}
+	struct probe_reply r;
+	int rc = read_reply(p, PROBE_SMTP, &r, text, cap);
+	if (offered)
+		*offered = rc == 0 && r.offered;
+	return rc < 0 ? rc : r.code;
 }
 
 /* ---- the protocols ---------------------------------------------------------------------- */
@@ -227,7 +341,7 @@ static const char *probe_name(void)
 static int smtp_starttls(struct probe *p, int lmtp)
 {
 	char reply[4096], cmd[300];
-	int code = smtp_reply(p, p->greeting, sizeof(p->greeting));
+	int code = smtp_reply(p, p->greeting, sizeof(p->greeting), NULL);
 	if (code < 0) {
 		stop(p, 1, "no SMTP greeting: %s", code == -EPROTO ? "not an SMTP reply" : strerror(-code));
 		return -1;
@@ -239,26 +353,15 @@ static int smtp_starttls(struct probe *p, int lmtp)
 	if (p->tls_mode != CFG_TLS_STARTTLS)
 		return 1;
 	snprintf(cmd, sizeof(cmd), "%s %s", lmtp ? "LHLO" : "EHLO", probe_name());
-	if (send_line(p, cmd) < 0 || (code = smtp_reply(p, reply, sizeof(reply))) < 0) {
+	int offered = 0;
+	if (send_line(p, cmd) < 0 || (code = smtp_reply(p, reply, sizeof(reply), &offered)) < 0) {
 		stop(p, 1, "no reply to %s", lmtp ? "LHLO" : "EHLO");
 		return -1;
 	}
-	p->offered = 0;
-	if (code == 250) {
-		const char *l = reply;
-		int first = 1;
-		while (l && *l) {
-			const char *nl = strchr(l, '\n');
-			size_t n = nl ? (size_t)(nl - l) : strlen(l);
-			if (!first && n > 4 && cap_word_is(l + 4, n - 4, "STARTTLS"))
-				p->offered = 1;
-			first = 0;
-			l = nl ? nl + 1 : NULL;
-		}
-	}
+	p->offered = offered;
 	if (!p->offered)
 		return 1;
-	if (send_line(p, "STARTTLS") < 0 || (code = smtp_reply(p, reply, sizeof(reply))) < 0) {
+	if (send_line(p, "STARTTLS") < 0 || (code = smtp_reply(p, reply, sizeof(reply), NULL)) < 0) {
 		stop(p, 1, "no reply to STARTTLS%s", "");
 		return -1;
 	}
@@ -274,18 +377,19 @@ static void smtp_quit(struct probe *p)
 {
 	char reply[512];
 	if (send_line(p, "QUIT") == 0)
-		smtp_reply(p, reply, sizeof(reply));
+		smtp_reply(p, reply, sizeof(reply), NULL);
 }
 
 /* IMAP (RFC 9051, RFC 2595): greeting, CAPABILITY, STARTTLS. */
 static int imap_starttls(struct probe *p)
 {
-	char line[2048];
-	if (read_line(p, p->greeting, sizeof(p->greeting)) < 0 || strncmp(p->greeting, "* ", 2)) {
+	char line[PROBE_LINE_KEEP + 1];
+	struct probe_reply r;
+	if (read_reply(p, PROBE_IMAP_GREETING, &r, p->greeting, sizeof(p->greeting)) < 0) {
 		stop(p, 1, "no IMAP greeting%s", "");
 		return -1;
 	}
-	if (!strncasecmp(p->greeting, "* BYE", 5)) {
+	if (!r.code) {
 		stop(p, 1, "the server refused service: %.200s", p->greeting);
 		return -1;
 	}
@@ -296,37 +400,22 @@ static int imap_starttls(struct probe *p)
 		return -1;
 	}
 	p->offered = 0;
-	for (;;) {
-		if (read_line(p, line, sizeof(line)) < 0) {
-			stop(p, 1, "no reply to CAPABILITY%s", "");
-			return -1;
-		}
-		if (!strncasecmp(line, "* CAPABILITY ", 13)) {
-			for (char *w = line + 13; w && *w;) {
-				char *sp = strchr(w, ' ');
-				if (cap_word_is(w, sp ? (size_t)(sp - w) : strlen(w), "STARTTLS"))
-					p->offered = 1;
-				w = sp ? sp + 1 : NULL;
-			}
-		}
-		if (!strncmp(line, "P1 ", 3))
-			break;
+	if (read_reply(p, PROBE_IMAP_CAPABILITY, &r, line, sizeof(line)) < 0) {
+		stop(p, 1, "no reply to CAPABILITY%s", "");
+		return -1;
 	}
+	p->offered = r.offered;
 	if (!p->offered)
 		return 1;
 	if (send_line(p, "P2 STARTTLS") < 0) {
 		stop(p, 1, "cannot send STARTTLS%s", "");
 		return -1;
 	}
-	for (;;) {
-		if (read_line(p, line, sizeof(line)) < 0) {
-			stop(p, 1, "no reply to STARTTLS%s", "");
-			return -1;
-		}
-		if (!strncmp(line, "P2 ", 3))
-			break;
+	if (read_reply(p, PROBE_IMAP_STARTTLS, &r, line, sizeof(line)) < 0) {
+		stop(p, 1, "no reply to STARTTLS%s", "");
+		return -1;
 	}
-	if (strncasecmp(line, "P2 OK", 5)) {
+	if (!r.code) {
 		snprintf(p->refusal, sizeof(p->refusal), "%.290s", line);
 		return 1;
 	}
@@ -337,37 +426,29 @@ static int imap_starttls(struct probe *p)
 /* POP3 (RFC 1939, 2449, 2595): greeting, CAPA, STLS. */
 static int pop3_starttls(struct probe *p)
 {
-	char line[2048];
-	if (read_line(p, p->greeting, sizeof(p->greeting)) < 0 || strncmp(p->greeting, "+OK", 3)) {
+	char line[PROBE_LINE_KEEP + 1];
+	struct probe_reply r;
+	if (read_reply(p, PROBE_POP3_GREETING, &r, p->greeting, sizeof(p->greeting)) < 0) {
 		stop(p, 1, "no POP3 greeting%s", "");
 		return -1;
 	}
 	if (p->tls_mode != CFG_TLS_STARTTLS)
 		return 1;
 	p->offered = 0;
-	if (send_line(p, "CAPA") < 0 || read_line(p, line, sizeof(line)) < 0) {
-		stop(p, 1, "no reply to CAPA%s", "");
+	r.lines = 0;
+	if (send_line(p, "CAPA") < 0 || read_reply(p, PROBE_POP3_CAPA, &r, line, sizeof(line)) < 0) {
+		/* the +OK came: the list did not end */
+		stop(p, 1, r.lines ? "CAPA list not ended%s" : "no reply to CAPA%s", "");
 		return -1;
 	}
-	if (!strncmp(line, "+OK", 3)) {
-		for (int i = 0; i < 512; i++) {
-			if (read_line(p, line, sizeof(line)) < 0) {
-				stop(p, 1, "CAPA list not ended%s", "");
-				return -1;
-			}
-			if (!strcmp(line, "."))
-				break;
-			if (cap_word_is(line, strlen(line), "STLS"))
-				p->offered = 1;
-		}
-	}
+	p->offered = r.offered;
 	if (!p->offered)
 		return 1;
-	if (send_line(p, "STLS") < 0 || read_line(p, line, sizeof(line)) < 0) {
+	if (send_line(p, "STLS") < 0 || read_reply(p, PROBE_POP3_STLS, &r, line, sizeof(line)) < 0) {
 		stop(p, 1, "no reply to STLS%s", "");
 		return -1;
 	}
-	if (strncmp(line, "+OK", 3)) {
+	if (!r.code) {
 		snprintf(p->refusal, sizeof(p->refusal), "%.290s", line);
 		return 1;
 	}
@@ -665,7 +746,7 @@ int probe_run(const struct probe_opts *o, FILE *out)
 {
 	struct probe p = { .o = o, .fd = -1, .offered = -1 };
 	p.timeout = o->timeout_ms > 0 ? o->timeout_ms : 10000;
-	lr_init(&p.lr, 4096);
+	lr_init(&p.lr, PROBE_LINE_MAX);
 	if (cfg_parse_hostport(o->target, p.host, sizeof(p.host), &p.port) < 0) {
 		fprintf(stderr, "--probe: invalid HOST:PORT \"%s\"\n", o->target);
 		return 2;
@@ -759,9 +840,10 @@ int probe_run(const struct probe_opts *o, FILE *out)
 			    p.protocol != CFG_PROTO_TCP) {
 				/* the greeting comes inside TLS */
 				if (p.protocol == CFG_PROTO_SMTP || p.protocol == CFG_PROTO_LMTP) {
-					if (smtp_reply(&p, p.greeting, sizeof(p.greeting)) < 0)
+					if (smtp_reply(&p, p.greeting, sizeof(p.greeting), NULL) < 0)
 						stop(&p, 1, "no SMTP greeting inside TLS%s", "");
-				} else if (read_line(&p, p.greeting, sizeof(p.greeting)) < 0) {
+				} else if (read_reply(&p, PROBE_LINE, &(struct probe_reply){ 0 },
+						      p.greeting, sizeof(p.greeting)) < 0) {
 					stop(&p, 1, "no greeting inside TLS%s", "");
 				}
 			}

@@ -321,3 +321,66 @@ def imap_session_seeds():
 
 
 write("imap_session", imap_session_seeds())
+
+# ---- fuzz_admin: what a client sends to admin_listen
+def admin_seeds():
+    return {
+        "metrics": b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9100\r\nAccept: */*\r\n\r\n",
+        "healthz_lf": b"GET /healthz HTTP/1.0\n\n",
+        "readyz_query": b"GET /readyz?verbose=1 HTTP/1.1\r\n\r\n",
+        "post": b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+        "garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n\n",
+        "two_tokens": b"GET /healthz\r\n\r\n",
+        "long_tokens": b"GETGETGETGETGETGET /" + b"a" * 210 + b"HTTP/1.1 HTTP/1.1\r\n\r\n",
+        "long_line": b"GET /" + b"x" * 260 + b" HTTP/1.1\r\n\r\n",
+        "nul": b"GET /healthz\x00 HTTP/1.1\r\n\r\n",
+        "tabs": b"\t GET\t/metrics\vHTTP/1.1\f\r\n\r\n",
+        "incomplete": b"GET /metrics HTTP/1.1\r\nHost: x\r\n",
+        "oversized": b"GET /metrics HTTP/1.1\r\n" + b"X-Pad: " + b"p" * 4080 + b"\r\n",
+    }
+
+
+write("admin", admin_seeds())
+
+
+# ---- fuzz_probe: byte 0 the kind (probe.h's enum probe_reply_kind), byte 1 the text
+# buffer (an index into 1, 2, 5, 16, 64, 300, 512, 1024, 2048, 4096), then the server's bytes
+def probe_seeds():
+    SMTP, IMAP_GREETING, IMAP_CAPABILITY, IMAP_STARTTLS = 0, 1, 2, 3
+    POP3_GREETING, POP3_CAPA, POP3_STLS, LINE = 4, 5, 6, 7
+
+    def s(kind, cap, text):
+        return bytes([kind, cap]) + text
+    return {
+        "smtp_greeting": s(SMTP, 7, b"220 mx.example.com ESMTP Postfix\r\n"),
+        "smtp_greeting_multi": s(SMTP, 7, b"220-mx.example.com ESMTP\r\n220-second\r\n220 third\r\n"),
+        "smtp_ehlo": s(SMTP, 9, b"250-mx.example.com\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n"
+                       b"250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\nextra\r\n"),
+        "smtp_ehlo_no_tls": s(SMTP, 9, b"250-mx\r\n250-STARTTLSX\r\n250 SIZE\r\n"),
+        "smtp_ehlo_small_text": s(SMTP, 3, b"250-mx.example.com\r\n250-" + b"X" * 80 + b"\r\n250 STARTTLS\r\n"),
+        "smtp_refused": s(SMTP, 9, b"454 4.7.0 TLS not available due to local problem\r\n"),
+        "smtp_bad": s(SMTP, 7, b"SSH-2.0-OpenSSH_9.6\r\n"),
+        "smtp_bare": s(SMTP, 7, b"220\n"),
+        "smtp_long_line": s(SMTP, 9, b"250-" + b"L" * 4100 + b"\r\n250 OK\r\n"),
+        "imap_greeting": s(IMAP_GREETING, 7, b"* OK [CAPABILITY IMAP4rev1 STARTTLS] Dovecot ready.\r\n"),
+        "imap_bye": s(IMAP_GREETING, 7, b"* BYE too many connections\r\n"),
+        "imap_not": s(IMAP_GREETING, 7, b"+OK POP3 ready\r\n"),
+        "imap_capability": s(IMAP_CAPABILITY, 8, b"* CAPABILITY IMAP4rev1 SASL-IR STARTTLS "
+                             b"LOGINDISABLED\r\nP1 OK Pre-login capabilities listed\r\n"),
+        "imap_capability_none": s(IMAP_CAPABILITY, 8, b"* OK still here\r\n* capability IMAP4rev1  "
+                                  b"AUTH=PLAIN\r\np1 OK no\r\nP1 NO\r\n"),
+        "imap_starttls": s(IMAP_STARTTLS, 8, b"* OK noise\r\nP2 OK Begin TLS negotiation now\r\n"),
+        "imap_starttls_no": s(IMAP_STARTTLS, 4, b"P2 BAD STARTTLS not available\r\n"),
+        "pop3_greeting": s(POP3_GREETING, 7, b"+OK Dovecot ready.\r\n"),
+        "pop3_greeting_err": s(POP3_GREETING, 7, b"-ERR busy\r\n"),
+        "pop3_capa": s(POP3_CAPA, 8, b"+OK\r\nCAPA\r\nTOP\r\nUIDL\r\nSTLS\r\nSASL PLAIN\r\n.\r\n"),
+        "pop3_capa_err": s(POP3_CAPA, 8, b"-ERR unknown command\r\n"),
+        "pop3_capa_long": s(POP3_CAPA, 8, b"+OK\r\n" + b"X\r\n" * 520 + b"STLS\r\n.\r\n"),
+        "pop3_stls": s(POP3_STLS, 8, b"+OK Begin TLS\r\n"),
+        "pop3_stls_no": s(POP3_STLS, 8, b"-ERR TLS unavailable\r\n"),
+        "line": s(LINE, 7, b"* OK [CAPABILITY IMAP4rev1] ready\r\n"),
+        "nul": s(SMTP, 7, b"250\x00-continued\r\n"),
+    }
+
+
+write("probe", probe_seeds())

@@ -26,7 +26,7 @@ if [ -n "${STP_SRC:-}" ]; then
 else
 	OUT=${FUZZ_OUT:-$ROOT/build/fuzz}
 fi
-ALL=(proto_smtp proto_pop3 proto_imap imap_session ehlo config policy ticket_keys mtasts fetch dns tlsrpt rcpt proxyproto)
+ALL=(proto_smtp proto_pop3 proto_imap imap_session ehlo config policy ticket_keys mtasts fetch dns tlsrpt rcpt proxyproto admin probe)
 
 secs=60
 build_only=0
@@ -94,7 +94,7 @@ done
 echo "built: $(for n in "${ALL[@]}"; do printf '%s ' "${OUT#"$ROOT"/}/fuzz_$n"; done)"
 [ $build_only = 1 ] && exit 0
 
-declare -A max_len=([proto_smtp]=4096 [proto_pop3]=4096 [proto_imap]=4096 [imap_session]=4096 [ehlo]=8192 [config]=4096 [policy]=4096 [ticket_keys]=4096 [mtasts]=8192 [proxyproto]=4200)
+declare -A max_len=([proto_smtp]=4096 [proto_pop3]=4096 [proto_imap]=4096 [imap_session]=4096 [ehlo]=8192 [config]=4096 [policy]=4096 [ticket_keys]=4096 [mtasts]=8192 [proxyproto]=4200 [admin]=4200 [probe]=8192)
 status=0
 for name in "${names[@]}"; do
 	bin=$OUT/fuzz_$name

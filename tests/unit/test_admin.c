@@ -671,11 +671,83 @@ static void test_stop_closes_everything(void **state)
 	assert_int_equal(failures, 0);
 }
 
+/* ------------------------------------------------------------ admin_parse_request (no I/O) */
+
+static void test_parse_request(void **state)
+{
+	(void)state;
+	static char big[REQ_MAX + 10], long_line[300], long_path[400];
+	memset(big, 'x', sizeof big);
+	memcpy(big, "GET /metrics HTTP/1.1\r\nX: ", 26);
+	snprintf(long_line, sizeof long_line, "GET /%0250d HTTP/1.1\r\n\r\n", 0);
+	/* a path running into the version: %199s reads 199 octets, the version is the rest */
+	snprintf(long_path, sizeof long_path, "GET /%0198dHTTP/1.1x HTTP/1.1\r\n\r\n", 0);
+	static const struct {
+		const char *req;
+		size_t len; /* 0: strlen */
+		int rc, status;
+		const char *path;
+	} cases[] = {
+		{ "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 0, 0, 0, "/metrics" },
+		{ "GET /healthz HTTP/1.0\n\n", 0, 0, 0, "/healthz" },
+		{ "GET /readyz?x=1&y HTTP/1.1\r\n\r\n", 0, 0, 0, "/readyz" },
+		{ "GET ?only HTTP/1.1\r\n\r\n", 0, 0, 0, "" },
+		{ "  GET\t/a\vHTTP/1.9 trailing words\r\n\r\n", 0, 0, 0, "/a" },
+		{ "GET /metrics HTTP/1.1\r\n\r\nmore after the end", 0, 0, 0, "/metrics" },
+		{ "GET /metrics HTTP/1.1\r\nHost: x\r\n", 0, -EAGAIN, 0, NULL },
+		{ "GET /metrics HTTP/1.1\r\n\r", 0, -EAGAIN, 0, NULL },
+		{ "", 0, -EAGAIN, 0, NULL },
+		{ "\n\n", 0, -EINVAL, 400, NULL },
+		{ "GET /healthz\r\n\r\n", 0, -EINVAL, 400, NULL },
+		{ "GET /healthz HTTP/2\r\n\r\n", 0, -EINVAL, 400, NULL },
+		{ "GET /healthz http/1.1\r\n\r\n", 0, -EINVAL, 400, NULL },
+		{ "GET /healthz\0 HTTP/1.1\r\n\r\n", 26, -EINVAL, 400, NULL },
+		{ "POST /metrics HTTP/1.1\r\n\r\n", 0, -EINVAL, 405, NULL },
+		{ "get /metrics HTTP/1.1\r\n\r\n", 0, -EINVAL, 405, NULL },
+		{ "GETGETGETGETGETGET / HTTP/1.1\r\n\r\n", 0, -EINVAL, 400, NULL }, /* path "GET" */
+		{ "GETGETGETGETGETGET /p HTTP/1.1\r\n\r\n", 0, -EINVAL, 400, NULL },
+		{ "HEAD /metrics HTTP/1.1 x\r\n\r\n", 0, -EINVAL, 405, NULL },
+		{ long_line, 0, -EINVAL, 414, NULL },
+		{ long_path, 0, 0, 0, NULL }, /* the path: "/" and 198 zeros */
+		{ big, REQ_MAX, -EINVAL, 431, NULL },
+		{ big, REQ_MAX - 1, -EAGAIN, 0, NULL },
+		{ big, REQ_MAX + 10, -EINVAL, 431, NULL }, /* only ADMIN_REQ_MAX octets count */
+	};
+	assert_int_equal(ADMIN_REQ_MAX, REQ_MAX);
+	int failures = 0;
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		size_t len = cases[i].len ? cases[i].len : strlen(cases[i].req);
+		struct admin_req r;
+		int rc = admin_parse_request(cases[i].req, len, &r);
+		const char *want = cases[i].path;
+		char path[201];
+		if (cases[i].req == long_path) {
+			memset(path, '0', 199);
+			path[0] = '/';
+			path[199] = '\0';
+			want = path;
+		}
+		int ok = rc == cases[i].rc && (rc != -EINVAL || r.status == cases[i].status);
+		if (ok && rc == 0)
+			ok = r.method_len == 3 && !memcmp(r.method, "GET", 3) &&
+			     r.path >= cases[i].req && r.path + r.path_len <= cases[i].req + len &&
+			     r.path_len == strlen(want) && !memcmp(r.path, want, r.path_len);
+		if (!ok) {
+			print_message("case %zu (%.40s): rc %d status %d path \"%.*s\"\n", i,
+				      cases[i].req, rc, r.status, rc == 0 ? (int)r.path_len : 0,
+				      rc == 0 ? r.path : "");
+			failures++;
+		}
+	}
+	assert_int_equal(failures, 0);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
 	alarm(120);
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_parse_request),
 		cmocka_unit_test(test_readiness),
 		cmocka_unit_test(test_requests),
 		cmocka_unit_test(test_start_on_a_busy_port),
