@@ -322,6 +322,7 @@ def imap_session_seeds():
 
 write("imap_session", imap_session_seeds())
 
+
 # ---- fuzz_admin: what a client sends to admin_listen
 def admin_seeds():
     return {
