@@ -2,7 +2,7 @@
 """Many short SMTP sessions through the proxy, of several kinds, a few at a time.
 
   smtp_storm.py --port P [--dead-port Q] --count N [--parallel K] [--tls-ca CA]
-                [--kinds k1,k2,...] [--timeout SEC]
+                [--kinds k1,k2,...] [--timeout SEC] [--pp-v1]
 
 Kinds (taken in turn, session i gets kinds[i % len(kinds)]):
   ok          EHLO, MAIL, RCPT, DATA, a small message, QUIT: the 250 after the message
@@ -14,6 +14,11 @@ Kinds (taken in turn, session i gets kinds[i % len(kinds)]):
   rset        EHLO, MAIL, RSET, then a reset (SO_LINGER 0) instead of QUIT
   dead        on --dead-port (a route whose upstream is unreachable): the 421 4.4.1
               reply and the close are required
+  echo        not SMTP: a line to a tcp route whose upstream echoes; it must come back
+  pp_garbage  (a PROXY protocol route) a line that is no PROXY header: the proxy must close
+              without sending a byte
+--pp-v1 sends a PROXY protocol v1 header (TCP4 192.0.2.9:40000 -> 127.0.0.1:25) first in
+every session but pp_garbage.
 Prints one JSON line: counts per kind and result, and the first few failures; the exit
 status is 1 when a session that must succeed did not.
 """
@@ -55,7 +60,27 @@ def session(kind, i, a):
     s = socket.create_connection(("127.0.0.1", port), a.timeout)
     s.settimeout(a.timeout)
     try:
+        if kind == "pp_garbage":
+            s.sendall(b"HELLO I AM NO HEADER\r\n")
+            got = s.recv(100)
+            if got != b"":
+                raise RuntimeError("pp_garbage: got %r, want a close" % got)
+            return
+        if a.pp_v1:
+            s.sendall(b"PROXY TCP4 192.0.2.9 127.0.0.1 40000 25\r\n")
         if kind == "abort_now":
+            return
+        if kind == "echo":
+            line = b"ping-%d\n" % i
+            s.sendall(line)
+            got = b""
+            while len(got) < len(line):
+                chunk = s.recv(100)
+                if not chunk:
+                    break
+                got += chunk
+            if got != line:
+                raise RuntimeError("echo: got %r" % got)
             return
         f = s.makefile("rb")
         code, text = lines_until(f)
@@ -106,6 +131,7 @@ def main():
     p.add_argument("--tls-ca")
     p.add_argument("--kinds", default="ok,abort_data,abort_ehlo,abort_now,rset,dead")
     p.add_argument("--timeout", type=float, default=20)
+    p.add_argument("--pp-v1", action="store_true")
     a = p.parse_args()
     kinds = a.kinds.split(",")
     counts = {}
