@@ -127,10 +127,15 @@ spawn proxy valgrind --tool=memcheck --leak-check=full \
 PROXY=$LAST_PID
 PROXY_LOG=$T/proxy.log
 PROXY_PID[proxy]=$PROXY
-if ! wait_log 'event=ready' 120; then
-	fail start_under_valgrind "no event=ready after 120s: $(tail -n 5 "$VG_LOG" 2>/dev/null)"
-	exit 1
-fi
+i=0
+while ! grep -q 'event=ready' "$PROXY_LOG" 2>/dev/null; do
+	if ! kill -0 "$PROXY" 2>/dev/null || [ $i -ge 1200 ]; then
+		fail start_under_valgrind "no event=ready (exited, or 120s): $(tail -n 3 "$PROXY_LOG" 2>/dev/null) $(grep -m3 -E 'ERROR|Invalid|error' "$VG_LOG" 2>/dev/null)"
+		exit 1
+	fi
+	sleep 0.1
+	i=$((i + 1))
+done
 pass start_under_valgrind
 
 storm() { # NAME PORT COUNT KINDS [options]
