@@ -90,9 +90,11 @@ INJ_KINDS=ok,abort_data,abort_ehlo,abort_now,rset,dead
 TERM_KINDS=starttls,ok,abort_data,abort_now,dead
 
 # Warm-up: one of each kind on each route, then the count before.
-storm "$P_INJ" 6 "$INJ_KINDS" >"$T/warm1.json" 2>&1 &&
-	storm "$P_TERM" 5 "$TERM_KINDS" >"$T/warm2.json" 2>&1 ||
-	{ fail warmup "$(cat "$T/warm1.json" "$T/warm2.json" 2>/dev/null | tail -n 2)"; finish; }
+if ! storm "$P_INJ" 6 "$INJ_KINDS" >"$T/warm1.json" 2>&1 ||
+	! storm "$P_TERM" 5 "$TERM_KINDS" >"$T/warm2.json" 2>&1; then
+	fail warmup "$(cat "$T/warm1.json" "$T/warm2.json" 2>/dev/null | tail -n 2)"
+	finish
+fi
 wait_idle 20 || { fail warmup_idle "sessions still open after the warm-up"; finish; }
 before=$(fd_count)
 again=$(fd_count)

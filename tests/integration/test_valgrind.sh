@@ -62,6 +62,7 @@ free_port P_PP
 free_port P_POP
 
 conf() {
+	# shellcheck disable=SC2119 # no extra [global] lines
 	global_section | sed 's/^log_level = .*/log_level = info/'
 	cat <<CONF
 [route inject]
