@@ -182,12 +182,12 @@ PY
 }
 
 t0=$(now_ns)
-storm_bg inject "$P_INJ" 36 ok,abort_data,abort_ehlo,abort_now,rset,dead
-storm_bg terminate "$P_TERM" 30 starttls,ok,abort_data,abort_now,dead
-storm_bg wrap "$P_WRAP" 24 echo,echo,abort_now
-storm_bg pp "$P_PP" 24 ok,abort_data,pp_garbage --pp-v1
+storm_bg inject "$P_INJ" 144 ok,abort_data,abort_ehlo,abort_now,rset,dead
+storm_bg terminate "$P_TERM" 120 starttls,ok,abort_data,abort_now,dead
+storm_bg wrap "$P_WRAP" 72 echo,echo,abort_now
+storm_bg pp "$P_PP" 72 ok,abort_data,pp_garbage --pp-v1
 if [ "$HAVE_DOVECOT" = 1 ]; then
-	if out=$(pop3_sessions 12 2>&1); then
+	if out=$(pop3_sessions 24 2>&1); then
 		pass pop3_sessions_ok
 	else
 		fail pop3_sessions_ok "$(tail -n 2 <<<"$out")"
