@@ -59,6 +59,13 @@ $(BUILD)/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h) $(LIB_OBJS) | $(BUIL
 	@mkdir -p $(BUILD)/tests
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(CMOCKA_LIBS) $(LDLIBS)
 
+# test_alloc_failure: malloc, calloc, realloc and strdup of the linked objects go through
+# the test's own __wrap_ functions, which make the Nth allocation fail.
+ALLOC_WRAP := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup
+$(BUILD)/tests/test_alloc_failure: tests/unit/test_alloc_failure.c $(wildcard tests/unit/*.h) $(LIB_OBJS) | $(BUILD)
+	@mkdir -p $(BUILD)/tests
+	$(CC) $(CFLAGS) $(LDFLAGS) $(ALLOC_WRAP) -o $@ $< $(LIB_OBJS) $(CMOCKA_LIBS) $(LDLIBS)
+
 $(BUILD):
 	@mkdir -p $(BUILD)
 

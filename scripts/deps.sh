@@ -45,7 +45,7 @@ BUILD_PACKAGES="build-essential pkg-config libuv1-dev autoconf automake libtool 
 TEST_PACKAGES="libcmocka-dev curl python3-aiosmtpd swaks libnet-ssleay-perl socat stunnel4
  haproxy postfix iproute2 procps psmisc libssl-dev clang nftables iptables testssl.sh
  ldnsutils python3-dnspython gdb libevent-2.1-7 libfstrm0 libprotobuf-c1 podman yamllint python3-yaml
- groff-base man-db dovecot-pop3d dovecot-imapd"
+ groff-base man-db dovecot-pop3d dovecot-imapd valgrind"
 
 case $WHAT in
 build) PACKAGES=$BUILD_PACKAGES ;;
