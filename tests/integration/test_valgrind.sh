@@ -10,8 +10,7 @@
 #   - a route whose upstream is unreachable (421 4.4.1);
 #   - a tcp route wrapping a plaintext client into TLS toward an echo server;
 #   - a PROXY protocol v1 route (SMTP after the header), and lines that are no header;
-#   - POP3 inject toward a private Dovecot that requires STLS (dovecot_lib.sh), when
-#     Dovecot is installed;
+#   - POP3 inject toward a private Dovecot that requires STLS (dovecot_lib.sh);
 #   - SIGHUP (event=reload result=ok), a few sessions more, then SIGTERM.
 # Checks:
 #   *_sessions_ok          every session of that kind ended as it must (tools/smtp_storm.py)
@@ -30,9 +29,10 @@
 # shellcheck source=tests/integration/dovecot_lib.sh
 . "$(dirname "$0")/dovecot_lib.sh"
 
+# make deps installs valgrind and Dovecot: their absence is a failure, not a skip
 if ! command -v valgrind >/dev/null; then
-	skip valgrind "valgrind is not installed (make deps)"
-	exit 0
+	fail valgrind "valgrind is not installed (make deps installs it)"
+	exit 1
 fi
 if is_sanitized; then
 	skip valgrind "the binary is built with ASan: valgrind cannot run it"
@@ -47,7 +47,10 @@ start_sink plain_sink
 start_server echo_up --mode echo --cert "$CERTS/server.pem" --key "$CERTS/server.key"
 wait_servers
 HAVE_DOVECOT=0
-if command -v dovecot >/dev/null; then
+if ! command -v dovecot >/dev/null; then
+	fail dovecot "dovecot is not installed (make deps installs it)"
+	exit 1
+else
 	HAVE_DOVECOT=1
 	dovecot_mailstore
 	free_port DV_TLS
