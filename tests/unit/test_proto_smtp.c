@@ -1569,6 +1569,185 @@ static void test_long_line(void **state)
 	buf_free(&okline);
 }
 
+/* ------------------------------------------------------------------ bounds at their edge */
+
+/* Appends prefix, 'x' octets and suffix so that exactly total octets are added. */
+static void buf_fill(struct buf *b, const char *prefix, size_t total, const char *suffix)
+{
+	size_t start = b->n;
+	buf_adds(b, prefix);
+	while (b->n - start + strlen(suffix) < total)
+		buf_adds(b, "x");
+	buf_adds(b, suffix);
+	assert_int_equal(b->n - start, total);
+}
+
+/* A plain session whose upstream offers CHUNKING without SIZE (SMTP_BDAT_MAX applies). */
+#define CHUNKING_NOSIZE_OPEN                                                          \
+	CONN("", "", ""), UP(GREET, GREET, "", "ready"),                              \
+	CL("EHLO client.test\r\n", "", "EHLO client.test\r\n", ""),                   \
+	UP("250-mx.test\r\n250 CHUNKING\r\n", "250-mx.test\r\n250 CHUNKING\r\n", "", "")
+
+#define BYE_TOO_MUCH "421 4.5.0 Too much pipelined input, closing connection\r\n"
+#define BDAT_TOO_BIG "552 5.3.4 proxy.test Chunk size exceeds the limit; closing connection\r\n"
+
+/* Every bound of docs/limits.md's SMTP table, exactly at its value (accepted) and one octet,
+ * line or command beyond it (refused as documented). */
+static void test_bounds_edge(void **state)
+{
+	(void)state;
+	/* commands: SMTP_CMD_MAX octets with CRLF relayed ("line_at_bound" in test_long_line),
+	 * one more answered 500 and dropped */
+	struct buf cmd_over = { 0 };
+	buf_fill(&cmd_over, "NOOP ", SMTP_CMD_MAX + 1, "\r\n");
+	/* reply lines: SMTP_REPLY_LINE_MAX octets with CRLF relayed, one more ends the session */
+	struct buf line_at = { 0 }, line_over = { 0 };
+	buf_fill(&line_at, "250 ", SMTP_REPLY_LINE_MAX, "\r\n");
+	buf_fill(&line_over, "250 ", SMTP_REPLY_LINE_MAX + 1, "\r\n");
+	/* replies: SMTP_REPLY_LINES_MAX lines relayed, one more line ends the session */
+	struct buf lines_at = { 0 }, lines_over = { 0 };
+	for (int i = 1; i < SMTP_REPLY_LINES_MAX; i++) {
+		buf_adds(&lines_at, "250-X\r\n");
+		buf_adds(&lines_over, "250-X\r\n");
+	}
+	buf_adds(&lines_over, "250-X\r\n");
+	buf_adds(&lines_at, "250 X\r\n");
+	buf_adds(&lines_over, "250 X\r\n");
+	/* replies: SMTP_REPLY_MAX octets (31 lines of SMTP_REPLY_LINE_MAX and two of 1024)
+	 * relayed, one octet more ends the session */
+	struct buf bytes_at = { 0 }, bytes_over = { 0 };
+	for (int i = 0; i < 31; i++) {
+		buf_fill(&bytes_at, "250-", SMTP_REPLY_LINE_MAX, "\r\n");
+		buf_fill(&bytes_over, "250-", SMTP_REPLY_LINE_MAX, "\r\n");
+	}
+	buf_fill(&bytes_at, "250-", 1024, "\r\n");
+	buf_fill(&bytes_over, "250-", 1024, "\r\n");
+	buf_fill(&bytes_at, "250 ", 1024, "\r\n");
+	buf_fill(&bytes_over, "250 ", 1025, "\r\n");
+	assert_int_equal(bytes_at.n, SMTP_REPLY_MAX);
+	/* held while the 354 is awaited: SMTP_HOLD_MAX octets kept (and relayed as the message
+	 * once it comes), one more ends the session */
+	struct buf hold_at = { 0 }, hold_over = { 0 };
+	buf_fill(&hold_at, "", SMTP_HOLD_MAX, "\r\n");
+	buf_fill(&hold_over, "", SMTP_HOLD_MAX + 1, "\r\n");
+	/* in flight: SMTP_PIPELINE_MAX commands go up, the next one waits for a reply */
+	struct buf pipe_in = { 0 }, pipe_up = { 0 };
+	for (int i = 0; i < SMTP_PIPELINE_MAX; i++)
+		buf_adds(&pipe_up, "NOOP\r\n");
+	buf_adds(&pipe_in, pipe_up.p);
+	buf_adds(&pipe_in, "RSET\r\n");
+	/* BDAT chunk sizes: SMTP_BDAT_MAX without SIZE, the SIZE with it */
+	char bdat_at[64], bdat_over[64];
+	snprintf(bdat_at, sizeof(bdat_at), "BDAT %llu\r\n", (unsigned long long)SMTP_BDAT_MAX);
+	snprintf(bdat_over, sizeof(bdat_over), "BDAT %llu\r\n",
+		 (unsigned long long)SMTP_BDAT_MAX + 1);
+#define BIG(o, data, c, u, x) \
+	{ .op = (o), .in = (data).p, .inlen = (data).n, .to_client = (c), .to_up = (u), .acts = (x) }
+	const struct step s_cmd_over[] = {
+		PLAIN_OPEN,
+		BIG(OP_CL, cmd_over, "500 5.5.2 Line too long\r\n", "", ""),
+		CL("NOOP\r\n", "", "NOOP\r\n", ""),
+		END
+	};
+	const struct step s_line_at[] = {
+		PLAIN_OPEN,
+		CL("NOOP\r\n", "", "NOOP\r\n", ""),
+		BIG(OP_UP, line_at, line_at.p, "", ""),
+		END
+	};
+	const struct step s_line_over[] = {
+		PLAIN_OPEN,
+		CL("NOOP\r\n", "", "NOOP\r\n", ""),
+		BIG(OP_UP, line_over, UP_ERR_MID, "", "close"),
+		END
+	};
+	const struct step s_lines_at[] = {
+		PLAIN_OPEN,
+		CL("NOOP\r\n", "", "NOOP\r\n", ""),
+		BIG(OP_UP, lines_at, lines_at.p, "", ""),
+		END
+	};
+	const struct step s_lines_over[] = {
+		PLAIN_OPEN,
+		CL("NOOP\r\n", "", "NOOP\r\n", ""),
+		BIG(OP_UP, lines_over, UP_ERR_MID, "", "close"),
+		END
+	};
+	const struct step s_bytes_at[] = {
+		PLAIN_OPEN,
+		CL("NOOP\r\n", "", "NOOP\r\n", ""),
+		BIG(OP_UP, bytes_at, bytes_at.p, "", ""),
+		END
+	};
+	const struct step s_bytes_over[] = {
+		PLAIN_OPEN,
+		CL("NOOP\r\n", "", "NOOP\r\n", ""),
+		BIG(OP_UP, bytes_over, UP_ERR_MID, "", "close"),
+		END
+	};
+	const struct step s_hold_at[] = {
+		PLAIN_OPEN,
+		CL("DATA\r\n", "", "DATA\r\n", ""),
+		BIG(OP_CL, hold_at, "", "", ""),
+		UP("354 go\r\n", "354 go\r\n", hold_at.p, ""),
+		END
+	};
+	const struct step s_hold_over[] = {
+		PLAIN_OPEN,
+		CL("DATA\r\n", "", "DATA\r\n", ""),
+		BIG(OP_CL, hold_over, BYE_TOO_MUCH, "", "close"),
+		END
+	};
+	const struct step s_pipeline[] = {
+		PLAIN_OPEN,
+		BIG(OP_CL, pipe_in, "", pipe_up.p, ""),
+		UP("250 Ok\r\n", "250 Ok\r\n", "RSET\r\n", ""),
+		END
+	};
+	const struct step s_bdat_at[] = {
+		CHUNKING_NOSIZE_OPEN,
+		CL(bdat_at, "", bdat_at, ""),
+		END
+	};
+	const struct step s_bdat_over[] = {
+		CHUNKING_NOSIZE_OPEN,
+		CL(bdat_over, BDAT_TOO_BIG, "", "close"),
+		END
+	};
+	const struct step s_bdat_at_size[] = {
+		CHUNKING_OPEN, /* SIZE 1000 */
+		CL("BDAT 1000\r\n", "", "BDAT 1000\r\n", ""),
+		END
+	};
+	const struct step s_bdat_over_size[] = {
+		CHUNKING_OPEN,
+		CL("BDAT 1001\r\n", BDAT_TOO_BIG, "", "close"),
+		END
+	};
+#undef BIG
+	const struct script scs[] = {
+		{ "cmd_over_bound", &P_PLAIN, s_cmd_over, M_WHOLE | M_BYTES },
+		{ "reply_line_at_bound", &P_PLAIN, s_line_at, M_WHOLE | M_BYTES },
+		{ "reply_line_over_bound", &P_PLAIN, s_line_over, M_WHOLE | M_BYTES },
+		{ "reply_lines_at_bound", &P_PLAIN, s_lines_at, M_WHOLE | M_BYTES },
+		{ "reply_lines_over_bound", &P_PLAIN, s_lines_over, M_WHOLE | M_BYTES },
+		{ "reply_bytes_at_bound", &P_PLAIN, s_bytes_at, M_WHOLE | M_BYTES },
+		{ "reply_bytes_over_bound", &P_PLAIN, s_bytes_over, M_WHOLE | M_BYTES },
+		{ "hold_at_bound", &P_PLAIN, s_hold_at, M_WHOLE | M_BYTES },
+		{ "hold_over_bound", &P_PLAIN, s_hold_over, M_WHOLE | M_BYTES },
+		{ "pipeline_at_bound", &P_PLAIN, s_pipeline, M_WHOLE | M_BYTES },
+		{ "bdat_at_bound", &P_PLAIN, s_bdat_at, M_ALL },
+		{ "bdat_over_bound", &P_PLAIN, s_bdat_over, M_ALL },
+		{ "bdat_at_size", &P_PLAIN, s_bdat_at_size, M_ALL },
+		{ "bdat_over_size", &P_PLAIN, s_bdat_over_size, M_ALL },
+	};
+	RUN_TABLE(scs);
+	struct buf *all[] = { &cmd_over, &line_at, &line_over, &lines_at, &lines_over,
+			      &bytes_at, &bytes_over, &hold_at, &hold_over, &pipe_in, &pipe_up };
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		buf_free(all[i]);
+}
+
 /* Large DATA body: byte-exact, however it is cut. */
 /* SMTP smuggling (CVE-2023-51764 class): every bare CR/LF variant of an end-of-data marker,
  * followed by a second transaction. Exactly one message goes up: the would-be second
@@ -2381,6 +2560,7 @@ int main(void)
 		cmocka_unit_test(test_terminate),
 		cmocka_unit_test(test_commands),
 		cmocka_unit_test(test_long_line),
+		cmocka_unit_test(test_bounds_edge),
 		cmocka_unit_test(test_data_large),
 		cmocka_unit_test(test_smuggling),
 		cmocka_unit_test(test_body_table),
