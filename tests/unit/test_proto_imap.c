@@ -980,6 +980,106 @@ static void test_bounds_refuse_idle(void **state)
 	proto_actions_free(&a);
 }
 
+/* Appends prefix, 'x' octets and suffix so that exactly total octets are added. */
+static void sb_fill(struct sbuf *b, const char *prefix, size_t total, const char *suffix)
+{
+	size_t start = b->n;
+	sb_adds(b, prefix);
+	while (b->n - start + strlen(suffix) < total)
+		sb_adds(b, "x");
+	sb_adds(b, suffix);
+	assert_int_equal(b->n - start, total);
+}
+
+#define BYE_LINE "* BYE [TOOBIG] Line too long, closing connection\r\n"
+#define BYE_LITERAL "* BYE [TOOBIG] Literal too large, closing connection\r\n"
+#define BYE_PIPELINE "* BYE [UNAVAILABLE] Too much pipelined input, closing connection\r\n"
+#define BYE_UPSTREAM "* BYE [UNAVAILABLE] Upstream protocol error\r\n"
+
+/* Every bound of docs/limits.md's IMAP table, exactly at its value (accepted) and one octet
+ * beyond it (refused as documented). Inputs are fed whole and byte by byte (bytewise is
+ * left out for the megabyte response line: the reader looks for its LF in all it holds). */
+static void test_bounds_edge(void **state)
+{
+	(void)state;
+	struct mod_params mp = { CFG_TLS_NONE, CFG_TLS_NONE, CFG_POLICY_NONE, CFG_POLICY_NONE,
+				 CFG_MODE_ENFORCE };
+	struct sbuf cmd_at = { 0 }, cmd_over = { 0 }, resp_at = { 0 }, resp_over = { 0 };
+	struct sbuf hold_at = { 0 }, first_held = { 0 };
+	sb_fill(&cmd_at, "A1 NOOP ", IMAP_LINE_MAX, "\r\n");
+	sb_fill(&cmd_over, "A1 NOOP ", IMAP_LINE_MAX + 1, "\r\n");
+	sb_fill(&resp_at, "* OK ", IMAP_RESP_LINE_MAX, "\r\n");
+	sb_fill(&resp_over, "* OK ", IMAP_RESP_LINE_MAX + 1, "\r\n");
+	/* held behind a command in flight: IMAP_HOLD_MAX + IMAP_LINE_MAX octets of commands */
+	sb_fill(&first_held, "A2 NOOP ", 4096, "\r\n");
+	for (int i = 0; i < (IMAP_HOLD_MAX + IMAP_LINE_MAX) / 4096; i++)
+		sb_adds(&hold_at, first_held.p);
+	assert_int_equal(hold_at.n, IMAP_HOLD_MAX + IMAP_LINE_MAX);
+	char lit_at[64], lit_over[64], litp_at[64], litp_over[64];
+	snprintf(lit_at, sizeof(lit_at), "A1 APPEND INBOX {%llu}\r\n",
+		 (unsigned long long)IMAP_LITERAL_MAX);
+	snprintf(lit_over, sizeof(lit_over), "A1 APPEND INBOX {%llu}\r\n",
+		 (unsigned long long)IMAP_LITERAL_MAX + 1);
+	snprintf(litp_at, sizeof(litp_at), "A1 APPEND INBOX {%llu+}\r\n",
+		 (unsigned long long)IMAP_LITERAL_MAX);
+	snprintf(litp_over, sizeof(litp_over), "A1 APPEND INBOX {%llu+}\r\n",
+		 (unsigned long long)IMAP_LITERAL_MAX + 1);
+#define OPEN { UP, NULL, "", "", "" }, { UPS, "* OK hi\r\n", "* OK hi\r\n", "", "ready " }
+	const struct step s_cmd_at[] = { OPEN, { CLI, cmd_at.p, "", cmd_at.p, "" } };
+	const struct step s_cmd_over[] = { OPEN, { CLI, cmd_over.p, BYE_LINE, "", "close " } };
+	const struct step s_lit_at[] = {
+		OPEN,
+		{ CLI, lit_at, "", lit_at, "" },
+		{ UPS, "+ go ahead\r\n", "+ go ahead\r\n", "", "" },
+		{ CLI, "abc", "", "abc", "" },
+	};
+	const struct step s_lit_over[] = { OPEN, { CLI, lit_over, BYE_LITERAL, "", "close " } };
+	const struct step s_litp_at[] = {
+		OPEN,
+		{ CLI, litp_at, "", litp_at, "" },
+		{ CLI, "abc", "", "abc", "" },
+	};
+	const struct step s_litp_over[] = { OPEN, { CLI, litp_over, BYE_LITERAL, "", "close " } };
+	const struct step s_hold_at[] = {
+		OPEN,
+		{ CLI, "A1 NOOP\r\n", "", "A1 NOOP\r\n", "" },
+		{ CLI, hold_at.p, "", "", "" },
+		{ UPS, "A1 OK done\r\n", "A1 OK done\r\n", first_held.p, "" },
+	};
+	const struct step s_hold_over[] = {
+		OPEN,
+		{ CLI, "A1 NOOP\r\n", "", "A1 NOOP\r\n", "" },
+		{ CLI, hold_at.p, "", "", "" },
+		{ CLI, "A", BYE_PIPELINE, "", "close " },
+	};
+	const struct step s_resp_at[] = { OPEN, { UPS, resp_at.p, resp_at.p, "", "" } };
+	const struct step s_resp_over[] = { OPEN, { UPS, resp_over.p, BYE_UPSTREAM, "", "close " } };
+#undef OPEN
+	static const int bothways[] = { 0, -1 };
+#define EDGE(steps, nsplits)                                                                \
+	for (size_t k = 0; k < (nsplits); k++)                                              \
+		run_script(&mp, steps, sizeof(steps) / sizeof(steps[0]), bothways[k])
+	EDGE(s_cmd_at, 2);
+	EDGE(s_cmd_over, 2);
+	EDGE(s_lit_at, 2);
+	EDGE(s_lit_over, 2);
+	EDGE(s_litp_at, 2);
+	EDGE(s_litp_over, 2);
+	EDGE(s_hold_at, 2);
+	EDGE(s_hold_over, 2);
+	EDGE(s_resp_at, 1);
+	EDGE(s_resp_over, 1);
+	run_script(&mp, s_resp_at, sizeof(s_resp_at) / sizeof(s_resp_at[0]), IMAP_RESP_LINE_MAX - 1);
+	run_script(&mp, s_resp_over, sizeof(s_resp_over) / sizeof(s_resp_over[0]), IMAP_RESP_LINE_MAX);
+#undef EDGE
+	free(cmd_at.p);
+	free(cmd_over.p);
+	free(resp_at.p);
+	free(resp_over.p);
+	free(hold_at.p);
+	free(first_held.p);
+}
+
 /* COMPRESS (RFC 4978): answered BAD before a login; after one, COMPRESS= is shown and the
  * command goes up; a NO changes nothing; after the upstream's OK both directions are relayed
  * as they are (client bytes held behind the command included, and a STARTTLS in the
@@ -1053,6 +1153,7 @@ int main(void)
 		cmocka_unit_test(test_terminate),
 		cmocka_unit_test(test_literals),
 		cmocka_unit_test(test_bounds_refuse_idle),
+		cmocka_unit_test(test_bounds_edge),
 		cmocka_unit_test(test_compress),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
