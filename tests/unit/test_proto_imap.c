@@ -335,7 +335,12 @@ static void test_tag_verb(void **state)
 		{ "A1 UID ", -EINVAL, "", "", "", 0 },
 		{ "A1 ABCDEFGHIJABCDEFGHIJABCDEFGHIJ1", 0, "A1", "ABCDEFGHIJABCDEFGHIJABCDEFGHIJ1",
 		  "", 34 },
+		{ "A1 ABCDEFGHIJABCDEFGHIJABCDEFGHIJ12", 0, "A1", "ABCDEFGHIJABCDEFGHIJABCDEFGHIJ12",
+		  "", 35 }, /* IMAP_VERB_MAX octets */
 		{ "A1 ABCDEFGHIJABCDEFGHIJABCDEFGHIJ123", -EINVAL, "", "", "", 0 },
+		{ "A1 UID ABCDEFGHIJABCDEFGHIJABCDEFGHIJ12", 0, "A1", "UID",
+		  "ABCDEFGHIJABCDEFGHIJABCDEFGHIJ12", 39 },
+		{ "A1 UID ABCDEFGHIJABCDEFGHIJABCDEFGHIJ123", -EINVAL, "", "", "", 0 },
 	};
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
 		struct imap_cmd_words w;
