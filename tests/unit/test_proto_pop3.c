@@ -831,6 +831,126 @@ static void test_long_lines(void **state)
 	RUN_TABLE(scs);
 }
 
+/* Appends prefix, 'x' octets and suffix so that exactly total octets are added. */
+static void buf_fill(struct buf *b, const char *prefix, size_t total, const char *suffix)
+{
+	size_t start = b->n;
+	buf_adds(b, prefix);
+	while (b->n - start + strlen(suffix) < total)
+		buf_adds(b, "x");
+	buf_adds(b, suffix);
+	assert_int_equal(b->n - start, total);
+}
+
+#define UP_PROTO_ERR "-ERR [SYS/TEMP] Upstream protocol error, closing connection\r\n"
+#define TOO_MUCH "-ERR [SYS/TEMP] Too much pipelined input, closing connection\r\n"
+
+/* Every bound of docs/limits.md's POP3 table, exactly at its value (accepted) and one octet,
+ * line or command beyond it (refused as documented). */
+static void test_bounds_edge(void **state)
+{
+	(void)state;
+	struct buf cmd_at = { 0 }, cmd_over = { 0 }, st_at = { 0 }, st_over = { 0 };
+	buf_fill(&cmd_at, "NOOP ", POP3_CMD_MAX, "\r\n");
+	buf_fill(&cmd_over, "NOOP ", POP3_CMD_MAX + 1, "\r\n");
+	buf_fill(&st_at, "+OK ", POP3_LINE_MAX, "\r\n");
+	buf_fill(&st_over, "+OK ", POP3_LINE_MAX + 1, "\r\n");
+	/* a CAPA response of POP3_CAPA_LINES_MAX lines (PIPELINING among them), and one more */
+	struct buf capa_at = { 0 }, capa_over = { 0 };
+	buf_adds(&capa_at, "+OK\r\nPIPELINING\r\n");
+	for (int i = 1; i < POP3_CAPA_LINES_MAX; i++)
+		buf_adds(&capa_at, "X-CAP\r\n");
+	buf_adds(&capa_over, capa_at.p);
+	buf_adds(&capa_over, "X-CAP\r\n.\r\n");
+	/* one line too many: the lines before it are relayed, then the session ends without
+	 * the "." (an -ERR line would be taken as a capability) */
+	struct buf capa_cut = { 0 };
+	buf_adds(&capa_cut, capa_at.p);
+	buf_adds(&capa_at, ".\r\n");
+	/* in flight toward a PIPELINING upstream: POP3_PIPELINE_MAX commands, the next waits;
+	 * behind it the client may pile up POP3_HOLD_MAX + POP3_CMD_MAX octets in all */
+	struct buf pipe_up = { 0 }, pipe_in = { 0 }, piled = { 0 };
+	for (int i = 0; i < POP3_PIPELINE_MAX; i++)
+		buf_adds(&pipe_up, "NOOP\r\n");
+	buf_adds(&pipe_in, pipe_up.p);
+	buf_adds(&pipe_in, "STAT\r\n");
+	buf_fill(&piled, "", POP3_HOLD_MAX + POP3_CMD_MAX - 6, "");
+	/* held while an AUTH challenge is awaited: POP3_HOLD_MAX octets, then one more */
+	struct buf auth_line = { 0 }, held = { 0 };
+	buf_fill(&auth_line, "", 4096, "\r\n");
+	for (int i = 0; i < POP3_HOLD_MAX / 4096; i++)
+		buf_adds(&held, auth_line.p);
+	assert_int_equal(held.n, POP3_HOLD_MAX);
+#define BIG(o, data, c, u, x) \
+	{ .op = (o), .in = (data).p, .inlen = (data).n, .to_client = (c), .to_up = (u), .acts = (x) }
+#define OPEN CONN("", "", ""), UP(G, G, "", "ready")
+	const struct step s_cmd_at[] = { OPEN, BIG(OP_CL, cmd_at, "", cmd_at.p, ""), END };
+	const struct step s_cmd_over[] = {
+		OPEN, BIG(OP_CL, cmd_over, "-ERR Line too long\r\n", "", ""),
+		CL("NOOP\r\n", "", "NOOP\r\n", ""), END
+	};
+	const struct step s_st_at[] = {
+		OPEN, CL("STAT\r\n", "", "STAT\r\n", ""), BIG(OP_UP, st_at, st_at.p, "", ""), END
+	};
+	const struct step s_st_over[] = {
+		OPEN, CL("STAT\r\n", "", "STAT\r\n", ""),
+		BIG(OP_UP, st_over, UP_PROTO_ERR, "", "close"), END
+	};
+	const struct step s_capa_at[] = {
+		OPEN, CL("CAPA\r\n", "", "CAPA\r\n", ""), BIG(OP_UP, capa_at, capa_at.p, "", ""),
+		END
+	};
+	const struct step s_capa_over[] = {
+		OPEN, CL("CAPA\r\n", "", "CAPA\r\n", ""),
+		BIG(OP_UP, capa_over, capa_cut.p, "", "close"), END
+	};
+	const struct step s_pipe_at[] = {
+		OPEN, CL("CAPA\r\n", "", "CAPA\r\n", ""), BIG(OP_UP, capa_at, capa_at.p, "", ""),
+		BIG(OP_CL, pipe_in, "", pipe_up.p, ""),
+		BIG(OP_CL, piled, "", "", ""),
+		UP("+OK\r\n", "+OK\r\n", "STAT\r\n", ""),
+		END
+	};
+	const struct step s_pipe_over[] = {
+		OPEN, CL("CAPA\r\n", "", "CAPA\r\n", ""), BIG(OP_UP, capa_at, capa_at.p, "", ""),
+		BIG(OP_CL, pipe_in, "", pipe_up.p, ""),
+		BIG(OP_CL, piled, "", "", ""),
+		CL("x", TOO_MUCH, "", "close"),
+		END
+	};
+	const struct step s_hold_at[] = {
+		OPEN, CL("AUTH LOGIN\r\n", "", "AUTH LOGIN\r\n", ""),
+		BIG(OP_CL, held, "", "", ""),
+		UP("+ VXNlcm5hbWU6\r\n", "+ VXNlcm5hbWU6\r\n", auth_line.p, ""),
+		END
+	};
+	const struct step s_hold_over[] = {
+		OPEN, CL("AUTH LOGIN\r\n", "", "AUTH LOGIN\r\n", ""),
+		BIG(OP_CL, held, "", "", ""),
+		CL("x", TOO_MUCH, "", "close"),
+		END
+	};
+#undef OPEN
+#undef BIG
+	const struct script scs[] = {
+		{ "cmd-at-bound", &P_PLAIN, s_cmd_at, M_WHOLE | M_BYTES },
+		{ "cmd-over-bound", &P_PLAIN, s_cmd_over, M_WHOLE | M_BYTES },
+		{ "status-at-bound", &P_PLAIN, s_st_at, M_WHOLE | M_BYTES },
+		{ "status-over-bound", &P_PLAIN, s_st_over, M_WHOLE | M_BYTES },
+		{ "capa-lines-at-bound", &P_PLAIN, s_capa_at, M_WHOLE | M_BYTES },
+		{ "capa-lines-over-bound", &P_PLAIN, s_capa_over, M_WHOLE | M_BYTES },
+		{ "pipeline-and-pile-at-bound", &P_PLAIN, s_pipe_at, M_WHOLE | M_BYTES },
+		{ "pile-over-bound", &P_PLAIN, s_pipe_over, M_WHOLE | M_BYTES },
+		{ "auth-hold-at-bound", &P_PLAIN, s_hold_at, M_WHOLE | M_BYTES },
+		{ "auth-hold-over-bound", &P_PLAIN, s_hold_over, M_WHOLE | M_BYTES },
+	};
+	RUN_TABLE(scs);
+	struct buf *all[] = { &cmd_at,  &cmd_over, &st_at,   &st_over, &capa_at,   &capa_over,
+			      &capa_cut, &pipe_up, &pipe_in, &piled,   &auth_line, &held };
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		buf_free(all[i]);
+}
+
 /* ------------------------------------------------------------------ failures */
 
 #define F_UNREACH "-ERR [SYS/TEMP] Upstream server unreachable, try again later\r\n"
@@ -998,6 +1118,7 @@ int main(void)
 		cmocka_unit_test(test_commands),
 		cmocka_unit_test(test_early_response),
 		cmocka_unit_test(test_long_lines),
+		cmocka_unit_test(test_bounds_edge),
 		cmocka_unit_test(test_failures),
 		cmocka_unit_test(test_refuse),
 		cmocka_unit_test(test_idle),
