@@ -346,6 +346,51 @@ static void test_malformed(void **state)
 	assert_int_equal(failures, 0);
 }
 
+/* The v2 block bound: addresses and TLVs of exactly PP_V2_BLOCK_MAX octets are taken
+ * (PP_HEADER_MAX in all, whole or byte by byte), one octet more is refused once the
+ * length field is in. The block is a TCP4 address pair and one NOOP TLV filling the rest. */
+static void test_v2_block_edge(void **state)
+{
+	(void)state;
+	static const struct {
+		size_t blen;
+		int ok;
+	} t[] = {
+		{ PP_V2_BLOCK_MAX - 1, 1 },
+		{ PP_V2_BLOCK_MAX, 1 },
+		{ PP_V2_BLOCK_MAX + 1, 0 },
+	};
+	static uint8_t buf[PP_HEADER_MAX + 16];
+	int failures = 0;
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+		size_t blen = t[i].blen, len = PP_V2_HDR + blen, tlv = blen - 12 - 3;
+		memset(buf, 0, sizeof buf);
+		memcpy(buf, SIG "\x21\x11", 14);
+		buf[14] = (uint8_t)(blen >> 8);
+		buf[15] = (uint8_t)blen;
+		memcpy(buf + 16, "\x7f\x00\x00\x02\x7f\x00\x00\x01\x30\x39\x00\x19", 12);
+		buf[28] = 0x04; /* PP2_TYPE_NOOP */
+		buf[29] = (uint8_t)(tlv >> 8);
+		buf[30] = (uint8_t)tlv;
+		for (int bytewise = 0; bytewise <= 1; bytewise++) {
+			struct outcome o = feed(PP_V2, buf, len, NULL, bytewise);
+			char src[80];
+			text_of(&o.res.src, src, sizeof src);
+			int good = t[i].ok ? o.rc == (int)len && !strcmp(src, "127.0.0.2:12345")
+					   : o.rc == -EINVAL && o.fed == (bytewise ? PP_V2_HDR : len) &&
+						     !strcmp(o.reason, "v2 header too long");
+			if (!good) {
+				print_message("[block %zu, %s] rc %d after %zu bytes (%s), src %s\n", blen,
+					      bytewise ? "byte by byte" : "whole", o.rc, o.fed,
+					      o.reason ? o.reason : "", src);
+				failures++;
+			}
+		}
+	}
+	assert_int_equal(PP_HEADER_MAX, PP_V2_HDR + PP_V2_BLOCK_MAX);
+	assert_int_equal(failures, 0);
+}
+
 /* ---- builders and round trips ------------------------------------------------------- */
 
 static struct sockaddr_storage sa(const char *ip, unsigned port)
@@ -470,6 +515,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_valid),
 		cmocka_unit_test(test_malformed),
+		cmocka_unit_test(test_v2_block_edge),
 		cmocka_unit_test(test_build_round_trip),
 		cmocka_unit_test(test_build_v2_bytes),
 	};
