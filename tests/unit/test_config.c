@@ -1226,6 +1226,60 @@ static void test_load_bad_values(void **state)
 	assert_int_equal(failures, 0);
 }
 
+/* The line bound (MAX_LINE in config.c): a line of 4096 characters before its newline is
+ * read (here a comment, and a value with a trailing comment), one more character is
+ * "FILE:LINE: line longer than 4096 characters", with or without a newline after it. */
+static void test_load_line_bound(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *head; /* the line starts with this, 'x' up to len characters */
+		size_t len;
+		int newline; /* the line ends in a newline (else it ends the file) */
+		int ok;
+	} t[] = {
+		{ "# LONG ", 4096, 1, 1 },
+		{ "# LONG ", 4097, 1, 0 },
+		{ "# LONG ", 4096, 0, 1 },
+		{ "# LONG ", 4097, 0, 0 },
+		{ "idle_timeout = 90s # LONG ", 4096, 1, 1 },
+		{ "idle_timeout = 90s # LONG ", 4097, 1, 0 },
+	};
+	const char *route = "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = tcp\n"
+			    "upstream = 127.0.0.1:20002\n";
+	int failures = 0;
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+		size_t cap = strlen(route) + t[i].len + 8, n = strlen(route);
+		char *conf = malloc(cap);
+		assert_non_null(conf);
+		strcpy(conf, route);
+		strcpy(conf + n, t[i].head);
+		n += strlen(t[i].head);
+		while (n - strlen(route) < t[i].len)
+			conf[n++] = 'x';
+		if (t[i].newline)
+			conf[n++] = '\n';
+		conf[n] = '\0';
+		char name[80];
+		snprintf(name, sizeof name, "%.20s... %zu characters%s", t[i].head, t[i].len,
+			 t[i].newline ? "" : ", no newline");
+		if (t[i].ok) {
+			struct cfg *c = load_ok(conf, NULL);
+			if (c->nroutes != 1 ||
+			    (t[i].head[0] == 'i' && c->routes[0].idle_timeout_ms != 90000)) {
+				print_message("[%s] not read as written\n", name);
+				failures++;
+			}
+			cfg_free(c);
+		} else {
+			const char *at[3] = { "# LONG", NULL, NULL };
+			failures += check_error_case(name, conf, at, 0, "line longer than 4096") ? 1 : 0;
+		}
+		free(conf);
+	}
+	assert_int_equal(failures, 0);
+}
+
 static void test_load_multiple_errors(void **state)
 {
 	(void)state;
@@ -1775,6 +1829,7 @@ int main(void)
 		cmocka_unit_test(test_load_twice),
 		cmocka_unit_test(test_load_errors),
 		cmocka_unit_test(test_load_bad_values),
+		cmocka_unit_test(test_load_line_bound),
 		cmocka_unit_test(test_load_multiple_errors),
 		cmocka_unit_test(test_load_errors_append),
 		cmocka_unit_test(test_load_missing_file),
