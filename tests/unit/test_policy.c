@@ -216,6 +216,58 @@ static void test_parse_errors(void **state)
 	assert_int_equal(failures, 0);
 }
 
+/* The line bound (LINE_MAX_LEN in policy.c): a row of 4096 characters before its newline
+ * is read (its trailing comment makes it long), one more character is "FILE:2: line
+ * longer than 4096 characters", with or without a newline after it. */
+static void test_line_bound(void **state)
+{
+	(void)state;
+	static const struct {
+		size_t len;
+		int newline;
+		int ok;
+	} t[] = {
+		{ 4096, 1, 1 },
+		{ 4097, 1, 0 },
+		{ 4096, 0, 1 },
+		{ 4097, 0, 0 },
+		{ 3 * 4096, 1, 0 },
+	};
+	int failures = 0;
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+		static char text[4 * 4096];
+		const char *first = "*:25 may\n", *row = "mx.example verify # ";
+		size_t n = strlen(first);
+		strcpy(text, first);
+		strcpy(text + n, row);
+		n += strlen(row);
+		while (n - strlen(first) < t[i].len)
+			text[n++] = 'x';
+		if (t[i].newline)
+			text[n++] = '\n';
+		text[n] = '\0';
+		char *path = write_table(text);
+		struct policy_table *tab = NULL;
+		struct cfg_errors errs = { 0 };
+		int rc = policy_load(path, &tab, &errs);
+		char want[700];
+		snprintf(want, sizeof want, "%s:2: line longer than 4096 characters", path);
+		int ok = t[i].ok ? rc == 0 && errs.n == 0 && tab != NULL
+				 : rc == -EINVAL && tab == NULL && errs.n == 1 &&
+					   !strcmp(errs.msg[0], want);
+		if (!ok) {
+			print_message("row of %zu characters%s: rc %d, %zu errors, first: %s\n",
+				      t[i].len, t[i].newline ? "" : " (no newline)", rc, errs.n,
+				      errs.n ? errs.msg[0] : "-");
+			failures++;
+		}
+		policy_free(tab);
+		cfg_errors_free(&errs);
+		free(path);
+	}
+	assert_int_equal(failures, 0);
+}
+
 /* Several bad rows: every error reported, each at its own line; a missing file names it. */
 static void test_parse_many_errors(void **state)
 {
@@ -389,6 +441,7 @@ int main(void)
 		cmocka_unit_test(test_parse_good),
 		cmocka_unit_test(test_parse_late_levels),
 		cmocka_unit_test(test_parse_errors),
+		cmocka_unit_test(test_line_bound),
 		cmocka_unit_test(test_parse_many_errors),
 		cmocka_unit_test(test_match),
 		cmocka_unit_test(test_decide),
