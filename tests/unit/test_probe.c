@@ -186,11 +186,60 @@ static void test_bounds(void **state)
 	assert_int_equal(probe_parse_reply(PROBE_SMTP, buf, o, &r, text, sizeof text), -EPROTO);
 }
 
+/* PROBE_REPLY_MAX at its edge: SMTP text (lines without their terminators) of exactly
+ * PROBE_REPLY_MAX octets is read, one more is -EPROTO; IMAP untagged lines of exactly
+ * PROBE_REPLY_MAX octets (terminators included) before the tagged line are read, one more
+ * is -EMSGSIZE. */
+static void test_reply_max_edge(void **state)
+{
+	(void)state;
+	static const struct {
+		enum probe_reply_kind kind;
+		size_t extra; /* octets beyond PROBE_REPLY_MAX */
+		int rc;
+	} t[] = {
+		{ PROBE_SMTP, 0, 0 },
+		{ PROBE_SMTP, 1, -EPROTO },
+		{ PROBE_IMAP_CAPABILITY, 0, 0 },
+		{ PROBE_IMAP_CAPABILITY, 1, -EMSGSIZE },
+	};
+	static char buf[PROBE_REPLY_MAX + 8192];
+	char text[4096];
+	int failures = 0;
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+		size_t want = PROBE_REPLY_MAX + t[i].extra, got = 0, o = 0;
+		if (t[i].kind == PROBE_SMTP) {
+			want -= 6; /* the last line, "250 OK" */
+			while (got < want) {
+				size_t n = want - got > 2000 ? 2000 : want - got;
+				o += (size_t)sprintf(buf + o, "250-%0*d\r\n", (int)n - 4, 0);
+				got += n;
+			}
+			o += (size_t)sprintf(buf + o, "250 OK\r\n");
+		} else {
+			while (got < want) {
+				size_t n = want - got > 2000 ? 2000 : want - got;
+				o += (size_t)sprintf(buf + o, "* OK %0*d\r\n", (int)n - 7, 0);
+				got += n;
+			}
+			o += (size_t)sprintf(buf + o, "P1 OK done\r\n");
+		}
+		struct probe_reply r;
+		int rc = probe_parse_reply(t[i].kind, buf, o, &r, text, sizeof text);
+		if (rc != t[i].rc || (rc == 0 && r.size != o && t[i].kind == PROBE_SMTP)) {
+			print_message("case %zu: %zu octets: rc %d, want %d\n", i, o, rc, t[i].rc);
+			failures++;
+		}
+	}
+	assert_int_equal(failures, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_table),
 		cmocka_unit_test(test_bounds),
+		cmocka_unit_test(test_reply_max_edge),
 	};
 	return cmocka_run_group_tests_name("probe", tests, NULL, NULL);
 }
