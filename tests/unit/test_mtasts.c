@@ -178,6 +178,101 @@ static void test_policy_bounds(void **state)
 	assert_int_equal(sts_parse_policy(lab, strlen(lab), &p, err, sizeof err), 0);
 }
 
+/* Every MTA-STS bound at its edge and one beyond: a TXT record of STS_TXT_MAX octets, a
+ * policy of STS_POLICY_MAX octets (padded with an extension field), STS_MX_MAX mx
+ * patterns, an mx pattern of STS_NAME_MAX octets, max_age above STS_MAX_AGE_MAX (kept
+ * at it). */
+static void test_sts_edges(void **state)
+{
+	(void)state;
+	int failures = 0;
+	/* TXT: "v=STSv1; id=1; x=" and zeros up to len */
+	static const struct {
+		size_t len;
+		int rc;
+	} txt[] = { { STS_TXT_MAX, 0 }, { STS_TXT_MAX + 1, -EINVAL } };
+	for (size_t i = 0; i < sizeof txt / sizeof txt[0]; i++) {
+		static char rec[STS_TXT_MAX + 8];
+		snprintf(rec, sizeof rec, "v=STSv1; id=1; x=%0*d", (int)txt[i].len - 17, 0);
+		const char *recs[1] = { rec };
+		size_t lens[1] = { strlen(rec) };
+		char id[STS_ID_MAX + 1], err[200] = "";
+		int rc = sts_parse_txt(recs, lens, 1, id, err, sizeof err);
+		if (lens[0] != txt[i].len || rc != txt[i].rc) {
+			print_message("TXT of %zu octets: rc %d (want %d) %s\n", lens[0], rc, txt[i].rc,
+				      err);
+			failures++;
+		}
+	}
+	/* policies: a head, then what the case adds */
+	static const char head[] = "version: STSv1\nmode: enforce\nmax_age: 86400\n";
+	static const struct {
+		const char *name;
+		size_t len;   /* pad with "x_pad: aaa\n" up to this length (0: no padding) */
+		int mx;       /* mx lines "mx: mN.example" */
+		size_t name_len; /* one mx pattern of this many octets (0: none) */
+		const char *age; /* a max_age line instead of the head's (NULL: none) */
+		int rc;
+		uint32_t want_age;
+	} pol[] = {
+		{ "policy of STS_POLICY_MAX octets", STS_POLICY_MAX, 1, 0, NULL, 0, 86400 },
+		{ "policy of STS_POLICY_MAX + 1 octets", STS_POLICY_MAX + 1, 1, 0, NULL, -EINVAL, 0 },
+		{ "STS_MX_MAX mx patterns", 0, STS_MX_MAX, 0, NULL, 0, 86400 },
+		{ "STS_MX_MAX + 1 mx patterns", 0, STS_MX_MAX + 1, 0, NULL, -EINVAL, 0 },
+		{ "mx of STS_NAME_MAX octets", 0, 0, STS_NAME_MAX, NULL, 0, 86400 },
+		{ "mx of STS_NAME_MAX + 1 octets", 0, 0, STS_NAME_MAX + 1, NULL, -EINVAL, 0 },
+		{ "max_age at STS_MAX_AGE_MAX", 0, 1, 0, "31557600", 0, STS_MAX_AGE_MAX },
+		{ "max_age beyond STS_MAX_AGE_MAX", 0, 1, 0, "31557601", 0, STS_MAX_AGE_MAX },
+		{ "max_age of ten digits", 0, 1, 0, "9999999999", 0, STS_MAX_AGE_MAX },
+	};
+	static char text[STS_POLICY_MAX + 4096];
+	for (size_t i = 0; i < sizeof pol / sizeof pol[0]; i++) {
+		size_t o = 0;
+		if (pol[i].age)
+			o += (size_t)sprintf(text + o, "version: STSv1\nmode: enforce\nmax_age: %s\n",
+					     pol[i].age);
+		else
+			o += (size_t)sprintf(text + o, "%s", head);
+		for (int k = 0; k < pol[i].mx; k++)
+			o += (size_t)sprintf(text + o, "mx: m%d.example\n", k);
+		if (pol[i].name_len) {
+			/* labels of 63 and a last one making name_len octets in all */
+			size_t left = pol[i].name_len;
+			o += (size_t)sprintf(text + o, "mx: ");
+			while (left) {
+				size_t l = left > 64 ? 63 : left;
+				memset(text + o, 'a', l);
+				o += l;
+				left -= l;
+				if (left) {
+					text[o++] = '.';
+					left--;
+				}
+			}
+			text[o++] = '\n';
+		}
+		if (pol[i].len) {
+			o += (size_t)sprintf(text + o, "x_pad: ");
+			while (o < pol[i].len - 1)
+				text[o++] = 'a';
+			text[o++] = '\n';
+		}
+		struct sts_policy p;
+		char err[200] = "";
+		int rc = sts_parse_policy(text, o, &p, err, sizeof err);
+		if ((pol[i].len && o != pol[i].len) || rc != pol[i].rc ||
+		    (rc == 0 && (p.max_age != pol[i].want_age ||
+				 p.nmx != (size_t)pol[i].mx + (pol[i].name_len ? 1 : 0) ||
+				 (pol[i].name_len && strlen(p.mx[p.nmx - 1]) != pol[i].name_len)))) {
+			print_message("[%s] %zu octets: rc %d (want %d) max_age %u nmx %zu %s\n",
+				      pol[i].name, o, rc, pol[i].rc, rc == 0 ? p.max_age : 0,
+				      rc == 0 ? p.nmx : 0, err);
+			failures++;
+		}
+	}
+	assert_int_equal(failures, 0);
+}
+
 static void test_mx_match(void **state)
 {
 	(void)state;
@@ -210,6 +305,7 @@ int main(void)
 		cmocka_unit_test(test_txt),
 		cmocka_unit_test(test_policy),
 		cmocka_unit_test(test_policy_bounds),
+		cmocka_unit_test(test_sts_edges),
 		cmocka_unit_test(test_mx_match),
 	};
 	return cmocka_run_group_tests_name("mtasts", tests, NULL, NULL);
