@@ -492,6 +492,59 @@ static void test_parser_bounds(void **state)
 	free(bigbody), free(zs);
 }
 
+/* The chunked-body bounds at their edge and one octet beyond, and the header block one
+ * octet over: a chunk-size line of FETCH_CHUNK_LINE_MAX octets (CRLF included) is read,
+ * one more is refused; framing (chunk-size lines and chunk CRLFs) of FETCH_FRAMING_MAX
+ * octets is read, one more is refused (13000 one-octet chunks, 65000 octets of framing,
+ * and a last-chunk line padded with an extension). */
+static void test_parser_edges(void **state)
+{
+	(void)state;
+	size_t cap = 200000;
+	char *line_at = malloc(cap), *line_over = malloc(cap), *frame_at = malloc(cap),
+	     *frame_over = malloc(cap), *head_over = malloc(cap), *zs = malloc(13001), *o;
+	assert_true(line_at && line_over && frame_at && frame_over && head_over && zs);
+	/* "1;x=eee...\r\n" of n octets, then the chunk and the last chunk */
+	for (int k = 0; k < 2; k++) {
+		char *b = k ? line_over : line_at;
+		size_t n = FETCH_CHUNK_LINE_MAX + (size_t)k;
+		o = b + sprintf(b, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;x=");
+		memset(o, 'e', n - 6);
+		strcpy(o + n - 6, "\r\nz\r\n0\r\n\r\n");
+	}
+	for (int k = 0; k < 2; k++) {
+		char *b = k ? frame_over : frame_at;
+		size_t last = FETCH_FRAMING_MAX - 65000 + (size_t)k; /* the last-chunk line */
+		o = b + sprintf(b, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+		o = repeat_into(o, "1\r\nz\r\n", 13000);
+		o += sprintf(o, "0;x=");
+		memset(o, 'e', last - 6);
+		strcpy(o + last - 6, "\r\n\r\n");
+	}
+	memset(zs, 'z', 13000);
+	zs[13000] = '\0';
+	/* a header block of FETCH_HEADER_MAX + 1 octets */
+	o = head_over + sprintf(head_over, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX-Pad: ");
+	size_t used = (size_t)(o - head_over) + 4;
+	memset(o, 'p', FETCH_HEADER_MAX + 1 - used);
+	strcpy(o + FETCH_HEADER_MAX + 1 - used, "\r\n\r\nz");
+	const struct pcase rows[] = {
+		{ "chunk-size line of exactly the bound", line_at, 0, NULL, NO_EOF, FETCH_OK, 200,
+		  "z", NULL },
+		{ "chunk-size line one octet over", line_over, 0, NULL, NO_EOF, FETCH_E_HTTP, 200,
+		  NULL, "chunk-size line over 1024 bytes" },
+		{ "chunk framing of exactly the bound", frame_at, 0, NULL, NO_EOF, FETCH_OK, 200, zs,
+		  NULL },
+		{ "chunk framing one octet over", frame_over, 0, NULL, NO_EOF, FETCH_E_HTTP, 200,
+		  NULL, "chunk framing over 65536 bytes" },
+		{ "header block one octet over", head_over, 0, NULL, NO_EOF, FETCH_E_HTTP, 200, NULL,
+		  "header block over 8192 bytes" },
+	};
+	check_rows(rows, sizeof(rows) / sizeof(rows[0]));
+	free(line_at), free(line_over), free(frame_at), free(frame_over), free(head_over);
+	free(zs);
+}
+
 static void test_type_matches(void **state)
 {
 	(void)state;
@@ -1366,6 +1419,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parser_table),
 		cmocka_unit_test(test_parser_bounds),
+		cmocka_unit_test(test_parser_edges),
 		cmocka_unit_test(test_type_matches),
 		cmocka_unit_test(test_live_good),
 		cmocka_unit_test(test_live_big_body),
