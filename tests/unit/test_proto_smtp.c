@@ -2496,7 +2496,25 @@ static void test_rcpt_domain(void **state)
 	for (int i = 0; i < 26; i++)
 		strcat(longname, "abcdefghi.");
 	strcat(longname, "example>");
+	/* SMTP_DOMAIN_MAX at its edge: 253 octets (a trailing dot not counted), 254 */
+	char d253[300], d254[300], rcpt253[320], rcpt253dot[320], rcpt254[320], label63[120];
+	d253[0] = '\0';
+	for (int i = 0; i < 25; i++)
+		strcat(d253, "abcdefghi.");
+	snprintf(d254, sizeof d254, "%sexam", d253);
+	strcat(d253, "exa");
+	snprintf(rcpt253, sizeof rcpt253, "RCPT TO:<a@%s>", d253);
+	snprintf(rcpt253dot, sizeof rcpt253dot, "RCPT TO:<a@%s.>", d253);
+	snprintf(rcpt254, sizeof rcpt254, "RCPT TO:<a@%s>", d254);
+	char label63_want[100];
+	snprintf(label63, sizeof label63, "RCPT TO:<a@%0*d.example>", 63, 0);
+	snprintf(label63_want, sizeof label63_want, "%0*d.example", 63, 0);
+	assert_int_equal(strlen(d253), SMTP_DOMAIN_MAX);
 	const struct domain_case cases[] = {
+		{ rcpt253, d253 },
+		{ rcpt253dot, d253 },
+		{ rcpt254, NULL },
+		{ label63, label63_want },
 		{ "RCPT TO:<bob@example.net>", "example.net" },
 		{ "rcpt to:<Bob@EXAMPLE.Net.>", "example.net" },
 		{ "RCPT TO: <bob@example.net>", "example.net" },
