@@ -1636,6 +1636,10 @@ static void test_bounds_edge(void **state)
 		buf_adds(&pipe_up, "NOOP\r\n");
 	buf_adds(&pipe_in, pipe_up.p);
 	buf_adds(&pipe_in, "RSET\r\n");
+	/* behind a full pipeline the client may pile up SMTP_HOLD_MAX + SMTP_CMD_MAX octets
+	 * unread (the RSET's 6 included), one more ends the session */
+	struct buf piled = { 0 };
+	buf_fill(&piled, "", SMTP_HOLD_MAX + SMTP_CMD_MAX - 6, "");
 	/* BDAT chunk sizes: SMTP_BDAT_MAX without SIZE, the SIZE with it */
 	char bdat_at[64], bdat_over[64];
 	snprintf(bdat_at, sizeof(bdat_at), "BDAT %llu\r\n", (unsigned long long)SMTP_BDAT_MAX);
@@ -1704,6 +1708,19 @@ static void test_bounds_edge(void **state)
 		UP("250 Ok\r\n", "250 Ok\r\n", "RSET\r\n", ""),
 		END
 	};
+	const struct step s_pile_at[] = {
+		PLAIN_OPEN,
+		BIG(OP_CL, pipe_in, "", pipe_up.p, ""),
+		BIG(OP_CL, piled, "", "", ""),
+		END
+	};
+	const struct step s_pile_over[] = {
+		PLAIN_OPEN,
+		BIG(OP_CL, pipe_in, "", pipe_up.p, ""),
+		BIG(OP_CL, piled, "", "", ""),
+		CL("x", BYE_TOO_MUCH, "", "close"),
+		END
+	};
 	const struct step s_bdat_at[] = {
 		CHUNKING_NOSIZE_OPEN,
 		CL(bdat_at, "", bdat_at, ""),
@@ -1736,6 +1753,8 @@ static void test_bounds_edge(void **state)
 		{ "hold_at_bound", &P_PLAIN, s_hold_at, M_WHOLE | M_BYTES },
 		{ "hold_over_bound", &P_PLAIN, s_hold_over, M_WHOLE | M_BYTES },
 		{ "pipeline_at_bound", &P_PLAIN, s_pipeline, M_WHOLE | M_BYTES },
+		{ "pile_at_bound", &P_PLAIN, s_pile_at, M_WHOLE | M_BYTES },
+		{ "pile_over_bound", &P_PLAIN, s_pile_over, M_WHOLE | M_BYTES },
 		{ "bdat_at_bound", &P_PLAIN, s_bdat_at, M_ALL },
 		{ "bdat_over_bound", &P_PLAIN, s_bdat_over, M_ALL },
 		{ "bdat_at_size", &P_PLAIN, s_bdat_at_size, M_ALL },
@@ -1743,7 +1762,7 @@ static void test_bounds_edge(void **state)
 	};
 	RUN_TABLE(scs);
 	struct buf *all[] = { &cmd_over, &line_at, &line_over, &lines_at, &lines_over,
-			      &bytes_at, &bytes_over, &hold_at, &hold_over, &pipe_in, &pipe_up };
+			      &bytes_at, &bytes_over, &hold_at, &hold_over, &pipe_in, &pipe_up, &piled };
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
 		buf_free(all[i]);
 }
