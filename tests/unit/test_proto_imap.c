@@ -410,6 +410,12 @@ static void test_classify(void **state)
 		{ "A1 3 EXISTS", -EINVAL, 0, 0, NULL, NULL, 0 },
 		{ "A+1 OK x", -EINVAL, 0, 0, NULL, NULL, 0 },
 		{ "A1 OK [ALERT no close", -EINVAL, 0, 0, NULL, NULL, 0 },
+		/* a tag of IMAP_TAG_MAX octets, and one more */
+		{ "0123456789012345678901234567890123456789012345678901234567890123 OK done", 0,
+		  IMAP_R_TAGGED, IMAP_S_OK,
+		  "0123456789012345678901234567890123456789012345678901234567890123", NULL, 0 },
+		{ "01234567890123456789012345678901234567890123456789012345678901234 OK done",
+		  -EINVAL, 0, 0, NULL, NULL, 0 },
 	};
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
 		struct imap_resp r;
