@@ -881,6 +881,10 @@ static void test_bounds_edge(void **state)
 	for (int i = 0; i < POP3_HOLD_MAX / 4096; i++)
 		buf_adds(&held, auth_line.p);
 	assert_int_equal(held.n, POP3_HOLD_MAX);
+	/* an AUTH response line: POP3_CMD_MAX octets forwarded, one more ends the session */
+	struct buf sasl_at = { 0 }, sasl_over = { 0 };
+	buf_fill(&sasl_at, "", POP3_CMD_MAX, "\r\n");
+	buf_fill(&sasl_over, "", POP3_CMD_MAX + 1, "\r\n");
 #define BIG(o, data, c, u, x) \
 	{ .op = (o), .in = (data).p, .inlen = (data).n, .to_client = (c), .to_up = (u), .acts = (x) }
 #define OPEN CONN("", "", ""), UP(G, G, "", "ready")
@@ -930,6 +934,18 @@ static void test_bounds_edge(void **state)
 		CL("x", TOO_MUCH, "", "close"),
 		END
 	};
+	const struct step s_sasl_at[] = {
+		OPEN, CL("AUTH LOGIN\r\n", "", "AUTH LOGIN\r\n", ""),
+		UP("+ VXNlcm5hbWU6\r\n", "+ VXNlcm5hbWU6\r\n", "", ""),
+		BIG(OP_CL, sasl_at, "", sasl_at.p, ""),
+		END
+	};
+	const struct step s_sasl_over[] = {
+		OPEN, CL("AUTH LOGIN\r\n", "", "AUTH LOGIN\r\n", ""),
+		UP("+ VXNlcm5hbWU6\r\n", "+ VXNlcm5hbWU6\r\n", "", ""),
+		BIG(OP_CL, sasl_over, "-ERR Line too long, closing connection\r\n", "", "close"),
+		END
+	};
 #undef OPEN
 #undef BIG
 	const struct script scs[] = {
@@ -943,10 +959,13 @@ static void test_bounds_edge(void **state)
 		{ "pile-over-bound", &P_PLAIN, s_pipe_over, M_WHOLE | M_BYTES },
 		{ "auth-hold-at-bound", &P_PLAIN, s_hold_at, M_WHOLE | M_BYTES },
 		{ "auth-hold-over-bound", &P_PLAIN, s_hold_over, M_WHOLE | M_BYTES },
+		{ "auth-line-at-bound", &P_PLAIN, s_sasl_at, M_WHOLE | M_BYTES },
+		{ "auth-line-over-bound", &P_PLAIN, s_sasl_over, M_WHOLE | M_BYTES },
 	};
 	RUN_TABLE(scs);
 	struct buf *all[] = { &cmd_at,  &cmd_over, &st_at,   &st_over, &capa_at,   &capa_over,
-			      &capa_cut, &pipe_up, &pipe_in, &piled,   &auth_line, &held };
+			      &capa_cut, &pipe_up, &pipe_in, &piled,   &auth_line, &held,
+			      &sasl_at,  &sasl_over };
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
 		buf_free(all[i]);
 }
