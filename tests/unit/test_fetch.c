@@ -528,7 +528,33 @@ static void test_parser_edges(void **state)
 	size_t used = (size_t)(o - head_over) + 4;
 	memset(o, 'p', FETCH_HEADER_MAX + 1 - used);
 	strcpy(o + FETCH_HEADER_MAX + 1 - used, "\r\n\r\nz");
+	/* a Content-Type value of FETCH_TYPE_MAX octets is compared, a longer one never matches */
+	char type_at[400], type_over[400];
+	for (int k = 0; k < 2; k++) {
+		char *b = k ? type_over : type_at;
+		o = b + sprintf(b, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n"
+				   "Content-Type: text/plain;x=");
+		memset(o, 'v', FETCH_TYPE_MAX + (size_t)k - 13);
+		strcpy(o + FETCH_TYPE_MAX + k - 13, "\r\n\r\nz");
+	}
+	/* a trailer (its fields and the blank line) of FETCH_HEADER_MAX octets, and one more */
+	char *tr_at = malloc(cap), *tr_over = malloc(cap);
+	assert_true(tr_at && tr_over);
+	for (int k = 0; k < 2; k++) {
+		char *b = k ? tr_over : tr_at;
+		o = b + sprintf(b, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+				   "1\r\nz\r\n0\r\nX-T: ");
+		memset(o, 't', FETCH_HEADER_MAX + (size_t)k - 9);
+		strcpy(o + FETCH_HEADER_MAX + k - 9, "\r\n\r\n");
+	}
 	const struct pcase rows[] = {
+		{ "trailer of exactly the bound", tr_at, 0, NULL, NO_EOF, FETCH_OK, 200, "z", NULL },
+		{ "trailer one octet over", tr_over, 0, NULL, NO_EOF, FETCH_E_HTTP, 200, NULL,
+		  "trailer over 8192 bytes" },
+		{ "Content-Type of exactly the bound", type_at, 0, "text/plain", NO_EOF, FETCH_OK,
+		  200, "z", NULL },
+		{ "Content-Type one octet over", type_over, 0, "text/plain", NO_EOF, FETCH_E_TYPE,
+		  200, NULL, "..., text/plain required" },
 		{ "chunk-size line of exactly the bound", line_at, 0, NULL, NO_EOF, FETCH_OK, 200,
 		  "z", NULL },
 		{ "chunk-size line one octet over", line_over, 0, NULL, NO_EOF, FETCH_E_HTTP, 200,
@@ -542,7 +568,7 @@ static void test_parser_edges(void **state)
 	};
 	check_rows(rows, sizeof(rows) / sizeof(rows[0]));
 	free(line_at), free(line_over), free(frame_at), free(frame_over), free(head_over);
-	free(zs);
+	free(zs), free(tr_at), free(tr_over);
 }
 
 static void test_type_matches(void **state)
