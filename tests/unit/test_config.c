@@ -1273,7 +1273,8 @@ static void test_load_line_bound(void **state)
 			cfg_free(c);
 		} else {
 			const char *at[3] = { "# LONG", NULL, NULL };
-			failures += check_error_case(name, conf, at, 0, "line longer than 4096") ? 1 : 0;
+			if (check_error_case(name, conf, at, 0, "line longer than 4096"))
+				failures++;
 		}
 		free(conf);
 	}

@@ -199,8 +199,8 @@ static void test_sts_edges(void **state)
 		char id[STS_ID_MAX + 1], err[200] = "";
 		int rc = sts_parse_txt(recs, lens, 1, id, err, sizeof err);
 		if (lens[0] != txt[i].len || rc != txt[i].rc) {
-			print_message("TXT of %zu octets: rc %d (want %d) %s\n", lens[0], rc, txt[i].rc,
-				      err);
+			print_message("TXT of %zu octets: rc %d (want %d) %s\n", lens[0], rc,
+				      txt[i].rc, err);
 			failures++;
 		}
 	}
@@ -216,7 +216,8 @@ static void test_sts_edges(void **state)
 		uint32_t want_age;
 	} pol[] = {
 		{ "policy of STS_POLICY_MAX octets", STS_POLICY_MAX, 1, 0, NULL, 0, 86400 },
-		{ "policy of STS_POLICY_MAX + 1 octets", STS_POLICY_MAX + 1, 1, 0, NULL, -EINVAL, 0 },
+		{ "policy of STS_POLICY_MAX + 1 octets", STS_POLICY_MAX + 1, 1, 0, NULL, -EINVAL,
+		  0 },
 		{ "STS_MX_MAX mx patterns", 0, STS_MX_MAX, 0, NULL, 0, 86400 },
 		{ "STS_MX_MAX + 1 mx patterns", 0, STS_MX_MAX + 1, 0, NULL, -EINVAL, 0 },
 		{ "mx of STS_NAME_MAX octets", 0, 0, STS_NAME_MAX, NULL, 0, 86400 },
@@ -229,7 +230,8 @@ static void test_sts_edges(void **state)
 	for (size_t i = 0; i < sizeof pol / sizeof pol[0]; i++) {
 		size_t o = 0;
 		if (pol[i].age)
-			o += (size_t)sprintf(text + o, "version: STSv1\nmode: enforce\nmax_age: %s\n",
+			o += (size_t)sprintf(text + o,
+					     "version: STSv1\nmode: enforce\nmax_age: %s\n",
 					     pol[i].age);
 		else
 			o += (size_t)sprintf(text + o, "%s", head);

@@ -1080,8 +1080,11 @@ static void test_bounds_edge(void **state)
 	EDGE(s_hold_over, 2);
 	EDGE(s_resp_at, 1);
 	EDGE(s_resp_over, 1);
-	run_script(&mp, s_resp_at, sizeof(s_resp_at) / sizeof(s_resp_at[0]), IMAP_RESP_LINE_MAX - 1);
-	run_script(&mp, s_resp_over, sizeof(s_resp_over) / sizeof(s_resp_over[0]), IMAP_RESP_LINE_MAX);
+	/* and cut where the reader decides: before the LF, and at the bound */
+	run_script(&mp, s_resp_at, sizeof(s_resp_at) / sizeof(s_resp_at[0]),
+		   IMAP_RESP_LINE_MAX - 1);
+	run_script(&mp, s_resp_over, sizeof(s_resp_over) / sizeof(s_resp_over[0]),
+		   IMAP_RESP_LINE_MAX);
 #undef EDGE
 	free(cmd_at.p);
 	free(cmd_over.p);

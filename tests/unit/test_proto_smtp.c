@@ -1761,8 +1761,9 @@ static void test_bounds_edge(void **state)
 		{ "bdat_over_size", &P_PLAIN, s_bdat_over_size, M_ALL },
 	};
 	RUN_TABLE(scs);
-	struct buf *all[] = { &cmd_over, &line_at, &line_over, &lines_at, &lines_over,
-			      &bytes_at, &bytes_over, &hold_at, &hold_over, &pipe_in, &pipe_up, &piled };
+	struct buf *all[] = { &cmd_over,   &line_at, &line_over, &lines_at, &lines_over,
+			      &bytes_at,   &bytes_over, &hold_at, &hold_over, &pipe_in,
+			      &pipe_up,    &piled };
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
 		buf_free(all[i]);
 }

@@ -376,13 +376,14 @@ static void test_v2_block_edge(void **state)
 			struct outcome o = feed(PP_V2, buf, len, NULL, bytewise);
 			char src[80];
 			text_of(&o.res.src, src, sizeof src);
+			size_t decided = bytewise ? PP_V2_HDR : len;
 			int good = t[i].ok ? o.rc == (int)len && !strcmp(src, "127.0.0.2:12345")
-					   : o.rc == -EINVAL && o.fed == (bytewise ? PP_V2_HDR : len) &&
+					   : o.rc == -EINVAL && o.fed == decided &&
 						     !strcmp(o.reason, "v2 header too long");
 			if (!good) {
-				print_message("[block %zu, %s] rc %d after %zu bytes (%s), src %s\n", blen,
-					      bytewise ? "byte by byte" : "whole", o.rc, o.fed,
-					      o.reason ? o.reason : "", src);
+				print_message("[block %zu, %s] rc %d after %zu bytes (%s), src %s\n",
+					      blen, bytewise ? "byte by byte" : "whole", o.rc,
+					      o.fed, o.reason ? o.reason : "", src);
 				failures++;
 			}
 		}
