@@ -684,7 +684,9 @@ static void test_parse_request(void **state)
 	snprintf(long_path, sizeof long_path, "GET /%0198dHTTP/1.1x HTTP/1.1\r\n\r\n", 0);
 	/* the request line's bound: 255 octets before its LF (its CR included) are read, 256
 	 * are 414 (words after the version are ignored) */
-	static char line_at[300], line_over[300];
+	static char line_at[300], line_over[300], path_over[300];
+	/* a path of 200 octets: its last octet is read as the version */
+	snprintf(path_over, sizeof path_over, "GET /%0199d HTTP/1.1\r\n\r\n", 0);
 	snprintf(line_at, sizeof line_at, "GET /metrics HTTP/1.1 %0*d\r\n\r\n", 255 - 23, 0);
 	snprintf(line_over, sizeof line_over, "GET /metrics HTTP/1.1 %0*d\r\n\r\n", 256 - 23, 0);
 	assert_int_equal(strchr(line_at, '\n') - line_at, 255);
@@ -717,6 +719,7 @@ static void test_parse_request(void **state)
 		{ long_line, 0, -EINVAL, 414, NULL },
 		{ line_at, 0, 0, 0, "/metrics" },
 		{ line_over, 0, -EINVAL, 414, NULL },
+		{ path_over, 0, -EINVAL, 400, NULL },
 		{ long_path, 0, 0, 0, NULL }, /* the path: "/" and 198 zeros */
 		{ big, REQ_MAX, -EINVAL, 431, NULL },
 		{ big, REQ_MAX - 1, -EAGAIN, 0, NULL },
