@@ -698,6 +698,37 @@ static void ask(uv_loop_t *loop, struct dns *d, const char *name, int type, stru
 	expect(g, st, sec, n, what);
 }
 
+/* DNS_RR_MAX at its edge: an answer of DNS_RR_MAX A records keeps them all, one more is
+ * dropped (the first DNS_RR_MAX kept, in order; the answer is still DNS_OK). */
+static void test_rr_max_edge(void **state)
+{
+	(void)state;
+	static const unsigned counts[] = { DNS_RR_MAX - 1, DNS_RR_MAX, DNS_RR_MAX + 1 };
+	for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+		struct pkt p;
+		struct dns_result r;
+		hdr(&p, 0, counts[i], 0);
+		put_name(&p, "example", 0); /* at 12 */
+		put16(&p, 1), put16(&p, 1);
+		for (unsigned k = 0; k < counts[i]; k++) {
+			put_name(&p, "", 12);
+			size_t at = rr_head(&p, 1, 60);
+			put32(&p, 0x0a000001 + k);
+			rdlen_end(&p, at);
+		}
+		assert_int_equal(dns_parse_reply(p.b, p.n, DNS_T_A, &r), 0);
+		assert_int_equal(r.status, DNS_OK);
+		size_t want = counts[i] < DNS_RR_MAX ? counts[i] : DNS_RR_MAX;
+		if (r.n != want)
+			print_message("%u records: %zu kept, want %zu\n", counts[i], r.n, want);
+		assert_int_equal(r.n, want);
+		for (size_t k = 0; k < r.n; k++) {
+			const struct sockaddr_in *sin = (const struct sockaddr_in *)&r.u.addr[k];
+			assert_int_equal(ntohl(sin->sin_addr.s_addr), 0x0a000001 + k);
+		}
+	}
+}
+
 static void test_live_mx(void **state)
 {
 	(void)state;
@@ -1222,6 +1253,7 @@ int main(void)
 		cmocka_unit_test(test_parse_tlsa),
 		cmocka_unit_test(test_names),
 		cmocka_unit_test(test_parse_reply),
+		cmocka_unit_test(test_rr_max_edge),
 		cmocka_unit_test(test_bad_arguments),
 		cmocka_unit_test(test_timeout),
 		cmocka_unit_test(test_live_mx),
