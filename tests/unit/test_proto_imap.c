@@ -1066,6 +1066,31 @@ static void test_bounds_edge(void **state)
 	const struct step s_resp_at[] = { OPEN, { UPS, resp_at.p, resp_at.p, "", "" } };
 	const struct step s_resp_over[] = { OPEN, { UPS, resp_over.p, BYE_UPSTREAM, "", "close " } };
 #undef OPEN
+	/* the upstream's octets held during the client's TLS handshake: as many as the
+	 * client's held input (relayed when the handshake is done), one more ends it */
+	struct mod_params mt = { CFG_TLS_STARTTLS, CFG_TLS_NONE, CFG_POLICY_ENCRYPT,
+				 CFG_POLICY_NONE, CFG_MODE_ENFORCE };
+	struct sbuf up_held = { 0 }, up_line = { 0 };
+	sb_fill(&up_line, "* OK ", 4096, "\r\n");
+	for (int i = 0; i < (IMAP_HOLD_MAX + IMAP_LINE_MAX) / 4096; i++)
+		sb_adds(&up_held, up_line.p);
+#define TOPEN                                                                               \
+	{ UP, NULL, "", "", "" },                                                           \
+	{ UPS, "* OK [CAPABILITY IMAP4rev1] hi\r\n",                                        \
+	  "* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] hi\r\n", "", "ready " },       \
+	{ CLI, "A5 STARTTLS\r\n", "A5 OK Begin TLS negotiation now\r\n", "", "tls:client " }
+	const struct step s_tls_at[] = {
+		TOPEN,
+		{ UPS, up_held.p, "", "", "" },
+		{ TLS_C, NULL, up_held.p, "", "" },
+	};
+	const struct step s_tls_over[] = {
+		TOPEN,
+		{ UPS, up_held.p, "", "", "" },
+		/* (the session holds what is written to the client until its handshake is done) */
+		{ UPS, "*", BYE_UPSTREAM, "", "close " },
+	};
+#undef TOPEN
 	static const int bothways[] = { 0, -1 };
 #define EDGE(steps, nsplits)                                                                \
 	for (size_t k = 0; k < (nsplits); k++)                                              \
@@ -1078,6 +1103,10 @@ static void test_bounds_edge(void **state)
 	EDGE(s_litp_over, 2);
 	EDGE(s_hold_at, 2);
 	EDGE(s_hold_over, 2);
+	for (int k = 0; k < 2; k++) {
+		run_script(&mt, s_tls_at, sizeof(s_tls_at) / sizeof(s_tls_at[0]), bothways[k]);
+		run_script(&mt, s_tls_over, sizeof(s_tls_over) / sizeof(s_tls_over[0]), bothways[k]);
+	}
 	EDGE(s_resp_at, 1);
 	EDGE(s_resp_over, 1);
 	/* and cut where the reader decides: before the LF, and at the bound */
@@ -1092,6 +1121,8 @@ static void test_bounds_edge(void **state)
 	free(resp_over.p);
 	free(hold_at.p);
 	free(first_held.p);
+	free(up_held.p);
+	free(up_line.p);
 }
 
 /* COMPRESS (RFC 4978): answered BAD before a login; after one, COMPRESS= is shown and the
