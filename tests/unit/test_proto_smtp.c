@@ -1591,6 +1591,20 @@ static void buf_fill(struct buf *b, const char *prefix, size_t total, const char
 #define BYE_TOO_MUCH "421 4.5.0 Too much pipelined input, closing connection\r\n"
 #define BDAT_TOO_BIG "552 5.3.4 proxy.test Chunk size exceeds the limit; closing connection\r\n"
 
+/* The same script for LMTP: the PLAIN_OPEN's EHLO (its third step) becomes LHLO. */
+static struct step *as_lmtp(const struct step *steps)
+{
+	size_t n = 0;
+	while (steps[n].op != OP_END)
+		n++;
+	struct step *l = malloc((n + 1) * sizeof(*l));
+	assert_non_null(l);
+	memcpy(l, steps, (n + 1) * sizeof(*l));
+	assert_true(n > 3 && l[2].op == OP_CL && !strcmp(l[2].in, "EHLO client.test\r\n"));
+	l[2].in = l[2].to_up = "LHLO client.test\r\n";
+	return l;
+}
+
 /* Every bound of docs/limits.md's SMTP table, exactly at its value (accepted) and one octet,
  * line or command beyond it (refused as documented). */
 static void test_bounds_edge(void **state)
@@ -1759,8 +1773,24 @@ static void test_bounds_edge(void **state)
 		{ "bdat_over_bound", &P_PLAIN, s_bdat_over, M_ALL },
 		{ "bdat_at_size", &P_PLAIN, s_bdat_at_size, M_ALL },
 		{ "bdat_over_size", &P_PLAIN, s_bdat_over_size, M_ALL },
+		/* LMTP: one module, the same bounds */
+		{ "lmtp_cmd_over_bound", &P_PLAIN_LMTP, as_lmtp(s_cmd_over), M_WHOLE | M_BYTES },
+		{ "lmtp_reply_line_at_bound", &P_PLAIN_LMTP, as_lmtp(s_line_at), M_WHOLE | M_BYTES },
+		{ "lmtp_reply_line_over_bound", &P_PLAIN_LMTP, as_lmtp(s_line_over), M_WHOLE },
+		{ "lmtp_reply_lines_at_bound", &P_PLAIN_LMTP, as_lmtp(s_lines_at), M_WHOLE },
+		{ "lmtp_reply_lines_over_bound", &P_PLAIN_LMTP, as_lmtp(s_lines_over), M_WHOLE },
+		{ "lmtp_reply_bytes_at_bound", &P_PLAIN_LMTP, as_lmtp(s_bytes_at), M_WHOLE },
+		{ "lmtp_reply_bytes_over_bound", &P_PLAIN_LMTP, as_lmtp(s_bytes_over), M_WHOLE },
+		{ "lmtp_hold_at_bound", &P_PLAIN_LMTP, as_lmtp(s_hold_at), M_WHOLE },
+		{ "lmtp_hold_over_bound", &P_PLAIN_LMTP, as_lmtp(s_hold_over), M_WHOLE },
+		{ "lmtp_pipeline_at_bound", &P_PLAIN_LMTP, as_lmtp(s_pipeline), M_WHOLE },
+		{ "lmtp_pile_at_bound", &P_PLAIN_LMTP, as_lmtp(s_pile_at), M_WHOLE },
+		{ "lmtp_pile_over_bound", &P_PLAIN_LMTP, as_lmtp(s_pile_over), M_WHOLE },
 	};
 	RUN_TABLE(scs);
+	for (size_t i = 0; i < sizeof(scs) / sizeof(scs[0]); i++)
+		if (!strncmp(scs[i].name, "lmtp_", 5))
+			free((void *)scs[i].steps);
 	struct buf *all[] = { &cmd_over,   &line_at, &line_over, &lines_at, &lines_over,
 			      &bytes_at,   &bytes_over, &hold_at, &hold_over, &pipe_in,
 			      &pipe_up,    &piled };
