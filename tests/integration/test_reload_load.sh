@@ -77,32 +77,56 @@ PY
 PIDS+=("$!")
 LONG=$!
 # The bulk transfer: 64 KiB writes, paced (about 3 MiB/s), until $T/stop exists (so it
-# spans every reload), read back on another thread; prints "bulk OK N" when the sha256 of
-# the N bytes that came back is that of what went.
+# spans every reload), read back on the same thread (one thread per TLS connection: an
+# OpenSSL connection must not be read and written from two threads at once); prints
+# "bulk OK N" when the sha256 of the N bytes that came back is that of what went, or
+# "bulk stalled" when nothing moved either way for 30 s.
 /usr/bin/python3 - "$PB" "$CERTS/ca.pem" "$T/stop" >"$T/bulk.out" 2>&1 <<'PY' &
-import hashlib, os, socket, ssl, sys, threading, time
+import hashlib, os, select, socket, ssl, sys, time
 port, ca, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 ctx = ssl.create_default_context(cafile=ca)
 s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30), server_hostname="localhost")
+s.setblocking(False)
 chunk = 64 << 10
 sent, got = hashlib.sha256(), hashlib.sha256()
-n, total = [0], [None]
-def reader():
-    while total[0] is None or n[0] < total[0]:
+data, count, n, pending = os.urandom(chunk), 0, 0, b""
+t0 = last = next_t = time.time()
+done_sending = stalled = False
+print("started", flush=True)
+while True:
+    now = time.time()
+    if not done_sending and not pending and now >= next_t:
+        if os.path.exists(stop) or now - t0 >= 120:
+            done_sending = True
+        else:
+            pending = data; sent.update(data); count += chunk; next_t = now + 0.02
+    if done_sending and not pending and n >= count:
+        break
+    moved = False
+    if pending:
+        try:
+            k = s.send(pending); pending = pending[k:]; moved = True
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+            pass
+    try:
         d = s.recv(1 << 16)
         if not d:
             break
-        got.update(d); n[0] += len(d)
-t = threading.Thread(target=reader); t.start()
-print("started", flush=True)
-data, count, t0 = os.urandom(chunk), 0, time.time()
-while not os.path.exists(stop) and time.time() - t0 < 120:
-    sent.update(data); s.sendall(data); count += chunk
-    time.sleep(0.02)
-total[0] = count
-t.join(60)
-print("bulk", "OK" if n[0] == count and got.digest() == sent.digest() else "BAD", n[0],
-      "bytes", "enough" if count >= 16 << 20 else "short", flush=True)
+        got.update(d); n += len(d); moved = True
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+        pass
+    if moved:
+        last = now
+    elif now - last > 30:
+        stalled = True
+        break
+    else:
+        select.select([s], [s] if pending else [], [], 0.02)
+if stalled:
+    print("bulk stalled", n, "of", count, flush=True)
+else:
+    print("bulk", "OK" if n == count and got.digest() == sent.digest() else "BAD", n,
+          "bytes", "enough" if count >= 16 << 20 else "short", flush=True)
 PY
 PIDS+=("$!")
 BULK=$!
