@@ -40,7 +40,7 @@ static int own_line(const uint8_t *p, size_t n, const char *cmd)
 }
 
 /* Every line of b is one of the module's own commands. */
-static int only_own(const struct fs_buf *b)
+static int only_own(const struct fbuf *b)
 {
 	size_t i = 0;
 	while (i < b->n) {
@@ -61,7 +61,7 @@ static int only_own(const struct fs_buf *b)
 
 /* Walks the lines of b (to its first line that announces a literal, included): calls
  * f(line, len) for each; returns 0 as soon as f does. */
-static int each_line(const struct fs_buf *b, int (*f)(const uint8_t *, size_t))
+static int each_line(const struct fbuf *b, int (*f)(const uint8_t *, size_t))
 {
 	size_t i = 0;
 	while (i < b->n) {
@@ -129,7 +129,7 @@ static void sent_client(struct fs_run *r, const uint8_t *d, size_t n)
 static void check(struct fs_run *r)
 {
 	if (fs_strict_upstream(&r->p) && !r->tls_done[PROTO_UPSTREAM]) {
-		const struct fs_buf *c = &r->all[PROTO_CLIENT];
+		const struct fbuf *c = &r->all[PROTO_CLIENT];
 		CHECK(c->n == 0 || (c->n >= 6 && memcmp(c->p, "* BYE ", 6) == 0),
 		      "the client got upstream words before the upstream's TLS: %.*s",
 		      (int)(c->n > 200 ? 200 : c->n), c->p);
@@ -145,7 +145,7 @@ static void check(struct fs_run *r)
 }
 
 /* The module's random tags ("P" and 16 hex digits) read the same in every run. */
-static void canon(struct fs_buf *t)
+static void canon(struct fbuf *t)
 {
 	for (size_t i = 0; i + 17 <= t->n; i++) {
 		if (t->p[i] != 'P')

@@ -34,27 +34,6 @@
 #define F_LINE_MAX 256
 #define F_LIT_MAX 300
 
-struct tbuf {
-	uint8_t *p;
-	size_t n, cap;
-};
-
-static void tb_add(struct tbuf *b, const void *d, size_t n)
-{
-	if (b->n + n > b->cap) {
-		size_t cap = b->cap ? b->cap : 1024;
-		while (cap < b->n + n)
-			cap *= 2;
-		b->p = realloc(b->p, cap);
-		if (!b->p)
-			abort();
-		b->cap = cap;
-	}
-	if (n)
-		memcpy(b->p + b->n, d, n);
-	b->n += n;
-}
-
 static unsigned g_ops;
 
 static void check_line(const uint8_t *p, size_t len)
@@ -110,7 +89,7 @@ static void check_line(const uint8_t *p, size_t len)
 
 struct run {
 	struct imap_reader r;
-	struct tbuf t;
+	struct fbuf t;
 	int last_data;
 	int too_long;
 	uint64_t lit_left; /* announced literal octets not yet seen */
@@ -144,8 +123,8 @@ static void drain(struct run *x)
 				check_line(it.p, it.len);
 			snprintf(hdr, sizeof(hdr), "\n%d %d %d %llu %d %d %zu|", k, it.first, it.last,
 				 (unsigned long long)it.literal, it.nonsync, it.binary, it.len);
-			tb_add(&x->t, hdr, strlen(hdr));
-			tb_add(&x->t, it.p, it.len);
+			fbuf_add(&x->t, hdr, strlen(hdr));
+			fbuf_add(&x->t, it.p, it.len);
 			x->last_data = 0;
 			break;
 		case IR_DATA:
@@ -153,12 +132,12 @@ static void drain(struct run *x)
 			      (unsigned long long)x->lit_left);
 			x->lit_left -= it.len;
 			if (!x->last_data)
-				tb_add(&x->t, "\nD|", 3);
-			tb_add(&x->t, it.p, it.len);
+				fbuf_add(&x->t, "\nD|", 3);
+			fbuf_add(&x->t, it.p, it.len);
 			x->last_data = 1;
 			break;
 		case IR_TOO_LONG:
-			tb_add(&x->t, "\nTOO_LONG", 9);
+			fbuf_add(&x->t, "\nTOO_LONG", 9);
 			x->too_long = 1;
 			x->lit_left = 0;
 			x->last_data = 0;
@@ -172,7 +151,7 @@ static void drain(struct run *x)
 }
 
 /* The transcript of data fed in pieces of step octets (0: whole), or split once at cut. */
-static void run(const uint8_t *d, size_t n, size_t step, size_t cut, struct tbuf *out)
+static void run(const uint8_t *d, size_t n, size_t step, size_t cut, struct fbuf *out)
 {
 	struct run x;
 	memset(&x, 0, sizeof(x));
@@ -210,7 +189,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t n = size - 3;
 	const uint8_t *d = data + 3;
 	size_t cut = n ? ((size_t)data[1] | (size_t)data[2] << 8) % n : 0;
-	struct tbuf whole, split, bytes;
+	struct fbuf whole, split, bytes;
 	run(d, n, 0, 0, &whole);
 	run(d, n, 0, cut, &split);
 	run(d, n, 1, 0, &bytes);

@@ -24,7 +24,7 @@
 #include "fuzz_session.h"
 
 /* Every line of b is one of the module's own commands. */
-static int only_own(const struct fs_buf *b)
+static int only_own(const struct fbuf *b)
 {
 	static const char *own[] = { "CAPA\r\n", "STLS\r\n", "QUIT\r\n" };
 	size_t i = 0;
@@ -44,7 +44,7 @@ static int only_own(const struct fs_buf *b)
 }
 
 /* No line of b starts with a credentials verb. */
-static int no_credentials(const struct fs_buf *b)
+static int no_credentials(const struct fbuf *b)
 {
 	static const char *verbs[] = { "USER", "PASS", "APOP", "AUTH" };
 	size_t i = 0;
@@ -63,7 +63,7 @@ static int no_credentials(const struct fs_buf *b)
 }
 
 /* No "STLS" capability line in what the client got since its TLS started. */
-static int no_stls_line(const struct fs_buf *b)
+static int no_stls_line(const struct fbuf *b)
 {
 	for (size_t i = 0; i + 6 <= b->n; i++)
 		if ((i == 0 || b->p[i - 1] == '\n') && memcmp(b->p + i, "STLS\r\n", 6) == 0)

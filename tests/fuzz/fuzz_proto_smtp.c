@@ -56,33 +56,6 @@
 #include "proto_smtp.h"
 #include "fuzz_util.h"
 
-struct buf {
-	uint8_t *p;
-	size_t n, cap;
-};
-
-static void buf_add(struct buf *b, const void *d, size_t n)
-{
-	if (b->n + n > b->cap) {
-		size_t cap = b->cap ? b->cap : 1024;
-		while (cap < b->n + n)
-			cap *= 2;
-		b->p = realloc(b->p, cap);
-		if (!b->p)
-			abort();
-		b->cap = cap;
-	}
-	if (n)
-		memcpy(b->p + b->n, d, n);
-	b->n += n;
-}
-
-static void buf_free(struct buf *b)
-{
-	free(b->p);
-	memset(b, 0, sizeof(*b));
-}
-
 struct ctx {
 	struct proto_params p;
 	void *st;
@@ -90,10 +63,10 @@ struct ctx {
 	int bytewise;
 	int closed, eof;
 	int tls_pending[2], tls_done[2];
-	struct buf trace;          /* canonical transcript for the differential check */
+	struct fbuf trace;          /* canonical transcript for the differential check */
 	int last;                  /* kind of the last trace entry: 0 client, 1 up, 2 other */
-	struct buf up_in;          /* everything the upstream sent */
-	struct buf to_client, to_up;
+	struct fbuf up_in;          /* everything the upstream sent */
+	struct fbuf to_client, to_up;
 	size_t up_checked;         /* to_up bytes already checked line by line */
 	int rset_due;              /* tls_done(CLIENT) called, nothing sent upstream since */
 };
@@ -112,7 +85,7 @@ static int starts_with(const uint8_t *s, size_t n, const char *prefix)
 	return n >= l && memcmp(s, prefix, l) == 0;
 }
 
-static int ends_with(const struct buf *b, const char *suffix)
+static int ends_with(const struct fbuf *b, const char *suffix)
 {
 	size_t l = strlen(suffix);
 	return b->n >= l && memcmp(b->p + b->n - l, suffix, l) == 0;
@@ -208,11 +181,11 @@ static void trace_add(struct ctx *c, int kind, const void *d, size_t n)
 	static const char *const tags[] = { "\x01" "C", "\x01" "U" };
 	if (kind < 2) {
 		if (c->last != kind)
-			buf_add(&c->trace, tags[kind], 2);
-		buf_add(&c->trace, d, n);
+			fbuf_add(&c->trace, tags[kind], 2);
+		fbuf_add(&c->trace, d, n);
 	} else {
-		buf_add(&c->trace, "\x01", 1);
-		buf_add(&c->trace, d, n);
+		fbuf_add(&c->trace, "\x01", 1);
+		fbuf_add(&c->trace, d, n);
 	}
 	c->last = kind;
 }
@@ -240,9 +213,9 @@ static void collect(struct ctx *c)
 				c->rset_due = 0;
 			}
 			if (x->side == PROTO_CLIENT) {
-				buf_add(&c->to_client, d, x->len);
+				fbuf_add(&c->to_client, d, x->len);
 			} else {
-				buf_add(&c->to_up, d, x->len);
+				fbuf_add(&c->to_up, d, x->len);
 				if (strict_upstream(&c->p) && !c->tls_done[PROTO_UPSTREAM])
 					check_strict_upstream(c);
 				if (c->p.client_tls == CFG_TLS_STARTTLS &&
@@ -310,7 +283,7 @@ static void feed(struct ctx *c, enum proto_side side, const uint8_t *d, size_t n
 	if (n == 0 && !zero_len)
 		return; /* the session never delivers an empty read */
 	if (side == PROTO_UPSTREAM)
-		buf_add(&c->up_in, d, n);
+		fbuf_add(&c->up_in, d, n);
 	if (!c->bytewise) {
 		proto_smtp_ops.data(c->st, side, d, n, &c->a);
 		collect(c);
@@ -350,7 +323,7 @@ static void params_from(struct proto_params *p, uint8_t b0, uint8_t b1)
 
 static int early; /* the last run ended on a reply before its command */
 
-static void run(const uint8_t *data, size_t size, int bytewise, struct buf *trace_out)
+static void run(const uint8_t *data, size_t size, int bytewise, struct fbuf *trace_out)
 {
 	struct ctx c;
 	memset(&c, 0, sizeof(c));
@@ -447,14 +420,14 @@ static void run(const uint8_t *data, size_t size, int bytewise, struct buf *trac
 		}
 	}
 	check_client_stream(&c);
-	buf_add(trace_out, c.trace.p, c.trace.n);
+	fbuf_add(trace_out, c.trace.p, c.trace.n);
 	early = smtp_saw_early_reply(c.st);
 	proto_smtp_ops.destroy(c.st);
 	proto_actions_free(&c.a);
-	buf_free(&c.trace);
-	buf_free(&c.up_in);
-	buf_free(&c.to_client);
-	buf_free(&c.to_up);
+	fbuf_free(&c.trace);
+	fbuf_free(&c.up_in);
+	fbuf_free(&c.to_client);
+	fbuf_free(&c.to_up);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -470,7 +443,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (size < 2)
 		return 0;
-	struct buf whole = { 0 }, bytes = { 0 };
+	struct fbuf whole = { 0 }, bytes = { 0 };
 	run(data, size, 0, &whole);
 	int whole_early = early;
 	run(data, size, 1, &bytes);
@@ -479,7 +452,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		/* replaying an input: show the transcript (\x01C client-bound, \x01U upstream-bound,
 		 * \x01Tc/Tu PA_STARTTLS, \x01Dc/Du tls_done, \x01R ready, \x01X close) of the
 		 * whole-read run, or with FUZZ_TRACE=bytes of the byte-at-a-time run */
-		const struct buf *t = strcmp(tr, "bytes") == 0 ? &bytes : &whole;
+		const struct fbuf *t = strcmp(tr, "bytes") == 0 ? &bytes : &whole;
 		for (size_t k = 0; k < t->n; k++) {
 			uint8_t ch = t->p[k];
 			if (ch == 1)
@@ -509,7 +482,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			(const char *)bytes.p + from);
 		abort();
 	}
-	buf_free(&whole);
-	buf_free(&bytes);
+	fbuf_free(&whole);
+	fbuf_free(&bytes);
 	return 0;
 }

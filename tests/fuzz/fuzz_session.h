@@ -48,28 +48,7 @@
 
 #define FS_FEED_MAX (128 * 1024)
 
-struct fs_buf {
-	uint8_t *p;
-	size_t n, cap;
-};
-
-static void fs_add(struct fs_buf *b, const void *d, size_t n)
-{
-	if (b->n + n > b->cap) {
-		size_t cap = b->cap ? b->cap : 1024;
-		while (cap < b->n + n)
-			cap *= 2;
-		b->p = realloc(b->p, cap);
-		if (!b->p)
-			abort();
-		b->cap = cap;
-	}
-	if (n)
-		memcpy(b->p + b->n, d, n);
-	b->n += n;
-}
-
-static int fs_ends_with(const struct fs_buf *b, const char *s)
+static int fs_ends_with(const struct fbuf *b, const char *s)
 {
 	size_t l = strlen(s);
 	return b->n >= l && memcmp(b->p + b->n - l, s, l) == 0;
@@ -81,11 +60,11 @@ struct fs_run {
 	void *st;
 	struct proto_actions a;
 	int closed, tls_pending[2], tls_done[2], tls_started[2];
-	struct fs_buf trace;      /* side byte + data, or action markers: compared across modes */
-	struct fs_buf up_pre;     /* upstream bytes before tls_done(UPSTREAM) */
-	struct fs_buf cl_pre;     /* upstream bytes before tls_done(CLIENT) */
-	struct fs_buf to_client;  /* client bytes since its TLS started */
-	struct fs_buf all[2];
+	struct fbuf trace;      /* side byte + data, or action markers: compared across modes */
+	struct fbuf up_pre;     /* upstream bytes before tls_done(UPSTREAM) */
+	struct fbuf cl_pre;     /* upstream bytes before tls_done(CLIENT) */
+	struct fbuf to_client;  /* client bytes since its TLS started */
+	struct fbuf all[2];
 	uint8_t last;             /* the trace's last side tag, 0 after an action */
 	unsigned flags;           /* the protocol's own (e.g. "free text went up") */
 };
@@ -97,7 +76,7 @@ struct fs_proto {
 	const char *client_go;  /* what the client gets right before PA_STARTTLS(client) */
 	const char *stls_cmd;   /* what ends the upstream bytes before PA_STARTTLS(upstream) */
 	/* 1 when every byte of b is the module's own commands to the upstream */
-	int (*only_own)(const struct fs_buf *b);
+	int (*only_own)(const struct fbuf *b);
 	/* the protocol's checks after each batch of actions (r->up_pre, cl_pre, to_client ...) */
 	void (*check)(struct fs_run *r);
 	/* the bytes d went to the upstream, or to the client (a harness may note what they
@@ -108,7 +87,7 @@ struct fs_proto {
 	int (*timing)(void *st);
 	/* rewrites what differs from run to run by design (a random tag) in place (may be
 	 * NULL) */
-	void (*canon)(struct fs_buf *trace);
+	void (*canon)(struct fbuf *trace);
 };
 
 static int fs_strict_upstream(const struct proto_params *p)
@@ -122,7 +101,7 @@ static int fs_strict_upstream(const struct proto_params *p)
 /* An action (or harness step) in the trace. */
 static void fs_mark(struct fs_run *r, const char *m)
 {
-	fs_add(&r->trace, m, strlen(m));
+	fbuf_add(&r->trace, m, strlen(m));
 	r->last = 0;
 }
 
@@ -140,22 +119,22 @@ static void fs_collect(struct fs_run *r, const struct fs_proto *pr)
 			      "send to side %d during its handshake", (int)x->side);
 			uint8_t tag = (uint8_t)('0' + x->side);
 			if (r->last != tag) /* the same bytes in more pieces read the same */
-				fs_add(&r->trace, &tag, 1);
+				fbuf_add(&r->trace, &tag, 1);
 			r->last = tag;
-			fs_add(&r->trace, d, x->len);
-			fs_add(&r->all[x->side], d, x->len);
+			fbuf_add(&r->trace, d, x->len);
+			fbuf_add(&r->all[x->side], d, x->len);
 			if (x->side == PROTO_UPSTREAM) {
 				if (pr->sent_up)
 					pr->sent_up(r, d, x->len);
 				if (!r->tls_done[PROTO_UPSTREAM])
-					fs_add(&r->up_pre, d, x->len);
+					fbuf_add(&r->up_pre, d, x->len);
 				if (!r->tls_done[PROTO_CLIENT])
-					fs_add(&r->cl_pre, d, x->len);
+					fbuf_add(&r->cl_pre, d, x->len);
 			} else {
 				if (pr->sent_client)
 					pr->sent_client(r, d, x->len);
 				if (r->tls_started[PROTO_CLIENT])
-					fs_add(&r->to_client, d, x->len);
+					fbuf_add(&r->to_client, d, x->len);
 			}
 			break;
 		}
@@ -222,7 +201,7 @@ enum fs_mode { FS_WHOLE, FS_BYTES, FS_CUT };
 /* One run of the script; *trace gets the transcript (the caller frees it), *timing the
  * protocol's word on it. */
 static void fs_run(const struct fs_proto *pr, const uint8_t *data, size_t size,
-		   enum fs_mode mode, struct fs_buf *trace, int *timing)
+		   enum fs_mode mode, struct fbuf *trace, int *timing)
 {
 	struct fs_run r;
 	memset(&r, 0, sizeof(r));
@@ -281,9 +260,9 @@ static void fs_run(const struct fs_proto *pr, const uint8_t *data, size_t size,
 				i += n;
 				break;
 			}
-			struct fs_buf rep = { 0 };
+			struct fbuf rep = { 0 };
 			for (size_t t = 0; t < times; t++)
-				fs_add(&rep, data + i, n);
+				fbuf_add(&rep, data + i, n);
 			fs_feed(&r, pr, op == 1 ? PROTO_CLIENT : PROTO_UPSTREAM, rep.p, rep.n,
 				mode == FS_BYTES ? 61 : 0, cut);
 			free(rep.p);
@@ -356,7 +335,7 @@ static int fs_test_one(const struct fs_proto *pr, const uint8_t *data, size_t si
 {
 	if (size < 2)
 		return 0;
-	struct fs_buf t[3];
+	struct fbuf t[3];
 	int timing[3];
 	static const char *const names[] = { "whole", "byte-at-a-time", "cut" };
 	for (int m = 0; m < 3; m++) {

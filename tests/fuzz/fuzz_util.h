@@ -23,6 +23,34 @@
 		}                                                                          \
 	} while (0)
 
+/* A growable byte buffer for transcripts (allocation failure aborts). */
+struct fbuf {
+	uint8_t *p;
+	size_t n, cap;
+};
+
+static inline void fbuf_add(struct fbuf *b, const void *d, size_t n)
+{
+	if (b->n + n > b->cap) {
+		size_t cap = b->cap ? b->cap : 1024;
+		while (cap < b->n + n)
+			cap *= 2;
+		b->p = realloc(b->p, cap);
+		if (!b->p)
+			abort();
+		b->cap = cap;
+	}
+	if (n)
+		memcpy(b->p + b->n, d, n);
+	b->n += n;
+}
+
+static inline void fbuf_free(struct fbuf *b)
+{
+	free(b->p);
+	memset(b, 0, sizeof(*b));
+}
+
 static char fuzz_path[4096];
 static int fuzz_fd = -1;
 
