@@ -32,7 +32,11 @@
 #   BENCH_SMTP_MESSAGES    messages per smtp run (default 20000)
 #   BENCH_SMTP_SESSIONS    parallel smtp-source sessions (default 20)
 #   BENCH_SMTP_SIZE        message size in bytes (default 10240)
-#   BENCH_IDLE_CONNS       idle connections (default 10000)
+#   BENCH_SMTP_REUSE=1     smtp-source -d: many messages per session (default: one each)
+#   BENCH_IDLE_CONNS       idle connections (default 10000; fewer when the descriptor limit
+#                          cannot be raised high enough, said in the report)
+#   BENCH_IDLE_REPS        repetitions of the idle scenario (default 1: it takes minutes per
+#                          system with stunnel, and RSS varies little from one run to the next)
 #   BENCH_RESULTS          output directory (default bench/results)
 #   BENCH_KEEP=1           keep the temp dir (configurations, logs)
 set -euo pipefail
@@ -52,6 +56,8 @@ BENCH_SMTP_MESSAGES=${BENCH_SMTP_MESSAGES:-20000}
 BENCH_SMTP_SESSIONS=${BENCH_SMTP_SESSIONS:-20}
 BENCH_SMTP_SIZE=${BENCH_SMTP_SIZE:-10240}
 BENCH_IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
+BENCH_IDLE_REPS=${BENCH_IDLE_REPS:-1}
+BENCH_SMTP_REUSE=${BENCH_SMTP_REUSE:-0}
 BENCH_RESULTS=${BENCH_RESULTS:-$HERE/results}
 CIPHER=TLS_AES_128_GCM_SHA256
 BUF=262144
@@ -142,6 +148,12 @@ trap 'exit 143' TERM
 ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 NOFILE=$(ulimit -n)
+IDLE_ASKED=$BENCH_IDLE_CONNS
+if want idle && [ "$NOFILE" -lt $((2 * BENCH_IDLE_CONNS + 400)) ]; then
+	BENCH_IDLE_CONNS=$(((NOFILE - 400) / 2))
+	NOTES+=("idle: $IDLE_ASKED connections asked, $BENCH_IDLE_CONNS measured: the descriptor limit is $NOFILE and cannot be raised here (\`ulimit -Hn 1048576\` is refused: no CAP_SYS_RESOURCE), and each proxy of the chain holds two descriptors per connection (client side and upstream side), plus listeners and logs.")
+	log "idle: descriptor limit $NOFILE: $BENCH_IDLE_CONNS connections instead of $IDLE_ASKED"
+fi
 
 log "building the helper (bench/stpbench.c: free ports, idle-connection client and backend)"
 cc -O2 -Wall -o "$T/stpbench" "$HERE/stpbench.c" -lssl -lcrypto -lpthread
@@ -257,6 +269,9 @@ done
 PA[floor ec]=$(free_port)
 PB[floor ec]=$(free_port)
 MAXC=$((BENCH_IDLE_CONNS + 1000))
+# haproxy refuses to start when maxconn needs more descriptors than the limit allows
+HAPROXY_MAXCONN=$((BENCH_IDLE_CONNS + 100))
+[ "$HAPROXY_MAXCONN" -le $(((NOFILE - 300) / 2)) ] || HAPROXY_MAXCONN=$(((NOFILE - 300) / 2))
 
 # starttls-proxy: A wraps, B terminates; workers = 1 each.
 {
@@ -358,7 +373,7 @@ haproxy_global() { # nbthread
 	cat <<EOF
 global
     nbthread $1
-    maxconn $((MAXC * 2))
+    maxconn $HAPROXY_MAXCONN
     log stderr format raw local0 info
     ssl-default-bind-ciphersuites $CIPHER
     ssl-default-bind-options ssl-min-ver TLSv1.3
@@ -492,8 +507,8 @@ sleep 1
 # --- idle ------------------------------------------------------------------------------
 
 if want idle; then
-	log "idle: $BENCH_IDLE_CONNS idle connections through each chain (descriptor limit $NOFILE), $BENCH_REPS times"
-	for ((rep = 1; rep <= BENCH_REPS; rep++)); do
+	log "idle: $BENCH_IDLE_CONNS idle connections through each chain (descriptor limit $NOFILE), $BENCH_IDLE_REPS times"
+	for ((rep = 1; rep <= BENCH_IDLE_REPS; rep++)); do
 		for s in "${SYSTEMS[@]}"; do
 			[ -n "${CHAIN_OK[$s]:-}" ] || continue
 			# shellcheck disable=SC2086
@@ -521,9 +536,10 @@ if want idle; then
 				add idle_base "$s" "$base"
 				add idle_with "$s" "$with"
 			else
-				fail "idle: ${LABEL[$s]} held $opened of $BENCH_IDLE_CONNS connections ($failed failed; see $out)"
+				fail "idle: ${LABEL[$s]} held $opened of $BENCH_IDLE_CONNS connections ($failed failed; see $out and the proxy logs)"
 				add idle_reached "$s" "$opened"
 			fi
+			add idle_open_s "$s" "$secs"
 			kill -TERM "$hp" 2>/dev/null || true
 			wait "$hp" 2>/dev/null || true
 			for ((i = 0; i < 100; i++)); do
@@ -702,7 +718,8 @@ fi
 # --- smtp ------------------------------------------------------------------------------
 
 smtp_run() { # system ("direct": smtp-source straight into smtp-sink)
-	local s=$1 port pids=() c0=0 c1=0 t0 t1 out=$T/smtp.$1 last
+	local s=$1 port pids=() c0=0 c1=0 t0 t1 out=$T/smtp.$1 last reuse=()
+	[ "$BENCH_SMTP_REUSE" = 1 ] && reuse=(-d)
 	if [ "$s" = direct ]; then port=$SINK; else
 		port=${PA[$s smtp]}
 		# shellcheck disable=SC2206
@@ -712,7 +729,7 @@ smtp_run() { # system ("direct": smtp-source straight into smtp-sink)
 	fi
 	alive "$SINK_PID" || { fail "smtp: smtp-sink died"; return 0; }
 	t0=$(now)
-	"$SMTP_SOURCE" -c -s "$BENCH_SMTP_SESSIONS" -m "$BENCH_SMTP_MESSAGES" -l "$BENCH_SMTP_SIZE" \
+	"$SMTP_SOURCE" "${reuse[@]}" -c -s "$BENCH_SMTP_SESSIONS" -m "$BENCH_SMTP_MESSAGES" -l "$BENCH_SMTP_SIZE" \
 		-f bench@example.test -t sink@example.test "127.0.0.1:$port" >"$out" 2>"$out.err" || true
 	t1=$(now)
 	[ "$s" = direct ] || c1=$(cpu_ticks "${pids[@]}")
@@ -801,7 +818,7 @@ HS_G=X25519
 	if [ ${#INSTALLED[@]} -gt 0 ]; then
 		echo "| installed by this run | ${INSTALLED[*]} (apt-get, services not started) |"
 	fi
-	echo "| sizes | bulk $BENCH_CHAIN_BYTES bytes; hs ${BENCH_HS_SECONDS} s x $BENCH_HS_CLIENTS clients; scaling $BENCH_SCALE_CLIENTS clients; smtp $BENCH_SMTP_MESSAGES x $BENCH_SMTP_SIZE B, $BENCH_SMTP_SESSIONS sessions; idle $BENCH_IDLE_CONNS connections |"
+	echo "| sizes | bulk $BENCH_CHAIN_BYTES bytes; hs ${BENCH_HS_SECONDS} s x $BENCH_HS_CLIENTS clients; scaling $BENCH_SCALE_CLIENTS clients; smtp $BENCH_SMTP_MESSAGES x $BENCH_SMTP_SIZE B, $BENCH_SMTP_SESSIONS sessions; idle $BENCH_IDLE_CONNS connections ($IDLE_ASKED asked) |"
 	echo
 	echo "## The chain"
 	echo
@@ -835,20 +852,21 @@ HS_G=X25519
 		echo "by one, one ping round trip to the backend each, then holds them); backend: \`stpbench serve\`"
 		echo "(epoll, answers the ping, holds). *per conn* = (VmRSS of A+B with the connections, 1 s"
 		echo "after the last one opened - VmRSS of A+B just before) / $BENCH_IDLE_CONNS. Descriptor limit: $NOFILE."
+		echo "$BENCH_IDLE_REPS repetition(s) (BENCH_IDLE_REPS). *open s*: time to open them all, one by one."
 		echo
-		echo "| system | A+B before KiB | A+B with $BENCH_IDLE_CONNS KiB | per conn KiB | target |"
-		echo "|---|---:|---:|---:|---|"
+		echo "| system | A+B before KiB | A+B with $BENCH_IDLE_CONNS KiB | per conn KiB | open s | target |"
+		echo "|---|---:|---:|---:|---:|---|"
 		for s in "${SYSTEMS[@]}"; do
 			t=""
 			[ "$s" = stp ] && t="<= 20 KiB: $(target "$(med idle_kib stp)" le 20)"
 			reached=$(med idle_reached "$s")
 			pc=$(fmt "$(med idle_kib "$s")" 1)
 			[ -n "$reached" ] && [ "$pc" = n/a ] && pc="n/a (reached $reached)"
-			echo "| ${LABEL[$s]} | $(fmt "$(med idle_base "$s")" 0) | $(fmt "$(med idle_with "$s")" 0) | $pc | $t |"
+			echo "| ${LABEL[$s]} | $(fmt "$(med idle_base "$s")" 0) | $(fmt "$(med idle_with "$s")" 0) | $pc | $(fmt "$(med idle_open_s "$s")" 0) | $t |"
 		done
 		r=$(ratio "$(med idle_kib stunnel)" "$(med idle_kib stp)")
-		echo "| **stunnel / starttls-proxy** | | | **$r** | >= 1.5: $(target "$r" ge 1.5) |"
-		echo "| **haproxy / starttls-proxy** | | | **$(ratio "$(med idle_kib haproxy)" "$(med idle_kib stp)")** | |"
+		echo "| **stunnel / starttls-proxy** | | | **$r** | | >= 1.5: $(target "$r" ge 1.5) |"
+		echo "| **haproxy / starttls-proxy** | | | **$(ratio "$(med idle_kib haproxy)" "$(med idle_kib stp)")** | | |"
 		echo
 	fi
 	if want bulk; then
@@ -910,7 +928,9 @@ HS_G=X25519
 	if want hs; then
 		echo "## Handshakes: proxy CPU per 1,000 handshakes, implicit-TLS tcp route"
 		echo
-		echo "\`client -> proxy (client_tls = implicit, ECDSA P-256) -> plain backend\`. Load: $BENCH_HS_CLIENTS parallel"
+		echo "\`client -> proxy (client_tls = implicit, ECDSA P-256) -> plain backend\` (the proxy opens a backend"
+		echo "connection for every handshake, full or resumed). Load: $BENCH_HS_CLIENTS parallel s_time processes"
+		echo "for ${BENCH_HS_SECONDS} s per measurement:"
 		echo
 		echo '```sh'
 		echo "OPENSSL_CONF=group.cnf openssl s_time -connect 127.0.0.1:PORT -new   -time $BENCH_HS_SECONDS -www /"
@@ -978,12 +998,18 @@ HS_G=X25519
 		echo
 		echo '```sh'
 		echo "smtp-sink -u nobody 127.0.0.1:SINK 1024"
-		echo "smtp-source -c -s $BENCH_SMTP_SESSIONS -m $BENCH_SMTP_MESSAGES -l $BENCH_SMTP_SIZE -f bench@example.test -t sink@example.test 127.0.0.1:A"
+		echo "smtp-source $([ "$BENCH_SMTP_REUSE" = 1 ] && echo '-d ')-c -s $BENCH_SMTP_SESSIONS -m $BENCH_SMTP_MESSAGES -l $BENCH_SMTP_SIZE -f bench@example.test -t sink@example.test 127.0.0.1:A"
 		echo '```'
 		echo
-		echo "One SMTP session (and one STARTTLS handshake between A and B) per message, as smtp-source"
-		echo "does without \`-d\`. *latency*: wall time x sessions / messages (mean time one session"
-		echo "spends per message); *no proxy*: smtp-source straight into smtp-sink."
+		if [ "$BENCH_SMTP_REUSE" = 1 ]; then
+			echo "\`-d\` (BENCH_SMTP_REUSE=1): each of the $BENCH_SMTP_SESSIONS sessions sends its messages over one"
+			echo "connection, so one STARTTLS handshake between A and B per session."
+		else
+			echo "One SMTP session (and one STARTTLS handshake between A and B) per message, as smtp-source"
+			echo "does without \`-d\` (BENCH_SMTP_REUSE=1 adds it)."
+		fi
+		echo "*latency*: wall time x sessions / messages (mean time one session spends per message;"
+		echo "smtp-source reports no per-message times); *no proxy*: smtp-source straight into smtp-sink."
 		echo
 		echo "| system | messages per proxy CPU-s | wall s | latency ms/msg |"
 		echo "|---|---:|---:|---:|"
@@ -1021,7 +1047,8 @@ HS_G=X25519
 	echo "Knobs: \`BENCH_CHAIN_SCENARIOS\` (\"idle bulk hs scaling smtp\"), \`BENCH_REPS\` (3),"
 	echo "\`BENCH_CHAIN_BYTES\` (1 GiB), \`BENCH_IPERF\` (auto/0/1), \`BENCH_HS_SECONDS\` (5),"
 	echo "\`BENCH_HS_CLIENTS\` (2), \`BENCH_SCALE_CLIENTS\` (4), \`BENCH_SMTP_MESSAGES\` (20000),"
-	echo "\`BENCH_SMTP_SESSIONS\` (20), \`BENCH_SMTP_SIZE\` (10240), \`BENCH_IDLE_CONNS\` (10000),"
+	echo "\`BENCH_SMTP_SESSIONS\` (20), \`BENCH_SMTP_SIZE\` (10240), \`BENCH_SMTP_REUSE\` (0),"
+	echo "\`BENCH_IDLE_CONNS\` (10000), \`BENCH_IDLE_REPS\` (1),"
 	echo "\`BENCH_RESULTS\`, \`BENCH_KEEP=1\`. This run took $((SECONDS / 60)) min $((SECONDS % 60)) s."
 } >"$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
@@ -1056,7 +1083,7 @@ mv "$OUT.tmp" "$OUT"
 		echo "| handshakes/s, workers 2 / workers 1 | $sr | | | | >= 1.8: $(target "$sr" ge 1.8) |"
 	fi
 	echo
-	echo "$(nproc) cores ($CPU_MODEL), load average $LOAD_START at the start and $LOAD_END at the end of the run, $DATE_START; medians of $BENCH_REPS; details: [chain.md](chain.md)."
+	echo "$(nproc) cores ($CPU_MODEL), load average $LOAD_START at the start and $LOAD_END at the end of the run, $DATE_START; medians of $BENCH_REPS (idle: $BENCH_IDLE_REPS); details: [chain.md](chain.md)."
 } >"$SUMMARY"
 
 # --- chart -----------------------------------------------------------------------------
@@ -1066,7 +1093,7 @@ val() { local v; v=$(med "$1" "$2"); echo "${v:-?}"; }
 	echo "# row stp stunnel haproxy floor"
 	for dir in up down; do
 		echo "\"$dir ECDSA\" $(val socat_ec_${dir}_cpu stp) $(val socat_ec_${dir}_cpu stunnel) $(val socat_ec_${dir}_cpu haproxy) $(v=$(floor_cpu socat "$dir"); echo "${v:-?}")"
-		echo "\"$dir RSA\" $(val socat_rsa_${dir}_cpu stp) $(val socat_rsa_${dir}_cpu stunnel) $(val socat_rsa_${dir}_cpu haproxy) ?"
+		echo "\"$dir RSA\" $(val socat_rsa_${dir}_cpu stp) $(val socat_rsa_${dir}_cpu stunnel) $(val socat_rsa_${dir}_cpu haproxy) $(v=$(floor_cpu socat "$dir"); echo "${v:-?}")"
 	done
 } >"$T/bulk.dat"
 pcs() { local v; v=$(per_cpu_s "$1" "$2"); echo "${v:-?}"; }
@@ -1085,28 +1112,42 @@ pcs() { local v; v=$(per_cpu_s "$1" "$2"); echo "${v:-?}"; }
 	echo "\"idle KiB/conn\" $(val idle_kib stp) $(val idle_kib stunnel) $(val idle_kib haproxy)"
 	echo "\"smtp msg/CPU-s\" $(val smtp_msg_per_cpu stp) $(val smtp_msg_per_cpu stunnel) ?"
 } >"$T/misc.dat"
-cat >"$T/chain.gp" <<EOF
-set terminal pngcairo size 1400,1000 font ",10"
+# one panel per scenario that has figures
+has_data() { awk '!/^#/{for(i=2;i<=NF;i++) if($i ~ /^[0-9.]+([eE][-+]?[0-9]+)?$/) f=1} END{exit !f}' "$@"; }
+sed -n 2p "$T/misc.dat" >"$T/idle.dat"
+sed -n 3p "$T/misc.dat" >"$T/smtp.dat"
+PLOTS=()
+has_data "$T/bulk.dat" && PLOTS+=("set title \"bulk: proxy CPU-s per GiB (A+B, socat load; lower is better)\"
+plot \"$T/bulk.dat\" using 2:xtic(1) title \"starttls-proxy\", '' using 3 title \"stunnel\", '' using 4 title \"haproxy\", '' using 5 title \"floor\"")
+has_data "$T/hs.dat" && PLOTS+=("set title \"handshakes per proxy CPU-second (higher is better)\"
+plot \"$T/hs.dat\" using 2:xtic(1) title \"starttls-proxy w1\", '' using 3 title \"starttls-proxy w2\", '' using 4 title \"stunnel\", '' using 5 title \"haproxy nbthread 1\", '' using 6 title \"haproxy nbthread 2\"")
+has_data "$T/idle.dat" && PLOTS+=("set title \"idle: KiB RSS per connection through the chain (lower is better)\"
+plot \"$T/idle.dat\" using 2:xtic(1) title \"starttls-proxy\", '' using 3 title \"stunnel\", '' using 4 title \"haproxy\"")
+has_data "$T/smtp.dat" && PLOTS+=("set title \"smtp: messages per proxy CPU-second (higher is better)\"
+plot \"$T/smtp.dat\" using 2:xtic(1) title \"starttls-proxy\", '' using 3 title \"stunnel\"")
+case ${#PLOTS[@]} in 0) LAYOUT="" ;; 1) LAYOUT="1,1" ;; 2) LAYOUT="1,2" ;; *) LAYOUT="2,2" ;; esac
+HEIGHT=1000
+[ "${LAYOUT%%,*}" = 1 ] && HEIGHT=560
+{
+	cat <<EOF
+set terminal pngcairo size 1400,$HEIGHT font ",10"
 set output "$PNG"
 set datafile missing "?"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.85 border -1
-set key top left
+set key top left opaque
 set grid ytics
 set yrange [0:*]
-set multiplot layout 2,2 title "starttls-proxy vs stunnel vs haproxy, two-leg TLS chain ($DATE_START, $(nproc) cores, load $LOAD_START)"
-set title "bulk: proxy CPU-s per GiB (A+B, socat load; lower is better)"
-plot "$T/bulk.dat" using 2:xtic(1) title "starttls-proxy", '' using 3 title "stunnel", '' using 4 title "haproxy", '' using 5 title "floor"
-set title "handshakes per proxy CPU-second (higher is better)"
-plot "$T/hs.dat" using 2:xtic(1) title "starttls-proxy w1", '' using 3 title "starttls-proxy w2", '' using 4 title "stunnel", '' using 5 title "haproxy nbthread 1", '' using 6 title "haproxy nbthread 2"
-set title "idle: KiB RSS per connection through the chain (lower is better)"
-plot "< sed -n 2p $T/misc.dat" using 2:xtic(1) title "starttls-proxy", '' using 3 title "stunnel", '' using 4 title "haproxy"
-set title "smtp: messages per proxy CPU-second (higher is better)"
-plot "< sed -n 3p $T/misc.dat" using 2:xtic(1) title "starttls-proxy", '' using 3 title "stunnel"
-unset multiplot
+set multiplot layout $LAYOUT title "starttls-proxy vs stunnel vs haproxy, two-leg TLS chain ($DATE_START, $(nproc) cores, load $LOAD_START)"
 EOF
-if ! gnuplot "$T/chain.gp" 2>"$T/gnuplot.err"; then
+	printf '%s\n' "${PLOTS[@]}"
+	echo "unset multiplot"
+} >"$T/chain.gp"
+if [ -z "$LAYOUT" ]; then
+	log "no figures to chart"
+	rm -f "$PNG"
+elif ! gnuplot "$T/chain.gp" 2>"$T/gnuplot.err"; then
 	log "gnuplot: $(head -c 400 "$T/gnuplot.err")"
 	sed -i 's/^set terminal pngcairo.*/set terminal png size 1400,1000/' "$T/chain.gp"
 	gnuplot "$T/chain.gp" 2>>"$T/gnuplot.err" || fail "gnuplot failed: $(tail -c 400 "$T/gnuplot.err")"
