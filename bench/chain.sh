@@ -149,9 +149,13 @@ ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 NOFILE=$(ulimit -n)
 IDLE_ASKED=$BENCH_IDLE_CONNS
-if want idle && [ "$NOFILE" -lt $((2 * BENCH_IDLE_CONNS + 400)) ]; then
-	BENCH_IDLE_CONNS=$(((NOFILE - 400) / 2))
-	NOTES+=("idle: $IDLE_ASKED connections asked, $BENCH_IDLE_CONNS measured: the descriptor limit is $NOFILE and cannot be raised here (\`ulimit -Hn 1048576\` is refused: no CAP_SYS_RESOURCE), and each proxy of the chain holds two descriptors per connection (client side and upstream side), plus listeners and logs.")
+# stunnel serves at most 125/256 of its descriptor limit as clients ("Clients allowed=" in
+# its log); every proxy of the chain holds two descriptors per connection.
+IDLE_MAX=$(((NOFILE - 400) / 2))
+[ $((NOFILE * 125 / 256 - 50)) -lt "$IDLE_MAX" ] && IDLE_MAX=$((NOFILE * 125 / 256 - 50))
+if want idle && [ "$IDLE_MAX" -lt "$BENCH_IDLE_CONNS" ]; then
+	BENCH_IDLE_CONNS=$IDLE_MAX
+	NOTES+=("idle: $IDLE_ASKED connections asked, $BENCH_IDLE_CONNS measured (the same number for every system): the descriptor limit is $NOFILE and cannot be raised here (\`ulimit -Hn 1048576\` is refused, no CAP_SYS_RESOURCE); each proxy of the chain holds two descriptors per connection (client side and upstream side), and stunnel serves at most 125/256 of its descriptor limit as clients ($((NOFILE * 125 / 256)) here, \"Clients allowed\" in its log).")
 	log "idle: descriptor limit $NOFILE: $BENCH_IDLE_CONNS connections instead of $IDLE_ASKED"
 fi
 
