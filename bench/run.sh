@@ -553,7 +553,7 @@ MIB=$(awk -v b="$BENCH_BYTES" 'BEGIN{printf "%g", b/1048576}')
 {
 	echo "# starttls-proxy benchmark: side by side with stunnel and haproxy"
 	echo
-	echo "Written by \`bench/run.sh\` (\`make bench\`) on $(date -u '+%Y-%m-%d %H:%M UTC'). Loopback only;"
+	echo "Written by \`bench/run.sh\` (\`make bench-classic\`) on $(date -u '+%Y-%m-%d %H:%M UTC'). Loopback only;"
 	echo "every figure is the median of $BENCH_REPS runs (the proxies take turns within each run)."
 	echo
 	echo "## Machine and versions"
@@ -715,7 +715,7 @@ MIB=$(awk -v b="$BENCH_BYTES" 'BEGIN{printf "%g", b/1048576}')
 	echo "## How to reproduce"
 	echo
 	echo '```sh'
-	echo 'make && make bench            # or: STP_BIN=./starttls-proxy bash bench/run.sh'
+	echo 'make && make bench-classic    # or: STP_BIN=./starttls-proxy bash bench/run.sh'
 	echo '```'
 	echo
 	echo "Needs stunnel4, haproxy, openssl, gcc and libssl-dev (the script apt-get installs what"
