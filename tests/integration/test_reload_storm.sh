@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# SIGHUP during a 1,000-session load: Postfix's smtp-source sends 1,000 messages, one
-# session each, 20 at a time, through an injecting route (plaintext client, STARTTLS
+# SIGHUP during a 2,000-session load: Postfix's smtp-source sends 2,000 messages, one
+# session each, 20 at a time (about 4 s on a quiet machine, long enough for 8 reloads), through an injecting route (plaintext client, STARTTLS
 # verified toward a TLS sink; two workers), while the proxy is reloaded four times a
 # second (at least 8 reloads), each reload also swapping the certificate of a second route. Zero failed
 # sessions: smtp-source (which stops at the first unexpected reply) exits 0 and reports
-# nothing, the sink holds exactly 1,000 messages, every reload succeeded, and every
+# nothing, the sink holds exactly 2,000 messages, every reload succeeded, and every
 # session the proxy closed ended with the client's QUIT.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -15,7 +15,7 @@ if ! command -v smtp-source >/dev/null; then
 	fail smtp_source_installed "smtp-source not found (Debian postfix: bash scripts/deps.sh test)"
 	exit 1
 fi
-MESSAGES=${STP_STORM_MESSAGES:-1000}
+MESSAGES=${STP_STORM_MESSAGES:-2000}
 start_sink tlssink --cert "$CERTS/server.pem" --key "$CERTS/server.key"
 free_port PI; free_port PT
 cp "$CERTS/server.pem" "$T/live.pem"
