@@ -24,34 +24,9 @@
 #include "log.h"
 #include "proto.h"
 #include "proto_imap.h"
+#include "unit_script.h"
 
 /* ------------------------------------------------------------------ transcripts */
-
-struct sbuf {
-	char *p;
-	size_t n, cap;
-};
-
-static void sb_add(struct sbuf *b, const void *d, size_t n)
-{
-	if (b->n + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		while (cap < b->n + n + 1)
-			cap *= 2;
-		b->p = realloc(b->p, cap);
-		assert_non_null(b->p);
-		b->cap = cap;
-	}
-	if (n)
-		memcpy(b->p + b->n, d, n);
-	b->n += n;
-	b->p[b->n] = '\0';
-}
-
-static void sb_adds(struct sbuf *b, const char *s)
-{
-	sb_add(b, s, strlen(s));
-}
 
 /* Bytes with CR, LF, controls and '|' escaped. */
 static void sb_esc(struct sbuf *b, const uint8_t *p, size_t n)

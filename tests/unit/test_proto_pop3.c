@@ -78,8 +78,8 @@ struct run {
 	struct proto_actions a;
 	int closed, tls_pending[2], tls_done_called[2];
 	int policy_reports; /* PA_POLICY actions seen */
-	struct buf all_client, all_up;
-	struct buf sc_client, sc_up, sc_acts;
+	struct sbuf all_client, all_up;
+	struct sbuf sc_client, sc_up, sc_acts;
 	int failures;
 };
 
@@ -134,7 +134,7 @@ static int only_own_commands(const struct proto_params *p, const char *s, size_t
 	return 1;
 }
 
-static int ends_with(const struct buf *b, const char *suffix)
+static int ends_with(const struct sbuf *b, const char *suffix)
 {
 	size_t l = strlen(suffix);
 	return b->n >= l && memcmp(b->p + b->n - l, suffix, l) == 0;
@@ -155,8 +155,8 @@ static void collect(struct run *r, int stepno)
 			    !(i + 1 < a->n && a->a[a->n - 1].type == PA_CLOSE))
 				run_fail(r, stepno, "PA_SEND to %s during its TLS handshake: \"%s\"",
 					 side_name(x->side), esc(d, x->len));
-			buf_add(x->side == PROTO_CLIENT ? &r->all_client : &r->all_up, d, x->len);
-			buf_add(x->side == PROTO_CLIENT ? &r->sc_client : &r->sc_up, d, x->len);
+			sb_add(x->side == PROTO_CLIENT ? &r->all_client : &r->all_up, d, x->len);
+			sb_add(x->side == PROTO_CLIENT ? &r->sc_client : &r->sc_up, d, x->len);
 			if (x->side == PROTO_UPSTREAM && strict_upstream(r->sc->p) &&
 			    !r->tls_done_called[PROTO_UPSTREAM] &&
 			    !only_own_commands(r->sc->p, r->all_up.p, r->all_up.n))
@@ -173,19 +173,19 @@ static void collect(struct run *r, int stepno)
 			if (x->side == PROTO_UPSTREAM && !ends_with(&r->all_up, "STLS\r\n"))
 				run_fail(r, stepno, "PA_STARTTLS(up) not right after STLS");
 			r->tls_pending[x->side] = 1;
-			buf_adds(&r->sc_acts, x->side == PROTO_CLIENT ? " tls:client" : " tls:up");
+			sb_adds(&r->sc_acts, x->side == PROTO_CLIENT ? " tls:client" : " tls:up");
 			break;
 		case PA_READY:
-			buf_adds(&r->sc_acts, " ready");
+			sb_adds(&r->sc_acts, " ready");
 			break;
 		case PA_CLOSE:
 			r->closed = 1;
-			buf_adds(&r->sc_acts, " close");
+			sb_adds(&r->sc_acts, " close");
 			break;
 		case PA_BIND:
 		case PA_CHECK:
-			buf_adds(&r->sc_acts, x->type == PA_BIND ? " bind:" : " check:");
-			buf_add(&r->sc_acts, a->buf + x->off, x->len);
+			sb_adds(&r->sc_acts, x->type == PA_BIND ? " bind:" : " check:");
+			sb_add(&r->sc_acts, a->buf + x->off, x->len);
 			break;
 		case PA_MESSAGE:
 			run_fail(r, stepno, "PA_MESSAGE from POP3");
@@ -251,9 +251,9 @@ static int run_script_mode(const struct script *sc, int mode, size_t splitpos)
 	for (int i = 0; sc->steps[i].op != OP_END; i++) {
 		const struct step *s = &sc->steps[i];
 		size_t n = s->in ? (s->inlen ? s->inlen : strlen(s->in)) : 0;
-		buf_reset(&r.sc_client);
-		buf_reset(&r.sc_up);
-		buf_reset(&r.sc_acts);
+		sb_reset(&r.sc_client);
+		sb_reset(&r.sc_up);
+		sb_reset(&r.sc_acts);
 		switch (s->op) {
 		case OP_CONN:
 			proto_pop3_ops.upstream_connected(r.st, &r.a);
@@ -303,11 +303,11 @@ static int run_script_mode(const struct script *sc, int mode, size_t splitpos)
 		run_fail(&r, 0, "STLS refusal without PA_POLICY");
 	proto_pop3_ops.destroy(r.st);
 	proto_actions_free(&r.a);
-	buf_free(&r.all_client);
-	buf_free(&r.all_up);
-	buf_free(&r.sc_client);
-	buf_free(&r.sc_up);
-	buf_free(&r.sc_acts);
+	sb_free(&r.all_client);
+	sb_free(&r.all_up);
+	sb_free(&r.sc_client);
+	sb_free(&r.sc_up);
+	sb_free(&r.sc_acts);
 	return r.failures;
 }
 
@@ -832,13 +832,13 @@ static void test_long_lines(void **state)
 }
 
 /* Appends prefix, 'x' octets and suffix so that exactly total octets are added. */
-static void buf_fill(struct buf *b, const char *prefix, size_t total, const char *suffix)
+static void buf_fill(struct sbuf *b, const char *prefix, size_t total, const char *suffix)
 {
 	size_t start = b->n;
-	buf_adds(b, prefix);
+	sb_adds(b, prefix);
 	while (b->n - start + strlen(suffix) < total)
-		buf_adds(b, "x");
-	buf_adds(b, suffix);
+		sb_adds(b, "x");
+	sb_adds(b, suffix);
 	assert_int_equal(b->n - start, total);
 }
 
@@ -850,39 +850,39 @@ static void buf_fill(struct buf *b, const char *prefix, size_t total, const char
 static void test_bounds_edge(void **state)
 {
 	(void)state;
-	struct buf cmd_at = { 0 }, cmd_over = { 0 }, st_at = { 0 }, st_over = { 0 };
+	struct sbuf cmd_at = { 0 }, cmd_over = { 0 }, st_at = { 0 }, st_over = { 0 };
 	buf_fill(&cmd_at, "NOOP ", POP3_CMD_MAX, "\r\n");
 	buf_fill(&cmd_over, "NOOP ", POP3_CMD_MAX + 1, "\r\n");
 	buf_fill(&st_at, "+OK ", POP3_LINE_MAX, "\r\n");
 	buf_fill(&st_over, "+OK ", POP3_LINE_MAX + 1, "\r\n");
 	/* a CAPA response of POP3_CAPA_LINES_MAX lines (PIPELINING among them), and one more */
-	struct buf capa_at = { 0 }, capa_over = { 0 };
-	buf_adds(&capa_at, "+OK\r\nPIPELINING\r\n");
+	struct sbuf capa_at = { 0 }, capa_over = { 0 };
+	sb_adds(&capa_at, "+OK\r\nPIPELINING\r\n");
 	for (int i = 1; i < POP3_CAPA_LINES_MAX; i++)
-		buf_adds(&capa_at, "X-CAP\r\n");
-	buf_adds(&capa_over, capa_at.p);
-	buf_adds(&capa_over, "X-CAP\r\n.\r\n");
+		sb_adds(&capa_at, "X-CAP\r\n");
+	sb_adds(&capa_over, capa_at.p);
+	sb_adds(&capa_over, "X-CAP\r\n.\r\n");
 	/* one line too many: the lines before it are relayed, then the session ends without
 	 * the "." (an -ERR line would be taken as a capability) */
-	struct buf capa_cut = { 0 };
-	buf_adds(&capa_cut, capa_at.p);
-	buf_adds(&capa_at, ".\r\n");
+	struct sbuf capa_cut = { 0 };
+	sb_adds(&capa_cut, capa_at.p);
+	sb_adds(&capa_at, ".\r\n");
 	/* in flight toward a PIPELINING upstream: POP3_PIPELINE_MAX commands, the next waits;
 	 * behind it the client may pile up POP3_HOLD_MAX + POP3_CMD_MAX octets in all */
-	struct buf pipe_up = { 0 }, pipe_in = { 0 }, piled = { 0 };
+	struct sbuf pipe_up = { 0 }, pipe_in = { 0 }, piled = { 0 };
 	for (int i = 0; i < POP3_PIPELINE_MAX; i++)
-		buf_adds(&pipe_up, "NOOP\r\n");
-	buf_adds(&pipe_in, pipe_up.p);
-	buf_adds(&pipe_in, "STAT\r\n");
+		sb_adds(&pipe_up, "NOOP\r\n");
+	sb_adds(&pipe_in, pipe_up.p);
+	sb_adds(&pipe_in, "STAT\r\n");
 	buf_fill(&piled, "", POP3_HOLD_MAX + POP3_CMD_MAX - 6, "");
 	/* held while an AUTH challenge is awaited: POP3_HOLD_MAX octets, then one more */
-	struct buf auth_line = { 0 }, held = { 0 };
+	struct sbuf auth_line = { 0 }, held = { 0 };
 	buf_fill(&auth_line, "", 4096, "\r\n");
 	for (int i = 0; i < POP3_HOLD_MAX / 4096; i++)
-		buf_adds(&held, auth_line.p);
+		sb_adds(&held, auth_line.p);
 	assert_int_equal(held.n, POP3_HOLD_MAX);
 	/* an AUTH response line: POP3_CMD_MAX octets forwarded, one more ends the session */
-	struct buf sasl_at = { 0 }, sasl_over = { 0 };
+	struct sbuf sasl_at = { 0 }, sasl_over = { 0 };
 	buf_fill(&sasl_at, "", POP3_CMD_MAX, "\r\n");
 	buf_fill(&sasl_over, "", POP3_CMD_MAX + 1, "\r\n");
 #define BIG(o, data, c, u, x) \
@@ -963,11 +963,11 @@ static void test_bounds_edge(void **state)
 		{ "auth-line-over-bound", &P_PLAIN, s_sasl_over, M_WHOLE | M_BYTES },
 	};
 	RUN_TABLE(scs);
-	struct buf *all[] = { &cmd_at,  &cmd_over, &st_at,   &st_over, &capa_at,   &capa_over,
+	struct sbuf *all[] = { &cmd_at,  &cmd_over, &st_at,   &st_over, &capa_at,   &capa_over,
 			      &capa_cut, &pipe_up, &pipe_in, &piled,   &auth_line, &held,
 			      &sasl_at,  &sasl_over };
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
-		buf_free(all[i]);
+		sb_free(all[i]);
 }
 
 /* ------------------------------------------------------------------ failures */

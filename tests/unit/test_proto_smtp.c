@@ -86,8 +86,8 @@ struct run {
 	struct proto_actions a;
 	int closed, tls_pending[2], tls_done_called[2];
 	int policy_reports; /* PA_POLICY actions seen */
-	struct buf all_client, all_up;
-	struct buf sc_client, sc_up, sc_acts;
+	struct sbuf all_client, all_up;
+	struct sbuf sc_client, sc_up, sc_acts;
 	int failures;
 };
 
@@ -144,7 +144,7 @@ static int only_own_commands(const struct proto_params *p, const char *s, size_t
 	return 1;
 }
 
-static int ends_with(const struct buf *b, const char *suffix)
+static int ends_with(const struct sbuf *b, const char *suffix)
 {
 	size_t l = strlen(suffix);
 	return b->n >= l && memcmp(b->p + b->n - l, suffix, l) == 0;
@@ -165,8 +165,8 @@ static void collect(struct run *r, int stepno)
 			    !(i + 1 < a->n && a->a[a->n - 1].type == PA_CLOSE))
 				run_fail(r, stepno, "PA_SEND to %s during its TLS handshake: \"%s\"",
 					 side_name(x->side), esc(d, x->len));
-			buf_add(x->side == PROTO_CLIENT ? &r->all_client : &r->all_up, d, x->len);
-			buf_add(x->side == PROTO_CLIENT ? &r->sc_client : &r->sc_up, d, x->len);
+			sb_add(x->side == PROTO_CLIENT ? &r->all_client : &r->all_up, d, x->len);
+			sb_add(x->side == PROTO_CLIENT ? &r->sc_client : &r->sc_up, d, x->len);
 			if (x->side == PROTO_UPSTREAM && strict_upstream(r->sc->p) &&
 			    !r->tls_done_called[PROTO_UPSTREAM] &&
 			    !only_own_commands(r->sc->p, r->all_up.p, r->all_up.n))
@@ -183,19 +183,19 @@ static void collect(struct run *r, int stepno)
 			if (x->side == PROTO_UPSTREAM && !ends_with(&r->all_up, "STARTTLS\r\n"))
 				run_fail(r, stepno, "PA_STARTTLS(up) not right after STARTTLS");
 			r->tls_pending[x->side] = 1;
-			buf_adds(&r->sc_acts, x->side == PROTO_CLIENT ? " tls:client" : " tls:up");
+			sb_adds(&r->sc_acts, x->side == PROTO_CLIENT ? " tls:client" : " tls:up");
 			break;
 		case PA_READY:
-			buf_adds(&r->sc_acts, " ready");
+			sb_adds(&r->sc_acts, " ready");
 			break;
 		case PA_CLOSE:
 			r->closed = 1;
-			buf_adds(&r->sc_acts, " close");
+			sb_adds(&r->sc_acts, " close");
 			break;
 		case PA_BIND:
 		case PA_CHECK:
-			buf_adds(&r->sc_acts, x->type == PA_BIND ? " bind:" : " check:");
-			buf_add(&r->sc_acts, a->buf + x->off, x->len);
+			sb_adds(&r->sc_acts, x->type == PA_BIND ? " bind:" : " check:");
+			sb_add(&r->sc_acts, a->buf + x->off, x->len);
 			break;
 		case PA_MESSAGE: { /* well-formed; test_message_trace checks the contents */
 			struct proto_message m;
@@ -266,9 +266,9 @@ static int run_script_mode(const struct script *sc, int mode, size_t splitpos)
 	for (int i = 0; sc->steps[i].op != OP_END; i++) {
 		const struct step *s = &sc->steps[i];
 		size_t n = s->in ? (s->inlen ? s->inlen : strlen(s->in)) : 0;
-		buf_reset(&r.sc_client);
-		buf_reset(&r.sc_up);
-		buf_reset(&r.sc_acts);
+		sb_reset(&r.sc_client);
+		sb_reset(&r.sc_up);
+		sb_reset(&r.sc_acts);
 		switch (s->op) {
 		case OP_CONN:
 			proto_smtp_ops.upstream_connected(r.st, &r.a);
@@ -330,11 +330,11 @@ static int run_script_mode(const struct script *sc, int mode, size_t splitpos)
 		run_fail(&r, 0, "STARTTLS refusal without PA_POLICY");
 	proto_smtp_ops.destroy(r.st);
 	proto_actions_free(&r.a);
-	buf_free(&r.all_client);
-	buf_free(&r.all_up);
-	buf_free(&r.sc_client);
-	buf_free(&r.sc_up);
-	buf_free(&r.sc_acts);
+	sb_free(&r.all_client);
+	sb_free(&r.all_up);
+	sb_free(&r.sc_client);
+	sb_free(&r.sc_up);
+	sb_free(&r.sc_acts);
 	return r.failures;
 }
 
@@ -653,23 +653,23 @@ static void test_rewrite_ehlo(void **state)
 static void test_rewrite_ehlo_many_lines(void **state)
 {
 	(void)state;
-	struct buf in = { 0 }, want = { 0 };
+	struct sbuf in = { 0 }, want = { 0 };
 	for (int i = 0; i < SMTP_REPLY_LINES_MAX; i++) {
 		char l[64];
 		snprintf(l, sizeof(l), "250%cX-EXT%d\r\n", i + 1 < SMTP_REPLY_LINES_MAX ? '-' : ' ', i);
-		buf_adds(&in, l);
+		sb_adds(&in, l);
 		snprintf(l, sizeof(l), "250-X-EXT%d\r\n", i);
-		buf_adds(&want, l);
+		sb_adds(&want, l);
 	}
-	buf_adds(&want, "250 STARTTLS\r\n");
+	sb_adds(&want, "250 STARTTLS\r\n");
 	size_t cap = in.n + 64;
 	char *out = malloc(cap);
 	long n = smtp_rewrite_ehlo(in.p, in.n, 1, 0, out, cap);
 	assert_int_equal(n, (long)want.n);
 	assert_memory_equal(out, want.p, want.n);
 	free(out);
-	buf_free(&in);
-	buf_free(&want);
+	sb_free(&in);
+	sb_free(&want);
 }
 
 /* ------------------------------------------------------------------ inject */
@@ -984,18 +984,18 @@ static void test_inject(void **state)
 static void test_inject_oversized(void **state)
 {
 	(void)state;
-	struct buf longline = { 0 }, manylines = { 0 }, nonl = { 0 };
-	buf_adds(&longline, "250-mx.test\r\n250-");
+	struct sbuf longline = { 0 }, manylines = { 0 }, nonl = { 0 };
+	sb_adds(&longline, "250-mx.test\r\n250-");
 	for (int i = 0; i < SMTP_REPLY_LINE_MAX; i++)
-		buf_adds(&longline, "x");
-	buf_adds(&longline, "\r\n250 STARTTLS\r\n");
-	buf_adds(&manylines, "250-mx.test\r\n");
+		sb_adds(&longline, "x");
+	sb_adds(&longline, "\r\n250 STARTTLS\r\n");
+	sb_adds(&manylines, "250-mx.test\r\n");
 	for (int i = 0; i < SMTP_REPLY_LINES_MAX; i++)
-		buf_adds(&manylines, "250-X\r\n");
-	buf_adds(&manylines, "250 STARTTLS\r\n");
-	buf_adds(&nonl, "220 ");
+		sb_adds(&manylines, "250-X\r\n");
+	sb_adds(&manylines, "250 STARTTLS\r\n");
+	sb_adds(&nonl, "220 ");
 	for (int i = 0; i < SMTP_REPLY_LINE_MAX + 10; i++)
-		buf_adds(&nonl, "y");
+		sb_adds(&nonl, "y");
 	const struct step s1[] = {
 		CONN("", "", ""),
 		CL("EHLO client.test\r\n", "", "", ""),
@@ -1032,9 +1032,9 @@ static void test_inject_oversized(void **state)
 		{ "reply_too_many_lines_mid", &P_PLAIN, s4, M_WHOLE | M_BYTES },
 	};
 	RUN_TABLE(scs);
-	buf_free(&longline);
-	buf_free(&manylines);
-	buf_free(&nonl);
+	sb_free(&longline);
+	sb_free(&manylines);
+	sb_free(&nonl);
 }
 
 /* ------------------------------------------------------------------ terminate */
@@ -1494,24 +1494,24 @@ static void test_commands(void **state)
 static void test_long_line(void **state)
 {
 	(void)state;
-	struct buf l1 = { 0 }, l2 = { 0 }, l3 = { 0 }, l5 = { 0 }, okline = { 0 };
+	struct sbuf l1 = { 0 }, l2 = { 0 }, l3 = { 0 }, l5 = { 0 }, okline = { 0 };
 	/* 1: tail "QUIT" beyond the bound, newline in the same chunk */
-	buf_adds(&l1, "NOOP ");
+	sb_adds(&l1, "NOOP ");
 	for (int i = 0; i < SMTP_CMD_MAX; i++)
-		buf_adds(&l1, "a");
-	buf_adds(&l1, "QUIT\r\nNOOP\r\n");
+		sb_adds(&l1, "a");
+	sb_adds(&l1, "QUIT\r\nNOOP\r\n");
 	/* 2: the bound reached without a newline; the tail comes later */
 	for (int i = 0; i < SMTP_CMD_MAX; i++)
-		buf_adds(&l2, "b");
-	buf_adds(&l3, "bbbQUIT\r\nRSET\r\n");
+		sb_adds(&l2, "b");
+	sb_adds(&l3, "bbbQUIT\r\nRSET\r\n");
 	for (int i = 0; i < 3 * SMTP_CMD_MAX; i++)
-		buf_adds(&l5, "d");
-	buf_adds(&l5, "QUIT\r\nNOOP\r\n");
+		sb_adds(&l5, "d");
+	sb_adds(&l5, "QUIT\r\nNOOP\r\n");
 	/* exactly SMTP_CMD_MAX octets with CRLF: accepted */
-	buf_adds(&okline, "NOOP ");
+	sb_adds(&okline, "NOOP ");
 	while (okline.n < SMTP_CMD_MAX - 2)
-		buf_adds(&okline, "c");
-	buf_adds(&okline, "\r\n");
+		sb_adds(&okline, "c");
+	sb_adds(&okline, "\r\n");
 	char *okup = strdup(okline.p);
 	const struct step s1[] = {
 		PLAIN_OPEN,
@@ -1562,23 +1562,23 @@ static void test_long_line(void **state)
 	};
 	RUN_TABLE(scs);
 	free(okup);
-	buf_free(&l1);
-	buf_free(&l2);
-	buf_free(&l3);
-	buf_free(&l5);
-	buf_free(&okline);
+	sb_free(&l1);
+	sb_free(&l2);
+	sb_free(&l3);
+	sb_free(&l5);
+	sb_free(&okline);
 }
 
 /* ------------------------------------------------------------------ bounds at their edge */
 
 /* Appends prefix, 'x' octets and suffix so that exactly total octets are added. */
-static void buf_fill(struct buf *b, const char *prefix, size_t total, const char *suffix)
+static void buf_fill(struct sbuf *b, const char *prefix, size_t total, const char *suffix)
 {
 	size_t start = b->n;
-	buf_adds(b, prefix);
+	sb_adds(b, prefix);
 	while (b->n - start + strlen(suffix) < total)
-		buf_adds(b, "x");
-	buf_adds(b, suffix);
+		sb_adds(b, "x");
+	sb_adds(b, suffix);
 	assert_int_equal(b->n - start, total);
 }
 
@@ -1612,24 +1612,24 @@ static void test_bounds_edge(void **state)
 	(void)state;
 	/* commands: SMTP_CMD_MAX octets with CRLF relayed ("line_at_bound" in test_long_line),
 	 * one more answered 500 and dropped */
-	struct buf cmd_over = { 0 };
+	struct sbuf cmd_over = { 0 };
 	buf_fill(&cmd_over, "NOOP ", SMTP_CMD_MAX + 1, "\r\n");
 	/* reply lines: SMTP_REPLY_LINE_MAX octets with CRLF relayed, one more ends the session */
-	struct buf line_at = { 0 }, line_over = { 0 };
+	struct sbuf line_at = { 0 }, line_over = { 0 };
 	buf_fill(&line_at, "250 ", SMTP_REPLY_LINE_MAX, "\r\n");
 	buf_fill(&line_over, "250 ", SMTP_REPLY_LINE_MAX + 1, "\r\n");
 	/* replies: SMTP_REPLY_LINES_MAX lines relayed, one more line ends the session */
-	struct buf lines_at = { 0 }, lines_over = { 0 };
+	struct sbuf lines_at = { 0 }, lines_over = { 0 };
 	for (int i = 1; i < SMTP_REPLY_LINES_MAX; i++) {
-		buf_adds(&lines_at, "250-X\r\n");
-		buf_adds(&lines_over, "250-X\r\n");
+		sb_adds(&lines_at, "250-X\r\n");
+		sb_adds(&lines_over, "250-X\r\n");
 	}
-	buf_adds(&lines_over, "250-X\r\n");
-	buf_adds(&lines_at, "250 X\r\n");
-	buf_adds(&lines_over, "250 X\r\n");
+	sb_adds(&lines_over, "250-X\r\n");
+	sb_adds(&lines_at, "250 X\r\n");
+	sb_adds(&lines_over, "250 X\r\n");
 	/* replies: SMTP_REPLY_MAX octets (31 lines of SMTP_REPLY_LINE_MAX and two of 1024)
 	 * relayed, one octet more ends the session */
-	struct buf bytes_at = { 0 }, bytes_over = { 0 };
+	struct sbuf bytes_at = { 0 }, bytes_over = { 0 };
 	for (int i = 0; i < 31; i++) {
 		buf_fill(&bytes_at, "250-", SMTP_REPLY_LINE_MAX, "\r\n");
 		buf_fill(&bytes_over, "250-", SMTP_REPLY_LINE_MAX, "\r\n");
@@ -1641,18 +1641,18 @@ static void test_bounds_edge(void **state)
 	assert_int_equal(bytes_at.n, SMTP_REPLY_MAX);
 	/* held while the 354 is awaited: SMTP_HOLD_MAX octets kept (and relayed as the message
 	 * once it comes), one more ends the session */
-	struct buf hold_at = { 0 }, hold_over = { 0 };
+	struct sbuf hold_at = { 0 }, hold_over = { 0 };
 	buf_fill(&hold_at, "", SMTP_HOLD_MAX, "\r\n");
 	buf_fill(&hold_over, "", SMTP_HOLD_MAX + 1, "\r\n");
 	/* in flight: SMTP_PIPELINE_MAX commands go up, the next one waits for a reply */
-	struct buf pipe_in = { 0 }, pipe_up = { 0 };
+	struct sbuf pipe_in = { 0 }, pipe_up = { 0 };
 	for (int i = 0; i < SMTP_PIPELINE_MAX; i++)
-		buf_adds(&pipe_up, "NOOP\r\n");
-	buf_adds(&pipe_in, pipe_up.p);
-	buf_adds(&pipe_in, "RSET\r\n");
+		sb_adds(&pipe_up, "NOOP\r\n");
+	sb_adds(&pipe_in, pipe_up.p);
+	sb_adds(&pipe_in, "RSET\r\n");
 	/* behind a full pipeline the client may pile up SMTP_HOLD_MAX + SMTP_CMD_MAX octets
 	 * unread (the RSET's 6 included), one more ends the session */
-	struct buf piled = { 0 };
+	struct sbuf piled = { 0 };
 	buf_fill(&piled, "", SMTP_HOLD_MAX + SMTP_CMD_MAX - 6, "");
 	/* BDAT chunk sizes: SMTP_BDAT_MAX without SIZE, the SIZE with it */
 	char bdat_at[64], bdat_over[64];
@@ -1791,11 +1791,11 @@ static void test_bounds_edge(void **state)
 	for (size_t i = 0; i < sizeof(scs) / sizeof(scs[0]); i++)
 		if (!strncmp(scs[i].name, "lmtp_", 5))
 			free((void *)scs[i].steps);
-	struct buf *all[] = { &cmd_over,   &line_at, &line_over, &lines_at, &lines_over,
+	struct sbuf *all[] = { &cmd_over,   &line_at, &line_over, &lines_at, &lines_over,
 			      &bytes_at,   &bytes_over, &hold_at, &hold_over, &pipe_in,
 			      &pipe_up,    &piled };
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
-		buf_free(all[i]);
+		sb_free(all[i]);
 }
 
 /* Large DATA body: byte-exact, however it is cut. */
@@ -1894,14 +1894,14 @@ static void test_body_table(void **state)
 static void test_data_large(void **state)
 {
 	(void)state;
-	struct buf body = { 0 };
+	struct sbuf body = { 0 };
 	for (int i = 0; i < 3000; i++) {
 		char l[80];
 		snprintf(l, sizeof(l), "%sline %d: MAIL FROM:<x@y> STARTTLS QUIT\r\n",
 			 i % 7 == 0 ? "." : "", i);
-		buf_adds(&body, l);
+		sb_adds(&body, l);
 	}
-	buf_adds(&body, ".\r\n");
+	sb_adds(&body, ".\r\n");
 	const struct step s[] = {
 		PLAIN_OPEN,
 		CL("DATA\r\n", "", "DATA\r\n", ""),
@@ -1913,7 +1913,7 @@ static void test_data_large(void **state)
 	};
 	const struct script scs[] = { { "data_large", &P_PLAIN, s, M_WHOLE | M_BYTES } };
 	RUN_TABLE(scs);
-	buf_free(&body);
+	sb_free(&body);
 }
 
 /* ------------------------------------------------------------------ failures */
@@ -2323,13 +2323,13 @@ static const struct script xclient_scripts[] = {
  * EHLO and MAIL follow XCLIENT's 220; an upstream without NAME among its attributes does not
  * wait. */
 static void xclient_feed(void *st, struct proto_actions *a, int side, const char *bytes,
-			 struct buf *up)
+			 struct sbuf *up)
 {
 	if (bytes)
 		proto_smtp_ops.data(st, side, (const uint8_t *)bytes, strlen(bytes), a);
 	for (size_t i = 0; i < a->n; i++)
 		if (a->a[i].type == PA_SEND && a->a[i].side == PROTO_UPSTREAM)
-			buf_add(up, a->buf + a->a[i].off, a->a[i].len);
+			sb_add(up, a->buf + a->a[i].off, a->a[i].len);
 	proto_actions_clear(a);
 }
 
@@ -2340,7 +2340,7 @@ static void test_xclient_name_wait(void **state)
 	struct proto_params p = P_XCLIENT_PENDING;
 	p.client_name = name;
 	struct proto_actions a = { 0 };
-	struct buf up = { 0 };
+	struct sbuf up = { 0 };
 	void *st = proto_smtp_ops.create(&p);
 	proto_smtp_ops.upstream_connected(st, &a);
 	xclient_feed(st, &a, PROTO_UPSTREAM, GREET, &up);
@@ -2357,7 +2357,7 @@ static void test_xclient_name_wait(void **state)
 	proto_smtp_ops.client_name_ready(st, &a); /* a second call changes nothing */
 	assert_int_equal(a.n, 0);
 	proto_smtp_ops.destroy(st);
-	buf_free(&up);
+	sb_free(&up);
 	proto_actions_free(&a);
 }
 

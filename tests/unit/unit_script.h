@@ -1,5 +1,5 @@
 /* unit_script.h - small helpers the protocol modules' script-driven tests share
- * (test_proto_smtp.c, test_proto_pop3.c): a growable text buffer, a printable rendering of
+ * (test_proto_smtp.c, test_proto_pop3.c, test_proto_imap.c): a growable text buffer, a printable rendering of
  * bytes for failure messages, and the glob matcher the expectations use. Include after
  * cmocka.h. */
 #ifndef STP_UNIT_SCRIPT_H
@@ -9,12 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct buf {
+struct sbuf {
 	char *p;
 	size_t n, cap;
 };
 
-static void buf_add(struct buf *b, const void *d, size_t n)
+static inline void sb_add(struct sbuf *b, const void *d, size_t n)
 {
 	if (b->n + n + 1 > b->cap) {
 		size_t cap = b->cap ? b->cap : 256;
@@ -30,26 +30,26 @@ static void buf_add(struct buf *b, const void *d, size_t n)
 	b->p[b->n] = '\0';
 }
 
-static void buf_adds(struct buf *b, const char *s)
+static inline void sb_adds(struct sbuf *b, const char *s)
 {
-	buf_add(b, s, strlen(s));
+	sb_add(b, s, strlen(s));
 }
 
-static void buf_reset(struct buf *b)
+static inline void sb_reset(struct sbuf *b)
 {
 	b->n = 0;
 	if (b->p)
 		b->p[0] = '\0';
 }
 
-static void buf_free(struct buf *b)
+static inline void sb_free(struct sbuf *b)
 {
 	free(b->p);
 	memset(b, 0, sizeof(*b));
 }
 
 /* Printable rendering of bytes for failure messages (CR, LF, controls escaped). */
-static const char *esc(const char *s, size_t n)
+static inline const char *esc(const char *s, size_t n)
 {
 	static char out[4][1400];
 	static int k;
@@ -79,7 +79,7 @@ static const char *esc(const char *s, size_t n)
 
 /* '*' in pat matches any run of bytes (CR/LF included), '?' any one byte; everything else
  * is literal. Recursion only at '*', so long literal texts are fine. */
-static int glob_match(const char *pat, const char *s, size_t n)
+static inline int glob_match(const char *pat, const char *s, size_t n)
 {
 	while (*pat && *pat != '*') {
 		if (n == 0 || (*pat != '?' && *pat != *s))
