@@ -92,6 +92,13 @@ if [ "$(id -u)" != 0 ]; then
 	skip namespaces "needs root to make network namespaces"
 	finish
 fi
+# The pod's processes run under other uids, which cannot reach a checkout in a private
+# directory (a clone in a 0700 home, or under mktemp -d): they get copies under $T (0755).
+mkdir -p "$T/tools" "$T/certs"
+cp "$TOOLS"/*.py "$T/tools/" && cp "$CERTS"/* "$T/certs/" && cp "$STP_BIN" "$T/starttls-proxy"
+chmod 755 "$T/tools" "$T/certs" "$T/starttls-proxy"
+chmod 644 "$T/tools"/*.py "$T/certs"/*
+TOOLS=$T/tools CERTS=$T/certs STP_BIN=$T/starttls-proxy
 ID=$$
 POD=stp-pod-$ID NET=stp-net-$ID GW=stp-gw-$ID
 ns_cleanup() {
