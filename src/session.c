@@ -53,6 +53,20 @@ struct name_req {
 	char host[NI_MAXHOST];
 };
 
+/* What only a late-binding session needs (kept out of struct session, which every
+ * connection pays for): each candidate's MX host name and whether the MTA-STS policy names
+ * it, the recipient domain, and the current candidate's name and TLSA records as tls.h
+ * wants them. */
+struct session_late {
+	char dst_name[SESSION_ADDRS_MAX][256];
+	unsigned char dst_sts_match[SESSION_ADDRS_MAX];
+	char domain[256];
+	const char *name[1];
+	struct tls_tlsa tlsa[LATE_TLSA_MAX];
+};
+
+#define SESSION_NAME_MAX 256
+
 struct session {
 	struct session *next, *prev; /* in the host's list */
 	struct session_host *h;
@@ -102,7 +116,8 @@ struct session {
 	unsigned early_eof : 1;
 	/* the upstream: candidate addresses (the original destination, the route's address,
 	 * or what its host name resolved to), tried in turn; the policy toward the current one */
-	struct sockaddr_storage dst[SESSION_ADDRS_MAX];
+	struct sockaddr_storage *dst; /* &dst1, or SESSION_ADDRS_MAX of them (dst_many) */
+	struct sockaddr_storage dst1;
 	int ndst, idst;
 	struct session_policy pol;
 	uv_getaddrinfo_t gai;
@@ -115,22 +130,17 @@ struct session {
 	 * certificate chain and name verified (what a later recipient's policy may ask). */
 	struct late_res *late;
 	struct late_req *late_req;
-	char dst_name[SESSION_ADDRS_MAX][256];
-	unsigned char dst_sts_match[SESSION_ADDRS_MAX];
+	struct session_late *lt; /* allocated when the session binds late (start) */
 	struct sockaddr_storage orig;
 	unsigned late_route : 1, late_sts : 1, late_testing : 1, up_verified : 1;
 	enum cfg_policy late_level; /* mta-sts, dane or auto: the route's, or its table row's */
 	enum cfg_mode late_mode;    /* policy_mode of the route or the row */
-	char late_domain[256];
-	const char *late_name[1];
-	/* DANE: each candidate's TLSA records (NULL when none has any), and the current
-	 * candidate's as tls.h wants them */
+	/* DANE: each candidate's TLSA records (NULL when none has any) */
 	struct late_cand *cands;
-	struct tls_tlsa tlsa[LATE_TLSA_MAX];
 	struct sts_policy *late_pol; /* the bound domain's MTA-STS policy (late_sts) */
 	/* xclient: the client's host name for XCLIENT NAME, forward-confirmed (see
 	 * lookup_name): "" while the lookup runs, "[UNAVAILABLE]" or "[TEMPUNAVAIL]" */
-	char client_name[256];
+	char *client_name; /* SESSION_NAME_MAX octets, allocated (start) on xclient routes */
 	struct name_req *nreq;
 	uint64_t name_started_ms;
 };
@@ -214,6 +224,10 @@ static void handle_closed(struct session *s)
 	late_res_unref(s->late);
 	free(s->cands);
 	free(s->late_pol);
+	free(s->lt);
+	free(s->client_name);
+	if (s->dst != &s->dst1)
+		free(s->dst);
 	buf_free(&s->early);
 	free(s->pp_buf);
 	proto_actions_free(&s->acts);
@@ -494,7 +508,7 @@ static int check_upstream_tls(struct session *s)
 	if (s->late_route)
 		late_eval_conn(s, result);
 	if (s->late_route) { /* what a later recipient's policy may ask of this connection */
-		const char *name = s->dst_name[s->idst];
+		const char *name = s->lt->dst_name[s->idst];
 		char d2[200];
 		if (resumed || check == TLS_CHECK_VERIFY || dane)
 			s->up_verified = (check == TLS_CHECK_VERIFY || dane) && !result;
@@ -1035,20 +1049,20 @@ static void decide_late(struct session *s)
 			const struct dns_tlsa *t = &c->tlsa[i];
 			struct tls_tlsa x = { t->usage, t->selector, t->mtype,
 					      t->len <= DNS_TLSA_DATA_MAX ? t->len : 0, t->data };
-			s->tlsa[i] = x;
+			s->lt->tlsa[i] = x;
 			usable += tls_tlsa_usable(&x) ? 1 : 0;
 		}
 		s->pol.mode = s->late_mode;
 		/* only unusable records: TLS is still mandatory, without authentication (RFC 7672
 		 * §2.2: never a downgrade to plaintext) */
 		s->pol.level = usable ? CFG_POLICY_DANE : CFG_POLICY_ENCRYPT;
-		s->pol.tlsa = s->tlsa;
+		s->pol.tlsa = s->lt->tlsa;
 		s->pol.ntlsa = c->ntlsa;
 	}
 
-	if (s->dst_name[s->idst][0]) {
-		s->late_name[0] = s->dst_name[s->idst];
-		s->pol.names = s->late_name;
+	if (s->lt->dst_name[s->idst][0]) {
+		s->lt->name[0] = s->lt->dst_name[s->idst];
+		s->pol.names = s->lt->name;
 		s->pol.nnames = 1;
 	}
 }
@@ -1077,12 +1091,12 @@ static void decide(struct session *s)
 		  cfg_policy_name(s->pol.level), "mode",
 		  s->pol.mode == CFG_MODE_ENFORCE ? "enforce" : "testing", "tls",
 		  cfg_tls_name(s->pol.tls), "name", sni(s), "source", src, "domain",
-		  s->late_route ? s->late_domain : NULL, NULL);
+		  s->late_route ? s->lt->domain : NULL, NULL);
 	if (s->late_route && s->late_sts && s->pol.level != CFG_POLICY_DANE &&
-	    !s->dst_sts_match[s->idst]) {
+	    !s->lt->dst_sts_match[s->idst]) {
 		char detail[700];
 		snprintf(detail, sizeof(detail), "MX host %s is not in the MTA-STS policy of %s",
-			 s->dst_name[s->idst][0] ? s->dst_name[s->idst] : "(unknown)", s->late_domain);
+			 s->lt->dst_name[s->idst][0] ? s->lt->dst_name[s->idst] : "(unknown)", s->lt->domain);
 		policy_failure(s, "validation-failure", detail);
 	}
 	if (s->proto)
@@ -1361,6 +1375,19 @@ static struct dns_entry *dns_lookup(struct session *s)
 	return NULL;
 }
 
+/* Room for SESSION_ADDRS_MAX candidates (a name's addresses, a domain's MX hosts): most
+ * sessions have one address and keep it in dst1. 0, or -1 when out of memory. */
+static int dst_many(struct session *s)
+{
+	if (s->dst != &s->dst1)
+		return 0;
+	struct sockaddr_storage *a = calloc(SESSION_ADDRS_MAX, sizeof(*a));
+	if (!a)
+		return -1;
+	s->dst = a;
+	return 0;
+}
+
 static void dns_store(struct session *s)
 {
 	if (!s->h->dns && !(s->h->dns = calloc(1, sizeof(struct dns_cache))))
@@ -1566,7 +1593,7 @@ static void late_eval_conn(struct session *s, const char *result)
 	enum tlsrpt_policy type = c && c->dane ? TLSRPT_TLSA
 				  : s->late_sts	 ? TLSRPT_STS
 						 : TLSRPT_NONE;
-	late_eval(s, s->late_domain, type, s->late_pol, c, s->dst_name[s->idst], &s->dst[s->idst],
+	late_eval(s, s->lt->domain, type, s->late_pol, c, s->lt->dst_name[s->idst], &s->dst[s->idst],
 		  result);
 }
 
@@ -1589,10 +1616,10 @@ static void late_report(struct session *s, const struct late_plan *p, const char
 	/* TLSRPT: against the connected MX (conn) or before any session (the plan) */
 	const struct late_cand *c = NULL;
 	for (size_t i = 0; conn && i < p->n && !c; i++)
-		if (!strcasecmp(p->c[i].name, s->dst_name[s->idst]))
+		if (!strcasecmp(p->c[i].name, s->lt->dst_name[s->idst]))
 			c = &p->c[i];
 	late_eval(s, p->domain, plan_type(p, result), p->policy, c,
-		  conn ? s->dst_name[s->idst] : NULL, conn ? &s->dst[s->idst] : NULL, result);
+		  conn ? s->lt->dst_name[s->idst] : NULL, conn ? &s->dst[s->idst] : NULL, result);
 	log_event(LOG_WARN, s->id, s->r->name, "policy_failure", "side", "upstream", "result",
 		  result, "mode", testing ? "testing" : "enforce", "policy",
 		  p->dane ? "dane" : p->sts ? "mta-sts" : cfg_policy_name(s->late_level),
@@ -1636,12 +1663,17 @@ static void planned(void *arg, const struct late_plan *p)
 	}
 	if (s->cands)
 		memcpy(s->cands, p->c, sizeof(*s->cands) * p->n);
+	if (dst_many(s) < 0) {
+		s->proto->bind_failed(s->ps, "451 4.3.0 Out of memory; try again later", &s->acts);
+		exec_actions(s);
+		return;
+	}
 	s->ndst = (int)p->n;
 	s->idst = 0;
 	for (size_t i = 0; i < p->n; i++) {
 		s->dst[i] = p->c[i].addr;
-		snprintf(s->dst_name[i], sizeof(s->dst_name[i]), "%s", p->c[i].name);
-		s->dst_sts_match[i] = (unsigned char)p->c[i].sts_match;
+		snprintf(s->lt->dst_name[i], sizeof(s->lt->dst_name[i]), "%s", p->c[i].name);
+		s->lt->dst_sts_match[i] = (unsigned char)p->c[i].sts_match;
 	}
 	log_event(LOG_INFO, s->id, s->r->name, "late_bind", "domain", p->domain, "policy",
 		  p->dane ? "dane" : p->sts ? "mta-sts" : "none", "mode",
@@ -1661,7 +1693,7 @@ static void checked(void *arg, const struct late_plan *p)
 	s->late_req = NULL;
 	if (s->closed || s->ending)
 		return;
-	const char *name = s->dst_name[s->idst];
+	const char *name = s->lt->dst_name[s->idst];
 	int ok = 1, reported = 0, routed = 1;
 	char reply[300] = "", detail[900];
 	if (p->fail) {
@@ -1760,7 +1792,7 @@ static void late_lookup(struct session *s, const char *domain, int check)
 	const struct sockaddr_storage *orig = s->r->upstream.original_dst ? &s->orig : NULL;
 	uint16_t port = orig ? port_of(orig) : s->r->upstream.port;
 	if (!check)
-		snprintf(s->late_domain, sizeof(s->late_domain), "%s", domain);
+		snprintf(s->lt->domain, sizeof(s->lt->domain), "%s", domain);
 	s->late_req = res ? late_plan(res, domain, s->late_level, orig, port,
 				      s->late_mode == CFG_MODE_TESTING,
 				      check ? checked : planned, s)
@@ -1793,6 +1825,10 @@ static void start_upstream(struct session *s)
 	if (!u->needs_dns) {
 		s->dst[s->ndst++] = u->ss;
 		connect_upstream(s);
+		return;
+	}
+	if (dst_many(s) < 0) {
+		upstream_unreachable(s, "out of memory");
 		return;
 	}
 	struct dns_entry *e = dns_lookup(s);
@@ -1909,7 +1945,7 @@ static void exec_actions(struct session *s);
 /* The name is known (or given up): the module waiting for it goes on. */
 static void name_known(struct session *s, const char *name)
 {
-	snprintf(s->client_name, sizeof(s->client_name), "%s", name);
+	snprintf(s->client_name, SESSION_NAME_MAX, "%s", name);
 	log_event(LOG_DEBUG, s->id, s->r->name, "client_name", "name", name, NULL);
 	s->nreq = NULL;
 	if (s->proto && s->proto->client_name_ready && !s->ending && !s->closed) {
@@ -1981,7 +2017,7 @@ static void lookup_name(struct session *s)
 {
 	struct name_req *nr = calloc(1, sizeof(*nr));
 	if (!nr) {
-		snprintf(s->client_name, sizeof(s->client_name), "[TEMPUNAVAIL]");
+		snprintf(s->client_name, SESSION_NAME_MAX, "[TEMPUNAVAIL]");
 		return;
 	}
 	nr->s = s;
@@ -1992,7 +2028,7 @@ static void lookup_name(struct session *s)
 			   NI_NAMEREQD) < 0) {
 		s->nreq = NULL;
 		free(nr);
-		snprintf(s->client_name, sizeof(s->client_name), "[TEMPUNAVAIL]");
+		snprintf(s->client_name, SESSION_NAME_MAX, "[TEMPUNAVAIL]");
 	}
 }
 
@@ -2000,6 +2036,11 @@ static void start(struct session *s)
 {
 	if (late_from_table(s) < 0)
 		return;
+	if ((s->late_route && !(s->lt = calloc(1, sizeof(*s->lt)))) ||
+	    (s->r->xclient && !(s->client_name = calloc(1, SESSION_NAME_MAX)))) {
+		session_close(s, "out of memory");
+		return;
+	}
 	if (s->r->xclient && !s->late_route)
 		lookup_name(s);
 	if (start_proto(s) < 0) {
@@ -2242,6 +2283,7 @@ void session_accept(struct session_host *h, struct cfg_route *r, uv_stream_t *se
 	s->h = h;
 	s->cfg = cfg_ref(h->cfg);
 	s->r = r;
+	s->dst = &s->dst1;
 	s->late_route = cfg_route_late(r) && proto_lookup(r->protocol) != NULL;
 	s->late_level = r->upstream_policy;
 	s->late_mode = r->policy_mode;
