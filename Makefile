@@ -49,20 +49,25 @@ check-deps:
 deps:
 	@bash scripts/deps.sh test
 
-$(BIN): $(OBJS)
+# A wolfSSL rebuilt with other flags (make deps) lives under another prefix: what was
+# compiled or linked against the old one is rebuilt.
+WOLFSSL_A    := $(WOLFSSL_PREFIX)/lib/libwolfssl.a
+WOLFSSL_OPTS := $(wildcard $(WOLFSSL_PREFIX)/include/wolfssl/options.h)
+
+$(BIN): $(OBJS) $(wildcard $(WOLFSSL_A))
 	$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
 
-$(BUILD)/%.o: src/%.c $(wildcard include/*.h) | $(BUILD)
+$(BUILD)/%.o: src/%.c $(wildcard include/*.h) $(WOLFSSL_OPTS) | $(BUILD)
 	$(CC) $(CFLAGS) -MMD -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h) $(LIB_OBJS) | $(BUILD)
+$(BUILD)/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h) $(LIB_OBJS) $(wildcard $(WOLFSSL_A)) | $(BUILD)
 	@mkdir -p $(BUILD)/tests
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(CMOCKA_LIBS) $(LDLIBS)
 
 # test_alloc_failure: malloc, calloc, realloc and strdup of the linked objects go through
 # the test's own __wrap_ functions, which make the Nth allocation fail.
 ALLOC_WRAP := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup
-$(BUILD)/tests/test_alloc_failure: tests/unit/test_alloc_failure.c $(wildcard tests/unit/*.h) $(LIB_OBJS) | $(BUILD)
+$(BUILD)/tests/test_alloc_failure: tests/unit/test_alloc_failure.c $(wildcard tests/unit/*.h) $(LIB_OBJS) $(wildcard $(WOLFSSL_A)) | $(BUILD)
 	@mkdir -p $(BUILD)/tests
 	$(CC) $(CFLAGS) $(LDFLAGS) $(ALLOC_WRAP) -o $@ $< $(LIB_OBJS) $(CMOCKA_LIBS) $(LDLIBS)
 
@@ -75,11 +80,34 @@ $(CERTS)/.complete:
 unit-bins: $(UNIT_BINS)
 
 # The one command: dependencies (when missing), build, unit and integration tests.
+# Two passes: the build users run, then the same suite against the sanitizer build
+# (build-san/: ASan + UBSan), leaving out there only what is the same in both builds
+# (SAN_SKIP). `make SANITIZE=1 test` runs the whole suite against the sanitizer build only,
+# `make SANITIZE=0 test` the first pass only.
+SAN_SKIP := test_testssl test_fuzz test_docs test_deps test_valgrind
+SAN_SKIP_REASON := the same in both builds: testssl's audit of the TLS configuration, \
+  the fuzz harnesses (always built with ASan and UBSan), the docs, the dependency script, \
+  valgrind (cannot run an ASan binary)
 test:
 	@bash scripts/deps.sh test
 	@$(MAKE) --no-print-directory all unit-bins $(CERTS)/.complete
+ifeq ($(SANITIZE),)
+	@$(MAKE) --no-print-directory SANITIZE=1 all unit-bins
+	@rc=0; \
+	echo "== make test, pass 1 of 2: $(BIN) (the build users run)"; \
+	STP_BIN=$(abspath $(BIN)) STP_UNIT_DIR=$(abspath $(BUILD)/tests) \
+	  STP_TEST_CERTS=$(abspath $(CERTS)) bash tests/run.sh || rc=1; \
+	echo "== make test, pass 2 of 2: build-san/starttls-proxy (AddressSanitizer + UndefinedBehaviorSanitizer)"; \
+	STP_SKIP="$(SAN_SKIP)" STP_SKIP_REASON="$(SAN_SKIP_REASON)" \
+	  STP_BIN=$(abspath build-san/starttls-proxy) STP_UNIT_DIR=$(abspath build-san/tests) \
+	  STP_TEST_CERTS=$(abspath $(CERTS)) bash tests/run.sh || rc=1; \
+	if [ $$rc -eq 0 ]; then echo "== make test: both passes passed"; \
+	else echo "== make test: FAILED (see the pass above whose last line counts failures)"; fi; \
+	exit $$rc
+else
 	@STP_BIN=$(abspath $(BIN)) STP_UNIT_DIR=$(abspath $(BUILD)/tests) \
 	  STP_TEST_CERTS=$(abspath $(CERTS)) bash tests/run.sh
+endif
 
 demo:
 	@bash scripts/deps.sh build

@@ -28,15 +28,21 @@ set -euo pipefail
 WHAT=${1:-test}
 WOLFSSL_VERSION=5.7.2
 WOLFSSL_DEBIAN_VERSION=5.7.2-0.1+deb13u2
-# Flags are part of the cache key: change them and the library is rebuilt.
+# Flags (and WOLFSSL_CFLAGS below) are part of the cache key: change them and the library
+# is rebuilt.
 WOLFSSL_FLAGS="--enable-static --disable-shared --enable-tls13 --enable-sni --enable-alpn
  --enable-session-ticket --enable-ocsp --enable-ocspstapling --enable-crl
  --enable-curve25519 --enable-ed25519 --enable-aesni --enable-intelasm --enable-sp
  --enable-sp-asm --enable-opensslextra --enable-fallback-scsv --enable-oldtls
  --enable-tlsv10 --disable-examples --disable-crypttests
  --disable-benchmark"
+# WOLFSSL_ALWAYS_VERIFY_CB: the proxy's verify callback sees every certificate, good or
+# bad. WOLFSSL_GETRANDOM: the RNG of each TLS connection is seeded with getrandom(2), one
+# system call, instead of opening, reading and closing /dev/urandom per connection (which
+# also fails where /dev is not there, as in a chroot or a sandbox without devices).
+WOLFSSL_CFLAGS="-O2 -fPIC -DWOLFSSL_ALWAYS_VERIFY_CB -DWOLFSSL_GETRANDOM"
 PREFIX_ROOT=${STP_DEPS_DIR:-/var/cache/starttls-proxy}
-key=$(echo "$WOLFSSL_DEBIAN_VERSION $WOLFSSL_FLAGS" | sha256sum | cut -c1-12)
+key=$(echo "$WOLFSSL_DEBIAN_VERSION $WOLFSSL_FLAGS $WOLFSSL_CFLAGS" | sha256sum | cut -c1-12)
 WOLFSSL_PREFIX="$PREFIX_ROOT/wolfssl-$WOLFSSL_VERSION-$key"
 POLICY_RC=${STP_POLICY_RC:-/usr/sbin/policy-rc.d}
 
@@ -45,7 +51,7 @@ BUILD_PACKAGES="build-essential pkg-config libuv1-dev autoconf automake libtool 
 TEST_PACKAGES="libcmocka-dev curl python3-aiosmtpd swaks libnet-ssleay-perl socat stunnel4
  haproxy postfix iproute2 procps psmisc libssl-dev clang nftables iptables testssl.sh
  ldnsutils python3-dnspython gdb libevent-2.1-7 libfstrm0 libprotobuf-c1 podman yamllint python3-yaml
- groff-base man-db dovecot-pop3d dovecot-imapd valgrind"
+ groff-base man-db dovecot-pop3d dovecot-imapd valgrind strace"
 
 case $WHAT in
 build) PACKAGES=$BUILD_PACKAGES ;;
@@ -240,7 +246,7 @@ SRC
 	(cd "$src" && ./autogen.sh >/dev/null 2>&1 &&
 		# shellcheck disable=SC2086
 		./configure -q --prefix="$WOLFSSL_PREFIX" $WOLFSSL_FLAGS \
-			CFLAGS="-O2 -fPIC -DWOLFSSL_ALWAYS_VERIFY_CB" >/dev/null &&
+			CFLAGS="$WOLFSSL_CFLAGS" >/dev/null &&
 		make -s -j"$(nproc)" >/dev/null 2>&1 && make -s install >/dev/null)
 	echo "deps: wolfSSL installed in $WOLFSSL_PREFIX"
 	cleanup
