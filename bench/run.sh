@@ -725,6 +725,11 @@ MIB=$(awk -v b="$BENCH_BYTES" 'BEGIN{printf "%g", b/1048576}')
 	echo "\`BENCH_SCENARIOS\` (\"mem hs bulk wrap resume\"; e.g. \`BENCH_SCENARIOS=bulk\` while optimising),"
 	echo "\`BENCH_KEEP=1\` keeps the temp dir (configurations and proxy logs)."
 	echo "This run took $((SECONDS / 60)) min $((SECONDS % 60)) s."
+	# A hand-written part (what limits each figure) follows the marker line: kept as it is.
+	if [ -f "$BENCH_OUT" ] && grep -q '^<!-- hand-written below: kept by bench/run.sh -->$' "$BENCH_OUT"; then
+		echo
+		sed -n '/^<!-- hand-written below: kept by bench\/run.sh -->$/,$p' "$BENCH_OUT"
+	fi
 } >"$BENCH_OUT.tmp"
 mv "$BENCH_OUT.tmp" "$BENCH_OUT"
 log "done in ${SECONDS}s: $BENCH_OUT"

@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
-# stp-timeout: 600  (two full testssl.sh audits: four minutes on a 2-core machine)
-# The TLS layer as an outside auditor and a hostile client see it:
-#  - testssl.sh against an implicit-TLS and a STARTTLS route with default settings: any
-#    VULNERABLE or NOT ok line fails (testssl's findings are printed as notes);
+# The TLS layer as a hostile or outdated client sees it (the outside auditor, testssl.sh,
+# is test_testssl):
 #  - client-initiated renegotiation refused (openssl s_client R), ALPN (ALPACA: http/1.1
 #    only refused, none and smtp served), a CBC-only TLS 1.2 client refused by default and
 #    a TLS 1.0 CBC device served on the one route that opts in;
@@ -115,28 +113,6 @@ upstream_name = localhost
 EOF
 } >"$conf"
 start_proxy "$conf"
-
-# --- testssl.sh: the audit a new user runs ---------------------------------------------
-# audit NAME ARGS...: runs testssl; FAIL on any VULNERABLE or NOT ok line, and on a run
-# that did not get through (no vulnerability section: a check that saw nothing proves
-# nothing). The findings are printed as notes.
-audit() {
-	local name=$1 out=$T/testssl-$1.txt
-	shift
-	testssl --quiet --color 0 --warnings batch --add-ca "$CERTS/ca.pem" "$@" >"$out" 2>&1
-	grep -E 'TLS 1(\.[123])? |Obsolete CBC|Secure Client-Initiated|LUCKY13|TLS_FALLBACK_SCSV|Has server cipher order|Chain of trust' \
-		"$out" | sed 's/^ */  # testssl: /'
-	if ! grep -q 'Secure Client-Initiated Renegotiation' "$out" ||
-		! grep -q 'LUCKY13' "$out"; then
-		fail "testssl_$name" "testssl did not reach the vulnerability tests: $(tail -n 3 "$out")"
-	elif grep -E 'VULNERABLE|NOT ok' "$out" >"$T/bad-$name.txt"; then
-		fail "testssl_$name" "$(head -n 3 "$T/bad-$name.txt")"
-	else
-		pass "testssl_$name"
-	fi
-}
-audit implicit "127.0.0.1:$P_SMTPS"
-audit starttls -t smtp "127.0.0.1:$P_SUB"
 
 # --- a hostile or outdated client ---------------------------------------------------------
 s_client() { timeout 10 openssl s_client -connect "$@" -CAfile "$CERTS/ca.pem" 2>&1; }
