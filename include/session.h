@@ -9,6 +9,7 @@
 #ifndef STP_SESSION_H
 #define STP_SESSION_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -49,6 +50,11 @@ void session_shutdown(struct session *s);
  * drain_timeout. */
 int session_drain(struct session *s);
 struct session *session_next(struct session *s);
+/* Tests (docs/limits.md, per-session buffering): the octets queued toward the upstream
+ * (upstream = 1) or toward the client (0) that flow control weighs against its marks
+ * (written and not yet taken by the kernel; the client's early bytes of a tcp route not
+ * included). Reads nothing else and changes nothing. */
+size_t session_queued(const struct session *s, int upstream);
 /* The host stops: the late-binding resources (their resolver's handles) are released so
  * that the loop can end; sessions still open keep their own reference. */
 void session_host_stop(struct session_host *h);

@@ -797,6 +797,11 @@ static void on_eof(struct endpoint *ep)
 	maybe_done(s);
 }
 
+size_t session_queued(const struct session *s, int upstream)
+{
+	return ep_pending(upstream ? &s->up : &s->down);
+}
+
 /* A side is read while its peer can take more, and (with a protocol module, which answers
  * some client commands itself) the client while its own replies leave. */
 static int may_read(struct session *s, struct endpoint *ep)

@@ -7,7 +7,11 @@
  * client is closed; testing mode delivers them; the protocol's refusal at the per-client
  * limit (SMTP 421 4.7.0), before any upstream connection; the idle timeout (SMTP 421
  * 4.4.2); session_shutdown (SMTP 421 4.3.2); the host's session list and its drained
- * callback. The upstream's TLS side is a tls.c server connection the test drives. */
+ * callback. The upstream's TLS side is a tls.c server connection the test drives.
+ * Per-session buffering at its edge (docs/limits.md): exactly 262144 octets queued toward
+ * an upstream that does not read, or held before a TLS upstream is ready, and the client
+ * is still read; one more and it is not (the low water mark only sampled, not at its
+ * edge: how much the kernel takes as the upstream reads is not the test's to choose). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -526,6 +530,229 @@ static void test_smtp_idle_and_shutdown(void **state)
 	harness_stop(&t);
 }
 
+/* ---- per-session buffering at its edge (docs/limits.md) ---------------------------------
+ *
+ * The documented marks, written out so that moving HIGH_WATER or LOW_WATER in
+ * src/session.c fails here. Whether the session still reads the client is seen in the
+ * route's starttls_proxy_bytes_total{direction="up"} (counted as each read is handed on);
+ * what it has queued toward the upstream, in session_queued(). */
+#define HIGH_MARK 262144
+#define LOW_MARK 65536
+
+/* Plaintext the route read from the client so far (metrics.h; route names are unique per
+ * test, counters live as long as the process). */
+static uint64_t route_bytes_up(const char *route)
+{
+	size_t len;
+	char *text = metrics_render(&len), key[200];
+	assert_non_null(text);
+	snprintf(key, sizeof key, "starttls_proxy_bytes_total{route=\"%s\",direction=\"up\"} ",
+		 route);
+	const char *p = strstr(text, key);
+	uint64_t v = p ? strtoull(p + strlen(key), NULL, 10) : 0;
+	free(text);
+	return v;
+}
+
+struct read_wait {
+	const char *route;
+	uint64_t want;
+};
+
+static int route_read(void *arg)
+{
+	const struct read_wait *w = arg;
+	return route_bytes_up(w->route) >= w->want;
+}
+
+/* A stream whose octet k is k % 251: a byte lost, doubled or reordered shows. */
+struct pattern {
+	uint64_t sent, checked;
+};
+
+static void send_pattern(int fd, struct pattern *pt, size_t n)
+{
+	static uint8_t b[65536];
+	while (n) {
+		size_t k = n < sizeof b ? n : sizeof b;
+		for (size_t i = 0; i < k; i++)
+			b[i] = (uint8_t)((pt->sent + i) % 251);
+		send_all(fd, b, k);
+		pt->sent += k;
+		n -= k;
+	}
+}
+
+static void check_pattern(struct pattern *pt, const uint8_t *d, size_t n)
+{
+	for (size_t i = 0; i < n; i++, pt->checked++)
+		if (d[i] != (uint8_t)(pt->checked % 251))
+			fail_msg("octet %llu of the stream is %u", (unsigned long long)pt->checked,
+				 d[i]);
+}
+
+/* Sends n pattern octets and waits until the session has read them all: 1, or 0 when it
+ * did not within ms. *total: octets the session read so far. */
+static int feed(struct harness *t, int fd, struct pattern *pt, const char *route,
+		uint64_t *total, size_t n, int ms)
+{
+	send_pattern(fd, pt, n);
+	struct read_wait w = { route, *total + n };
+	int ok = pump_until(t, route_read, &w, ms);
+	*total = route_bytes_up(route);
+	return ok;
+}
+
+/* "octets queued toward one side": a tcp relay whose upstream does not read. Once the
+ * kernel's buffers toward it are full, the session queues what it reads from the client;
+ * at exactly HIGH_MARK queued the client is still read (one more octet is taken), at
+ * HIGH_MARK + 1 it is not (one more octet stays unread); once the upstream reads, the
+ * client is read again, not before the queue is at or below LOW_MARK; every octet arrives
+ * in order. */
+static void test_relay_high_water_edge(void **state)
+{
+	(void)state;
+	const char *route = "relay_hw";
+	int upport, lport = free_port();
+	int up = listen_on(&upport);
+	char conf[1024];
+	snprintf(conf, sizeof conf,
+		 "[global]\nworkers = 1\nlog_level = error\n[route %s]\nlisten = 127.0.0.1:%d\n"
+		 "protocol = tcp\nupstream = 127.0.0.1:%d\nupstream_tls = none\n", route, lport,
+		 upport);
+	struct harness t;
+	harness_start(&t, conf);
+	struct peer c = { .fd = connect_to(lport) };
+	struct accept_wait a = { up, -1 };
+	assert_true(pump_until(&t, accepted, &a, 3000));
+	struct pattern pt = { 0, 0 };
+	uint64_t total = route_bytes_up(route);
+	uint64_t base = total;
+	/* one octet through: the upstream is ready, the relay runs */
+	assert_true(feed(&t, c.fd, &pt, route, &total, 1, 3000));
+	struct peer u = { .fd = a.fd };
+	struct wait_bytes g = { &u, 1 };
+	assert_true(pump_until(&t, has_bytes, &g, 3000));
+	check_pattern(&pt, (const uint8_t *)u.in, 1);
+	struct session *s = t.host.sessions;
+	assert_non_null(s);
+	assert_int_equal(session_queued(s, 1), 0);
+	/* fill the kernel's buffers toward the upstream, until the session queues */
+	while (session_queued(s, 1) == 0) {
+		assert_true(feed(&t, c.fd, &pt, route, &total, 65536, 3000));
+		assert_true(total - base < 256u << 20);
+	}
+	/* then exactly HIGH_MARK queued, in reads of at most 64 KiB */
+	while (session_queued(s, 1) < HIGH_MARK) {
+		size_t need = HIGH_MARK - session_queued(s, 1);
+		if (!feed(&t, c.fd, &pt, route, &total, need < 65536 ? need : 65536, 3000))
+			fail_msg("the client was no longer read at %zu queued", session_queued(s, 1));
+	}
+	assert_int_equal(session_queued(s, 1), HIGH_MARK);
+	/* at the edge: still read */
+	if (!feed(&t, c.fd, &pt, route, &total, 1, 3000))
+		fail_msg("at %d queued the client is no longer read", HIGH_MARK);
+	assert_int_equal(session_queued(s, 1), HIGH_MARK + 1);
+	/* beyond: not read */
+	uint64_t before = total;
+	send_pattern(c.fd, &pt, 1);
+	pump(&t, 300);
+	total = route_bytes_up(route);
+	if (total != before)
+		fail_msg("at %d queued the client is still read", HIGH_MARK + 1);
+	assert_int_equal(session_queued(s, 1), HIGH_MARK + 1);
+	/* the upstream reads: the last octet is read once the queue is below LOW_MARK, and
+	 * then the queue (that octet included) is never above LOW_MARK again */
+	int64_t until = now_ms() + 10000;
+	int resumed = 0;
+	static uint8_t rb[1 << 16];
+	while ((uint64_t)pt.checked < pt.sent && now_ms() < until) {
+		ssize_t r = recv(u.fd, rb, sizeof rb, MSG_DONTWAIT);
+		if (r > 0)
+			check_pattern(&pt, rb, (size_t)r);
+		uv_run(&t.loop, UV_RUN_NOWAIT);
+		size_t q = session_queued(s, 1);
+		if (route_bytes_up(route) > before) {
+			resumed = 1;
+			if (q > LOW_MARK)
+				fail_msg("the client was read again with %zu queued", q);
+		}
+	}
+	assert_true(resumed);
+	assert_int_equal(pt.checked, pt.sent);
+	assert_int_equal(route_bytes_up(route) - base, pt.sent);
+	close(u.fd);
+	close(c.fd);
+	close(up);
+	harness_stop(&t);
+}
+
+/* "client octets before the upstream is ready (tcp routes)": a TLS upstream that has not
+ * answered the handshake yet. The client's early octets are held: at exactly HIGH_MARK
+ * held the client is still read, at HIGH_MARK + 1 it is not; once the handshake is done,
+ * the upstream gets every octet in order, and the client is read again. */
+static void test_early_high_water_edge(void **state)
+{
+	(void)state;
+	if (!have_certs)
+		skip();
+	const char *route = "early_hw";
+	int upport, lport = free_port();
+	int up = listen_on(&upport);
+	char conf[1024];
+	snprintf(conf, sizeof conf,
+		 "[global]\nworkers = 1\nlog_level = error\nca = @CERTS@/ca.pem\n"
+		 "[route %s]\nlisten = 127.0.0.1:%d\nprotocol = tcp\nupstream = 127.0.0.1:%d\n"
+		 "upstream_tls = implicit\nupstream_policy = verify\nupstream_name = localhost\n",
+		 route, lport, upport);
+	struct harness t;
+	harness_start(&t, conf);
+	struct peer c = { .fd = connect_to(lport) };
+	struct accept_wait a = { up, -1 };
+	assert_true(pump_until(&t, accepted, &a, 3000));
+	struct pattern pt = { 0, 0 };
+	uint64_t total = route_bytes_up(route), base = total;
+	/* HIGH_MARK octets held, in reads of at most 64 KiB */
+	for (int i = 0; i < HIGH_MARK / 65536; i++)
+		if (!feed(&t, c.fd, &pt, route, &total, 65536, 3000))
+			fail_msg("the client was no longer read at %llu held",
+				 (unsigned long long)(total - base));
+	assert_int_equal(total - base, HIGH_MARK);
+	assert_int_equal(session_queued(t.host.sessions, 1), 0); /* held, not queued */
+	/* at the edge: still read */
+	if (!feed(&t, c.fd, &pt, route, &total, 1, 3000))
+		fail_msg("at %d held the client is no longer read", HIGH_MARK);
+	/* beyond: not read */
+	uint64_t before = total;
+	send_pattern(c.fd, &pt, 1);
+	pump(&t, 300);
+	if (route_bytes_up(route) != before)
+		fail_msg("at %d held the client is still read", HIGH_MARK + 1);
+	/* the handshake: everything arrives, the last octet too */
+	struct tls_peer s = { .p = { .fd = a.fd } };
+	s.ctx = server_ctx("server");
+	s.conn = tls_conn_new(s.ctx, NULL);
+	assert_non_null(s.conn);
+	int64_t until = now_ms() + 10000;
+	while (pt.checked < pt.sent && !s.failed && now_ms() < until) {
+		uv_run(&t.loop, UV_RUN_NOWAIT);
+		tls_peer_step(&s);
+		if (s.plen) {
+			check_pattern(&pt, (const uint8_t *)s.plain, s.plen);
+			s.plen = 0;
+		}
+	}
+	assert_false(s.failed);
+	assert_int_equal(pt.checked, pt.sent);
+	assert_int_equal(route_bytes_up(route) - base, pt.sent);
+	tls_conn_free(s.conn);
+	tls_ctx_free(s.ctx);
+	close(s.p.fd);
+	close(c.fd);
+	close(up);
+	harness_stop(&t);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -552,6 +779,8 @@ int main(void)
 		cmocka_unit_test(test_upstream_refused),
 		cmocka_unit_test(test_smtp_per_client_refusal),
 		cmocka_unit_test(test_smtp_idle_and_shutdown),
+		cmocka_unit_test(test_relay_high_water_edge),
+		cmocka_unit_test(test_early_high_water_edge),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
