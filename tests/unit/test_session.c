@@ -9,8 +9,9 @@
  * 4.4.2); session_shutdown (SMTP 421 4.3.2); the host's session list and its drained
  * callback. The upstream's TLS side is a tls.c server connection the test drives.
  * Per-session buffering at its edge (docs/limits.md): exactly 262144 octets queued toward
- * an upstream that does not read, or held before a TLS upstream is ready, and the client
- * is still read; one more and it is not (the low water mark only sampled, not at its
+ * an upstream that does not read, held before a TLS upstream is ready, or of the SMTP
+ * module's own replies queued toward a client that does not read, and the client is still
+ * read; one more and it is not (the low water mark only sampled, not at its
  * edge: how much the kernel takes as the upstream reads is not the test's to choose). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -753,6 +754,151 @@ static void test_early_high_water_edge(void **state)
 	harness_stop(&t);
 }
 
+/* "replies a protocol module queues to a client that does not read them": an SMTP route
+ * binding late (upstream = mx), whose module answers the client itself until the first
+ * RCPT after MAIL: NOOP gets "250 2.0.0 Ok" (14 octets with CRLF), RCPT before MAIL "503
+ * 5.5.1 Need MAIL command" (29), so that any count of reply octets above 363 can be made
+ * exactly. The client never reads; once the kernel's buffers toward it are full, the
+ * replies queue. Two clients: one brought to exactly HIGH_MARK queued is still read (one
+ * more NOOP is taken), one brought to exactly HIGH_MARK + 1 (by that NOOP) is not; once it
+ * reads its replies, it is read again, not before its queue is at or below LOW_MARK (its
+ * new reply aside). */
+#define NOOP_REPLY 14
+#define RCPT_REPLY 29
+
+static void send_lines(int fd, const char *line, size_t n)
+{
+	static char b[65536];
+	size_t l = strlen(line), o = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (o + l > sizeof b) {
+			send_all(fd, b, o);
+			o = 0;
+		}
+		memcpy(b + o, line, l);
+		o += l;
+	}
+	send_all(fd, b, o);
+}
+
+/* Sends commands whose replies make exactly octets (> 363) and waits until they are read. */
+static int replies_of(struct harness *t, int fd, const char *route, uint64_t *total,
+		      size_t octets)
+{
+	size_t y = 0; /* RCPT lines */
+	while (y < NOOP_REPLY && (octets < RCPT_REPLY * y || (octets - RCPT_REPLY * y) % NOOP_REPLY))
+		y++;
+	assert_true(y < NOOP_REPLY && octets >= RCPT_REPLY * y);
+	size_t x = (octets - RCPT_REPLY * y) / NOOP_REPLY;
+	static const char noop[] = "NOOP\r\n", rcpt[] = "RCPT TO:<a@b.example>\r\n";
+	send_lines(fd, noop, x);
+	send_lines(fd, rcpt, y);
+	struct read_wait w = { route, *total + x * (sizeof noop - 1) + y * (sizeof rcpt - 1) };
+	int ok = pump_until(t, route_read, &w, 3000);
+	*total = route_bytes_up(route);
+	return ok;
+}
+
+/* A new client of the route, greeted, its queue brought to exactly target octets. */
+static struct session *client_queued_to(struct harness *t, int lport, const char *route,
+					struct peer *c, uint64_t *total, size_t target)
+{
+	struct session *before = t->host.sessions;
+	c->fd = connect_to(lport);
+	struct wait_bytes g = { c, 5 };
+	assert_true(pump_until(t, has_bytes, &g, 3000));
+	assert_memory_equal(c->in, "220 ", 4);
+	struct session *s = t->host.sessions;
+	assert_true(s != NULL && s != before);
+	pump(t, 20);
+	peer_read(c);
+	assert_int_equal(session_queued(s, 0), 0);
+	/* the replies are what the arithmetic takes them for */
+	c->n = 0;
+	send_all(c->fd, "NOOP\r\nRCPT TO:<a@b.example>\r\n", 29);
+	struct wait_bytes r = { c, NOOP_REPLY + RCPT_REPLY };
+	assert_true(pump_until(t, has_bytes, &r, 3000));
+	pump(t, 20);
+	peer_read(c);
+	*total = route_bytes_up(route);
+	assert_int_equal(c->n, NOOP_REPLY + RCPT_REPLY);
+	assert_memory_equal(c->in, "250 2.0.0 Ok\r\n503 5.5.1 Need MAIL command\r\n", 43);
+	/* fill the kernel's buffers toward the client, until the session queues */
+	while (session_queued(s, 0) == 0)
+		assert_true(replies_of(t, c->fd, route, total, 4000 * RCPT_REPLY));
+	while (session_queued(s, 0) < target) {
+		size_t need = target - session_queued(s, 0);
+		if (!replies_of(t, c->fd, route, total, need > 60000 ? 50000 : need))
+			fail_msg("the client was no longer read at %zu queued", session_queued(s, 0));
+	}
+	assert_int_equal(session_queued(s, 0), target);
+	return s;
+}
+
+static void test_reply_high_water_edge(void **state)
+{
+	(void)state;
+	const char *route = "reply_hw";
+	int lport = free_port();
+	char conf[1024];
+	snprintf(conf, sizeof conf,
+		 "[global]\nworkers = 1\nlog_level = error\nhelo_name = proxy.unit\n"
+		 "resolver = 127.0.0.1:9\n[route %s]\nlisten = 127.0.0.1:%d\nprotocol = smtp\n"
+		 "upstream = mx:25\nupstream_tls = starttls\nupstream_policy = dane\n",
+		 route, lport);
+	struct harness t;
+	harness_start(&t, conf);
+	uint64_t total = route_bytes_up(route);
+	static const char noop[] = "NOOP\r\n";
+	/* at the edge: HIGH_MARK queued, still read */
+	static struct peer a, b;
+	memset(&a, 0, sizeof a);
+	struct session *s = client_queued_to(&t, lport, route, &a, &total, HIGH_MARK);
+	uint64_t before = total;
+	send_all(a.fd, noop, 6);
+	struct read_wait w = { route, before + 6 };
+	if (!pump_until(&t, route_read, &w, 3000))
+		fail_msg("at %d queued toward the client it is no longer read", HIGH_MARK);
+	total = route_bytes_up(route);
+	assert_int_equal(session_queued(s, 0), HIGH_MARK + NOOP_REPLY);
+	/* beyond: HIGH_MARK + 1 queued, not read */
+	memset(&b, 0, sizeof b);
+	s = client_queued_to(&t, lport, route, &b, &total, HIGH_MARK + 1 - NOOP_REPLY);
+	send_all(b.fd, noop, 6);
+	w.want = total + 6;
+	assert_true(pump_until(&t, route_read, &w, 3000));
+	total = route_bytes_up(route);
+	assert_int_equal(session_queued(s, 0), HIGH_MARK + 1);
+	before = total;
+	send_all(b.fd, noop, 6);
+	pump(&t, 300);
+	if (route_bytes_up(route) != before)
+		fail_msg("at %d queued toward the client it is still read", HIGH_MARK + 1);
+	assert_int_equal(session_queued(s, 0), HIGH_MARK + 1);
+	/* the client reads its replies: the NOOP is read again once the queue is below
+	 * LOW_MARK; from then on the queue (its reply included) stays at or below
+	 * LOW_MARK - 1 + NOOP_REPLY */
+	int64_t until = now_ms() + 10000;
+	int resumed = 0;
+	static char rb[1 << 16];
+	while (!resumed && now_ms() < until) {
+		while (recv(b.fd, rb, sizeof rb, MSG_DONTWAIT) > 0)
+			;
+		uv_run(&t.loop, UV_RUN_NOWAIT);
+		size_t q = session_queued(s, 0);
+		if (route_bytes_up(route) > before) {
+			resumed = 1;
+			if (q > LOW_MARK - 1 + NOOP_REPLY)
+				fail_msg("the client was read again with %zu queued", q);
+		}
+	}
+	assert_true(resumed);
+	close(a.fd);
+	close(b.fd);
+	session_host_stop(&t.host);
+	harness_stop(&t);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -781,6 +927,7 @@ int main(void)
 		cmocka_unit_test(test_smtp_idle_and_shutdown),
 		cmocka_unit_test(test_relay_high_water_edge),
 		cmocka_unit_test(test_early_high_water_edge),
+		cmocka_unit_test(test_reply_high_water_edge),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
