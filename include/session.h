@@ -55,6 +55,10 @@ struct session *session_next(struct session *s);
  * (written and not yet taken by the kernel; the client's early bytes of a tcp route not
  * included). Reads nothing else and changes nothing. */
 size_t session_queued(const struct session *s, int upstream);
+/* Flow control's low water mark, pure: 1 when a side paused because too much was queued
+ * toward its peer (or held from it) may be read again with queued octets there: fewer
+ * than 65536 (LOW_WATER); else 0. */
+int session_below_low_water(size_t queued);
 /* The host stops: the late-binding resources (their resolver's handles) are released so
  * that the loop can end; sessions still open keep their own reference. */
 void session_host_stop(struct session_host *h);

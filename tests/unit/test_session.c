@@ -11,8 +11,9 @@
  * Per-session buffering at its edge (docs/limits.md): exactly 262144 octets queued toward
  * an upstream that does not read, held before a TLS upstream is ready, or of the SMTP
  * module's own replies queued toward a client that does not read, and the client is still
- * read; one more and it is not (the low water mark only sampled, not at its
- * edge: how much the kernel takes as the upstream reads is not the test's to choose). */
+ * read; one more and it is not. The low water mark at its edge on the comparison every
+ * resumption goes through (session_below_low_water); in the sessions it is only sampled:
+ * how much the kernel takes as the other side reads is not the test's to choose. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -899,6 +900,24 @@ static void test_reply_high_water_edge(void **state)
 	harness_stop(&t);
 }
 
+/* LOW_WATER at its edge: the comparison every resumption goes through
+ * (session_below_low_water: after a write completes, for the side paused toward it, the
+ * early bytes of a tcp route, a module's own replies; and once the upstream is ready). A
+ * paused side is read again with 65535 queued, not with 65536. (The tests above check the
+ * sessions' resumptions only where they were sampled.) */
+static void test_low_water_edge(void **state)
+{
+	(void)state;
+	static const struct { size_t queued; int below; } cases[] = {
+		{ 0, 1 }, { LOW_MARK - 1, 1 }, { LOW_MARK, 0 }, { LOW_MARK + 1, 0 },
+		{ HIGH_MARK, 0 }, { HIGH_MARK + 1, 0 },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+		if (session_below_low_water(cases[i].queued) != cases[i].below)
+			fail_msg("%zu queued: read again %d, want %d", cases[i].queued,
+				 session_below_low_water(cases[i].queued), cases[i].below);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -928,6 +947,7 @@ int main(void)
 		cmocka_unit_test(test_relay_high_water_edge),
 		cmocka_unit_test(test_early_high_water_edge),
 		cmocka_unit_test(test_reply_high_water_edge),
+		cmocka_unit_test(test_low_water_edge),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
