@@ -9,6 +9,7 @@
 #ifndef STP_SESSION_H
 #define STP_SESSION_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -49,6 +50,15 @@ void session_shutdown(struct session *s);
  * drain_timeout. */
 int session_drain(struct session *s);
 struct session *session_next(struct session *s);
+/* Tests (docs/limits.md, per-session buffering): the octets queued toward the upstream
+ * (upstream = 1) or toward the client (0) that flow control weighs against its marks
+ * (written and not yet taken by the kernel; the client's early bytes of a tcp route not
+ * included). Reads nothing else and changes nothing. */
+size_t session_queued(const struct session *s, int upstream);
+/* Flow control's low water mark, pure: 1 when a side paused because too much was queued
+ * toward its peer (or held from it) may be read again with queued octets there: fewer
+ * than 65536 (LOW_WATER); else 0. */
+int session_below_low_water(size_t queued);
 /* The host stops: the late-binding resources (their resolver's handles) are released so
  * that the loop can end; sessions still open keep their own reference. */
 void session_host_stop(struct session_host *h);

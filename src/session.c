@@ -585,7 +585,7 @@ static void up_ready(struct session *s)
 	}
 	if (s->early_eof)
 		ep_shutdown(&s->up);
-	if (s->down.paused && !s->early_eof && ep_pending(&s->up) < LOW_WATER)
+	if (s->down.paused && !s->early_eof && session_below_low_water(ep_pending(&s->up)))
 		ep_resume(&s->down);
 }
 
@@ -811,15 +811,25 @@ static void on_eof(struct endpoint *ep)
 	maybe_done(s);
 }
 
+size_t session_queued(const struct session *s, int upstream)
+{
+	return ep_pending(upstream ? &s->up : &s->down);
+}
+
+int session_below_low_water(size_t queued)
+{
+	return queued < LOW_WATER;
+}
+
 /* A side is read while its peer can take more, and (with a protocol module, which answers
  * some client commands itself) the client while its own replies leave. */
 static int may_read(struct session *s, struct endpoint *ep)
 {
-	if (ep_pending(peer_of(s, ep)) >= LOW_WATER)
+	if (!session_below_low_water(ep_pending(peer_of(s, ep))))
 		return 0;
-	if (ep == &s->down && !s->up_ready && s->early.len >= LOW_WATER)
+	if (ep == &s->down && !s->up_ready && !session_below_low_water(s->early.len))
 		return 0;
-	return !(s->proto && ep == &s->down && ep_pending(&s->down) >= LOW_WATER);
+	return !(s->proto && ep == &s->down && !session_below_low_water(ep_pending(&s->down)));
 }
 
 static void on_drain(struct endpoint *ep)

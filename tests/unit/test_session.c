@@ -7,7 +7,13 @@
  * client is closed; testing mode delivers them; the protocol's refusal at the per-client
  * limit (SMTP 421 4.7.0), before any upstream connection; the idle timeout (SMTP 421
  * 4.4.2); session_shutdown (SMTP 421 4.3.2); the host's session list and its drained
- * callback. The upstream's TLS side is a tls.c server connection the test drives. */
+ * callback. The upstream's TLS side is a tls.c server connection the test drives.
+ * Per-session buffering at its edge (docs/limits.md): exactly 262144 octets queued toward
+ * an upstream that does not read, held before a TLS upstream is ready, or of the SMTP
+ * module's own replies queued toward a client that does not read, and the client is still
+ * read; one more and it is not. The low water mark at its edge on the comparison every
+ * resumption goes through (session_below_low_water); in the sessions it is only sampled:
+ * how much the kernel takes as the other side reads is not the test's to choose. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -526,6 +532,392 @@ static void test_smtp_idle_and_shutdown(void **state)
 	harness_stop(&t);
 }
 
+/* ---- per-session buffering at its edge (docs/limits.md) ---------------------------------
+ *
+ * The documented marks, written out so that moving HIGH_WATER or LOW_WATER in
+ * src/session.c fails here. Whether the session still reads the client is seen in the
+ * route's starttls_proxy_bytes_total{direction="up"} (counted as each read is handed on);
+ * what it has queued toward the upstream, in session_queued(). */
+#define HIGH_MARK 262144
+#define LOW_MARK 65536
+
+/* Plaintext the route read from the client so far (metrics.h; route names are unique per
+ * test, counters live as long as the process). */
+static uint64_t route_bytes_up(const char *route)
+{
+	size_t len;
+	char *text = metrics_render(&len), key[200];
+	assert_non_null(text);
+	snprintf(key, sizeof key, "starttls_proxy_bytes_total{route=\"%s\",direction=\"up\"} ",
+		 route);
+	const char *p = strstr(text, key);
+	uint64_t v = p ? strtoull(p + strlen(key), NULL, 10) : 0;
+	free(text);
+	return v;
+}
+
+struct read_wait {
+	const char *route;
+	uint64_t want;
+};
+
+static int route_read(void *arg)
+{
+	const struct read_wait *w = arg;
+	return route_bytes_up(w->route) >= w->want;
+}
+
+/* A stream whose octet k is k % 251: a byte lost, doubled or reordered shows. */
+struct pattern {
+	uint64_t sent, checked;
+};
+
+static void send_pattern(int fd, struct pattern *pt, size_t n)
+{
+	static uint8_t b[65536];
+	while (n) {
+		size_t k = n < sizeof b ? n : sizeof b;
+		for (size_t i = 0; i < k; i++)
+			b[i] = (uint8_t)((pt->sent + i) % 251);
+		send_all(fd, b, k);
+		pt->sent += k;
+		n -= k;
+	}
+}
+
+static void check_pattern(struct pattern *pt, const uint8_t *d, size_t n)
+{
+	for (size_t i = 0; i < n; i++, pt->checked++)
+		if (d[i] != (uint8_t)(pt->checked % 251))
+			fail_msg("octet %llu of the stream is %u", (unsigned long long)pt->checked,
+				 d[i]);
+}
+
+/* Sends n pattern octets and waits until the session has read them all: 1, or 0 when it
+ * did not within ms. *total: octets the session read so far. */
+static int feed(struct harness *t, int fd, struct pattern *pt, const char *route,
+		uint64_t *total, size_t n, int ms)
+{
+	send_pattern(fd, pt, n);
+	struct read_wait w = { route, *total + n };
+	int ok = pump_until(t, route_read, &w, ms);
+	*total = route_bytes_up(route);
+	return ok;
+}
+
+/* "octets queued toward one side": a tcp relay whose upstream does not read. Once the
+ * kernel's buffers toward it are full, the session queues what it reads from the client;
+ * at exactly HIGH_MARK queued the client is still read (one more octet is taken), at
+ * HIGH_MARK + 1 it is not (one more octet stays unread); once the upstream reads, the
+ * client is read again, not before the queue is at or below LOW_MARK; every octet arrives
+ * in order. */
+static void test_relay_high_water_edge(void **state)
+{
+	(void)state;
+	const char *route = "relay_hw";
+	int upport, lport = free_port();
+	int up = listen_on(&upport);
+	char conf[1024];
+	snprintf(conf, sizeof conf,
+		 "[global]\nworkers = 1\nlog_level = error\n[route %s]\nlisten = 127.0.0.1:%d\n"
+		 "protocol = tcp\nupstream = 127.0.0.1:%d\nupstream_tls = none\n", route, lport,
+		 upport);
+	struct harness t;
+	harness_start(&t, conf);
+	struct peer c = { .fd = connect_to(lport) };
+	struct accept_wait a = { up, -1 };
+	assert_true(pump_until(&t, accepted, &a, 3000));
+	struct pattern pt = { 0, 0 };
+	uint64_t total = route_bytes_up(route);
+	uint64_t base = total;
+	/* one octet through: the upstream is ready, the relay runs */
+	assert_true(feed(&t, c.fd, &pt, route, &total, 1, 3000));
+	struct peer u = { .fd = a.fd };
+	struct wait_bytes g = { &u, 1 };
+	assert_true(pump_until(&t, has_bytes, &g, 3000));
+	check_pattern(&pt, (const uint8_t *)u.in, 1);
+	struct session *s = t.host.sessions;
+	assert_non_null(s);
+	assert_int_equal(session_queued(s, 1), 0);
+	/* fill the kernel's buffers toward the upstream, until the session queues */
+	while (session_queued(s, 1) == 0) {
+		assert_true(feed(&t, c.fd, &pt, route, &total, 65536, 3000));
+		assert_true(total - base < 256u << 20);
+	}
+	/* then exactly HIGH_MARK queued, in reads of at most 64 KiB */
+	while (session_queued(s, 1) < HIGH_MARK) {
+		size_t need = HIGH_MARK - session_queued(s, 1);
+		if (!feed(&t, c.fd, &pt, route, &total, need < 65536 ? need : 65536, 3000))
+			fail_msg("the client was no longer read at %zu queued", session_queued(s, 1));
+	}
+	assert_int_equal(session_queued(s, 1), HIGH_MARK);
+	/* at the edge: still read */
+	if (!feed(&t, c.fd, &pt, route, &total, 1, 3000))
+		fail_msg("at %d queued the client is no longer read", HIGH_MARK);
+	assert_int_equal(session_queued(s, 1), HIGH_MARK + 1);
+	/* beyond: not read */
+	uint64_t before = total;
+	send_pattern(c.fd, &pt, 1);
+	pump(&t, 300);
+	total = route_bytes_up(route);
+	if (total != before)
+		fail_msg("at %d queued the client is still read", HIGH_MARK + 1);
+	assert_int_equal(session_queued(s, 1), HIGH_MARK + 1);
+	/* the upstream reads: the last octet is read once the queue is below LOW_MARK, and
+	 * then the queue (that octet included) is never above LOW_MARK again */
+	int64_t until = now_ms() + 10000;
+	int resumed = 0;
+	static uint8_t rb[1 << 16];
+	while ((uint64_t)pt.checked < pt.sent && now_ms() < until) {
+		ssize_t r = recv(u.fd, rb, sizeof rb, MSG_DONTWAIT);
+		if (r > 0)
+			check_pattern(&pt, rb, (size_t)r);
+		uv_run(&t.loop, UV_RUN_NOWAIT);
+		size_t q = session_queued(s, 1);
+		if (route_bytes_up(route) > before) {
+			resumed = 1;
+			if (q > LOW_MARK)
+				fail_msg("the client was read again with %zu queued", q);
+		}
+	}
+	assert_true(resumed);
+	assert_int_equal(pt.checked, pt.sent);
+	assert_int_equal(route_bytes_up(route) - base, pt.sent);
+	close(u.fd);
+	close(c.fd);
+	close(up);
+	harness_stop(&t);
+}
+
+/* "client octets before the upstream is ready (tcp routes)": a TLS upstream that has not
+ * answered the handshake yet. The client's early octets are held: at exactly HIGH_MARK
+ * held the client is still read, at HIGH_MARK + 1 it is not; once the handshake is done,
+ * the upstream gets every octet in order, and the client is read again. */
+static void test_early_high_water_edge(void **state)
+{
+	(void)state;
+	if (!have_certs)
+		skip();
+	const char *route = "early_hw";
+	int upport, lport = free_port();
+	int up = listen_on(&upport);
+	char conf[1024];
+	snprintf(conf, sizeof conf,
+		 "[global]\nworkers = 1\nlog_level = error\nca = @CERTS@/ca.pem\n"
+		 "[route %s]\nlisten = 127.0.0.1:%d\nprotocol = tcp\nupstream = 127.0.0.1:%d\n"
+		 "upstream_tls = implicit\nupstream_policy = verify\nupstream_name = localhost\n",
+		 route, lport, upport);
+	struct harness t;
+	harness_start(&t, conf);
+	struct peer c = { .fd = connect_to(lport) };
+	struct accept_wait a = { up, -1 };
+	assert_true(pump_until(&t, accepted, &a, 3000));
+	struct pattern pt = { 0, 0 };
+	uint64_t total = route_bytes_up(route), base = total;
+	/* HIGH_MARK octets held, in reads of at most 64 KiB */
+	for (int i = 0; i < HIGH_MARK / 65536; i++)
+		if (!feed(&t, c.fd, &pt, route, &total, 65536, 3000))
+			fail_msg("the client was no longer read at %llu held",
+				 (unsigned long long)(total - base));
+	assert_int_equal(total - base, HIGH_MARK);
+	assert_int_equal(session_queued(t.host.sessions, 1), 0); /* held, not queued */
+	/* at the edge: still read */
+	if (!feed(&t, c.fd, &pt, route, &total, 1, 3000))
+		fail_msg("at %d held the client is no longer read", HIGH_MARK);
+	/* beyond: not read */
+	uint64_t before = total;
+	send_pattern(c.fd, &pt, 1);
+	pump(&t, 300);
+	if (route_bytes_up(route) != before)
+		fail_msg("at %d held the client is still read", HIGH_MARK + 1);
+	/* the handshake: everything arrives, the last octet too */
+	struct tls_peer s = { .p = { .fd = a.fd } };
+	s.ctx = server_ctx("server");
+	s.conn = tls_conn_new(s.ctx, NULL);
+	assert_non_null(s.conn);
+	int64_t until = now_ms() + 10000;
+	while (pt.checked < pt.sent && !s.failed && now_ms() < until) {
+		uv_run(&t.loop, UV_RUN_NOWAIT);
+		tls_peer_step(&s);
+		if (s.plen) {
+			check_pattern(&pt, (const uint8_t *)s.plain, s.plen);
+			s.plen = 0;
+		}
+	}
+	assert_false(s.failed);
+	assert_int_equal(pt.checked, pt.sent);
+	assert_int_equal(route_bytes_up(route) - base, pt.sent);
+	tls_conn_free(s.conn);
+	tls_ctx_free(s.ctx);
+	close(s.p.fd);
+	close(c.fd);
+	close(up);
+	harness_stop(&t);
+}
+
+/* "replies a protocol module queues to a client that does not read them": an SMTP route
+ * binding late (upstream = mx), whose module answers the client itself until the first
+ * RCPT after MAIL: NOOP gets "250 2.0.0 Ok" (14 octets with CRLF), RCPT before MAIL "503
+ * 5.5.1 Need MAIL command" (29), so that any count of reply octets above 363 can be made
+ * exactly. The client never reads; once the kernel's buffers toward it are full, the
+ * replies queue. Two clients: one brought to exactly HIGH_MARK queued is still read (one
+ * more NOOP is taken), one brought to exactly HIGH_MARK + 1 (by that NOOP) is not; once it
+ * reads its replies, it is read again, not before its queue is at or below LOW_MARK (its
+ * new reply aside). */
+#define NOOP_REPLY 14
+#define RCPT_REPLY 29
+
+static void send_lines(int fd, const char *line, size_t n)
+{
+	static char b[65536];
+	size_t l = strlen(line), o = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (o + l > sizeof b) {
+			send_all(fd, b, o);
+			o = 0;
+		}
+		memcpy(b + o, line, l);
+		o += l;
+	}
+	send_all(fd, b, o);
+}
+
+/* Sends commands whose replies make exactly octets (> 363) and waits until they are read. */
+static int replies_of(struct harness *t, int fd, const char *route, uint64_t *total,
+		      size_t octets)
+{
+	size_t y = 0; /* RCPT lines */
+	while (y < NOOP_REPLY && (octets < RCPT_REPLY * y || (octets - RCPT_REPLY * y) % NOOP_REPLY))
+		y++;
+	assert_true(y < NOOP_REPLY && octets >= RCPT_REPLY * y);
+	size_t x = (octets - RCPT_REPLY * y) / NOOP_REPLY;
+	static const char noop[] = "NOOP\r\n", rcpt[] = "RCPT TO:<a@b.example>\r\n";
+	send_lines(fd, noop, x);
+	send_lines(fd, rcpt, y);
+	struct read_wait w = { route, *total + x * (sizeof noop - 1) + y * (sizeof rcpt - 1) };
+	int ok = pump_until(t, route_read, &w, 3000);
+	*total = route_bytes_up(route);
+	return ok;
+}
+
+/* A new client of the route, greeted, its queue brought to exactly target octets. */
+static struct session *client_queued_to(struct harness *t, int lport, const char *route,
+					struct peer *c, uint64_t *total, size_t target)
+{
+	struct session *before = t->host.sessions;
+	c->fd = connect_to(lport);
+	struct wait_bytes g = { c, 5 };
+	assert_true(pump_until(t, has_bytes, &g, 3000));
+	assert_memory_equal(c->in, "220 ", 4);
+	struct session *s = t->host.sessions;
+	assert_true(s != NULL && s != before);
+	pump(t, 20);
+	peer_read(c);
+	assert_int_equal(session_queued(s, 0), 0);
+	/* the replies are what the arithmetic takes them for */
+	c->n = 0;
+	send_all(c->fd, "NOOP\r\nRCPT TO:<a@b.example>\r\n", 29);
+	struct wait_bytes r = { c, NOOP_REPLY + RCPT_REPLY };
+	assert_true(pump_until(t, has_bytes, &r, 3000));
+	pump(t, 20);
+	peer_read(c);
+	*total = route_bytes_up(route);
+	assert_int_equal(c->n, NOOP_REPLY + RCPT_REPLY);
+	assert_memory_equal(c->in, "250 2.0.0 Ok\r\n503 5.5.1 Need MAIL command\r\n", 43);
+	/* fill the kernel's buffers toward the client, until the session queues */
+	while (session_queued(s, 0) == 0)
+		assert_true(replies_of(t, c->fd, route, total, 4000 * RCPT_REPLY));
+	while (session_queued(s, 0) < target) {
+		size_t need = target - session_queued(s, 0);
+		if (!replies_of(t, c->fd, route, total, need > 60000 ? 50000 : need))
+			fail_msg("the client was no longer read at %zu queued", session_queued(s, 0));
+	}
+	assert_int_equal(session_queued(s, 0), target);
+	return s;
+}
+
+static void test_reply_high_water_edge(void **state)
+{
+	(void)state;
+	const char *route = "reply_hw";
+	int lport = free_port();
+	char conf[1024];
+	snprintf(conf, sizeof conf,
+		 "[global]\nworkers = 1\nlog_level = error\nhelo_name = proxy.unit\n"
+		 "resolver = 127.0.0.1:9\n[route %s]\nlisten = 127.0.0.1:%d\nprotocol = smtp\n"
+		 "upstream = mx:25\nupstream_tls = starttls\nupstream_policy = dane\n",
+		 route, lport);
+	struct harness t;
+	harness_start(&t, conf);
+	uint64_t total = route_bytes_up(route);
+	static const char noop[] = "NOOP\r\n";
+	/* at the edge: HIGH_MARK queued, still read */
+	static struct peer a, b;
+	memset(&a, 0, sizeof a);
+	struct session *s = client_queued_to(&t, lport, route, &a, &total, HIGH_MARK);
+	uint64_t before = total;
+	send_all(a.fd, noop, 6);
+	struct read_wait w = { route, before + 6 };
+	if (!pump_until(&t, route_read, &w, 3000))
+		fail_msg("at %d queued toward the client it is no longer read", HIGH_MARK);
+	total = route_bytes_up(route);
+	assert_int_equal(session_queued(s, 0), HIGH_MARK + NOOP_REPLY);
+	/* beyond: HIGH_MARK + 1 queued, not read */
+	memset(&b, 0, sizeof b);
+	s = client_queued_to(&t, lport, route, &b, &total, HIGH_MARK + 1 - NOOP_REPLY);
+	send_all(b.fd, noop, 6);
+	w.want = total + 6;
+	assert_true(pump_until(&t, route_read, &w, 3000));
+	total = route_bytes_up(route);
+	assert_int_equal(session_queued(s, 0), HIGH_MARK + 1);
+	before = total;
+	send_all(b.fd, noop, 6);
+	pump(&t, 300);
+	if (route_bytes_up(route) != before)
+		fail_msg("at %d queued toward the client it is still read", HIGH_MARK + 1);
+	assert_int_equal(session_queued(s, 0), HIGH_MARK + 1);
+	/* the client reads its replies: the NOOP is read again once the queue is below
+	 * LOW_MARK; from then on the queue (its reply included) stays at or below
+	 * LOW_MARK - 1 + NOOP_REPLY */
+	int64_t until = now_ms() + 10000;
+	int resumed = 0;
+	static char rb[1 << 16];
+	while (!resumed && now_ms() < until) {
+		while (recv(b.fd, rb, sizeof rb, MSG_DONTWAIT) > 0)
+			;
+		uv_run(&t.loop, UV_RUN_NOWAIT);
+		size_t q = session_queued(s, 0);
+		if (route_bytes_up(route) > before) {
+			resumed = 1;
+			if (q > LOW_MARK - 1 + NOOP_REPLY)
+				fail_msg("the client was read again with %zu queued", q);
+		}
+	}
+	assert_true(resumed);
+	close(a.fd);
+	close(b.fd);
+	session_host_stop(&t.host);
+	harness_stop(&t);
+}
+
+/* LOW_WATER at its edge: the comparison every resumption goes through
+ * (session_below_low_water: after a write completes, for the side paused toward it, the
+ * early bytes of a tcp route, a module's own replies; and once the upstream is ready). A
+ * paused side is read again with 65535 queued, not with 65536. (The tests above check the
+ * sessions' resumptions only where they were sampled.) */
+static void test_low_water_edge(void **state)
+{
+	(void)state;
+	static const struct { size_t queued; int below; } cases[] = {
+		{ 0, 1 }, { LOW_MARK - 1, 1 }, { LOW_MARK, 0 }, { LOW_MARK + 1, 0 },
+		{ HIGH_MARK, 0 }, { HIGH_MARK + 1, 0 },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+		if (session_below_low_water(cases[i].queued) != cases[i].below)
+			fail_msg("%zu queued: read again %d, want %d", cases[i].queued,
+				 session_below_low_water(cases[i].queued), cases[i].below);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -552,6 +944,10 @@ int main(void)
 		cmocka_unit_test(test_upstream_refused),
 		cmocka_unit_test(test_smtp_per_client_refusal),
 		cmocka_unit_test(test_smtp_idle_and_shutdown),
+		cmocka_unit_test(test_relay_high_water_edge),
+		cmocka_unit_test(test_early_high_water_edge),
+		cmocka_unit_test(test_reply_high_water_edge),
+		cmocka_unit_test(test_low_water_edge),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

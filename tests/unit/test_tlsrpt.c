@@ -5,7 +5,9 @@
  * a golden text (field order, RFC 3339 UTC dates, aggregation of failure-details, optional
  * members left out, escaping of quotes, controls and invalid UTF-8), read back and written
  * again unchanged, merged (counts summed); the limits; malformed reports refused; report
- * ids unique.
+ * ids unique. The bounds of docs/limits.md at their edge and one beyond, their documented
+ * values written out: rua URIs (8), a report read back (16 MiB, parsed and from the
+ * spool), domains per period (10000).
  *
  * Live, on uv loops with a period of 2 s (grace 1 s), each test with a tlsrpt_dir of
  * its own: evaluations counted from two threads become one report with the RFC 8460 file
@@ -38,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -214,6 +217,38 @@ static void test_parse_txt(void **state)
 	lens[0] = strlen(nul_rec); /* the part before the NUL is fine */
 	assert_int_equal(tlsrpt_parse_txt(recs, lens, 1, rua, &nrua, err, sizeof err), 0);
 	assert_int_equal(failures, 0);
+}
+
+/* TLSRPT_RUA_MAX at its edge, the documented 8 (docs/limits.md; written out, so that moving
+ * the constant fails here): a record of 8 URIs keeps all 8, one of 9 keeps the first 8. */
+#define RUA_EDGE 8
+
+static void test_rua_max_edge(void **state)
+{
+	(void)state;
+	for (int n = RUA_EDGE - 1; n <= RUA_EDGE + 1; n++) {
+		char rec[1000];
+		size_t o = (size_t)snprintf(rec, sizeof rec, "v=TLSRPTv1; rua=");
+		for (int i = 0; i < n; i++)
+			o += (size_t)snprintf(rec + o, sizeof rec - o, "%smailto:r%d@example.com",
+					      i ? "," : "", i);
+		const char *recs[1] = { rec };
+		size_t lens[1] = { o }, nrua = 99;
+		/* room past the bound: a bound moved up must show as a count, not an overflow */
+		char rua[TLSRPT_RUA_MAX + 2][512], err[200] = "";
+		memset(rua, 0, sizeof rua);
+		int rc = tlsrpt_parse_txt(recs, lens, 1, rua, &nrua, err, sizeof err);
+		size_t want = n < RUA_EDGE ? (size_t)n : RUA_EDGE;
+		if (rc != 0 || nrua != want)
+			print_message("%d URIs: rc %d, %zu kept (want %zu) %s\n", n, rc, nrua, want, err);
+		assert_int_equal(rc, 0);
+		assert_int_equal(nrua, want);
+		for (size_t i = 0; i < want; i++) {
+			char uri[64];
+			snprintf(uri, sizeof uri, "mailto:r%zu@example.com", i);
+			assert_string_equal(rua[i], uri);
+		}
+	}
 }
 
 /* ================================================================== the JSON report */
@@ -617,6 +652,61 @@ static void test_parse_report(void **state)
 	assert_string_equal(d.domain, "");
 }
 
+/* TLSRPT_REPORT_MAX at its edge, the documented 16 MiB (written out): a report of exactly
+ * 16777216 octets (a small one padded with trailing white space, which JSON allows) is
+ * read; one of 16777217 is refused before it is parsed. */
+#define REPORT_EDGE 16777216
+
+/* A valid report of one domain (ok sessions) padded with spaces to exactly size octets;
+ * malloc'd. */
+static char *padded_report(const char *domain, int64_t begin, int64_t end, int ok, size_t size)
+{
+	struct tlsrpt_domain d;
+	assert_int_equal(tlsrpt_domain_init(&d, domain), 0);
+	struct tlsrpt_eval e = { .domain = domain, .type = TLSRPT_NONE, .success = 1 };
+	for (int i = 0; i < ok; i++)
+		assert_int_equal(tlsrpt_domain_add(&d, &e), 0);
+	struct tlsrpt_report_meta m = { "Pad", "postmaster@pad.example", "1.2@pad.example", begin,
+					end };
+	char *json;
+	size_t len;
+	assert_int_equal(tlsrpt_report_json(&m, &d, &json, &len), 0);
+	tlsrpt_domain_free(&d);
+	assert_true(len < size);
+	char *out = malloc(size + 1);
+	assert_non_null(out);
+	memcpy(out, json, len);
+	memset(out + len, ' ', size - len);
+	out[size] = '\0';
+	free(json);
+	return out;
+}
+
+static void test_report_max_edge(void **state)
+{
+	(void)state;
+	for (size_t size = REPORT_EDGE - 1; size <= REPORT_EDGE + 1; size++) {
+		char *text = padded_report("big.example", BEGIN, END, 3, size), err[200] = "";
+		struct tlsrpt_domain d;
+		int64_t b, e;
+		int rc = tlsrpt_report_parse(text, size, &d, &b, &e, err, sizeof err);
+		free(text);
+		if (rc != (size <= REPORT_EDGE ? 0 : -EINVAL))
+			print_message("report of %zu octets: rc %d %s\n", size, rc, err);
+		if (size <= REPORT_EDGE) {
+			assert_int_equal(rc, 0);
+			assert_string_equal(d.domain, "big.example");
+			assert_int_equal(d.npolicies, 1);
+			assert_int_equal(d.policies[0].ok, 3);
+			tlsrpt_domain_free(&d);
+		} else {
+			assert_int_equal(rc, -EINVAL);
+			assert_string_equal(err, "report of 16777217 octets (at most 16777216)");
+			assert_int_equal(d.npolicies, 0);
+		}
+	}
+}
+
 static void test_report_id(void **state)
 {
 	(void)state;
@@ -973,6 +1063,162 @@ static void test_count_threads(void **state)
 	assert_int_equal(ok, N + N / 2);
 	assert_int_equal(failed, N / 4 + N / 10);
 	assert_true(json_valid(path));
+}
+
+/* TLSRPT_DOMAINS_MAX at its edge, the documented 10000 (written out): an instance counting
+ * 10000 domains in one period writes a partial for every one of them and logs nothing
+ * dropped; one counting 10001 keeps the first 10000 (each written), drops the 10001st (no
+ * partial) and logs event=tlsrpt_spool action=dropped domains=1 when it writes the period;
+ * a domain it keeps is still counted after the drop. (One period of 366 days, written by
+ * tlsrpt_free; the spool on /dev/shm when it has room, as 20,001 fsync'd partials are
+ * slow on a disk.) */
+#define DOMAINS_EDGE 10000
+
+/* The entries of dir that do not start with '.'; the first one's name in first. */
+static int dir_entries(const char *dir, char *first, size_t cap)
+{
+	DIR *d = opendir(dir);
+	if (!d)
+		return -1;
+	int n = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL)
+		if (e->d_name[0] != '.') {
+			if (first && n == 0)
+				snprintf(first, cap, "%s", e->d_name);
+			n++;
+		}
+	closedir(d);
+	return n;
+}
+
+static void domains_run(int n)
+{
+	char dir[400], cmd[1000];
+	struct statvfs vfs; /* each partial takes a page there: 10001 of them, 40 MiB */
+	if (statvfs("/dev/shm", &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize >= 256u << 20)
+		snprintf(dir, sizeof dir, "/dev/shm/stp-unit-tlsrpt-%ld-domains-%d", (long)getpid(), n);
+	else
+		snprintf(dir, sizeof dir, "%s/domains-%d", tmpdir, n);
+	uv_loop_t loop;
+	uv_loop_init(&loop);
+	struct tlsrpt_opts o = { .dir = dir, .submitter = "proxy.example",
+				 .interval_s = 366 * 86400, .resolver = "127.0.0.1:9" };
+	struct tlsrpt *r;
+	char err[200], name[64];
+	assert_int_equal(tlsrpt_new(&loop, &o, &r, err, sizeof err), 0);
+	for (int i = 0; i < n; i++) {
+		snprintf(name, sizeof name, "d%d.example", i);
+		struct tlsrpt_eval e = { .domain = name, .type = TLSRPT_NONE, .success = 1 };
+		tlsrpt_count(r, &e);
+	}
+	struct tlsrpt_eval again = { .domain = "d0.example", .type = TLSRPT_NONE, .success = 1 };
+	tlsrpt_count(r, &again);
+	capture_start();
+	free_and_drain(&loop, r);
+	capture_stop();
+	assert_int_equal(uv_loop_close(&loop), 0);
+	/* one period directory, a directory with a partial per kept domain */
+	char spool[500], pdir[900], ddir[1000], first[300] = "";
+	snprintf(spool, sizeof spool, "%s/spool", dir);
+	assert_int_equal(dir_entries(spool, first, sizeof first), 1);
+	snprintf(pdir, sizeof pdir, "%s/%s", spool, first);
+	int kept = dir_entries(pdir, NULL, 0);
+	int want = n < DOMAINS_EDGE ? n : DOMAINS_EDGE;
+	if (kept != want)
+		print_message("%d domains counted: %d written (want %d)\n", n, kept, want);
+	assert_int_equal(kept, want);
+	for (int i = 0; i < n; i++) {
+		snprintf(ddir, sizeof ddir, "%s/d%d.example", pdir, i);
+		int parts = count_files(ddir, "", ".json", NULL, 0);
+		if (parts != (i < DOMAINS_EDGE ? 1 : 0))
+			fail_msg("d%d.example: %d partials", i, parts);
+	}
+	snprintf(ddir, sizeof ddir, "%s/d0.example", pdir);
+	assert_int_equal(count_files(ddir, "", ".json", first, sizeof first), 1);
+	char path[1400];
+	snprintf(path, sizeof path, "%s/%s", ddir, first);
+	uint64_t ok, failed;
+	read_counts(path, &ok, &failed, NULL, 0);
+	assert_int_equal(ok, 2);
+	if (n <= DOMAINS_EDGE)
+		assert_int_equal(log_count("event=tlsrpt_spool", "action=dropped", NULL), 0);
+	else
+		assert_int_equal(log_count("event=tlsrpt_spool", "action=dropped", "domains=1 ",
+					   "evaluations=0", NULL), 1);
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+static void test_domains_max_edge(void **state)
+{
+	(void)state;
+	domains_run(DOMAINS_EDGE);
+	domains_run(DOMAINS_EDGE + 1);
+}
+
+/* TLSRPT_REPORT_MAX on the way back from the spool: a finished period's partial of exactly
+ * 16777216 octets is read and merged into the report; one of 16777217 is set aside
+ * (.bad-NAME, "partial set aside", File too large) and makes no report. */
+static int big_read_done(void *arg)
+{
+	const char *dir = arg;
+	return count_files(dir, "!atmax.example!", ".json", NULL, 0) > 0 &&
+	       log_count("event=tlsrpt ", "domain=atmax.example", NULL) > 0 &&
+	       log_count("event=tlsrpt_spool", "domain=overmax.example", "partial set aside",
+			 NULL) > 0;
+}
+
+static void test_live_report_max_read_back(void **state)
+{
+	(void)state;
+	char dir[400], pdir[700], ddir[900], path[1000];
+	live_dir("bigread", dir, sizeof dir);
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	int64_t begin = ts.tv_sec - ts.tv_sec % INTERVAL - 4 * INTERVAL, end = begin + INTERVAL;
+	snprintf(pdir, sizeof pdir, "%s/spool/%" PRId64 "-%" PRId64, dir, begin, end);
+	static const struct { const char *domain, *file; size_t size; } parts[] = {
+		{ "atmax.example", "x.example-1-a.json", REPORT_EDGE },
+		{ "overmax.example", "x.example-1-b.json", REPORT_EDGE + 1 },
+	};
+	for (size_t i = 0; i < 2; i++) {
+		snprintf(ddir, sizeof ddir, "mkdir -p '%s/%s'", pdir, parts[i].domain);
+		assert_int_equal(system(ddir), 0);
+		snprintf(path, sizeof path, "%s/%s/%s", pdir, parts[i].domain, parts[i].file);
+		char *text = padded_report(parts[i].domain, begin, end, 5, parts[i].size);
+		FILE *f = fopen(path, "w");
+		assert_non_null(f);
+		assert_int_equal(fwrite(text, 1, parts[i].size, f), parts[i].size);
+		assert_int_equal(fclose(f), 0);
+		free(text);
+	}
+	uv_loop_t loop;
+	uv_loop_init(&loop);
+	capture_start();
+	struct tlsrpt *r = make(&loop, dir, "m.example", 0);
+	int met = run_until(&loop, big_read_done, dir, WAIT_MS);
+	free_and_drain(&loop, r);
+	capture_stop();
+	assert_int_equal(uv_loop_close(&loop), 0);
+	if (!met)
+		print_message("atmax report %d, overmax set aside %d\n",
+			      count_files(dir, "!atmax.example!", ".json", NULL, 0),
+			      log_count("event=tlsrpt_spool", "domain=overmax.example", NULL));
+	assert_true(met);
+	char name[600];
+	snprintf(name, sizeof name, "%s/m.example!atmax.example!%" PRId64 "!%" PRId64 ".json", dir,
+		 begin, end);
+	uint64_t ok, failed;
+	read_counts(name, &ok, &failed, NULL, 0);
+	assert_int_equal(ok, 5);
+	assert_int_equal(count_files(dir, "!overmax.example!", ".json", NULL, 0), 0);
+	snprintf(ddir, sizeof ddir, "%s/overmax.example", pdir);
+	assert_int_equal(count_files(ddir, ".bad-x.example-1-b", ".json", NULL, 0), 1);
+	assert_int_equal(count_files(ddir, "", ".json", NULL, 0), 0);
+	assert_int_equal(log_count("event=tlsrpt_spool", "domain=overmax.example",
+				   "partial set aside", "File too large", NULL), 1);
+	assert_int_equal(log_count("domain=atmax.example", "set aside", NULL), 0);
 }
 
 struct report_wait {
@@ -1405,6 +1651,10 @@ static int group_teardown(void **state)
 		if (system(cmd) != 0)
 			kill((pid_t)L.dns_pid, SIGTERM);
 	}
+	char cmd[200]; /* test_domains_max_edge's spools, left there when it failed */
+	snprintf(cmd, sizeof cmd, "rm -rf /dev/shm/stp-unit-tlsrpt-%ld-*", (long)getpid());
+	if (system(cmd) != 0)
+		return -1;
 	return fixture_teardown();
 }
 
@@ -1713,13 +1963,17 @@ int main(int argc, char **argv)
 		cmocka_set_test_filter(argv[1]);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_txt),
+		cmocka_unit_test(test_rua_max_edge),
 		cmocka_unit_test(test_json_golden),
 		cmocka_unit_test(test_json_read_back),
 		cmocka_unit_test(test_limits),
 		cmocka_unit_test(test_parse_report),
+		cmocka_unit_test(test_report_max_edge),
 		cmocka_unit_test(test_report_id),
 		cmocka_unit_test(test_new_errors),
 		cmocka_unit_test(test_count_threads),
+		cmocka_unit_test(test_domains_max_edge),
+		cmocka_unit_test(test_live_report_max_read_back),
 		cmocka_unit_test(test_live_report),
 		cmocka_unit_test(test_live_replicas),
 		cmocka_unit_test(test_live_freed_mid_period),
