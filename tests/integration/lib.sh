@@ -167,6 +167,28 @@ for s in socks:
 	done
 }
 
+# free_port_any VAR: like free_port, for a listener on the wildcard address ([::] serving
+# IPv4 too): the port is one the kernel gives a dual-stack socket bound to [::]:0, so that it
+# is free on every address (a port free on 127.0.0.1 may still be the local port of some
+# other connection, which a wildcard bind collides with).
+free_port_any() {
+	local _fp
+	while :; do
+		_fp=$(/usr/bin/python3 -c '
+import socket
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", 0))
+print(s.getsockname()[1])') || { fail free_port_any "python3 could not bind [::]:0"; exit 1; }
+		case $USED_PORTS in
+		*" $_fp "*) continue ;;
+		esac
+		USED_PORTS="$USED_PORTS$_fp "
+		printf -v "$1" '%s' "$_fp"
+		return 0
+	done
+}
+
 # spawn NAME CMD...: runs CMD in the background, output to $T/NAME.log; sets LAST_PID.
 spawn() {
 	local name=$1

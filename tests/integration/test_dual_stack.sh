@@ -11,7 +11,7 @@ if ! /usr/bin/python3 -c 'import socket; s = socket.socket(socket.AF_INET6); s.b
 fi
 start_server echo --mode echo
 wait_servers
-free_port PD; free_port PV4; free_port P6
+free_port_any PD; free_port_any PV4; free_port P6
 {
 	global_section
 	cat <<EOF2
