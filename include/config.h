@@ -89,6 +89,7 @@ struct cfg_route {
 					  not looked at) */
 	uint64_t detect_timeout_ms;    /* client_tls = auto */
 	uint64_t connect_timeout_ms, handshake_timeout_ms, idle_timeout_ms;
+	uint64_t line_timeout_ms; /* one client command line, first octet to its end (0: none) */
 	unsigned max_connections_per_client; /* 0 = unlimited; default 50 */
 	enum cfg_transparent transparent;
 	int source_client; /* source = client */

@@ -158,6 +158,11 @@ struct proto_ops {
 	/* proto_params.client_name is filled in now (a name, [UNAVAILABLE] or, when the lookup
 	 * took too long, [TEMPUNAVAIL]): a module that waits for it goes on. May be NULL. */
 	void (*client_name_ready)(void *st, struct proto_actions *a);
+	/* Nonzero while the module holds the start of a client command line (or AUTH response
+	 * line) whose end has not come, a value that names that line (lr_partial); 0 otherwise,
+	 * and inside message data, BDAT chunks or literals. The session bounds how long one
+	 * line may take (line_timeout). May be NULL: no such bound. */
+	uint64_t (*client_partial)(void *st);
 };
 
 extern const struct proto_ops proto_smtp_ops; /* smtp and lmtp */

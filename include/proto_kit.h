@@ -27,6 +27,9 @@ struct line_reader {
 	struct buf in;  /* bytes fed and not yet consumed */
 	size_t max;     /* the longest line, terminator included */
 	int skipping;   /* the rest of an overlong line is being dropped up to its LF */
+	/* lr_partial: octets fed so far; the stream offset just after the last LF fed; while
+	 * skipping, the name of the overlong line */
+	uint64_t fed, line_start, skip_line;
 };
 
 struct line {
@@ -57,6 +60,11 @@ static inline const uint8_t *lr_data(const struct line_reader *r)
 }
 /* Everything not yet consumed is dropped (the STARTTLS boundary). */
 void lr_discard(struct line_reader *r);
+/* A line has begun and its end has not come (octets not yet consumed after the last LF,
+ * or an overlong line whose tail is being dropped): 1 + the stream offset of its first
+ * octet, which names that line (a later line gets another value); 0 when none has
+ * (line_timeout). Octets taken raw (lr_consume) are no line. */
+uint64_t lr_partial(const struct line_reader *r);
 
 /* ---- expected replies -------------------------------------------------------------- */
 

@@ -657,7 +657,7 @@ static const char *const route_keys[] = {
 	"upstream_cert", "upstream_key", "policy_table", "proxy_protocol_in",
 	"proxy_protocol_out", "xclient", "connect_timeout", "handshake_timeout", "idle_timeout",
 	"max_connections_per_client", "transparent", "source", "bare_newline", "client_allow",
-	"client_ciphers", "upstream_ciphers", "client_alpn", "detect_timeout", NULL
+	"client_ciphers", "upstream_ciphers", "client_alpn", "detect_timeout", "line_timeout", NULL
 };
 
 /* Optimal string alignment distance (edits, adjacent swaps counted as one), case-blind;
@@ -1027,6 +1027,7 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	r->connect_timeout_ms = 10000;
 	r->handshake_timeout_ms = 30000;
 	r->idle_timeout_ms = 300000;
+	r->line_timeout_ms = 60000;
 	r->max_connections_per_client = 50;
 	int v;
 
@@ -1193,6 +1194,10 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	get_duration(P, sec, "connect_timeout", &r->connect_timeout_ms);
 	get_duration(P, sec, "handshake_timeout", &r->handshake_timeout_ms);
 	get_duration(P, sec, "idle_timeout", &r->idle_timeout_ms);
+	get_duration(P, sec, "line_timeout", &r->line_timeout_ms);
+	if (get(sec, "line_timeout") && r->protocol != CFG_PROTO_SMTP &&
+	    r->protocol != CFG_PROTO_LMTP && r->protocol != CFG_PROTO_POP3)
+		ERR(P, line_of(sec, "line_timeout"), "line_timeout needs protocol = smtp, lmtp or pop3");
 	get_uint(P, sec, "max_connections_per_client", 0, 10000000, &r->max_connections_per_client);
 	v = CFG_TRANSPARENT_NO;
 	get_enum(P, sec, "transparent", transparent_names, &v);

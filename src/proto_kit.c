@@ -26,7 +26,13 @@ void lr_free(struct line_reader *r)
 
 int lr_feed(struct line_reader *r, const void *data, size_t n)
 {
-	return buf_append(&r->in, data, n) < 0 ? -ENOMEM : 0;
+	if (buf_append(&r->in, data, n) < 0)
+		return -ENOMEM;
+	const uint8_t *nl = n ? memrchr(data, '\n', n) : NULL;
+	if (nl)
+		r->line_start = r->fed + (uint64_t)(nl - (const uint8_t *)data) + 1;
+	r->fed += n;
+	return 0;
 }
 
 void lr_consume(struct line_reader *r, size_t n)
@@ -38,6 +44,16 @@ void lr_discard(struct line_reader *r)
 {
 	buf_consume(&r->in, r->in.len);
 	r->skipping = 0;
+	r->line_start = r->fed;
+}
+
+uint64_t lr_partial(const struct line_reader *r)
+{
+	if (r->skipping)
+		return r->skip_line;
+	uint64_t taken = r->fed - r->in.len; /* consumed: lines, or raw octets */
+	uint64_t start = r->line_start > taken ? r->line_start : taken;
+	return r->fed > start ? start + 1 : 0;
 }
 
 int lr_next(struct line_reader *r, struct line *l)
@@ -61,6 +77,7 @@ int lr_next(struct line_reader *r, struct line *l)
 		if (!nl) {
 			if (avail < r->max)
 				return LR_MORE;
+			r->skip_line = lr_partial(r);
 			r->skipping = 1; /* no LF within max octets */
 			buf_consume(&r->in, avail);
 			return LR_TOO_LONG;

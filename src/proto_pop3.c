@@ -901,6 +901,14 @@ static int pop3_idle(void *st)
 	       s->ml == ML_NONE && lr_pending(&s->cin) == 0 && !s->quit_seen;
 }
 
+/* Commands and AUTH response lines (nothing after an accepted STLS, dropped at the
+ * boundary). */
+static uint64_t pop3_client_partial(void *st)
+{
+	const struct pop3 *s = st;
+	return s->u != U_DONE && s->c != C_STARTTLS ? lr_partial(&s->cin) : 0;
+}
+
 const struct proto_ops proto_pop3_ops = {
 	.name = "pop3",
 	.create = pop3_create,
@@ -915,4 +923,5 @@ const struct proto_ops proto_pop3_ops = {
 	.fail = pop3_fail,
 	.refuse = pop3_refuse,
 	.idle = pop3_idle,
+	.client_partial = pop3_client_partial,
 };

@@ -1981,6 +1981,26 @@ static int smtp_idle(void *st)
 	       !s->in_tx && eq_len(&s->q) == 0 && lr_pending(&s->cin) == 0 && !s->quit_seen;
 }
 
+/* Commands and AUTH response lines, not message data or BDAT chunks (and nothing after an
+ * accepted STARTTLS, which is dropped at the boundary). */
+static uint64_t smtp_client_partial(void *st)
+{
+	const struct smtp *s = st;
+	if (s->u == U_DONE)
+		return 0;
+	switch (s->c) {
+	case C_COMMAND:
+	case C_AUTH_LINE:
+	case C_WAIT_AUTH:
+	case C_WAIT_XCLIENT:
+	case C_WAIT_BIND:
+	case C_WAIT_CHECK:
+		return lr_partial(&s->cin);
+	default:
+		return 0;
+	}
+}
+
 const struct proto_ops proto_smtp_ops = {
 	.name = "smtp",
 	.create = smtp_create,
@@ -1999,4 +2019,5 @@ const struct proto_ops proto_smtp_ops = {
 	.refuse = smtp_refuse,
 	.idle = smtp_idle,
 	.client_name_ready = smtp_client_name_ready,
+	.client_partial = smtp_client_partial,
 };

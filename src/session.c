@@ -41,7 +41,7 @@
 #define TLS_CACHE_MS (3600 * 1000)
 
 enum timer_kind { T_NONE, T_PROXY, T_DETECT, T_CONNECT, T_HANDSHAKE_CLIENT, T_HANDSHAKE_UPSTREAM, T_IDLE, T_LINGER,
-		  T_NAME };
+		  T_NAME, T_LINE };
 /* How long XCLIENT waits for the client's host name (then NAME=[TEMPUNAVAIL]). */
 #define NAME_WAIT_MS 2000
 
@@ -80,6 +80,11 @@ struct session {
 	uv_connect_t connect_req;
 	enum timer_kind timer_kind;
 	uint64_t started_ms, last_activity_ms, phase_started_ms, client_hs_ms, up_hs_ms;
+	/* line_timeout: the module holds part of the client command line line_id (its
+	 * client_partial) since line_started_ms (idle_timeout alone cannot end a client
+	 * that trickles a line an octet at a time) */
+	uint64_t line_started_ms, line_id;
+	unsigned line_open : 1;
 	int handles; /* open handles: down, up, timer */
 	unsigned up_started : 1, up_connected : 1, up_ready : 1, down_ready : 1;
 	unsigned ending : 1, closed : 1;
@@ -355,6 +360,8 @@ static void arm_timer(struct session *s)
 			consider(&k, &due, T_IDLE, s->last_activity_ms + r->idle_timeout_ms);
 		if (s->nreq)
 			consider(&k, &due, T_NAME, s->name_started_ms + NAME_WAIT_MS);
+		if (s->line_open)
+			consider(&k, &due, T_LINE, s->line_started_ms + r->line_timeout_ms);
 	}
 	s->timer_kind = k;
 	if (k != T_NONE)
@@ -382,6 +389,27 @@ static void fail_upstream(struct session *s, enum proto_failure why, const char 
 		return;
 	}
 	session_end(s, reason, result);
+}
+
+/* line_timeout: after the module has seen bytes (either side's: an upstream reply can turn
+ * held client bytes into a command line), note whether a client command line is open and
+ * since when. The timer is armed once per line, not per octet. */
+static void line_watch(struct session *s)
+{
+	if (s->closed || s->ending || !s->proto || !s->proto->client_partial ||
+	    !s->r->line_timeout_ms)
+		return;
+	uint64_t id = s->proto->client_partial(s->ps);
+	if (!id) {
+		s->line_open = 0;
+		return;
+	}
+	if (s->line_open && id == s->line_id)
+		return; /* the same line, an octet further */
+	s->line_open = 1;
+	s->line_id = id;
+	s->line_started_ms = now_ms(s);
+	arm_timer(s);
 }
 
 static void timer_cb(uv_timer_t *t)
@@ -432,6 +460,20 @@ static void timer_cb(uv_timer_t *t)
 				  NULL);
 			fail_upstream(s, PF_UNREACHABLE, NULL, "upstream timeout");
 		}
+		return;
+	case T_LINE:
+		if (s->proto->client_partial(s->ps) == s->line_id &&
+		    now - s->line_started_ms >= s->r->line_timeout_ms) {
+			snprintf(s->close_detail, sizeof(s->close_detail),
+				 "no end of the command line within line_timeout");
+			fail_upstream(s, PF_IDLE, NULL, "line timeout");
+			if (!s->closed)
+				s->close_reason = "line timeout";
+			return;
+		}
+		s->line_open = 0; /* the line ended meanwhile (another may have begun) */
+		line_watch(s);
+		arm_timer(s);
 		return;
 	case T_IDLE:
 		if (now - s->last_activity_ms >= s->r->idle_timeout_ms) {
@@ -763,6 +805,7 @@ static void on_data(struct endpoint *ep, const uint8_t *data, size_t len)
 		s->proto->data(s->ps, ep == &s->down ? PROTO_CLIENT : PROTO_UPSTREAM, data, len,
 			       &s->acts);
 		exec_actions(s);
+		line_watch(s);
 		return;
 	}
 	if (ep == &s->down && !s->up_ready) {

@@ -490,6 +490,7 @@ static const char FULL_CONF[] =
 	"connect_timeout = 500ms\n"
 	"handshake_timeout = 2m\n"
 	"idle_timeout    = 45\n"
+	"line_timeout    = 90s\n"
 	"max_connections_per_client = 7\n"
 	"transparent     = no\n"
 	"\n"
@@ -648,6 +649,7 @@ static void test_load_full(void **state)
 	assert_int_equal(r->connect_timeout_ms, 500);
 	assert_int_equal(r->handshake_timeout_ms, 120000);
 	assert_int_equal(r->idle_timeout_ms, 45000);
+	assert_int_equal(r->line_timeout_ms, 90000);
 	assert_int_equal(r->max_connections_per_client, 7);
 	assert_int_equal(r->transparent, CFG_TRANSPARENT_NO);
 	assert_int_equal(r->source_client, 0);
@@ -692,6 +694,7 @@ static void test_load_full(void **state)
 	assert_true(r->connect_timeout_ms > 0);
 	assert_true(r->handshake_timeout_ms > 0);
 	assert_true(r->idle_timeout_ms > 0);
+	assert_int_equal(r->line_timeout_ms, 60000);
 
 	/* [route plain]: upstream_tls = none -> policy none. */
 	r = find_route(c, "plain");
@@ -890,6 +893,8 @@ static const struct err_case err_cases[] = {
 	  "did you mean \"drain_timeout\"?", 0 },
 	{ "swapped letters: a suggestion", G R1 "upsteram = 127.0.0.1:1\n", { "upsteram" }, 0,
 	  "did you mean \"upstream\"?", 0 },
+	{ "line_timeout on a tcp route", G R1 "line_timeout = 5s\n", { "line_timeout = 5s" }, 0,
+	  "line_timeout needs protocol = smtp, lmtp or pop3", 0 },
 	{ "route key in [global]", G "idle_timeout = 5s\n" R1, { "idle_timeout = 5s" }, 0,
 	  "belongs in a [route NAME] section", 0 },
 	{ "global key in a route", G R1 "workers = 2\n", { "workers = 2" }, 0,
@@ -1107,6 +1112,7 @@ static const struct badval_case badval_cases[] = {
 	{ 1, "handshake_timeout", "-1" },
 	{ 1, "idle_timeout", "forever" },
 	{ 1, "idle_timeout", "" },
+	{ 1, "line_timeout", "soon" },
 	{ 1, "max_connections_per_client", "many" },
 	{ 1, "listen", "127.0.0.1:70000" },
 	{ 1, "listen", "127.0.0.1" },

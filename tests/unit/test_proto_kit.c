@@ -145,6 +145,52 @@ static void test_line_reader_keep_and_raw(void **state)
 	lr_free(&r);
 }
 
+/* lr_partial (line_timeout): octets after the last LF, or an overlong line's tail, named by
+ * the offset of the line's first octet (+ 1): the same line an octet further keeps its
+ * name, the next line (even in the same read) gets another */
+static void test_line_reader_partial(void **state)
+{
+	(void)state;
+	struct line_reader r;
+	struct line l;
+	lr_init(&r, 8);
+	assert_int_equal(lr_partial(&r), 0);
+	assert_int_equal(lr_feed(&r, "NO", 2), 0);
+	assert_int_equal(lr_partial(&r), 1);
+	assert_int_equal(lr_feed(&r, "O", 1), 0);
+	assert_int_equal(lr_partial(&r), 1); /* the same line */
+	assert_int_equal(lr_feed(&r, "P\r\n", 3), 0);
+	assert_int_equal(lr_partial(&r), 0); /* a whole line, not yet taken */
+	assert_int_equal(lr_feed(&r, "QU", 2), 0);
+	assert_int_equal(lr_partial(&r), 7);
+	assert_int_equal(lr_next(&r, &l), LR_LINE);
+	lr_consume(&r, l.size);
+	assert_int_equal(lr_partial(&r), 7);
+	assert_int_equal(lr_feed(&r, "IT\nRS", 5), 0);
+	assert_int_equal(lr_partial(&r), 12); /* a bare LF ends a line too; the next one */
+	lr_discard(&r);
+	assert_int_equal(lr_partial(&r), 0);
+	assert_int_equal(lr_feed(&r, "xxxxxxxxxx", 10), 0);
+	assert_int_equal(lr_partial(&r), 14);
+	assert_int_equal(lr_next(&r, &l), LR_TOO_LONG);
+	assert_int_equal(lr_pending(&r), 0);
+	assert_int_equal(lr_partial(&r), 14); /* dropping the rest of it: still that line */
+	assert_int_equal(lr_feed(&r, "x", 1), 0);
+	assert_int_equal(lr_next(&r, &l), LR_MORE);
+	assert_int_equal(lr_partial(&r), 14);
+	assert_int_equal(lr_feed(&r, "\r\n", 2), 0);
+	assert_int_equal(lr_next(&r, &l), LR_MORE);
+	assert_int_equal(lr_partial(&r), 0);
+	/* octets taken raw (a BDAT chunk) are no line; what follows them is */
+	assert_int_equal(lr_feed(&r, "abc", 3), 0); /* offsets 26-28 */
+	lr_consume(&r, 3);
+	assert_int_equal(lr_partial(&r), 0);
+	assert_int_equal(lr_feed(&r, "defNO", 5), 0);
+	lr_consume(&r, 3);
+	assert_int_equal(lr_partial(&r), 33);
+	lr_free(&r);
+}
+
 /* ---- expected replies -------------------------------------------------------------- */
 
 static void test_expect_queue(void **state)
@@ -310,6 +356,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_line_reader),
 		cmocka_unit_test(test_line_reader_keep_and_raw),
+		cmocka_unit_test(test_line_reader_partial),
 		cmocka_unit_test(test_expect_queue),
 		cmocka_unit_test(test_expect_sent_before),
 		cmocka_unit_test(test_cap_word),

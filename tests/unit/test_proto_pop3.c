@@ -1069,6 +1069,28 @@ static void test_idle(void **state)
 	proto_actions_free(&a);
 }
 
+/* client_partial (line_timeout): half a command, not a whole one held for its response */
+static void test_client_partial(void **state)
+{
+	(void)state;
+	struct proto_actions a = { 0 };
+	void *st = proto_pop3_ops.create(&P_PLAIN);
+	assert_non_null(proto_pop3_ops.client_partial);
+	proto_pop3_ops.upstream_connected(st, &a);
+	proto_pop3_ops.data(st, PROTO_CLIENT, (const uint8_t *)"US", 2, &a);
+	assert_true(proto_pop3_ops.client_partial(st) != 0); /* before the greeting */
+	proto_pop3_ops.data(st, PROTO_UPSTREAM, (const uint8_t *)G, strlen(G), &a);
+	proto_pop3_ops.data(st, PROTO_CLIENT, (const uint8_t *)"ER a\r\n", 6, &a);
+	assert_int_equal(proto_pop3_ops.client_partial(st), 0);
+	proto_pop3_ops.data(st, PROTO_UPSTREAM, (const uint8_t *)"+OK\r\n", 5, &a);
+	proto_pop3_ops.data(st, PROTO_CLIENT, (const uint8_t *)"PASS b\r\nST", 10, &a);
+	assert_true(proto_pop3_ops.client_partial(st) != 0);
+	proto_pop3_ops.data(st, PROTO_CLIENT, (const uint8_t *)"AT\r\n", 4, &a);
+	assert_int_equal(proto_pop3_ops.client_partial(st), 0);
+	proto_pop3_ops.destroy(st);
+	proto_actions_free(&a);
+}
+
 /* ------------------------------------------------------------------ pure helpers */
 
 static void test_strip_timestamp(void **state)
@@ -1141,6 +1163,7 @@ int main(void)
 		cmocka_unit_test(test_failures),
 		cmocka_unit_test(test_refuse),
 		cmocka_unit_test(test_idle),
+		cmocka_unit_test(test_client_partial),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2146,6 +2146,65 @@ static void trace_feed(void *st, struct proto_actions *a, int side, const char *
 	proto_actions_clear(a);
 }
 
+static void smtp_feed(void *st, struct proto_actions *a, enum proto_side side, const char *d)
+{
+	proto_smtp_ops.data(st, side, (const uint8_t *)d, strlen(d), a);
+	proto_actions_clear(a);
+}
+
+/* client_partial (line_timeout): a command line begun and not ended, before the greeting
+ * too, and the tail of an overlong line being dropped; not message data, not BDAT octets,
+ * not whole lines held while a reply is awaited. */
+static void test_client_partial(void **state)
+{
+	(void)state;
+	struct proto_actions a = { 0 };
+	void *st = proto_smtp_ops.create(&P_PLAIN);
+	assert_non_null(st);
+	assert_non_null(proto_smtp_ops.client_partial);
+	assert_int_equal(proto_smtp_ops.client_partial(st), 0);
+	proto_smtp_ops.upstream_connected(st, &a);
+	proto_actions_clear(&a);
+	smtp_feed(st, &a, PROTO_CLIENT, "EH"); /* before the greeting */
+	assert_true(proto_smtp_ops.client_partial(st) != 0);
+	smtp_feed(st, &a, PROTO_CLIENT, "LO c.test\r\n");
+	assert_int_equal(proto_smtp_ops.client_partial(st), 0); /* whole, held for the greeting */
+	smtp_feed(st, &a, PROTO_UPSTREAM, GREET);
+	assert_int_equal(proto_smtp_ops.client_partial(st), 0);
+	smtp_feed(st, &a, PROTO_UPSTREAM, "250-mx.test\r\n250 CHUNKING\r\n");
+	smtp_feed(st, &a, PROTO_CLIENT, "MAIL FROM:<s@one.test>\r\nRC");
+	uint64_t first = proto_smtp_ops.client_partial(st);
+	assert_true(first != 0);
+	smtp_feed(st, &a, PROTO_CLIENT, "PT TO:<a@x.test>\r\nDA");
+	/* pipelined in reads that end inside lines: each line is another */
+	assert_true(proto_smtp_ops.client_partial(st) != 0);
+	assert_true(proto_smtp_ops.client_partial(st) != first);
+	smtp_feed(st, &a, PROTO_CLIENT, "TA\r\n");
+	smtp_feed(st, &a, PROTO_UPSTREAM, "250 ok\r\n250 ok\r\n354 go\r\n");
+	smtp_feed(st, &a, PROTO_CLIENT, "Subject: a line of the message without its end");
+	assert_int_equal(proto_smtp_ops.client_partial(st), 0); /* message data */
+	smtp_feed(st, &a, PROTO_CLIENT, "\r\n.\r\n");
+	smtp_feed(st, &a, PROTO_UPSTREAM, "250 queued\r\n");
+	smtp_feed(st, &a, PROTO_CLIENT,
+		  "MAIL FROM:<s@one.test>\r\nRCPT TO:<a@x.test>\r\nBDAT 10 LAST\r\nabc");
+	smtp_feed(st, &a, PROTO_UPSTREAM, "250 ok\r\n250 ok\r\n");
+	assert_int_equal(proto_smtp_ops.client_partial(st), 0); /* chunk octets */
+	smtp_feed(st, &a, PROTO_CLIENT, "defghij");
+	smtp_feed(st, &a, PROTO_UPSTREAM, "250 queued\r\n");
+	assert_int_equal(proto_smtp_ops.client_partial(st), 0);
+	/* an overlong line: its tail, dropped as it comes, still counts */
+	static char big[SMTP_CMD_MAX + 10];
+	memset(big, 'x', sizeof(big) - 1);
+	smtp_feed(st, &a, PROTO_CLIENT, big);
+	assert_true(proto_smtp_ops.client_partial(st) != 0);
+	smtp_feed(st, &a, PROTO_CLIENT, "xx");
+	assert_true(proto_smtp_ops.client_partial(st) != 0);
+	smtp_feed(st, &a, PROTO_CLIENT, "\r\n");
+	assert_int_equal(proto_smtp_ops.client_partial(st), 0);
+	proto_smtp_ops.destroy(st);
+	proto_actions_free(&a);
+}
+
 /* event=message's record: one per message, at its final reply, also for two messages
  * pipelined in one read (each keeps its own envelope); only accepted recipients count; the
  * size is the data without the end marker; a DATA refused for want of recipients ends its
@@ -2640,6 +2699,7 @@ int main(void)
 		cmocka_unit_test(test_rcpt_domain),
 		cmocka_unit_test(test_empty_reads),
 		cmocka_unit_test(test_verb_separators),
+		cmocka_unit_test(test_client_partial),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
