@@ -77,7 +77,7 @@ PY
 PIDS+=("$!")
 LONG=$!
 # The bulk transfer: 64 KiB writes, paced (about 3 MiB/s), until $T/stop exists (so it
-# spans every reload), read back on the same thread (one thread per TLS connection: an
+# spans every reload) and at least 16 MiB went, read back on the same thread (one thread per TLS connection: an
 # OpenSSL connection must not be read and written from two threads at once); prints
 # "bulk OK N" when the sha256 of the N bytes that came back is that of what went, or
 # "bulk stalled" when nothing moved either way for 30 s.
@@ -96,7 +96,9 @@ print("started", flush=True)
 while True:
     now = time.time()
     if not done_sending and not pending and now >= next_t:
-        if os.path.exists(stop) or now - t0 >= 120:
+        # stop once told to and at least 16 MiB went (so the check below does not
+        # depend on how long the reloads took), or after 120 s whatever happened
+        if (os.path.exists(stop) and count >= 16 << 20) or now - t0 >= 120:
             done_sending = True
         else:
             pending = data; sent.update(data); count += chunk; next_t = now + 0.02
