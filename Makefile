@@ -43,6 +43,8 @@ all: check-deps $(BIN)
 
 check-deps:
 	@test -f "$(WOLFSSL_PREFIX)/lib/libwolfssl.a" || { echo "wolfSSL missing: run 'make deps'"; exit 1; }
+	@grep -q wolfSSL_FreePeerCert "$(WOLFSSL_PREFIX)/include/wolfssl/ssl.h" || { \
+	  echo "wolfSSL in $(WOLFSSL_PREFIX) is built without scripts/wolfssl-peer-cert-heap.patch: run 'make deps'"; exit 1; }
 
 # Everything the build and the tests need (scripts/deps.sh: no host service is started,
 # stopped or replaced); `make demo` installs only what the build needs.

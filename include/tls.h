@@ -141,6 +141,11 @@ int tls_conn_peer_spki_sha256(struct tls_conn *c, uint8_t out[32]);
  * name under RFC 6125 rules; 0 otherwise. */
 int tls_conn_peer_name_matches(struct tls_conn *c, const char *name);
 int tls_conn_has_peer_cert(struct tls_conn *c);
+/* Frees the peer certificate wolfSSL kept from the handshake (its decoded form, DER and
+ * names: about 4.7 KiB), once every check that reads it is done; the functions above then
+ * see no certificate. A connection without one gives nothing back: the object is not
+ * there (scripts/wolfssl-peer-cert-heap.patch). */
+void tls_conn_drop_peer_cert(struct tls_conn *c);
 
 /* RFC 6125 §6.4: case-insensitive; a wildcard only as the whole left-most label ("*."),
  * matching exactly one non-empty label; no wildcard on public-suffix-like two-label

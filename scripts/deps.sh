@@ -42,7 +42,11 @@ WOLFSSL_FLAGS="--enable-static --disable-shared --enable-tls13 --enable-sni --en
 # also fails where /dev is not there, as in a chroot or a sandbox without devices).
 WOLFSSL_CFLAGS="-O2 -fPIC -DWOLFSSL_ALWAYS_VERIFY_CB -DWOLFSSL_GETRANDOM"
 PREFIX_ROOT=${STP_DEPS_DIR:-/var/cache/starttls-proxy}
-key=$(echo "$WOLFSSL_DEBIAN_VERSION $WOLFSSL_FLAGS $WOLFSSL_CFLAGS" | sha256sum | cut -c1-12)
+# Our own patch, applied after Debian's: the peer's certificate on the heap, not inline in
+# every connection's object (the patch's header says why). Its content is in the key too.
+WOLFSSL_PATCH="$(cd "$(dirname "$0")" && pwd)/wolfssl-peer-cert-heap.patch"
+key=$({ echo "$WOLFSSL_DEBIAN_VERSION $WOLFSSL_FLAGS $WOLFSSL_CFLAGS"; cat "$WOLFSSL_PATCH"; } |
+	sha256sum | cut -c1-12)
 WOLFSSL_PREFIX="$PREFIX_ROOT/wolfssl-$WOLFSSL_VERSION-$key"
 POLICY_RC=${STP_POLICY_RC:-/usr/sbin/policy-rc.d}
 
@@ -242,6 +246,7 @@ SRC
 			done <"$src/debian/patches/series"
 		fi
 	fi
+	patch -d "$src" -p1 -s <"$WOLFSSL_PATCH"
 	echo "deps: building wolfSSL $WOLFSSL_VERSION (about two minutes)"
 	(cd "$src" && ./autogen.sh >/dev/null 2>&1 &&
 		# shellcheck disable=SC2086

@@ -570,6 +570,7 @@ static int check_upstream_tls(struct session *s)
 		s->tls_cacheable = !dane; /* (DANE sessions are not resumed: the key has no TLSA) */
 		if (!dane)
 			tls_cache_put(s);
+		tls_conn_drop_peer_cert(t); /* every check is done: its memory goes back */
 		return 0;
 	}
 	/* What the server presented, so that an admin sees which certificate (and which pin)
@@ -585,6 +586,7 @@ static int check_upstream_tls(struct session *s)
 	log_event(LOG_WARN, s->id, r->name, "upstream_certificate", "upstream", s->upstream,
 		  "subject", subject[0] ? subject : NULL, "issuer", issuer[0] ? issuer : NULL,
 		  "pin", pin[0] ? pin : NULL, NULL);
+	tls_conn_drop_peer_cert(t);
 	policy_failure(s, result, detail[0] ? detail : NULL);
 	if (!enforcing(s))
 		return 0;
@@ -1005,6 +1007,7 @@ static void on_tls(struct endpoint *ep, int status)
 				       (now_ms(s) - s->client_hs_ms) * 1000);
 		log_event(LOG_INFO, s->id, s->r->name, "client_tls", "version",
 			  tls_conn_version(ep->tls), "cipher", tls_conn_cipher(ep->tls), NULL);
+		tls_conn_drop_peer_cert(ep->tls); /* (a client certificate: wolfSSL checked it) */
 		s->down_ready = 1;
 		arm_timer(s);
 		if (s->proto && s->ctls == CFG_TLS_STARTTLS) {

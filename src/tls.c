@@ -715,6 +715,11 @@ int tls_conn_has_peer_cert(struct tls_conn *c)
 	return 1;
 }
 
+void tls_conn_drop_peer_cert(struct tls_conn *c)
+{
+	wolfSSL_FreePeerCert(c->ssl);
+}
+
 int tls_conn_peer_spki_sha256(struct tls_conn *c, uint8_t out[32])
 {
 	WOLFSSL_X509 *x = wolfSSL_get_peer_certificate(c->ssl);

@@ -989,6 +989,44 @@ static void test_client_cert_required_present(void **state)
 	pair_free(&p);
 }
 
+/* After the checks the proxy drops the peer certificate (its memory goes back): the
+ * connection goes on relaying, every accessor then sees no certificate, a policy check made
+ * afterwards fails closed, and a second drop (or one where none was held) is harmless. */
+static void test_peer_cert_dropped(void **state)
+{
+	(void)state;
+	need_certs();
+	struct pair p;
+	pair_new(&p, server_ctx("server.pem", "server.key", "ca.pem", 12),
+		 client_ctx("ca.pem", "client.pem", "client.key", 12), "localhost");
+	assert_int_equal(handshake_pair(p.c, p.s, 0, NULL, NULL), 0);
+	assert_int_equal(tls_conn_has_peer_cert(p.c), 1);
+	assert_int_equal(tls_conn_has_peer_cert(p.s), 1);
+	tls_conn_drop_peer_cert(p.c);
+	tls_conn_drop_peer_cert(p.s);
+	tls_conn_drop_peer_cert(p.s);
+	assert_int_equal(tls_conn_has_peer_cert(p.c), 0);
+	assert_int_equal(tls_conn_has_peer_cert(p.s), 0);
+	uint8_t got[32];
+	assert_int_equal(tls_conn_peer_spki_sha256(p.c, got), TLS_E_HANDSHAKE);
+	assert_int_equal(tls_conn_peer_name_matches(p.c, "localhost"), 0);
+	char subject[256], issuer[256], detail[200];
+	tls_conn_peer_names(p.c, subject, sizeof(subject), issuer, sizeof(issuer));
+	assert_string_equal(subject, "");
+	const char *host = "localhost";
+	assert_string_equal(tls_conn_check(p.c, TLS_CHECK_VERIFY, &host, 1, NULL, 0, detail,
+					   sizeof(detail)),
+			    "validation-failure");
+	transfer(p.s, p.c, (const uint8_t *)"welcome", 7, 7);
+	transfer(p.c, p.s, (const uint8_t *)"thanks", 6, 6);
+	pair_free(&p);
+
+	pair_default(&p); /* the server asked for no client certificate: none was held */
+	tls_conn_drop_peer_cert(p.s);
+	transfer(p.c, p.s, (const uint8_t *)"hello", 5, 5);
+	pair_free(&p);
+}
+
 /* ------------------------------------------------------------------ versions */
 
 static void test_min_versions(void **state)
@@ -1271,6 +1309,7 @@ int main(void)
 		cmocka_unit_test(test_verify_without_trust_store),
 		cmocka_unit_test(test_client_cert_required_missing),
 		cmocka_unit_test(test_client_cert_required_present),
+		cmocka_unit_test(test_peer_cert_dropped),
 		cmocka_unit_test(test_min_versions),
 		cmocka_unit_test(test_tls12_server_with_legacy_client),
 		cmocka_unit_test(test_tls13_server_refuses_tls12_client),
