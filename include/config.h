@@ -82,6 +82,8 @@ struct cfg_route {
 	enum cfg_pp proxy_protocol_in, proxy_protocol_out;
 	int xclient;
 	enum cfg_bare_newline bare_newline;
+	int greeting_local; /* greeting = local: the proxy greets, and connects at the client's
+			       first command (smtp, lmtp) */
 	struct cfg_cidr *client_allow; /* client_allow: who may use the route (NULL: anyone) */
 	size_t nclient_allow;
 	char *client_ciphers, *upstream_ciphers; /* TLS 1.2 suites (NULL: the defaults) */

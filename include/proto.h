@@ -33,6 +33,8 @@ enum proto_act_type {
 			The session answers with rcpt_verdict */
 	PA_MESSAGE,  /* a message got the upstream's final reply: the session logs it (off/len:
 			a copy, read with proto_message_get) */
+	PA_CONNECT,  /* proto_params.defer: the client's first command line is complete: connect
+			to the upstream now (then upstream_connected as usual) */
 };
 
 /* One message relayed, as a mail admin traces it (event=message). */
@@ -67,6 +69,7 @@ void proto_sendf(struct proto_actions *a, enum proto_side side, const char *fmt,
 	__attribute__((format(printf, 3, 4)));
 void proto_starttls(struct proto_actions *a, enum proto_side side);
 void proto_ready(struct proto_actions *a);
+void proto_connect(struct proto_actions *a);
 void proto_close(struct proto_actions *a, const char *reason);
 void proto_policy(struct proto_actions *a, const char *result, const char *detail);
 void proto_bind(struct proto_actions *a, enum proto_act_type type, const char *domain);
@@ -94,6 +97,11 @@ struct proto_params {
 	 * the module reports that recipient's domain (PA_BIND). Until then the module answers
 	 * the client itself (late_start). */
 	int late;
+	/* greeting = local (not under late): the module greets the client itself (late_start)
+	 * and holds the client's first command line until the upstream is ready; once that
+	 * line is complete it asks for the upstream (PA_CONNECT). A client that never ends a
+	 * line never costs an upstream connection. */
+	int defer;
 	/* xclient: the client's forward-confirmed host name for XCLIENT NAME, filled in while
 	 * the upstream connects ("" while the lookup runs: a module that needs it waits for
 	 * client_name_ready); NULL: none is looked up ([UNAVAILABLE]). */
@@ -140,8 +148,8 @@ struct proto_ops {
 	/* The session decided its policy toward the upstream it is about to connect to (a
 	 * policy table may choose per destination): before every upstream_connected. */
 	void (*set_policy)(void *st, enum cfg_tls tls, enum cfg_policy level, enum cfg_mode mode);
-	/* Late binding. late_start: the session connects nowhere yet; the module greets the
-	 * client itself. bind_failed: the upstream for the PA_BIND domain could not be chosen
+	/* Late binding, and greeting = local (defer). late_start: the session connects nowhere
+	 * yet; the module greets the client itself. bind_failed: the upstream for the PA_BIND domain could not be chosen
 	 * (no MX, DNS failure, policy refuses every MX) before any connection was made: reply
 	 * answers the waiting recipient and the module is unbound again. rcpt_verdict: the
 	 * answer to PA_CHECK (ok, or the reply for that recipient). */

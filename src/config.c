@@ -269,6 +269,7 @@ static const char *const pp_names[] = { "none", "v1", "v2", NULL };
 static const char *const format_names[] = { "text", "json", NULL };
 static const char *const yesno_names[] = { "no", "yes", NULL };
 static const char *const bare_newline_names[] = { "normalize", "reject", NULL };
+static const char *const greeting_names[] = { "upstream", "local", NULL };
 static const char *const transparent_names[] = { "no", "tproxy", NULL };
 
 const char *cfg_proto_name(enum cfg_proto p) { return proto_names[p]; }
@@ -657,7 +658,8 @@ static const char *const route_keys[] = {
 	"upstream_cert", "upstream_key", "policy_table", "proxy_protocol_in",
 	"proxy_protocol_out", "xclient", "connect_timeout", "handshake_timeout", "idle_timeout",
 	"max_connections_per_client", "transparent", "source", "bare_newline", "client_allow",
-	"client_ciphers", "upstream_ciphers", "client_alpn", "detect_timeout", "line_timeout", NULL
+	"client_ciphers", "upstream_ciphers", "client_alpn", "detect_timeout", "line_timeout",
+	"greeting", NULL
 };
 
 /* Optimal string alignment distance (edits, adjacent swaps counted as one), case-blind;
@@ -1190,6 +1192,15 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	r->bare_newline = v;
 	if (get(sec, "bare_newline") && r->protocol != CFG_PROTO_SMTP && r->protocol != CFG_PROTO_LMTP)
 		ERR(P, line_of(sec, "bare_newline"), "bare_newline needs protocol = smtp or lmtp");
+	v = 0;
+	get_enum(P, sec, "greeting", greeting_names, &v);
+	r->greeting_local = v;
+	if (get(sec, "greeting") && r->protocol != CFG_PROTO_SMTP && r->protocol != CFG_PROTO_LMTP)
+		ERR(P, line_of(sec, "greeting"), "greeting needs protocol = smtp or lmtp");
+	else if (get(sec, "greeting") && !v && cfg_route_late(r))
+		ERR(P, line_of(sec, "greeting"),
+		    "greeting = upstream: a route with upstream_policy = %s greets its clients "
+		    "itself (its upstream is chosen per recipient)", policy_names[r->upstream_policy]);
 	parse_client_keys(P, sec, r);
 	get_duration(P, sec, "connect_timeout", &r->connect_timeout_ms);
 	get_duration(P, sec, "handshake_timeout", &r->handshake_timeout_ms);

@@ -117,6 +117,11 @@ void proto_ready(struct proto_actions *a)
 	push(a)->type = PA_READY;
 }
 
+void proto_connect(struct proto_actions *a)
+{
+	push(a)->type = PA_CONNECT;
+}
+
 void proto_close(struct proto_actions *a, const char *reason)
 {
 	struct proto_act *x = push(a);

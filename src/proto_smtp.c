@@ -40,9 +40,12 @@ enum ustate {
 	U_DONE,       /* failed or closing */
 	U_LATE,       /* late binding: no upstream yet, the module answers the client itself */
 	U_REPLAY,     /* late binding: the client's EHLO, MAIL and first RCPT replayed */
+	U_DEFER,      /* greeting = local: greeted by the module, no upstream until the client's
+			 first command line is complete */
 };
 static const char *const ustate_names[] = { "connecting", "greeting", "ehlo", "starttls",
-					    "handshake", "ready", "done", "late", "replay" };
+					    "handshake", "ready", "done", "late", "replay",
+					    "deferred" };
 
 enum cstate {
 	C_COMMAND,      /* commands */
@@ -386,7 +389,8 @@ static void upstream_ready(struct smtp *s, struct proto_actions *a)
 	}
 	enter_ustate(s, U_READY);
 	proto_ready(a);
-	proto_send(a, PROTO_CLIENT, buf_ptr(&s->greeting), s->greeting.len);
+	if (!s->p.defer) /* (greeting = local: the module greeted the client itself) */
+		proto_send(a, PROTO_CLIENT, buf_ptr(&s->greeting), s->greeting.len);
 	buf_free(&s->greeting);
 	s->client_greeted = 1;
 	process_client(s, a);
@@ -1635,9 +1639,45 @@ static size_t body_bytes(struct smtp *s, struct proto_actions *a, const uint8_t 
 
 /* ---- the client's bytes, by client state -------------------------------------------------- */
 
+/* greeting = local, before the upstream: 1 when process_client stops here. The first
+ * complete command line calls for the upstream (PA_CONNECT) and waits for it, unread; QUIT
+ * alone is answered here, and a line over the bound gets its 500 (then the next is looked
+ * at). */
+static int deferred_line(struct smtp *s, struct proto_actions *a)
+{
+	struct line l;
+	int rc = lr_next(&s->cin, &l);
+	if (rc == LR_MORE)
+		return 1;
+	if (rc == LR_TOO_LONG) {
+		local_reply(s, a, "500 5.5.2 Line too long%s", NULL);
+		drain_locals(s, a);
+		return 0;
+	}
+	if (l.len == 4 && strncasecmp((const char *)l.p, "QUIT", 4) == 0) {
+		char r[300];
+		lr_consume(&s->cin, l.size);
+		s->quit_seen = 1;
+		snprintf(r, sizeof(r), "221 2.0.0 %s Bye", s->p.helo_name);
+		expect(s, a, E_LOCAL_QUIT, r);
+		drain_locals(s, a);
+		return 1;
+	}
+	enter_ustate(s, U_CONNECTING);
+	proto_connect(a);
+	return 1;
+}
+
 static void process_client(struct smtp *s, struct proto_actions *a)
 {
 	while (s->u != U_DONE && s->client_greeted && lr_pending(&s->cin)) {
+		if (s->u == U_DEFER) {
+			if (deferred_line(s, a))
+				return;
+			continue;
+		}
+		if (s->p.defer && s->u < U_READY)
+			return; /* the client's lines wait for the upstream */
 		if (s->c == C_STARTTLS) { /* after the 220, before the handshake */
 			kit_injection(&s->p, PROTO_CLIENT, lr_pending(&s->cin));
 			lr_discard(&s->cin);
@@ -1869,9 +1909,9 @@ static void smtp_upstream_retry_plain(void *st)
 static void smtp_late_start(void *st, struct proto_actions *a)
 {
 	struct smtp *s = st;
-	enter_ustate(s, U_LATE);
+	enter_ustate(s, s->p.late ? U_LATE : U_DEFER);
 	s->client_greeted = 1;
-	proto_sendf(a, PROTO_CLIENT, "220 %s ESMTP\r\n", s->p.helo_name);
+	proto_sendf(a, PROTO_CLIENT, "220 %s %s\r\n", s->p.helo_name, s->lmtp ? "LMTP" : "ESMTP");
 }
 
 static void smtp_bind_failed(void *st, const char *reply, struct proto_actions *a)
@@ -1924,7 +1964,7 @@ static void smtp_fail(void *st, enum proto_failure why, const char *result,
 			finish(s, a, NULL, "quit");
 			return;
 		}
-		if (!s->client_greeted)
+		if (!s->client_greeted || (s->p.defer && s->u < U_READY))
 			snprintf(r, sizeof(r),
 				 "421 4.4.1 %s Upstream server unreachable, try again later", h);
 		else if (s->c == C_BODY || s->c == C_BDAT || s->in_tx)
@@ -1977,7 +2017,8 @@ static void smtp_client_name_ready(void *st, struct proto_actions *a)
 static int smtp_idle(void *st)
 {
 	const struct smtp *s = st;
-	return (s->u == U_READY || s->u == U_LATE) && s->client_greeted && s->c == C_COMMAND &&
+	return (s->u == U_READY || s->u == U_LATE || s->u == U_DEFER) && s->client_greeted &&
+	       s->c == C_COMMAND &&
 	       !s->in_tx && eq_len(&s->q) == 0 && lr_pending(&s->cin) == 0 && !s->quit_seen;
 }
 

@@ -282,6 +282,14 @@ void session_close(struct session *s, const char *reason)
 }
 
 static void arm_timer(struct session *s);
+static void start_upstream(struct session *s);
+
+/* The module greets the client itself and the upstream comes later: under late binding at
+ * the first RCPT, under greeting = local at the client's first complete command line. */
+static int deferred(const struct session *s)
+{
+	return s->late_route || s->r->greeting_local;
+}
 
 /* Ends the session gracefully: the upstream gets close_notify and FIN (or is closed when it
  * is not usable), the client gets what was queued for it (a final reply, close_notify) and
@@ -356,7 +364,7 @@ static void arm_timer(struct session *s)
 		if (s->up_connected && !s->up_ready)
 			consider(&k, &due, T_HANDSHAKE_UPSTREAM,
 				 s->phase_started_ms + r->handshake_timeout_ms);
-		if (s->down_ready && (s->up_ready || (s->late_route && !s->up_started)))
+		if (s->down_ready && (s->up_ready || (deferred(s) && !s->up_started)))
 			consider(&k, &due, T_IDLE, s->last_activity_ms + r->idle_timeout_ms);
 		if (s->nreq)
 			consider(&k, &due, T_NAME, s->name_started_ms + NAME_WAIT_MS);
@@ -755,6 +763,13 @@ static void exec_actions(struct session *s)
 				log_message(s, &m);
 			break;
 		}
+		case PA_CONNECT:
+			if (!s->ending && !s->closed && !s->up_started) {
+				log_event(LOG_DEBUG, s->id, s->r->name, "upstream_connect", "reason",
+					  "first command", NULL);
+				start_upstream(s);
+			}
+			break;
 		case PA_BIND:
 		case PA_CHECK: {
 			char domain[256];
@@ -1959,6 +1974,7 @@ static void fill_params(const struct session *s, struct proto_params *out)
 		.policy_mode = r->policy_mode, .helo_name = s->cfg->helo_name,
 		.xclient = r->xclient, .bare_newline = r->bare_newline, .client_ip = s->client_ip, .client_port = s->client_port,
 		.late = s->late_route,
+		.defer = s->r->greeting_local && !s->late_route,
 		.client_name = s->r->xclient ? s->client_name : NULL,
 	};
 	*out = p;
@@ -2104,12 +2120,13 @@ static void start(struct session *s)
 		return;
 	}
 	arm_timer(s);
-	if (!s->late_route) {
+	if (!deferred(s)) {
 		start_upstream(s);
 		return;
 	}
-	/* late binding: the module greets the client; the upstream comes at the first RCPT */
-	if (s->r->upstream.original_dst && find_original(s, &s->orig) < 0)
+	/* late binding: the module greets the client; the upstream comes at the first RCPT.
+	 * greeting = local: at the client's first complete command line (PA_CONNECT). */
+	if (s->late_route && s->r->upstream.original_dst && find_original(s, &s->orig) < 0)
 		return;
 	s->proto->late_start(s->ps, &s->acts);
 	exec_actions(s);

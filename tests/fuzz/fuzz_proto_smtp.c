@@ -69,6 +69,8 @@ struct ctx {
 	struct fbuf to_client, to_up;
 	size_t up_checked;         /* to_up bytes already checked line by line */
 	int rset_due;              /* tls_done(CLIENT) called, nothing sent upstream since */
+	int connect_asked, connected; /* greeting = local (p.defer): PA_CONNECT, then
+					 upstream_connected at the end of that step */
 };
 
 static int strict_upstream(const struct proto_params *p)
@@ -157,10 +159,13 @@ static void check_client_stream(struct ctx *c)
 			const uint8_t *t = s + 4;
 			int own = starts_with(s, n, "220 2.0.0 Ready to start TLS\r\n") ||
 				  (tl == 8 && memcmp(s, "250", 3) == 0 &&
-				   memcmp(t, "STARTTLS", 8) == 0);
+				   memcmp(t, "STARTTLS", 8) == 0) ||
+				  (c->p.defer && (starts_with(s, n, "220 proxy.fuzz.test ESMTP\r\n") ||
+						  starts_with(s, n, "220 proxy.fuzz.test LMTP\r\n") ||
+						  starts_with(s, n, "221 2.0.0 proxy.fuzz.test Bye\r\n")));
 			int found = own || tl == 0;
 			/* the same code and text somewhere in the upstream's bytes */
-			const uint8_t *h = c->up_in.p, *hend = h + c->up_in.n;
+			const uint8_t *h = c->up_in.p, *hend = h ? h + c->up_in.n : h;
 			while (!found && c->up_in.n && h < hend) {
 				const uint8_t *m = memmem(h, (size_t)(hend - h), t, tl);
 				if (!m)
@@ -212,6 +217,8 @@ static void collect(struct ctx *c)
 				      "first upstream bytes after the client's TLS are not RSET");
 				c->rset_due = 0;
 			}
+			CHECK(x->side != PROTO_UPSTREAM || !c->p.defer || c->connected,
+			      "bytes upstream before the upstream was asked for and connected");
 			if (x->side == PROTO_CLIENT) {
 				fbuf_add(&c->to_client, d, x->len);
 			} else {
@@ -266,6 +273,11 @@ static void collect(struct ctx *c)
 			c->closed = 1;
 			trace_add(c, 2, "X", 1);
 			break;
+		case PA_CONNECT:
+			CHECK(c->p.defer && !c->connect_asked, "PA_CONNECT twice, or without defer");
+			c->connect_asked = 1;
+			trace_add(c, 2, "C", 1);
+			break;
 		default:
 			CHECK(0, "unknown action %d", (int)x->type);
 		}
@@ -318,6 +330,7 @@ static void params_from(struct proto_params *p, uint8_t b0, uint8_t b1)
 	p->client_port = 54321;
 	p->upstream_tls = utls[b1 & 3];
 	p->upstream_policy = upol[(b1 >> 2) & 7];
+	p->defer = (b1 >> 5) & 1;
 	p->helo_name = "proxy.fuzz.test";
 }
 
@@ -333,10 +346,20 @@ static void run(const uint8_t *data, size_t size, int bytewise, struct fbuf *tra
 	c.st = proto_smtp_ops.create(&c.p);
 	if (!c.st)
 		abort();
-	proto_smtp_ops.upstream_connected(c.st, &c.a);
+	if (c.p.defer) /* greeting = local: the module greets, the upstream comes on request */
+		proto_smtp_ops.late_start(c.st, &c.a);
+	else
+		proto_smtp_ops.upstream_connected(c.st, &c.a);
+	c.connected = !c.p.defer;
 	collect(&c);
 	size_t i = 2, fed = 0;
 	while (i < size && !c.closed) {
+		if (c.connect_asked && !c.connected) { /* as the session does, once connected */
+			c.connected = 1;
+			proto_smtp_ops.upstream_connected(c.st, &c.a);
+			collect(&c);
+			continue;
+		}
 		uint8_t op = data[i++];
 		uint8_t arg = op >> 3;
 		switch (op & 7) {

@@ -19,10 +19,11 @@ P_NONE, P_MAY, P_ENCRYPT, P_FPR, P_VERIFY = 0, 1, 2, 3, 4
 
 
 def params(proto=SMTP, ctls=C_NONE, cenc=False, xclient=False, testing=False, v6=False,
-           utls=U_NONE, upol=P_NONE):
+           utls=U_NONE, upol=P_NONE, defer=False):
+    """defer: greeting = local (the module greets; the upstream is connected once it asks)"""
     b0 = proto | (ctls << 1) | (8 if cenc else 0) | (16 if xclient else 0) | \
         (32 if testing else 0) | (64 if v6 else 0)
-    b1 = utls | (upol << 2)
+    b1 = utls | (upol << 2) | (32 if defer else 0)
     return bytes([b0, b1])
 
 
@@ -141,6 +142,20 @@ proto_seeds = {
     "long_reply_line": params() + up(GREET) + cl("EHLO c\r\n") + up("250-mx\r\n250-")
     + rep_up("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", 0) + up("\r\n250 SIZE\r\n"),
     "unreachable": params(utls=U_STLS, upol=P_ENCRYPT) + cl("EHLO c\r\n") + fail(PF_UNREACHABLE),
+    # greeting = local: the upstream is connected after the first whole client line
+    "defer_plain": params(defer=True) + cl("EHLO cli") + cl("ent.test\r\n" + TX) + up(GREET)
+    + up(CAPS) + up(TX_REPLY) + cl(BODY + "QUIT\r\n") + up("250 queued\r\n221 bye\r\n"),
+    "defer_inject": params(utls=U_STLS, upol=P_VERIFY, defer=True)
+    + cl("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\n") + up(GREET) + up(CAPS)
+    + up("220 2.0.0 go\r\n250 injected\r\n") + tls("up") + up(CAPS) + up("250 2.1.0 Ok\r\n"),
+    "defer_terminate_pipelined": params(ctls=C_STLS, cenc=True, defer=True)
+    + cl("EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@b>\r\n") + up(GREET) + up(CAPS) + tls()
+    + up("250 reset\r\n") + cl("EHLO c\r\n") + up(CAPS),
+    "defer_quit": params(defer=True) + cl("QUIT\r\n"),
+    "defer_long_then_lost": params(defer=True) + cl("NOOP ") + rep_cl("aaaaaaaaaaaaaaaa", 15)
+    + cl("QUIT\r\nNOOP\r\n") + fail(PF_LOST),
+    "defer_lmtp_refused": params(proto=LMTP, defer=True) + cl("LHLO c\r\n")
+    + up("554 5.7.1 no\r\n"),
 }
 
 # ---- fuzz_ehlo: flags, cap selector, text ---------------------------------------------

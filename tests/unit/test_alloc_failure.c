@@ -426,6 +426,9 @@ static void collect(struct outcome *o, struct proto_actions *a, int stepno, char
 		case PA_CHECK:
 			sb_adds(&o->log, "[bind]");
 			break;
+		case PA_CONNECT:
+			sb_adds(&o->log, "[connect]");
+			break;
 		}
 	}
 	proto_actions_clear(a);

@@ -689,6 +689,7 @@ static void test_load_full(void **state)
 	assert_int_equal(r->xclient, 0);
 	assert_int_equal(r->max_connections_per_client, 50); /* like Postfix's default */
 	assert_int_equal(r->bare_newline, CFG_BARE_NORMALIZE);
+	assert_int_equal(r->greeting_local, 0);
 	assert_int_equal(r->transparent, CFG_TRANSPARENT_NO);
 	assert_int_equal(r->source_client, 0);
 	assert_true(r->connect_timeout_ms > 0);
@@ -895,6 +896,12 @@ static const struct err_case err_cases[] = {
 	  "did you mean \"upstream\"?", 0 },
 	{ "line_timeout on a tcp route", G R1 "line_timeout = 5s\n", { "line_timeout = 5s" }, 0,
 	  "line_timeout needs protocol = smtp, lmtp or pop3", 0 },
+	{ "greeting on a tcp route", G R1 "greeting = local\n", { "greeting = local" }, 0,
+	  "greeting needs protocol = smtp or lmtp", 0 },
+	{ "greeting = upstream on a late-binding route",
+	  G "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\nupstream = mx\n"
+	    "upstream_tls = starttls\nupstream_policy = mta-sts\ngreeting = upstream\n",
+	  { "greeting = upstream" }, 0, "greets its clients itself", 0 },
 	{ "route key in [global]", G "idle_timeout = 5s\n" R1, { "idle_timeout = 5s" }, 0,
 	  "belongs in a [route NAME] section", 0 },
 	{ "global key in a route", G R1 "workers = 2\n", { "workers = 2" }, 0,
@@ -1104,6 +1111,7 @@ static const struct badval_case badval_cases[] = {
 	{ 1, "proxy_protocol_out", "v9" },
 	{ 1, "xclient", "maybe" },
 	{ 1, "bare_newline", "strip" },
+	{ 1, "greeting", "postscreen" },
 	{ 1, "transparent", "redirect" },
 	{ 1, "source", "server" },
 	{ 1, "client_min_tls", "1.4" },
@@ -1388,7 +1396,8 @@ struct optional_case {
 };
 
 enum { OPT_ADMIN, OPT_TICKETS, OPT_POLICY_TABLE, OPT_PP_IN, OPT_PP_OUT, OPT_XCLIENT, OPT_IMAP,
-       OPT_POP3, OPT_TPROXY, OPT_ORIGDST, OPT_BARE_REJECT, OPT_PER_CLIENT0 };
+       OPT_POP3, OPT_TPROXY, OPT_ORIGDST, OPT_BARE_REJECT, OPT_PER_CLIENT0,
+       OPT_GREETING_LOCAL };
 
 static int optional_field_ok(const struct cfg *c, int feature)
 {
@@ -1412,6 +1421,7 @@ static int optional_field_ok(const struct cfg *c, int feature)
 	case OPT_TPROXY: return r->transparent == CFG_TRANSPARENT_TPROXY;
 	case OPT_ORIGDST: return r->upstream.original_dst == 1;
 	case OPT_BARE_REJECT: return r->bare_newline == CFG_BARE_REJECT;
+	case OPT_GREETING_LOCAL: return r->greeting_local == 1;
 	case OPT_PER_CLIENT0: return r->max_connections_per_client == 0;
 	}
 	return 0;
@@ -1543,6 +1553,7 @@ static void test_load_optional_features(void **state)
 		{ NULL, "proxy_protocol_out = v1", OPT_PP_OUT },
 		{ NULL, "xclient = yes", OPT_XCLIENT },
 		{ NULL, "bare_newline = reject", OPT_BARE_REJECT },
+		{ NULL, "greeting = local", OPT_GREETING_LOCAL },
 		{ NULL, "max_connections_per_client = 0", OPT_PER_CLIENT0 },
 		{ NULL, "protocol = imap", OPT_IMAP },
 		{ NULL, "protocol = pop3", OPT_POP3 },

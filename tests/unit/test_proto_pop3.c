@@ -190,6 +190,9 @@ static void collect(struct run *r, int stepno)
 		case PA_MESSAGE:
 			run_fail(r, stepno, "PA_MESSAGE from POP3");
 			break;
+		case PA_CONNECT:
+			run_fail(r, stepno, "PA_CONNECT from POP3");
+			break;
 		case PA_POLICY:
 			/* Counted by the session; must name an RFC 8460 result. */
 			if (!x->reason || strcmp(x->reason, "starttls-not-supported") != 0)

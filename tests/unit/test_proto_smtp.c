@@ -192,6 +192,9 @@ static void collect(struct run *r, int stepno)
 			r->closed = 1;
 			sb_adds(&r->sc_acts, " close");
 			break;
+		case PA_CONNECT:
+			sb_adds(&r->sc_acts, " connect");
+			break;
 		case PA_BIND:
 		case PA_CHECK:
 			sb_adds(&r->sc_acts, x->type == PA_BIND ? " bind:" : " check:");
@@ -450,6 +453,22 @@ static const struct proto_params P_LATE = LATE_PARAMS(T_NONE, CFG_POLICY_MAY, CF
 static const struct proto_params P_LATE_MAY = LATE_PARAMS(T_NONE, CFG_POLICY_MAY, CFG_POLICY_MAY);
 static const struct proto_params P_LATE_TERM =
 	LATE_PARAMS(T_STLS, CFG_POLICY_ENCRYPT, CFG_POLICY_VERIFY);
+
+/* greeting = local: the module greets (late_start) and asks for the upstream (PA_CONNECT)
+ * at the client's first complete command line */
+#define DEFER_PARAMS(proto, ctls, cpol, utls, upol)                                         \
+	{ .session_id = "0123456789abcdef", .route = "unit", .protocol = (proto),            \
+	  .client_tls = (ctls), .client_policy = (cpol), .upstream_tls = (utls),             \
+	  .upstream_policy = (upol), .policy_mode = ENF, .helo_name = "proxy.test",          \
+	  .client_ip = "192.0.2.7", .client_port = 40000, .defer = 1 }
+static const struct proto_params P_DEFER =
+	DEFER_PARAMS(SMTP, T_NONE, CFG_POLICY_MAY, T_NONE, CFG_POLICY_NONE);
+static const struct proto_params P_DEFER_LMTP =
+	DEFER_PARAMS(LMTP, T_NONE, CFG_POLICY_MAY, T_NONE, CFG_POLICY_NONE);
+static const struct proto_params P_DEFER_INJ =
+	DEFER_PARAMS(SMTP, T_NONE, CFG_POLICY_MAY, T_STLS, CFG_POLICY_VERIFY);
+static const struct proto_params P_DEFER_TERM =
+	DEFER_PARAMS(SMTP, T_STLS, CFG_POLICY_ENCRYPT, T_NONE, CFG_POLICY_NONE);
 
 /* ------------------------------------------------------------------ texts */
 
@@ -2591,6 +2610,137 @@ static void test_late(void **state)
 	RUN_TABLE(late_scripts);
 }
 
+/* ------------------------------------------------------------------ greeting = local */
+
+#define DEFER_GREET "220 proxy.test ESMTP\r\n"
+
+/* A partial line costs no upstream; the first whole one asks for it and waits, with what
+ * follows, until the upstream is ready; the upstream's greeting is not shown again, its
+ * EHLO reply is. */
+static const struct step s_defer_plain[] = {
+	LATE(DEFER_GREET, "", ""),
+	CL("EHLO client", "", "", ""),
+	CL(".test\r\n", "", "", "connect"),
+	CL("MAIL FROM:<a@client.test>\r\n", "", "", ""),
+	CONN("", "", ""),
+	UP(GREET2, "", "EHLO client.test\r\nMAIL FROM:<a@client.test>\r\n", "ready"),
+	UP("250-mx.test\r\n250 SIZE 1000\r\n250 2.1.0 Ok\r\n",
+	   "250-mx.test\r\n250 SIZE 1000\r\n250 2.1.0 Ok\r\n", "", ""),
+	CL("QUIT\r\n", "", "QUIT\r\n", ""),
+	UP("221 2.0.0 Bye\r\n", "221 2.0.0 Bye\r\n", "", "close"),
+	END
+};
+
+/* QUIT before anything else: answered here, no upstream at all. */
+static const struct step s_defer_quit[] = {
+	LATE(DEFER_GREET, "", ""),
+	CL("quit\r\n", "221 2.0.0 proxy.test Bye\r\n", "", "close"),
+	END
+};
+
+/* The upstream cannot be reached, or goes before its greeting: the client's first command
+ * gets the greeting stage's 421 4.4.1. */
+static const struct step s_defer_unreachable[] = {
+	LATE(DEFER_GREET, "", ""),
+	CL("EHLO client.test\r\n", "", "", "connect"),
+	FAIL(PF_UNREACHABLE, NULL, "421 4.4.1 proxy.test Upstream server unreachable*\r\n", "",
+	     "close"),
+	END
+};
+static const struct step s_defer_lost[] = {
+	LATE(DEFER_GREET, "", ""),
+	CL("EHLO client.test\r\n", "", "", "connect"),
+	CONN("", "", ""),
+	FAIL(PF_LOST, NULL, "421 4.4.1 proxy.test Upstream server unreachable*\r\n", "",
+	     "close"),
+	END
+};
+
+/* A plaintext upstream that refuses service answers the client's command in its words. */
+static const struct step s_defer_refused[] = {
+	LATE(DEFER_GREET, "", ""),
+	CL("EHLO client.test\r\n", "", "", "connect"),
+	CONN("", "", ""),
+	UP("554 5.7.1 No service for you\r\n", "554 5.7.1 No service for you\r\n", "", "close"),
+	END
+};
+
+/* inject: nothing of the client goes up before TLS (the harness checks every byte), the
+ * upstream's unauthenticated greeting is never shown. */
+static const struct step s_defer_inject[] = {
+	LATE(DEFER_GREET, "", ""),
+	CL("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\n", "", "", "connect"),
+	CONN("", "", ""),
+	UP(GREET2, "", "EHLO proxy.test\r\n", ""),
+	UP(CAPS_TLS, "", "STARTTLS\r\n", ""),
+	UP("220 2.0.0 Go ahead\r\n", "", "", "tls:up"),
+	TLSU("", "EHLO client.test\r\nMAIL FROM:<a@client.test>\r\n", "ready"),
+	UP("250-mx.test\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n250 2.1.0 Ok\r\n",
+	   "250-mx.test\r\n250 AUTH PLAIN\r\n250 2.1.0 Ok\r\n", "", ""),
+	END
+};
+
+/* terminate: a client that pipelines a command after its STARTTLS while the upstream is
+ * still being reached: that command never reaches the upstream (nor anything else of it
+ * from before the handshake). */
+static const struct step s_defer_term_injection[] = {
+	LATE(DEFER_GREET, "", ""),
+	CL("EHLO client.test\r\nSTARTTLS\r\nMAIL FROM:<evil@x.test>\r\n", "", "", "connect"),
+	CONN("", "", ""),
+	UP(GREET, "", "EHLO client.test\r\n", "ready"),
+	UP("250-mx.test\r\n250 8BITMIME\r\n",
+	   "250-mx.test\r\n250-8BITMIME\r\n250 STARTTLS\r\n220 2.0.0 Ready to start TLS\r\n",
+	   "", "tls:client"),
+	/* a fresh session inside TLS: RSET upstream, its reply swallowed; the MAIL is gone */
+	TLSC("", "RSET\r\n", ""),
+	UP("250 2.0.0 Ok\r\n", "", "", ""),
+	CL("EHLO client.test\r\n", "", "EHLO client.test\r\n", ""),
+	UP("250 mx.test\r\n", "250 mx.test\r\n", "", ""),
+	END
+};
+
+static const struct step s_defer_lmtp[] = {
+	LATE("220 proxy.test LMTP\r\n", "", ""),
+	CL("LHLO client.test\r\n", "", "", "connect"),
+	CONN("", "", ""),
+	UP("220 lmtp.test LMTP ready\r\n", "", "LHLO client.test\r\n", "ready"),
+	END
+};
+
+static const struct script defer_scripts[] = {
+	{ "defer plain", &P_DEFER, s_defer_plain, 0 },
+	{ "defer quit", &P_DEFER, s_defer_quit, 0 },
+	{ "defer unreachable", &P_DEFER, s_defer_unreachable, 0 },
+	{ "defer lost", &P_DEFER, s_defer_lost, 0 },
+	{ "defer refused", &P_DEFER, s_defer_refused, 0 },
+	{ "defer inject", &P_DEFER_INJ, s_defer_inject, 0 },
+	{ "defer terminate injection", &P_DEFER_TERM, s_defer_term_injection, 0 },
+	{ "defer lmtp", &P_DEFER_LMTP, s_defer_lmtp, 0 },
+};
+
+static void test_defer(void **state)
+{
+	(void)state;
+	RUN_TABLE(defer_scripts);
+	/* A line over the bound (its tail "QUIT" is not a command) gets its 500 and no
+	 * upstream; the next line asks for one. */
+	struct sbuf l = { 0 };
+	sb_adds(&l, "NOOP ");
+	for (int i = 0; i < SMTP_CMD_MAX; i++)
+		sb_adds(&l, "a");
+	sb_adds(&l, "QUIT\r\n");
+	const struct step s[] = {
+		LATE(DEFER_GREET, "", ""),
+		{ .op = OP_CL, .in = l.p, .inlen = l.n, .to_client = "500 5.5.2 Line too long\r\n",
+		  .to_up = "", .acts = "" },
+		CL("NOOP\r\n", "", "", "connect"),
+		END
+	};
+	const struct script sc[] = { { "defer long line", &P_DEFER, s, 0 } };
+	RUN_TABLE(sc);
+	sb_free(&l);
+}
+
 struct domain_case {
 	const char *line;
 	const char *want; /* NULL: -EINVAL */
@@ -2696,6 +2846,7 @@ int main(void)
 		cmocka_unit_test(test_message_trace),
 		cmocka_unit_test(test_xclient_name_wait),
 		cmocka_unit_test(test_late),
+		cmocka_unit_test(test_defer),
 		cmocka_unit_test(test_rcpt_domain),
 		cmocka_unit_test(test_empty_reads),
 		cmocka_unit_test(test_verb_separators),
