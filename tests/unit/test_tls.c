@@ -967,14 +967,20 @@ static void test_client_cert_required_missing(void **state)
 	pair_free(&p);
 }
 
+/* A finished handshake where the server requires, and the client presents, a certificate. */
+static void pair_client_cert(struct pair *p)
+{
+	pair_new(p, server_ctx("server.pem", "server.key", "ca.pem", 12),
+		 client_ctx("ca.pem", "client.pem", "client.key", 12), "localhost");
+	assert_int_equal(handshake_pair(p->c, p->s, 0, NULL, NULL), 0);
+}
+
 static void test_client_cert_required_present(void **state)
 {
 	(void)state;
 	need_certs();
 	struct pair p;
-	pair_new(&p, server_ctx("server.pem", "server.key", "ca.pem", 12),
-		 client_ctx("ca.pem", "client.pem", "client.key", 12), "localhost");
-	assert_int_equal(handshake_pair(p.c, p.s, 0, NULL, NULL), 0);
+	pair_client_cert(&p);
 	assert_int_equal(tls_conn_has_peer_cert(p.s), 1);
 	assert_int_equal(tls_conn_verify_result(p.s), TLS_VERIFY_OK);
 	uint8_t got[32], want[32];
@@ -997,9 +1003,7 @@ static void test_peer_cert_dropped(void **state)
 	(void)state;
 	need_certs();
 	struct pair p;
-	pair_new(&p, server_ctx("server.pem", "server.key", "ca.pem", 12),
-		 client_ctx("ca.pem", "client.pem", "client.key", 12), "localhost");
-	assert_int_equal(handshake_pair(p.c, p.s, 0, NULL, NULL), 0);
+	pair_client_cert(&p);
 	assert_int_equal(tls_conn_has_peer_cert(p.c), 1);
 	assert_int_equal(tls_conn_has_peer_cert(p.s), 1);
 	tls_conn_drop_peer_cert(p.c);
