@@ -8,7 +8,9 @@
 #  - the client sees one greeting (the proxy's), then the upstream's own EHLO reply;
 #  - commands pipelined before the upstream is there are held and relayed in order, and the
 #    message is delivered; LMTP works the same way;
-#  - inject (STARTTLS toward the upstream under verify): delivered over TLS;
+#  - inject (STARTTLS toward the upstream under verify): delivered over TLS; implicit TLS
+#    toward the client: greeted after the handshake, delivered; XCLIENT (xclient = yes) still
+#    tells the upstream the client's address before its EHLO;
 #  - terminate: what a client pipelines after its STARTTLS while the upstream is still being
 #    reached never reaches the upstream;
 #  - an unreachable upstream: 421 4.4.1 to the first command; one that refuses service in its
@@ -20,10 +22,11 @@
 
 start_fake up --starttls none
 start_fake refuser --starttls none --reply "GREETING=554 5.7.1 fake.test no service for you"
+start_fake xup --starttls none --xclient
 start_sink sink
 start_sink tlssink --cert "$CERTS/server.pem" --key "$CERTS/server.key"
 start_sink lmtpsink --lmtp
-free_port PL; free_port PI; free_port PT; free_port PD; free_port PR; free_port PM
+free_port PL; free_port PI; free_port PT; free_port PD; free_port PR; free_port PM; free_port PS; free_port PX
 free_port DEAD
 conf=$T/greeting.conf
 {
@@ -67,6 +70,22 @@ listen = 127.0.0.1:$PR
 protocol = smtp
 upstream = 127.0.0.1:$(port_of refuser)
 upstream_tls = none
+greeting = local
+
+[route smtps]
+listen = 127.0.0.1:$PS
+protocol = smtp
+client_tls = implicit
+upstream = 127.0.0.1:$(port_of sink)
+upstream_tls = none
+greeting = local
+
+[route xcl]
+listen = 127.0.0.1:$PX
+protocol = smtp
+upstream = 127.0.0.1:$(port_of xup)
+upstream_tls = none
+xclient = yes
 greeting = local
 
 [route lmtp]
@@ -131,6 +150,22 @@ dialog term_pipelined_after_starttls_dropped --connect "127.0.0.1:$PT" --ca "$CE
 	"data:$T/m3.eml" "expect:250" "cmd:221:QUIT"
 check term_message_stored wait_tag "$T/sink.store" afterstarttls 5
 raw_never term_injected_command_never_upstream "$T/sink.raw" 'evil@attacker' '^RCPT TO:<b@dest.test>'
+
+make_message "$T/m5.eml" viasmtps
+dialog implicit_tls_local_greeting --connect "127.0.0.1:$PS" --implicit --ca "$CERTS/ca.pem" \
+	--name localhost "expect:220:proxy.test ESMTP" "cmd:250:EHLO client.test" \
+	"cmd:250:MAIL FROM:<a@client.test>" "cmd:250:RCPT TO:<b@dest.test>" "cmd:354:DATA" \
+	"data:$T/m5.eml" "expect:250" "cmd:221:QUIT"
+check implicit_tls_message_stored wait_tag "$T/sink.store" viasmtps 5
+
+dialog xclient_after_local_greeting --connect "127.0.0.1:$PX" --source 127.0.0.2 \
+	"expect:220:proxy.test ESMTP" "cmd:250:EHLO client.test" "cmd:221:QUIT"
+if lines_have xup '^plain: XCLIENT .*ADDR=127\.0\.0\.2'; then
+	pass xclient_real_address_upstream
+else
+	fail xclient_real_address_upstream "$(grep -m 3 'XCLIENT\|EHLO' "$T/xup.lines")"
+fi
+expect_log xclient_logged 'route=xcl .*event=xclient .*result=ok'
 
 make_message "$T/m4.eml" vialmtp
 dialog lmtp_local_greeting --connect "127.0.0.1:$PM" "expect:220:proxy.test LMTP" \
