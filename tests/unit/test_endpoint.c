@@ -1064,19 +1064,22 @@ static void test_tls_server_pause_resume(void **state)
 	(void)state;
 	need_certs();
 	tls_server_start();
-	/* 500 records of 100 bytes: about 61 KB of ciphertext, one read; the endpoint
-	 * delivers about 48 KB in one go (it collects while a whole record still fits). */
-	enum { REC = 100, NREC = 500, SMALL = REC * NREC };
+	/* Records of 1,000 bytes, EP_READ_SIZE - TLS_RECORD_MAX / 2 of them in all: less
+	 * ciphertext than one read takes (1,022 bytes a record), more plaintext than one
+	 * delivery (the endpoint collects while a whole record still fits in EP_READ_SIZE). */
+	enum { REC = 1000, NREC = (EP_READ_SIZE - TLS_RECORD_MAX / 2) / REC, SMALL = REC * NREC };
 	uint8_t *src = malloc(SMALL);
 	assert_non_null(src);
 	fill_pattern(src, SMALL, 19);
 	ep_pause(&F.t.ep);
+	uv_os_fd_t fd;
+	assert_int_equal(uv_fileno((uv_handle_t *)&F.t.ep.tcp, &fd), 0);
+	int rcvbuf = 1 << 20; /* room for all of it in the socket (the kernel caps it) */
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
 	for (int i = 0; i < NREC; i++)
 		peer_send(&F.p, src + i * REC, REC);
 	size_t cipher = F.p.out.len;
 	assert_true(cipher < EP_READ_SIZE);
-	uv_os_fd_t fd;
-	assert_int_equal(uv_fileno((uv_handle_t *)&F.t.ep.tcp, &fd), 0);
 	int inq = 0;
 	RUN_UNTIL(F.p.out.len == 0 && ioctl(fd, FIONREAD, &inq) == 0 && (size_t)inq == cipher);
 	assert_int_equal(F.t.data.len, 0);
