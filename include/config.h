@@ -92,6 +92,9 @@ struct cfg_route {
 	uint64_t detect_timeout_ms;    /* client_tls = auto */
 	uint64_t connect_timeout_ms, handshake_timeout_ms, idle_timeout_ms;
 	uint64_t line_timeout_ms; /* one client command line, first octet to its end (0: none) */
+	/* smtp, lmtp: message data (DATA, BDAT chunks) must come at this many octets per
+	 * second on average, line_timeout_ms being the most time it may bank (0: no bound) */
+	unsigned min_data_rate;
 	unsigned max_connections_per_client; /* 0 = unlimited; default 50 */
 	enum cfg_transparent transparent;
 	int source_client; /* source = client */

@@ -171,6 +171,10 @@ struct proto_ops {
 	 * and inside message data, BDAT chunks or literals. The session bounds how long one
 	 * line may take (line_timeout). May be NULL: no such bound. */
 	uint64_t (*client_partial)(void *st);
+	/* 1 while the module reads the client's message data (a DATA body before its end, a
+	 * BDAT chunk's octets), 0 otherwise. The session bounds how slowly it may come
+	 * (min_data_rate). May be NULL: no such bound. */
+	int (*client_in_data)(void *st);
 };
 
 extern const struct proto_ops proto_smtp_ops; /* smtp and lmtp */

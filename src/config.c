@@ -659,6 +659,7 @@ static const char *const route_keys[] = {
 	"proxy_protocol_out", "xclient", "connect_timeout", "handshake_timeout", "idle_timeout",
 	"max_connections_per_client", "transparent", "source", "bare_newline", "client_allow",
 	"client_ciphers", "upstream_ciphers", "client_alpn", "detect_timeout", "line_timeout",
+	"min_data_rate",
 	"greeting", NULL
 };
 
@@ -1030,6 +1031,7 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	r->handshake_timeout_ms = 30000;
 	r->idle_timeout_ms = 300000;
 	r->line_timeout_ms = 60000;
+	r->min_data_rate = 500;
 	r->max_connections_per_client = 50;
 	int v;
 
@@ -1209,6 +1211,10 @@ static void parse_route(struct parse *P, struct section *sec, struct cfg *c, str
 	if (get(sec, "line_timeout") && r->protocol != CFG_PROTO_SMTP &&
 	    r->protocol != CFG_PROTO_LMTP && r->protocol != CFG_PROTO_POP3)
 		ERR(P, line_of(sec, "line_timeout"), "line_timeout needs protocol = smtp, lmtp or pop3");
+	get_uint(P, sec, "min_data_rate", 0, 1000000000, &r->min_data_rate);
+	if (get(sec, "min_data_rate") && r->protocol != CFG_PROTO_SMTP &&
+	    r->protocol != CFG_PROTO_LMTP)
+		ERR(P, line_of(sec, "min_data_rate"), "min_data_rate needs protocol = smtp or lmtp");
 	get_uint(P, sec, "max_connections_per_client", 0, 10000000, &r->max_connections_per_client);
 	v = CFG_TRANSPARENT_NO;
 	get_enum(P, sec, "transparent", transparent_names, &v);

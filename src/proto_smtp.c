@@ -2042,6 +2042,14 @@ static uint64_t smtp_client_partial(void *st)
 	}
 }
 
+/* The client's message data: a DATA body before its end, a BDAT chunk's octets (also one
+ * being skipped after a refusal). */
+static int smtp_client_in_data(void *st)
+{
+	const struct smtp *s = st;
+	return s->u != U_DONE && (s->c == C_BODY || s->c == C_BDAT);
+}
+
 const struct proto_ops proto_smtp_ops = {
 	.name = "smtp",
 	.create = smtp_create,
@@ -2061,4 +2069,5 @@ const struct proto_ops proto_smtp_ops = {
 	.idle = smtp_idle,
 	.client_name_ready = smtp_client_name_ready,
 	.client_partial = smtp_client_partial,
+	.client_in_data = smtp_client_in_data,
 };

@@ -41,7 +41,7 @@
 #define TLS_CACHE_MS (3600 * 1000)
 
 enum timer_kind { T_NONE, T_PROXY, T_DETECT, T_CONNECT, T_HANDSHAKE_CLIENT, T_HANDSHAKE_UPSTREAM, T_IDLE, T_LINGER,
-		  T_NAME, T_LINE };
+		  T_NAME, T_LINE, T_DATA };
 /* How long XCLIENT waits for the client's host name (then NAME=[TEMPUNAVAIL]). */
 #define NAME_WAIT_MS 2000
 
@@ -85,6 +85,12 @@ struct session {
 	 * that trickles a line an octet at a time) */
 	uint64_t line_started_ms, line_id;
 	unsigned line_open : 1;
+	/* min_data_rate: while the module reads the client's message data (data_open), the
+	 * client must have sent it by data_due_ms; every octet moves that later by
+	 * 1000 / min_data_rate ms (data_rem: the remainder, in ms * min_data_rate), never past
+	 * line_timeout from now */
+	unsigned data_open : 1;
+	uint64_t data_due_ms, data_rem;
 	int handles; /* open handles: down, up, timer */
 	unsigned up_started : 1, up_connected : 1, up_ready : 1, down_ready : 1;
 	unsigned ending : 1, closed : 1;
@@ -370,6 +376,8 @@ static void arm_timer(struct session *s)
 			consider(&k, &due, T_NAME, s->name_started_ms + NAME_WAIT_MS);
 		if (s->line_open)
 			consider(&k, &due, T_LINE, s->line_started_ms + r->line_timeout_ms);
+		if (s->data_open)
+			consider(&k, &due, T_DATA, s->data_due_ms);
 	}
 	s->timer_kind = k;
 	if (k != T_NONE)
@@ -418,6 +426,39 @@ static void line_watch(struct session *s)
 	s->line_id = id;
 	s->line_started_ms = now_ms(s);
 	arm_timer(s);
+}
+
+/* min_data_rate: after the module has seen bytes (client_octets of them the client's: an
+ * upstream reply can begin the client's message data, a client read can end it), note
+ * whether the client's message data is being read and move its deadline. Like Postfix's
+ * smtpd_min_data_rate: line_timeout to begin with, each octet adds 1/min_data_rate s, the
+ * deadline never more than line_timeout away. The timer is armed when the data begins; a
+ * deadline that moved is seen when it fires. */
+static void data_watch(struct session *s, size_t client_octets)
+{
+	const struct cfg_route *r = s->r;
+	if (s->closed || s->ending || !s->proto || !s->proto->client_in_data ||
+	    !r->line_timeout_ms || !r->min_data_rate)
+		return;
+	if (!s->proto->client_in_data(s->ps)) {
+		s->data_open = 0;
+		return;
+	}
+	uint64_t now = now_ms(s);
+	if (!s->data_open) {
+		s->data_open = 1;
+		s->data_due_ms = now + r->line_timeout_ms;
+		s->data_rem = 0;
+		arm_timer(s);
+		return;
+	}
+	uint64_t add = (uint64_t)client_octets * 1000 + s->data_rem;
+	s->data_due_ms += add / r->min_data_rate;
+	s->data_rem = add % r->min_data_rate;
+	if (s->data_due_ms > now + r->line_timeout_ms) {
+		s->data_due_ms = now + r->line_timeout_ms;
+		s->data_rem = 0;
+	}
 }
 
 static void timer_cb(uv_timer_t *t)
@@ -481,6 +522,29 @@ static void timer_cb(uv_timer_t *t)
 		}
 		s->line_open = 0; /* the line ended meanwhile (another may have begun) */
 		line_watch(s);
+		arm_timer(s);
+		return;
+	case T_DATA:
+		if (!s->proto->client_in_data(s->ps)) { /* it ended meanwhile */
+			s->data_open = 0;
+			arm_timer(s);
+			return;
+		}
+		if (now >= s->data_due_ms && s->down.paused) {
+			/* the proxy is not reading the client (the upstream is slow to take
+			 * what it has): that time is not the client's */
+			s->data_due_ms = now + s->r->line_timeout_ms;
+			s->data_rem = 0;
+		}
+		if (now >= s->data_due_ms) {
+			snprintf(s->close_detail, sizeof(s->close_detail),
+				 "message data slower than min_data_rate (%u octets/s)",
+				 s->r->min_data_rate);
+			fail_upstream(s, PF_IDLE, NULL, "data timeout");
+			if (!s->closed)
+				s->close_reason = "data timeout";
+			return;
+		}
 		arm_timer(s);
 		return;
 	case T_IDLE:
@@ -823,6 +887,7 @@ static void on_data(struct endpoint *ep, const uint8_t *data, size_t len)
 			       &s->acts);
 		exec_actions(s);
 		line_watch(s);
+		data_watch(s, ep == &s->down ? len : 0);
 		return;
 	}
 	if (ep == &s->down && !s->up_ready) {

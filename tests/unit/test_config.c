@@ -491,6 +491,7 @@ static const char FULL_CONF[] =
 	"handshake_timeout = 2m\n"
 	"idle_timeout    = 45\n"
 	"line_timeout    = 90s\n"
+	"min_data_rate   = 250\n"
 	"max_connections_per_client = 7\n"
 	"transparent     = no\n"
 	"\n"
@@ -650,6 +651,7 @@ static void test_load_full(void **state)
 	assert_int_equal(r->handshake_timeout_ms, 120000);
 	assert_int_equal(r->idle_timeout_ms, 45000);
 	assert_int_equal(r->line_timeout_ms, 90000);
+	assert_int_equal(r->min_data_rate, 250);
 	assert_int_equal(r->max_connections_per_client, 7);
 	assert_int_equal(r->transparent, CFG_TRANSPARENT_NO);
 	assert_int_equal(r->source_client, 0);
@@ -696,6 +698,7 @@ static void test_load_full(void **state)
 	assert_true(r->handshake_timeout_ms > 0);
 	assert_true(r->idle_timeout_ms > 0);
 	assert_int_equal(r->line_timeout_ms, 60000);
+	assert_int_equal(r->min_data_rate, 500); /* Postfix's smtpd_min_data_rate */
 
 	/* [route plain]: upstream_tls = none -> policy none. */
 	r = find_route(c, "plain");
@@ -896,6 +899,8 @@ static const struct err_case err_cases[] = {
 	  "did you mean \"upstream\"?", 0 },
 	{ "line_timeout on a tcp route", G R1 "line_timeout = 5s\n", { "line_timeout = 5s" }, 0,
 	  "line_timeout needs protocol = smtp, lmtp or pop3", 0 },
+	{ "min_data_rate on a tcp route", G R1 "min_data_rate = 100\n", { "min_data_rate = 100" },
+	  0, "min_data_rate needs protocol = smtp or lmtp", 0 },
 	{ "greeting on a tcp route", G R1 "greeting = local\n", { "greeting = local" }, 0,
 	  "greeting needs protocol = smtp or lmtp", 0 },
 	{ "greeting = upstream on a late-binding route",
@@ -1121,6 +1126,8 @@ static const struct badval_case badval_cases[] = {
 	{ 1, "idle_timeout", "forever" },
 	{ 1, "idle_timeout", "" },
 	{ 1, "line_timeout", "soon" },
+	{ 1, "min_data_rate", "fast" },
+	{ 1, "min_data_rate", "-5" },
 	{ 1, "max_connections_per_client", "many" },
 	{ 1, "listen", "127.0.0.1:70000" },
 	{ 1, "listen", "127.0.0.1" },

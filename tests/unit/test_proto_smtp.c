@@ -2224,6 +2224,49 @@ static void test_client_partial(void **state)
 	proto_actions_free(&a);
 }
 
+/* client_in_data (min_data_rate): a DATA body from the 354 to its end marker, a BDAT
+ * chunk's octets (also a refused chunk's, skipped), nothing else: not commands, not a DATA
+ * awaiting its 354 with the body pipelined behind it, not the wait for the final reply, not
+ * a failed session. */
+static void test_client_in_data(void **state)
+{
+	(void)state;
+	struct proto_actions a = { 0 };
+	void *st = proto_smtp_ops.create(&P_PLAIN);
+	assert_non_null(st);
+	assert_non_null(proto_smtp_ops.client_in_data);
+	assert_int_equal(proto_smtp_ops.client_in_data(st), 0);
+	proto_smtp_ops.upstream_connected(st, &a);
+	proto_actions_clear(&a);
+	smtp_feed(st, &a, PROTO_UPSTREAM, GREET);
+	smtp_feed(st, &a, PROTO_CLIENT, "EHLO c.test\r\n");
+	smtp_feed(st, &a, PROTO_UPSTREAM, "250-mx.test\r\n250 CHUNKING\r\n");
+	smtp_feed(st, &a, PROTO_CLIENT, "MAIL FROM:<s@one.test>\r\nRCPT TO:<a@x.test>\r\nDATA\r\n");
+	assert_int_equal(proto_smtp_ops.client_in_data(st), 0);
+	smtp_feed(st, &a, PROTO_CLIENT, "Subject: early\r\n"); /* before the 354 */
+	smtp_feed(st, &a, PROTO_UPSTREAM, "250 ok\r\n250 ok\r\n");
+	assert_int_equal(proto_smtp_ops.client_in_data(st), 0); /* DATA awaits its 354 */
+	smtp_feed(st, &a, PROTO_UPSTREAM, "354 go\r\n");
+	assert_int_equal(proto_smtp_ops.client_in_data(st), 1);
+	smtp_feed(st, &a, PROTO_CLIENT, "body\r\n.");
+	assert_int_equal(proto_smtp_ops.client_in_data(st), 1); /* the marker not whole yet */
+	smtp_feed(st, &a, PROTO_CLIENT, "\r\n");
+	assert_int_equal(proto_smtp_ops.client_in_data(st), 0); /* awaiting the final reply */
+	smtp_feed(st, &a, PROTO_UPSTREAM, "250 queued\r\n");
+	assert_int_equal(proto_smtp_ops.client_in_data(st), 0);
+	smtp_feed(st, &a, PROTO_CLIENT, "MAIL FROM:<s@one.test>\r\nRCPT TO:<a@x.test>\r\nBDAT 10\r\nabc");
+	smtp_feed(st, &a, PROTO_UPSTREAM, "250 ok\r\n250 ok\r\n");
+	assert_int_equal(proto_smtp_ops.client_in_data(st), 1); /* chunk octets */
+	smtp_feed(st, &a, PROTO_CLIENT, "defghij");
+	assert_int_equal(proto_smtp_ops.client_in_data(st), 0); /* the chunk is whole */
+	smtp_feed(st, &a, PROTO_CLIENT, "BDAT 5 LAST\r\nab");
+	assert_int_equal(proto_smtp_ops.client_in_data(st), 1);
+	(proto_smtp_ops.fail)(st, PF_LOST, NULL, &a);
+	assert_int_equal(proto_smtp_ops.client_in_data(st), 0); /* the session failed */
+	proto_smtp_ops.destroy(st);
+	proto_actions_free(&a);
+}
+
 /* event=message's record: one per message, at its final reply, also for two messages
  * pipelined in one read (each keeps its own envelope); only accepted recipients count; the
  * size is the data without the end marker; a DATA refused for want of recipients ends its
@@ -2851,6 +2894,7 @@ int main(void)
 		cmocka_unit_test(test_empty_reads),
 		cmocka_unit_test(test_verb_separators),
 		cmocka_unit_test(test_client_partial),
+		cmocka_unit_test(test_client_in_data),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -26,6 +26,8 @@ with STARTTLS) that can misbehave on purpose. One thread per connection.
   --huge-ehlo N       answer EHLO with a N-octet reply line
   --die-in-data N     after N octets of message data, reset the connection
   --die-after-data    take the whole message, then close without replying to it
+  --pause-in-data SEC read nothing for SEC seconds after sending 354 (with a 64 KiB receive
+                      buffer, so that a sender of a large message is held back)
   --xclient           advertise XCLIENT (and accept it with 220)
   --lmtp              accept LHLO
   --reply VERB=TEXT   answer VERB (EHLO, MAIL, ..., or GREETING) with TEXT instead; after a
@@ -61,6 +63,7 @@ p.add_argument("--multiline-greeting", action="store_true")
 p.add_argument("--stall", choices=["ehlo", "greeting", "mail"])
 p.add_argument("--huge-ehlo", type=int, default=0)
 p.add_argument("--die-in-data", type=int, default=-1)
+p.add_argument("--pause-in-data", type=float, default=0)
 p.add_argument("--die-after-data", action="store_true")
 p.add_argument("--xclient", action="store_true")
 p.add_argument("--lmtp", action="store_true")
@@ -178,6 +181,10 @@ class Conn:
 
     def data(self, mail_from, rcpts):
         self.reply("354 End data with <CR><LF>.<CR><LF>")
+        if ARGS.pause_in_data:
+            log_line(b"# pausing in data")
+            time.sleep(ARGS.pause_in_data)
+            log_line(b"# reading again")
         body, self.buf = self.buf, b""
         while True:
             if 0 <= ARGS.die_in_data <= len(body):
@@ -333,6 +340,8 @@ def main():
     host, port = ARGS.listen.rsplit(":", 1)
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if ARGS.pause_in_data:
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     ls.bind((host, int(port)))
     ls.listen(64)
     open(ARGS.lines, "ab").close()
