@@ -700,6 +700,9 @@ static const char *closest(const char *key, const char *const *known)
 	const char *best = NULL;
 	size_t bd = (size_t)-1, len = strlen(key), max = len <= 4 ? 1 : 2;
 	for (size_t i = 0; known[i]; i++) {
+		size_t klen = strlen(known[i]);
+		if (klen > len + max || len > klen + max)
+			continue; /* at least |length difference| edits away */
 		size_t d = edit_distance(key, known[i]);
 		if (d < bd) {
 			bd = d;
