@@ -1575,7 +1575,42 @@ static size_t body_bytes(struct smtp *s, struct proto_actions *a, const uint8_t 
 		if (!s->body_bad)                                                          \
 			out[o++] = (ch);                                                   \
 	} while (0)
+	/* the next CR and LF at or after i (n: none), each found by one scan and looked for
+	 * again only once i has passed it: linear in n whatever the input */
+	size_t next_cr = 0, next_lf = 0;
+	int have_cr = 0, have_lf = 0;
 	while (i < n && !*ended) {
+		if (!s->body_cr && !s->body_dot && !s->body_ls) {
+			/* inside a line: the octets up to the next CR or LF go as they are */
+			if (!have_cr || next_cr < i) {
+				const uint8_t *q = memchr(d + i, '\r', n - i);
+				next_cr = q ? (size_t)(q - d) : n;
+				have_cr = 1;
+			}
+			if (!have_lf || next_lf < i) {
+				const uint8_t *q = memchr(d + i, '\n', n - i);
+				next_lf = q ? (size_t)(q - d) : n;
+				have_lf = 1;
+			}
+			size_t end = next_cr < next_lf ? next_cr : next_lf;
+			if (end > i) {
+				size_t len = end - i;
+				if (!s->body_bad) {
+					if (o + len > sizeof(out) && o) {
+						proto_send(a, PROTO_UPSTREAM, out, o);
+						o = 0;
+					}
+					if (len >= sizeof(out)) {
+						proto_send(a, PROTO_UPSTREAM, d + i, len);
+					} else {
+						memcpy(out + o, d + i, len);
+						o += len;
+					}
+				}
+				i = end;
+				continue;
+			}
+		}
 		uint8_t c = d[i];
 		if (s->body_cr) {
 			s->body_cr = 0;
