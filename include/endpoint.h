@@ -44,7 +44,7 @@ struct endpoint {
 	uv_shutdown_t shutdown_req;
 	const struct ep_ops *ops;
 	void *owner;
-	uint8_t *readbuf;   /* shared per loop, EP_READ_SIZE bytes */
+	uint8_t *readbuf;   /* shared per loop, EP_LOOP_BUF bytes (see there) */
 	struct tls_conn *tls;
 	struct buf held;  /* plaintext written before the side was ready */
 	size_t queued;        /* bytes in uv_write requests not yet completed */
@@ -68,6 +68,10 @@ struct endpoint {
  * quarter of the system calls of 64 KiB reads, 6-12% less CPU per GiB (bench/RESULTS.md).
  * One buffer per worker loop. */
 #define EP_READ_SIZE 262144
+/* The loop's shared buffer: plaintext delivered to owners in the first EP_READ_SIZE bytes;
+ * a TLS side's ciphertext read into the second half and decrypted from there in place
+ * (tls_conn_lend: no copy into the connection's input buffer). */
+#define EP_LOOP_BUF (2 * EP_READ_SIZE)
 
 /* Initialise on loop; the TCP handle is open afterwards (ep_close must follow). */
 int ep_init(struct endpoint *ep, uv_loop_t *loop, const struct ep_ops *ops, void *owner,

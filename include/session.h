@@ -24,7 +24,7 @@ struct stp_shared;
 /* What sessions need from the event loop that runs them (a worker). */
 struct session_host {
 	uv_loop_t *loop;
-	uint8_t *readbuf;          /* EP_READ_SIZE bytes, shared by the loop's endpoints */
+	uint8_t *readbuf;          /* EP_LOOP_BUF bytes, shared by the loop's endpoints */
 	struct cfg *cfg;           /* new sessions take a reference to it */
 	struct stp_shared *shared; /* counts and ids shared by all hosts */
 	struct session *sessions;  /* the open sessions (session_next) */

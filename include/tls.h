@@ -109,6 +109,20 @@ struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *server_name);
 void tls_conn_free(struct tls_conn *c);
 
 int tls_conn_feed(struct tls_conn *c, const void *data, size_t len);
+/* The same without a copy: the len octets at data are read in place by what follows (the
+ * handshake, tls_conn_read) until tls_conn_unlend(), which must come before data changes or
+ * goes. Octets fed earlier and not read yet are read first. A second lend before the
+ * unlend copies, as tls_conn_feed. 0 or TLS_E_NOMEM. */
+int tls_conn_lend(struct tls_conn *c, const void *data, size_t len);
+/* What was lent and not read (a partial record) is copied in: 0 or TLS_E_NOMEM. Nothing
+ * to do (0) when nothing is lent. */
+int tls_conn_unlend(struct tls_conn *c);
+/* Ciphertext to send is first offered to sink(arg, p, n) whenever nothing waits in the
+ * outbound buffer (so that it can go to the network without a copy); the sink returns how
+ * many octets it took, 0 to n, and the rest waits for tls_conn_out_data(). sink NULL:
+ * everything waits there. */
+void tls_conn_set_sink(struct tls_conn *c, size_t (*sink)(void *arg, const uint8_t *p, size_t n),
+		       void *arg);
 /* 0 when the handshake is complete, TLS_AGAIN, or TLS_E_HANDSHAKE. */
 int tls_conn_handshake(struct tls_conn *c);
 int tls_conn_handshake_done(const struct tls_conn *c);
@@ -122,7 +136,7 @@ int tls_conn_close_notify(struct tls_conn *c);
 size_t tls_conn_out_len(const struct tls_conn *c);
 const uint8_t *tls_conn_out_data(const struct tls_conn *c);
 void tls_conn_out_consume(struct tls_conn *c, size_t n);
-/* Ciphertext fed but not yet consumed by the TLS engine. */
+/* Ciphertext fed (or lent) but not yet consumed by the TLS engine. */
 size_t tls_conn_in_len(const struct tls_conn *c);
 
 const char *tls_conn_version(const struct tls_conn *c); /* "TLSv1.3" */

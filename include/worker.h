@@ -39,7 +39,7 @@ struct worker {
 	uv_mutex_t lock;         /* guards the two fields below, set from the main thread */
 	struct reload *pending;
 	int stop_requested;
-	uint8_t readbuf[EP_READ_SIZE];
+	uint8_t readbuf[EP_LOOP_BUF];
 };
 
 /* Prepares w (index, configuration reference, shared state) and creates the listening

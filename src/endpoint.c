@@ -211,7 +211,8 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 		buf->len = 0;
 		return;
 	}
-	buf->base = (char *)ep->readbuf;
+	/* ciphertext into the second half: it is decrypted from there into the first */
+	buf->base = (char *)ep->readbuf + (ep->tls ? EP_READ_SIZE : 0);
 	buf->len = EP_READ_SIZE;
 }
 
@@ -236,7 +237,18 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		return;
 	}
 	ep->in_delivery = 1;
-	if (ep->tls) {
+	if (ep->tls && (uint8_t *)buf->base == ep->readbuf + EP_READ_SIZE) {
+		/* read in place; what the engine has not read (a partial record, or all that
+		 * a pause left) is copied into the connection before the buffer is reused */
+		struct tls_conn *tls = ep->tls; /* freed only by close_cb, later */
+		if (tls_conn_lend(tls, buf->base, (size_t)nread) < 0) {
+			fail(ep, "out of memory", UV_ENOMEM);
+		} else {
+			tls_progress(ep);
+			if (tls_conn_unlend(tls) < 0)
+				fail(ep, "out of memory", UV_ENOMEM);
+		}
+	} else if (ep->tls) {
 		if (tls_conn_feed(ep->tls, buf->base, (size_t)nread) < 0)
 			fail(ep, "out of memory", UV_ENOMEM);
 		else

@@ -44,12 +44,24 @@ struct tls_conn {
 	int dane;
 	uint8_t *der[TLS_CHAIN_MAX];
 	int der_len[TLS_CHAIN_MAX];
+	/* tls_conn_lend: input read in place (lent_len octets at lent) while in is empty */
+	const uint8_t *lent;
+	size_t lent_len;
+	size_t (*sink)(void *, const uint8_t *, size_t); /* tls_conn_set_sink */
+	void *sink_arg;
 };
 
 static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *arg)
 {
 	(void)ssl;
 	struct tls_conn *c = arg;
+	if (c->in.len == 0 && c->lent_len) { /* octets fed earlier come first */
+		size_t n = (size_t)sz < c->lent_len ? (size_t)sz : c->lent_len;
+		memcpy(buf, c->lent, n);
+		c->lent += n;
+		c->lent_len -= n;
+		return (int)n;
+	}
 	if (c->in.len == 0)
 		return WOLFSSL_CBIO_ERR_WANT_READ;
 	size_t n = (size_t)sz < c->in.len ? (size_t)sz : c->in.len;
@@ -63,7 +75,14 @@ static int io_send(WOLFSSL *ssl, char *buf, int sz, void *arg)
 {
 	(void)ssl;
 	struct tls_conn *c = arg;
-	if (buf_append(&c->out, buf, (size_t)sz) < 0)
+	const uint8_t *p = (const uint8_t *)buf;
+	size_t n = (size_t)sz;
+	if (c->sink && c->out.len == 0) {
+		size_t took = c->sink(c->sink_arg, p, n);
+		p += took;
+		n -= took;
+	}
+	if (n && buf_append(&c->out, p, n) < 0)
 		return WOLFSSL_CBIO_ERR_GENERAL;
 	return sz;
 }
@@ -572,14 +591,48 @@ const char *tls_conn_dane_check(struct tls_conn *c, const struct tls_tlsa *t, si
 	return result ? result : "validation-failure";
 }
 
-int tls_conn_feed(struct tls_conn *c, const void *data, size_t len)
+static void note_first(struct tls_conn *c, const void *data, size_t len)
 {
 	if (c->nfirst < sizeof(c->first)) {
 		size_t k = sizeof(c->first) - c->nfirst < len ? sizeof(c->first) - c->nfirst : len;
 		memcpy(c->first + c->nfirst, data, k);
 		c->nfirst += k;
 	}
+}
+
+int tls_conn_feed(struct tls_conn *c, const void *data, size_t len)
+{
+	note_first(c, data, len);
 	return buf_append(&c->in, data, len) < 0 ? TLS_E_NOMEM : 0;
+}
+
+int tls_conn_lend(struct tls_conn *c, const void *data, size_t len)
+{
+	if (c->lent_len) /* already lending: copied behind */
+		return tls_conn_feed(c, data, len);
+	note_first(c, data, len);
+	c->lent = data;
+	c->lent_len = len;
+	return 0;
+}
+
+int tls_conn_unlend(struct tls_conn *c)
+{
+	if (!c->lent_len) {
+		c->lent = NULL;
+		return 0;
+	}
+	int rc = buf_append(&c->in, c->lent, c->lent_len) < 0 ? TLS_E_NOMEM : 0;
+	c->lent = NULL;
+	c->lent_len = 0;
+	return rc;
+}
+
+void tls_conn_set_sink(struct tls_conn *c, size_t (*sink)(void *arg, const uint8_t *p, size_t n),
+		       void *arg)
+{
+	c->sink = sink;
+	c->sink_arg = arg;
 }
 
 size_t tls_conn_first_bytes(const struct tls_conn *c, uint8_t *buf, size_t len)
@@ -664,7 +717,7 @@ void tls_conn_out_consume(struct tls_conn *c, size_t n)
 	buf_consume(&c->out, n);
 	buf_trim(&c->out);
 }
-size_t tls_conn_in_len(const struct tls_conn *c) { return c->in.len; }
+size_t tls_conn_in_len(const struct tls_conn *c) { return c->in.len + c->lent_len; }
 
 const char *tls_conn_version(const struct tls_conn *c)
 {

@@ -464,7 +464,7 @@ static void tcp_pair(int *a, int *b, const struct bufs *bs)
 	*b = s;
 }
 
-static uint8_t readbuf[EP_READ_SIZE];
+static uint8_t readbuf[EP_LOOP_BUF];
 
 /* ep_init on the test's loop and uv_tcp_open of the endpoint's socket. */
 static void ep_open(void)

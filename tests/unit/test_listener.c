@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "endpoint.h"
 #include "listener.h"
 #include "log.h"
 #include "notify.h"
@@ -548,7 +549,7 @@ static void test_stopping_host_makes_no_session(void **state)
 	cfg_errors_free(&errs);
 	struct stp_shared sh;
 	assert_int_equal(shared_init(&sh), 0);
-	static uint8_t readbuf[65536];
+	static uint8_t readbuf[EP_LOOP_BUF];
 
 	struct lfx f;
 	lfx_init(&f);

@@ -81,7 +81,7 @@ struct harness {
 	struct cfg *cfg;
 	struct listener *l[4];
 	int drained;
-	uint8_t readbuf[EP_READ_SIZE];
+	uint8_t readbuf[EP_LOOP_BUF];
 };
 
 static void on_drained(struct session_host *h)

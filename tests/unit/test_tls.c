@@ -651,6 +651,102 @@ static void test_data_fed_bytewise(void **state)
 	pair_free(&p);
 }
 
+/* tls_conn_lend: ciphertext read in place from a buffer that is overwritten after every
+ * tls_conn_unlend (as the endpoint's shared read buffer is): cuts that end inside records,
+ * octets fed earlier still unread when more is lent (they come first), a lend nothing reads
+ * (all of it kept), the handshake itself through lent buffers; in_len counts lent octets. */
+static void lend_all(struct tls_conn *from, struct tls_conn *to, size_t cut, uint8_t *scratch,
+		     uint8_t *got, size_t *have, size_t cap)
+{
+	while (tls_conn_out_len(from)) {
+		size_t n = tls_conn_out_len(from) < cut ? tls_conn_out_len(from) : cut;
+		memcpy(scratch, tls_conn_out_data(from), n);
+		tls_conn_out_consume(from, n);
+		assert_int_equal(tls_conn_lend(to, scratch, n), 0);
+		if (got) {
+			int last;
+			*have += read_avail(to, got + *have, cap - *have, &last);
+			assert_int_equal(last, TLS_AGAIN);
+		} else {
+			int rc = tls_conn_handshake(to);
+			assert_true(rc == 0 || rc == TLS_AGAIN);
+		}
+		assert_int_equal(tls_conn_unlend(to), 0);
+		memset(scratch, 0xAA, n); /* the buffer is reused: what was not read was copied */
+	}
+}
+
+static void test_data_lent(void **state)
+{
+	(void)state;
+	need_certs();
+	struct pair p;
+	pair_new(&p, server_ctx("server.pem", "server.key", NULL, 12),
+		 client_ctx("ca.pem", NULL, NULL, 12), "localhost");
+	uint8_t *scratch = malloc(1 << 18);
+	assert_non_null(scratch);
+	/* the handshake, every flight lent in cuts of 100 octets */
+	for (int i = 0; i < 10 && !(tls_conn_handshake_done(p.c) && tls_conn_handshake_done(p.s));
+	     i++) {
+		int rc = tls_conn_handshake(p.c);
+		assert_true(rc == 0 || rc == TLS_AGAIN);
+		lend_all(p.c, p.s, 100, scratch, NULL, NULL, 0);
+		lend_all(p.s, p.c, 100, scratch, NULL, NULL, 0);
+	}
+	assert_int_equal(tls_conn_handshake_done(p.c), 1);
+	assert_int_equal(tls_conn_handshake_done(p.s), 1);
+
+	size_t len = 200000, have = 0;
+	uint8_t *data = malloc(len), *got = malloc(len);
+	assert_non_null(data);
+	assert_non_null(got);
+	fill_pattern(data, len, 11);
+	assert_int_equal(tls_conn_write(p.c, data, len), 0);
+	lend_all(p.c, p.s, 7001, scratch, got, &have, len); /* cuts inside records */
+	assert_int_equal(have, len);
+	assert_memory_equal(got, data, len);
+
+	/* 10 octets fed, then a lend: the fed ones first, the lent ones copied behind them
+	 * (the client reads first what it has: the server's session tickets) */
+	int last;
+	assert_int_equal(read_avail(p.c, got, len, &last), 0);
+	assert_int_equal(tls_conn_in_len(p.c), 0);
+	fill_pattern(data, 5000, 12);
+	assert_int_equal(tls_conn_write(p.s, data, 5000), 0);
+	size_t n = tls_conn_out_len(p.s);
+	assert_int_equal(tls_conn_feed(p.c, tls_conn_out_data(p.s), 10), 0);
+	memcpy(scratch, tls_conn_out_data(p.s) + 10, n - 10);
+	tls_conn_out_consume(p.s, n);
+	assert_int_equal(tls_conn_lend(p.c, scratch, n - 10), 0);
+	assert_int_equal(tls_conn_in_len(p.c), n);
+	have = read_avail(p.c, got, len, &last);
+	assert_int_equal(tls_conn_unlend(p.c), 0);
+	memset(scratch, 0xAA, n);
+	assert_int_equal(have, 5000);
+	assert_memory_equal(got, data, 5000);
+	assert_int_equal(tls_conn_in_len(p.c), 0);
+
+	/* lent and not read at all: every octet kept */
+	fill_pattern(data, 3000, 13);
+	assert_int_equal(tls_conn_write(p.s, data, 3000), 0);
+	n = tls_conn_out_len(p.s);
+	memcpy(scratch, tls_conn_out_data(p.s), n);
+	tls_conn_out_consume(p.s, n);
+	assert_int_equal(tls_conn_lend(p.c, scratch, n), 0);
+	assert_int_equal(tls_conn_in_len(p.c), n);
+	assert_int_equal(tls_conn_unlend(p.c), 0);
+	assert_int_equal(tls_conn_unlend(p.c), 0); /* nothing lent: nothing to do */
+	memset(scratch, 0xAA, n);
+	assert_int_equal(tls_conn_in_len(p.c), n);
+	have = read_avail(p.c, got, len, &last);
+	assert_int_equal(have, 3000);
+	assert_memory_equal(got, data, 3000);
+	free(data);
+	free(got);
+	free(scratch);
+	pair_free(&p);
+}
+
 static void test_close_notify(void **state)
 {
 	(void)state;
@@ -1306,6 +1402,7 @@ int main(void)
 		cmocka_unit_test(test_sni_ip_literal_and_none),
 		cmocka_unit_test(test_data_both_ways),
 		cmocka_unit_test(test_data_fed_bytewise),
+		cmocka_unit_test(test_data_lent),
 		cmocka_unit_test(test_close_notify),
 		cmocka_unit_test(test_tampered_record),
 		cmocka_unit_test(test_garbage_handshake),
