@@ -5,8 +5,8 @@
  * ciphertext to send is taken out with tls_conn_out_data()/tls_conn_out_consume(). Every
  * function returns 0 (or a byte count) on success, TLS_AGAIN when it needs more input from
  * the peer, TLS_CLOSED when the peer sent close_notify, or another negative TLS_E* code;
- * tls_strerror() names it. Certificate verification never aborts a handshake by itself: the outcome is
- * recorded (tls_conn_verify_result) and the caller applies its policy. */
+ * tls_strerror() names it. Certificate verification never aborts a handshake by itself:
+ * the outcome is recorded (tls_conn_verify_result) and the caller applies its policy. */
 #ifndef STP_TLS_H
 #define STP_TLS_H
 
