@@ -287,6 +287,16 @@ static void collect(struct ctx *c)
 
 static int zero_len; /* FUZZ_ZERO_LEN=1: also deliver empty reads */
 
+/* The session's two client deadlines (line_timeout, min_data_rate) never both run: message
+ * data is no command line; and neither runs once the module has closed. */
+static void deadlines(struct ctx *c)
+{
+	int in_data = proto_smtp_ops.client_in_data(c->st);
+	uint64_t partial = proto_smtp_ops.client_partial(c->st);
+	CHECK(!(in_data && partial), "client_in_data and client_partial at once");
+	CHECK(!c->closed || (!in_data && !partial), "a client deadline after PA_CLOSE");
+}
+
 #define FEED_MAX (160 * 1024)
 
 /* Feeds n bytes; in the byte-at-a-time run, in pieces of piece bytes. */
@@ -299,12 +309,14 @@ static void feed(struct ctx *c, enum proto_side side, const uint8_t *d, size_t n
 	if (!c->bytewise) {
 		proto_smtp_ops.data(c->st, side, d, n, &c->a);
 		collect(c);
+		deadlines(c);
 		return;
 	}
 	for (size_t i = 0; i < n && !c->closed; i += piece) {
 		size_t k = n - i < piece ? n - i : piece;
 		proto_smtp_ops.data(c->st, side, d + i, k, &c->a);
 		collect(c);
+		deadlines(c);
 	}
 }
 
