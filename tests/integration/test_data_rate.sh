@@ -20,36 +20,25 @@ start_fake slowup --starttls none --caps CHUNKING
 start_fake stall --starttls none --pause-in-data 4
 free_port PR; free_port PN; free_port PS
 conf=$T/rate.conf
+# route NAME PORT UPSTREAM MIN_DATA_RATE
+route() {
+	cat <<EOF
+[route $1]
+listen = 127.0.0.1:$2
+protocol = smtp
+upstream = 127.0.0.1:$(port_of "$3")
+upstream_tls = none
+line_timeout = 2s
+min_data_rate = $4
+idle_timeout = 30s
+
+EOF
+}
 {
 	global_section "helo_name = proxy.test"
-	cat <<EOF
-[route rate]
-listen = 127.0.0.1:$PR
-protocol = smtp
-upstream = 127.0.0.1:$(port_of slowup)
-upstream_tls = none
-line_timeout = 2s
-min_data_rate = 100
-idle_timeout = 30s
-
-[route norate]
-listen = 127.0.0.1:$PN
-protocol = smtp
-upstream = 127.0.0.1:$(port_of up)
-upstream_tls = none
-line_timeout = 2s
-min_data_rate = 0
-idle_timeout = 30s
-
-[route stall]
-listen = 127.0.0.1:$PS
-protocol = smtp
-upstream = 127.0.0.1:$(port_of stall)
-upstream_tls = none
-line_timeout = 2s
-min_data_rate = 100
-idle_timeout = 30s
-EOF
+	route rate "$PR" slowup 100
+	route norate "$PN" up 0
+	route stall "$PS" stall 100
 } >"$conf"
 start_proxy "$conf"
 
