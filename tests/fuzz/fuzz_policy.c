@@ -4,7 +4,9 @@
  * safety (ASan/UBSan) it checks the contract: 0 with a table and no error lines, or
  * -EINVAL with one or more lines "PATH:LINE: message" (LINE between 1 and the number of
  * lines), none with a newline; a loaded table has at most one row per line, rows in line
- * order, each a valid destination kind with a known level, and fingerprint rows with pins.
+ * order, each a valid destination kind with a known level (mta-sts, dane and auto rows
+ * without names, ca, min_tls or a tls other than starttls), and pins on fingerprint rows
+ * only, which have them.
  * Every loaded table is then matched against a fixed set of destinations (IPv4, IPv6,
  * v4-mapped, host names, ports), and policy_match must return NULL or one of its rows. */
 #include <stddef.h>
@@ -67,8 +69,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			CHECK(i == 0 || r->line > t->rows[i - 1].line, "rows out of order");
 			CHECK(r->kind == DEST_ANY || r->kind == DEST_ADDR || r->kind == DEST_HOST,
 			      "kind %d", r->kind);
-			CHECK(r->level >= CFG_POLICY_NONE && r->level <= CFG_POLICY_VERIFY, "level %d",
+			CHECK(r->level >= CFG_POLICY_NONE && r->level <= CFG_POLICY_AUTO, "level %d",
 			      r->level);
+			CHECK(r->level < CFG_POLICY_MTA_STS ||
+				      (!r->nnames && !r->ca && !r->min_tls &&
+				       (!r->has_tls || r->tls == CFG_TLS_STARTTLS)),
+			      "late-binding level %d with names, ca, min_tls or tls", r->level);
+			CHECK(r->level != CFG_POLICY_NONE || (!r->nnames && !r->ca && !r->min_tls),
+			      "none with names, ca or min_tls");
+			CHECK(r->npins == 0 || r->level == CFG_POLICY_FINGERPRINT,
+			      "pins at level %d", r->level);
 			CHECK(r->level != CFG_POLICY_FINGERPRINT || r->npins > 0, "fingerprint, no pin");
 			CHECK(r->port >= 0 && r->port <= 65535, "port %d", r->port);
 		}
