@@ -663,34 +663,44 @@ static const char *const route_keys[] = {
 	"greeting", NULL
 };
 
-/* Optimal string alignment distance (edits, adjacent swaps counted as one), case-blind;
- * keys are short (at most 64 bytes compared). */
-static size_t edit_distance(const char *a, const char *b)
+/* Optimal string alignment distance (edits, adjacent swaps counted as one), case-blind,
+ * when it is at most max; max + 1 when it is more (keys are short: at most 64 bytes
+ * compared, longer ones are max + 1 away). Only the band of cells within max of the
+ * diagonal is computed: a cell further out is more than max edits already. */
+static size_t edit_distance(const char *a, const char *b, size_t max)
 {
-	size_t n = strlen(a), m = strlen(b);
-	if (n > 64 || m > 64)
-		return 99;
+	size_t n = strlen(a), m = strlen(b), far = max + 1;
+	if (n > 64 || m > 64 || max > 8)
+		return far;
+	if ((n > m ? n - m : m - n) > max)
+		return far;
+	unsigned char la[64], lb[64];
+	for (size_t i = 0; i < n; i++)
+		la[i] = (unsigned char)tolower((unsigned char)a[i]);
+	for (size_t j = 0; j < m; j++)
+		lb[j] = (unsigned char)tolower((unsigned char)b[j]);
 	size_t d[65][65];
-	for (size_t i = 0; i <= n; i++)
+#define CELL(i, j) ((i) > (j) + max || (j) > (i) + max ? far : d[i][j])
+	for (size_t i = 0; i <= n && i <= max; i++)
 		d[i][0] = i;
-	for (size_t j = 0; j <= m; j++)
+	for (size_t j = 0; j <= m && j <= max; j++)
 		d[0][j] = j;
-	for (size_t i = 1; i <= n; i++)
-		for (size_t j = 1; j <= m; j++) {
-			int same = tolower((unsigned char)a[i - 1]) == tolower((unsigned char)b[j - 1]);
-			size_t v = d[i - 1][j - 1] + !same;
-			if (d[i - 1][j] + 1 < v)
-				v = d[i - 1][j] + 1;
-			if (d[i][j - 1] + 1 < v)
-				v = d[i][j - 1] + 1;
-			if (i > 1 && j > 1 && tolower((unsigned char)a[i - 1]) ==
-						      tolower((unsigned char)b[j - 2]) &&
-			    tolower((unsigned char)a[i - 2]) == tolower((unsigned char)b[j - 1]) &&
+	for (size_t i = 1; i <= n; i++) {
+		size_t lo = i > max ? i - max : 1, hi = i + max < m ? i + max : m;
+		for (size_t j = lo; j <= hi; j++) {
+			size_t v = d[i - 1][j - 1] + (la[i - 1] != lb[j - 1]);
+			if (CELL(i - 1, j) + 1 < v)
+				v = CELL(i - 1, j) + 1;
+			if (CELL(i, j - 1) + 1 < v)
+				v = CELL(i, j - 1) + 1;
+			if (i > 1 && j > 1 && la[i - 1] == lb[j - 2] && la[i - 2] == lb[j - 1] &&
 			    d[i - 2][j - 2] + 1 < v)
 				v = d[i - 2][j - 2] + 1;
-			d[i][j] = v;
+			d[i][j] = v > far ? far : v;
 		}
-	return d[n][m];
+	}
+#undef CELL
+	return d[n][m] > far ? far : d[n][m];
 }
 
 /* The known key closest to key (at most 2 edits, 1 for keys of 4 letters or fewer, and
@@ -700,10 +710,7 @@ static const char *closest(const char *key, const char *const *known)
 	const char *best = NULL;
 	size_t bd = (size_t)-1, len = strlen(key), max = len <= 4 ? 1 : 2;
 	for (size_t i = 0; known[i]; i++) {
-		size_t klen = strlen(known[i]);
-		if (klen > len + max || len > klen + max)
-			continue; /* at least |length difference| edits away */
-		size_t d = edit_distance(key, known[i]);
+		size_t d = edit_distance(key, known[i], max);
 		if (d < bd) {
 			bd = d;
 			best = known[i];

@@ -897,6 +897,8 @@ static const struct err_case err_cases[] = {
 	  "did you mean \"drain_timeout\"?", 0 },
 	{ "swapped letters: a suggestion", G R1 "upsteram = 127.0.0.1:1\n", { "upsteram" }, 0,
 	  "did you mean \"upstream\"?", 0 },
+	{ "a deletion and a swap, upper case: a suggestion", G R1 "IDLE_TMEUOT = 5s\n",
+	  { "IDLE_TMEUOT" }, 0, "did you mean \"idle_timeout\"?", 0 },
 	{ "line_timeout on a tcp route", G R1 "line_timeout = 5s\n", { "line_timeout = 5s" }, 0,
 	  "line_timeout needs protocol = smtp, lmtp or pop3", 0 },
 	{ "min_data_rate on a tcp route", G R1 "min_data_rate = 100\n", { "min_data_rate = 100" },
