@@ -59,23 +59,33 @@ static int only_own(const struct fbuf *b)
 	return 1;
 }
 
-/* Walks the lines of b (to its first line that announces a literal, included): calls
- * f(line, len) for each; returns 0 as soon as f does. */
-static int each_line(const struct fbuf *b, int (*f)(const uint8_t *, size_t))
+/* Walks the lines of b from *at (to its first line that announces a literal, included):
+ * calls f(line, len) for each complete line, and for the last one without its LF only when
+ * final; returns 0 as soon as f does. *at keeps where the next call resumes (SIZE_MAX once
+ * a literal was announced: any text follows). */
+static int each_line(const struct fbuf *b, size_t *at, int final,
+		     int (*f)(const uint8_t *, size_t))
 {
-	size_t i = 0;
+	size_t i = *at;
+	if (i == SIZE_MAX)
+		return 1;
 	while (i < b->n) {
 		const uint8_t *nl = memchr(b->p + i, '\n', b->n - i);
+		if (!nl && !final)
+			break;
 		size_t end = nl ? (size_t)(nl - b->p) : b->n;
 		size_t n = end - i;
 		if (n && b->p[end - 1] == '\r')
 			n--;
 		if (!f(b->p + i, n))
 			return 0;
-		if (n && b->p[i + n - 1] == '}')
+		if (n && b->p[i + n - 1] == '}') {
+			*at = SIZE_MAX;
 			return 1; /* literal data follows: any text */
-		i = end + 1;
+		}
+		i = nl ? end + 1 : b->n;
 	}
+	*at = i;
 	return 1;
 }
 
@@ -136,11 +146,11 @@ static void check(struct fs_run *r)
 	}
 	if (r->p.client_tls == CFG_TLS_STARTTLS && r->p.client_policy == CFG_POLICY_ENCRYPT &&
 	    !(r->flags & CONTINUATION))
-		CHECK(each_line(&r->cl_pre, not_credentials),
+		CHECK(each_line(&r->cl_pre, &r->seen[0], r->final, not_credentials),
 		      "credentials or COMPRESS upstream before the client's TLS: %.*s",
 		      (int)(r->cl_pre.n > 200 ? 200 : r->cl_pre.n), r->cl_pre.p);
 	if (!(r->flags & COMPRESS_UP))
-		CHECK(each_line(&r->to_client, no_starttls_offer),
+		CHECK(each_line(&r->to_client, &r->seen[1], r->final, no_starttls_offer),
 		      "STARTTLS offered inside the client's TLS");
 }
 

@@ -43,12 +43,14 @@ static int only_own(const struct fbuf *b)
 	return 1;
 }
 
-/* No line of b starts with a credentials verb. */
-static int no_credentials(const struct fbuf *b)
+/* No line of b starts with a credentials verb. *at: the start of the last line seen (a
+ * complete line's verdict does not change as b grows; the last one is looked at again). */
+static int no_credentials(const struct fbuf *b, size_t *at)
 {
 	static const char *verbs[] = { "USER", "PASS", "APOP", "AUTH" };
-	size_t i = 0;
+	size_t i = *at;
 	while (i < b->n) {
+		*at = i;
 		for (int k = 0; k < 4; k++)
 			if (b->n - i >= 4 && strncasecmp((const char *)b->p + i, verbs[k], 4) == 0 &&
 			    (b->n - i == 4 || b->p[i + 4] == ' ' || b->p[i + 4] == '\r' ||
@@ -59,15 +61,19 @@ static int no_credentials(const struct fbuf *b)
 			break;
 		i = (size_t)(nl - b->p) + 1;
 	}
+	*at = i;
 	return 1;
 }
 
-/* No "STLS" capability line in what the client got since its TLS started. */
-static int no_stls_line(const struct fbuf *b)
+/* No "STLS" capability line in what the client got since its TLS started. *at: the first
+ * offset not yet looked at. */
+static int no_stls_line(const struct fbuf *b, size_t *at)
 {
-	for (size_t i = 0; i + 6 <= b->n; i++)
+	size_t i = *at;
+	for (; i + 6 <= b->n; i++)
 		if ((i == 0 || b->p[i - 1] == '\n') && memcmp(b->p + i, "STLS\r\n", 6) == 0)
 			return 0;
+	*at = i;
 	return 1;
 }
 
@@ -92,9 +98,10 @@ static void sent_up(struct fs_run *r, const uint8_t *d, size_t n)
 static void check(struct fs_run *r)
 {
 	if (r->p.client_tls == CFG_TLS_STARTTLS && r->p.client_policy == CFG_POLICY_ENCRYPT)
-		CHECK(no_credentials(&r->cl_pre), "credentials upstream before the client's TLS");
+		CHECK(no_credentials(&r->cl_pre, &r->seen[0]),
+		      "credentials upstream before the client's TLS");
 	if (!r->flags)
-		CHECK(no_stls_line(&r->to_client), "STLS offered inside the client's TLS");
+		CHECK(no_stls_line(&r->to_client, &r->seen[1]), "STLS offered inside the client's TLS");
 }
 
 static int timing(void *st)
