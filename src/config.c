@@ -670,7 +670,7 @@ static const char *const route_keys[] = {
 static size_t edit_distance(const char *a, const char *b, size_t max)
 {
 	size_t n = strlen(a), m = strlen(b), far = max + 1;
-	if (n > 64 || m > 64 || max > 8)
+	if (n > 64 || m > 64)
 		return far;
 	if ((n > m ? n - m : m - n) > max)
 		return far;
@@ -700,7 +700,7 @@ static size_t edit_distance(const char *a, const char *b, size_t max)
 		}
 	}
 #undef CELL
-	return d[n][m] > far ? far : d[n][m];
+	return d[n][m]; /* in the band: |n - m| <= max */
 }
 
 /* The known key closest to key (at most 2 edits, 1 for keys of 4 letters or fewer, and

@@ -63,7 +63,8 @@ static inline void fuzz_unlink(void)
 /* From LLVMFuzzerInitialize: makes DIR/stp-fuzz-NAME-XXXXXX (mode 0600), removed at
  * exit; its name is fuzz_path. DIR is $TMPDIR, else /dev/shm when there is one, else
  * /tmp: the file is rewritten for every input, and on a disk file system (ext4 /tmp) the
- * journal's work was most of the harness's time (fuzz_policy: 3,300 executions a second with the file in /tmp, 21,000 in /dev/shm). */
+ * journal's work was most of the harness's time (fuzz_policy: 3,300 executions a second
+ * with the file in /tmp, 21,000 in /dev/shm). */
 static inline void fuzz_tempfile(const char *name)
 {
 	const char *dir = getenv("TMPDIR");
