@@ -685,8 +685,10 @@ static size_t edit_distance(const char *a, const char *b, size_t max)
 		d[i][0] = i;
 	for (size_t j = 0; j <= m && j <= max; j++)
 		d[0][j] = j;
+	size_t prev_min = 0; /* the least cell of row i - 1 in the band */
 	for (size_t i = 1; i <= n; i++) {
 		size_t lo = i > max ? i - max : 1, hi = i + max < m ? i + max : m;
+		size_t row_min = i <= max ? i : far;
 		for (size_t j = lo; j <= hi; j++) {
 			size_t v = d[i - 1][j - 1] + (la[i - 1] != lb[j - 1]);
 			if (CELL(i - 1, j) + 1 < v)
@@ -697,7 +699,15 @@ static size_t edit_distance(const char *a, const char *b, size_t max)
 			    d[i - 2][j - 2] + 1 < v)
 				v = d[i - 2][j - 2] + 1;
 			d[i][j] = v > far ? far : v;
+			if (d[i][j] < row_min)
+				row_min = d[i][j];
 		}
+		/* Every cell of the next row comes from this row or the one before plus at
+		 * least nothing, or from its left neighbour plus one: when both rows are
+		 * beyond max, so is every later row, and so d[n][m]. */
+		if (row_min > max && prev_min > max)
+			return far;
+		prev_min = row_min;
 	}
 #undef CELL
 	return d[n][m]; /* in the band: |n - m| <= max */
