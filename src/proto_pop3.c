@@ -111,9 +111,7 @@ static void enter_state(struct pop3 *s, enum proto_side side, int to)
 	if (from == to)
 		return;
 	const char *const *names = side == PROTO_UPSTREAM ? ustate_names : cstate_names;
-	log_event(LOG_DEBUG, s->p.session_id, s->p.route, "pop3_state", "side",
-		  side == PROTO_UPSTREAM ? "upstream" : "client", "from", names[from], "to",
-		  names[to], NULL);
+	proto_log_state(&s->p, "pop3_state", side, names[from], names[to]);
 	if (side == PROTO_UPSTREAM)
 		s->u = (enum ustate)to;
 	else

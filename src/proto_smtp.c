@@ -133,8 +133,7 @@ static void enter_ustate(struct smtp *s, enum ustate u)
 {
 	if (s->u == u)
 		return;
-	log_event(LOG_DEBUG, s->p.session_id, s->p.route, "smtp_state", "side", "upstream",
-		  "from", ustate_names[s->u], "to", ustate_names[u], NULL);
+	proto_log_state(&s->p, "smtp_state", PROTO_UPSTREAM, ustate_names[s->u], ustate_names[u]);
 	s->u = u;
 }
 
@@ -142,8 +141,7 @@ static void enter_cstate(struct smtp *s, enum cstate c)
 {
 	if (s->c == c)
 		return;
-	log_event(LOG_DEBUG, s->p.session_id, s->p.route, "smtp_state", "side", "client",
-		  "from", cstate_names[s->c], "to", cstate_names[c], NULL);
+	proto_log_state(&s->p, "smtp_state", PROTO_CLIENT, cstate_names[s->c], cstate_names[c]);
 	s->c = c;
 }
 
