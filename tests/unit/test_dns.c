@@ -27,6 +27,7 @@
 
 #include "dns.h"
 #include "unit_net.h"
+#include "unit_zone.h"
 
 #define WAIT_MS 10000
 
@@ -459,22 +460,9 @@ static void test_parse_reply(void **state)
 
 static struct {
 	int ok;
-	char why[600];
-	char dir[400];
-	char resolver[64];
-	char anchor[600];
+	struct unit_zone z; /* z.why: why the server did not start */
 	char bad_anchor[600];
-	long pid;
 } L;
-
-static void copy_str(char *dst, size_t cap, const char *src)
-{
-	size_t n = strlen(src);
-	if (n >= cap)
-		n = cap - 1;
-	memcpy(dst, src, n);
-	dst[n] = '\0';
-}
 
 static void write_file(const char *path, const char *text)
 {
@@ -482,20 +470,6 @@ static void write_file(const char *path, const char *text)
 	assert_non_null(f);
 	fputs(text, f);
 	fclose(f);
-}
-
-static void read_tail(const char *path, char *out, size_t cap)
-{
-	out[0] = '\0';
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return;
-	size_t n = fread(out, 1, cap - 1, f);
-	out[n] = '\0';
-	fclose(f);
-	for (char *c = out; *c; c++)
-		if (*c == '\n')
-			*c = ' ';
 }
 
 static int group_setup(void **state)
@@ -533,38 +507,8 @@ static int group_setup(void **state)
 		"bogus IN A 192.0.2.66\n",
 		big, tlsa_long);
 	fclose(f);
-	snprintf(L.dir, sizeof L.dir, "%s/dns", tmpdir);
-	char cmd[4000], env[700], errf[700];
-	snprintf(env, sizeof env, "%s/dns.env", tmpdir);
-	snprintf(errf, sizeof errf, "%s/dns.err", tmpdir);
-	snprintf(cmd, sizeof cmd,
-		 "DNS_BOGUS_NAMES='bogus A' bash tests/integration/dns_lib.sh start '%s' example. "
-		 "'%s' signed %ld >'%s' 2>'%s'",
-		 L.dir, body, (long)getpid(), env, errf);
-	int rc = system(cmd);
-	if (rc != 0) {
-		char tail[400];
-		read_tail(errf, tail, sizeof tail);
-		snprintf(L.why, sizeof L.why, "dns_lib.sh start failed (status %d): %s", rc, tail);
+	if (unit_zone_start(&L.z, tmpdir, body, "DNS_BOGUS_NAMES='bogus A'") != 0)
 		return 0;
-	}
-	f = fopen(env, "r");
-	char line[700];
-	while (f && fgets(line, sizeof line, f)) {
-		line[strcspn(line, "\n")] = '\0';
-		if (!strncmp(line, "DNS_RESOLVER=", 13))
-			copy_str(L.resolver, sizeof L.resolver, line + 13);
-		else if (!strncmp(line, "DNS_ANCHOR=", 11))
-			copy_str(L.anchor, sizeof L.anchor, line + 11);
-		else if (!strncmp(line, "DNS_PID=", 8))
-			L.pid = atol(line + 8);
-	}
-	if (f)
-		fclose(f);
-	if (!L.resolver[0] || !L.anchor[0] || L.pid <= 0) {
-		snprintf(L.why, sizeof L.why, "dns_lib.sh start printed no DNS_RESOLVER/ANCHOR/PID");
-		return 0;
-	}
 	/* A well-formed anchor for example. that matches no key of the zone. */
 	snprintf(L.bad_anchor, sizeof L.bad_anchor, "%s/bad.anchor", tmpdir);
 	write_file(L.bad_anchor, "example. IN DS 12345 13 2 "
@@ -576,12 +520,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
 	(void)state;
-	if (L.pid > 0) {
-		char cmd[600];
-		snprintf(cmd, sizeof cmd, "bash tests/integration/dns_lib.sh stop '%s'", L.dir);
-		if (system(cmd) != 0)
-			kill((pid_t)L.pid, SIGTERM);
-	}
+	unit_zone_stop(&L.z);
 	char cmd[400];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
 	return system(cmd) == 0 ? 0 : -1;
@@ -590,7 +529,7 @@ static int group_teardown(void **state)
 static void need_server(void)
 {
 	if (!L.ok)
-		fail_msg("no DNS server: %s", L.why);
+		fail_msg("no DNS server: %s", L.z.why);
 }
 
 /* What a callback saw. */
@@ -781,7 +720,7 @@ static void test_live_mx(void **state)
 	(void)state;
 	need_server();
 	uv_loop_t loop;
-	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
+	struct dns *d = open_dns(&loop, L.z.resolver, L.z.anchor, 0);
 	static struct got g;
 	ask(&loop, d, "example.", DNS_T_MX, &g, DNS_OK, DNS_SECURE, 3, "MX example.");
 	assert_int_equal(g.r.rrtype, DNS_T_MX);
@@ -838,7 +777,7 @@ static void test_live_fd_reuse(void **state)
 	uv_loop_t loop;
 	/* no validation: new names must go to the server (a validator answers them from the
 	 * zone's NSEC records it has cached: aggressive NSEC) */
-	struct dns *d = open_dns(&loop, L.resolver, NULL, 0);
+	struct dns *d = open_dns(&loop, L.z.resolver, NULL, 0);
 	static struct got g;
 	static uv_tcp_t tcp[REUSE_ROUNDS * REUSE_PAIRS];
 	static struct reuse r[REUSE_ROUNDS * REUSE_PAIRS];
@@ -904,7 +843,7 @@ static void test_live_insecure_without_anchor(void **state)
 	(void)state;
 	need_server();
 	uv_loop_t loop;
-	struct dns *d = open_dns(&loop, L.resolver, NULL, 0);
+	struct dns *d = open_dns(&loop, L.z.resolver, NULL, 0);
 	static struct got g;
 	ask(&loop, d, "example", DNS_T_MX, &g, DNS_OK, DNS_INSECURE, 3, "MX example without anchor");
 	assert_string_equal(g.r.u.mx[0].host, "mx1.example");
@@ -918,7 +857,7 @@ static void test_live_bogus(void **state)
 	(void)state;
 	need_server();
 	uv_loop_t loop;
-	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
+	struct dns *d = open_dns(&loop, L.z.resolver, L.z.anchor, 0);
 	static struct got g;
 	ask(&loop, d, "bogus.example", DNS_T_A, &g, DNS_SERVFAIL, DNS_BOGUS, 0, "A bogus.example");
 	assert_true(strlen(g.r.why_bogus) > 0);
@@ -928,7 +867,7 @@ static void test_live_bogus(void **state)
 	close_dns(&loop, d);
 
 	/* An anchor that matches no key: everything under it is bogus. */
-	d = open_dns(&loop, L.resolver, L.bad_anchor, 0);
+	d = open_dns(&loop, L.z.resolver, L.bad_anchor, 0);
 	ask(&loop, d, "example", DNS_T_MX, &g, DNS_SERVFAIL, DNS_BOGUS, 0, "MX example, wrong anchor");
 	assert_true(g.r.why_bogus[0] != '\0');
 	close_dns(&loop, d);
@@ -939,7 +878,7 @@ static void test_live_negative(void **state)
 	(void)state;
 	need_server();
 	uv_loop_t loop;
-	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
+	struct dns *d = open_dns(&loop, L.z.resolver, L.z.anchor, 0);
 	static struct got g;
 	ask(&loop, d, "nope.example", DNS_T_A, &g, DNS_NXDOMAIN, DNS_SECURE, 0, "A nope.example");
 	assert_true(g.r.ttl > 0 && g.r.ttl <= 300);
@@ -953,7 +892,7 @@ static void test_live_addresses(void **state)
 	(void)state;
 	need_server();
 	uv_loop_t loop;
-	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
+	struct dns *d = open_dns(&loop, L.z.resolver, L.z.anchor, 0);
 	static struct got g;
 	ask(&loop, d, "mx1.example", DNS_T_A, &g, DNS_OK, DNS_SECURE, 2, "A mx1.example");
 	uint32_t seen = 0;
@@ -985,7 +924,7 @@ static void test_live_txt(void **state)
 	(void)state;
 	need_server();
 	uv_loop_t loop;
-	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
+	struct dns *d = open_dns(&loop, L.z.resolver, L.z.anchor, 0);
 	static struct got g;
 	ask(&loop, d, "txt.example", DNS_T_TXT, &g, DNS_OK, DNS_SECURE, 2, "TXT txt.example");
 	int sts = g.r.txt_len[0] == 28 ? 0 : 1;
@@ -1009,7 +948,7 @@ static void test_live_tlsa(void **state)
 	(void)state;
 	need_server();
 	uv_loop_t loop;
-	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
+	struct dns *d = open_dns(&loop, L.z.resolver, L.z.anchor, 0);
 	static struct got g;
 	ask(&loop, d, "_25._tcp.mx1.example", DNS_T_TLSA, &g, DNS_OK, DNS_SECURE, 1, "TLSA _25._tcp.mx1.example");
 	const struct dns_tlsa *t = &g.r.u.tlsa[0];
@@ -1034,7 +973,7 @@ static void test_live_deferred(void **state)
 	(void)state;
 	need_server();
 	uv_loop_t loop;
-	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
+	struct dns *d = open_dns(&loop, L.z.resolver, L.z.anchor, 0);
 	static struct got g;
 	query(d, "foo.test", DNS_T_A, &g);
 	assert_int_equal(g.calls, 0);
@@ -1085,7 +1024,7 @@ static void test_cancel(void **state)
 	(void)state;
 	need_server();
 	uv_loop_t loop;
-	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
+	struct dns *d = open_dns(&loop, L.z.resolver, L.z.anchor, 0);
 	static struct got g1, g2, g3;
 	struct dns_query *q1 = query(d, "mx1.example", DNS_T_AAAA, &g1);
 	dns_cancel(q1);
@@ -1141,7 +1080,7 @@ static void test_cancel_in_callback(void **state)
 	(void)state;
 	need_server();
 	uv_loop_t loop;
-	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
+	struct dns *d = open_dns(&loop, L.z.resolver, L.z.anchor, 0);
 	static struct pair p;
 	static struct got g;
 	memset(&p, 0, sizeof p);
@@ -1163,7 +1102,7 @@ static void test_free_in_callback(void **state)
 	(void)state;
 	need_server();
 	uv_loop_t loop;
-	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
+	struct dns *d = open_dns(&loop, L.z.resolver, L.z.anchor, 0);
 	static struct pair p;
 	memset(&p, 0, sizeof p);
 	p.d = d;
@@ -1196,7 +1135,7 @@ static void test_free_with_open_queries(void **state)
 
 	static struct got g[6];
 	uv_loop_t loop;
-	struct dns *d = open_dns(&loop, L.resolver, L.anchor, 0);
+	struct dns *d = open_dns(&loop, L.z.resolver, L.z.anchor, 0);
 	query(d, "example", DNS_T_MX, &g[0]);
 	query(d, "txt.example", DNS_T_TXT, &g[1]);
 	query(d, "foo.test", DNS_T_A, &g[2]); /* answered at once, not delivered yet */

@@ -36,6 +36,7 @@
 #include "tls.h"
 #include "unit_fixture.h"
 #include "unit_net.h"
+#include "unit_zone.h"
 
 #define WAIT_MS 15000
 
@@ -45,36 +46,9 @@
 
 static struct {
 	int ok;
-	char why[600];
-	char dir[400];
-	char resolver[64];
-	char anchor[600];
+	struct unit_zone z; /* z.why: why the server did not start */
 	char ca[600];
-	long pid;
 } L;
-
-static void copy_str(char *dst, size_t cap, const char *src)
-{
-	size_t n = strlen(src);
-	if (n >= cap)
-		n = cap - 1;
-	memcpy(dst, src, n);
-	dst[n] = '\0';
-}
-
-static void read_tail(const char *path, char *out, size_t cap)
-{
-	out[0] = '\0';
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return;
-	size_t n = fread(out, 1, cap - 1, f);
-	out[n] = '\0';
-	fclose(f);
-	for (char *c = out; *c; c++)
-		if (*c == '\n')
-			*c = ' ';
-}
 
 /* The zone: six and seven (MX hosts, one address each), c8 and c9 (two MX hosts with 5 + 3
  * and 5 + 4 addresses), t8 and t9 (one MX host with 8 and 9 TLSA records; the data of
@@ -115,7 +89,7 @@ static int group_setup(void **state)
 		return -1;
 	snprintf(L.ca, sizeof L.ca, "%s/ca.pem", certdir);
 	if (!have_certs)
-		copy_str(L.ca, sizeof L.ca, "/etc/ssl/certs/ca-certificates.crt");
+		unit_copy_str(L.ca, sizeof L.ca, "/etc/ssl/certs/ca-certificates.crt");
 	char body[600];
 	snprintf(body, sizeof body, "%s/zone.body", tmpdir);
 	FILE *f = fopen(body, "w");
@@ -123,37 +97,8 @@ static int group_setup(void **state)
 		return -1;
 	write_zone(f);
 	fclose(f);
-	snprintf(L.dir, sizeof L.dir, "%s/dns", tmpdir);
-	char cmd[4000], env[700], errf[700];
-	snprintf(env, sizeof env, "%s/dns.env", tmpdir);
-	snprintf(errf, sizeof errf, "%s/dns.err", tmpdir);
-	snprintf(cmd, sizeof cmd,
-		 "bash tests/integration/dns_lib.sh start '%s' example. '%s' signed %ld >'%s' 2>'%s'",
-		 L.dir, body, (long)getpid(), env, errf);
-	int rc = system(cmd);
-	if (rc != 0) {
-		char tail[400];
-		read_tail(errf, tail, sizeof tail);
-		snprintf(L.why, sizeof L.why, "dns_lib.sh start failed (status %d): %s", rc, tail);
+	if (unit_zone_start(&L.z, tmpdir, body, "") != 0)
 		return 0;
-	}
-	f = fopen(env, "r");
-	char line[700];
-	while (f && fgets(line, sizeof line, f)) {
-		line[strcspn(line, "\n")] = '\0';
-		if (!strncmp(line, "DNS_RESOLVER=", 13))
-			copy_str(L.resolver, sizeof L.resolver, line + 13);
-		else if (!strncmp(line, "DNS_ANCHOR=", 11))
-			copy_str(L.anchor, sizeof L.anchor, line + 11);
-		else if (!strncmp(line, "DNS_PID=", 8))
-			L.pid = atol(line + 8);
-	}
-	if (f)
-		fclose(f);
-	if (!L.resolver[0] || !L.anchor[0] || L.pid <= 0) {
-		snprintf(L.why, sizeof L.why, "dns_lib.sh start printed no DNS_RESOLVER/ANCHOR/PID");
-		return 0;
-	}
 	L.ok = 1;
 	return 0;
 }
@@ -161,12 +106,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
 	(void)state;
-	if (L.pid > 0) {
-		char cmd[600];
-		snprintf(cmd, sizeof cmd, "bash tests/integration/dns_lib.sh stop '%s'", L.dir);
-		if (system(cmd) != 0)
-			kill((pid_t)L.pid, SIGTERM);
-	}
+	unit_zone_stop(&L.z);
 	return fixture_teardown();
 }
 
@@ -196,13 +136,13 @@ static void tick(uv_timer_t *t)
 static void plan(const char *domain, int level, struct got *g)
 {
 	if (!L.ok)
-		fail_msg("no DNS server: %s", L.why);
+		fail_msg("no DNS server: %s", L.z.why);
 	uv_loop_t loop;
 	assert_int_equal(uv_loop_init(&loop), 0);
 	struct cfg cfg;
 	memset(&cfg, 0, sizeof cfg);
-	cfg.resolver = L.resolver;
-	cfg.dnssec_trust_anchor = L.anchor;
+	cfg.resolver = L.z.resolver;
+	cfg.dnssec_trust_anchor = L.z.anchor;
 	cfg.ca = L.ca;
 	cfg.generation = 1;
 	struct sts_cache *cache = sts_cache_new();
