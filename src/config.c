@@ -943,9 +943,9 @@ static void parse_client_keys(struct parse *P, struct section *sec, struct cfg_r
 {
 	struct entry *e = get(sec, "client_allow");
 	if (e) {
-		size_t n = 1;
+		size_t n = 1; /* at most one entry more than separators (those of strtok_r) */
 		for (const char *p = e->value; *p; p++)
-			n += *p == ',';
+			n += *p == ',' || *p == ' ' || *p == '\t';
 		r->client_allow = calloc(n, sizeof(*r->client_allow));
 		if (!r->client_allow) {
 			P->oom = 1;

@@ -179,6 +179,11 @@ def config_seeds():
             text = re.sub(r"@[A-Z_]+@", "2525", text)  # demo.conf placeholders
             seeds[name] = text.encode()
     seeds["minimal"] = b"[route r]\nlisten = 127.0.0.1:2525\nprotocol = smtp\nupstream = 127.0.0.1:25\n"
+    # entries separated by blanks and tabs, bad ones after a good one (the list's room was
+    # once counted by commas: regress-client-allow-blanks is the finding)
+    seeds["client_allow_blanks"] = (b"[route r]\nlisten = 127.0.0.1:2525\nprotocol = smtp\n"
+                                    b"upstream = 127.0.0.1:25\n"
+                                    b"client_allow = 10.0.0.1 10.0.0.2\t10.0.0.3 ::53 { :\n")
     seeds["errors"] = (b"[global]\nworkers = many\n[global]\n[route a b]\nlisten = 1.2.3.4\n"
                        b"[route r]\nlisten=[::1]:99999\nupstream_policy = sometimes\n"
                        b"connect_timeout = 5h\nupstream_fingerprint = sha256:zz\n[bogus]\n")

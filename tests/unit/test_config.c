@@ -1611,6 +1611,80 @@ static void test_load_optional_features(void **state)
 	assert_int_equal(failures, 0);
 }
 
+/* client_allow: networks separated by commas, blanks or tabs, in any mix; each entry that
+ * is no address or network is an error at the key's line, and the others are kept. The
+ * list's room was once counted by commas only: blank-separated entries, and bad entries
+ * after good ones, were written past it (found by fuzz_config; seen by ASan here). */
+struct allow_case {
+	const char *value;
+	size_t n;         /* networks kept */
+	int errors;       /* entries refused (with none kept, one line more: "no address or
+			   * network"), all at the key's line */
+	const char *first; /* the first network as family/prefix ("4/24"), or NULL */
+};
+
+static void test_load_client_allow(void **state)
+{
+	(void)state;
+	static const struct allow_case cases[] = {
+		{ "192.0.2.0/24", 1, 0, "4/24" },
+		{ "192.0.2.0/24, 2001:db8::/32", 2, 0, "4/24" },
+		{ "10.0.0.1 10.0.0.2\t10.0.0.3 10.0.0.4,10.0.0.5", 5, 0, "4/32" },
+		{ "10.0.0.1,,10.0.0.2 ,\t, 10.0.0.3", 3, 0, "4/32" },
+		{ "::53 { : x y z", 1, 5, "6/128" },
+		{ "::1 ::2 ::3 ::4 ::5 ::6 ::7 ::8", 8, 0, "6/128" },
+		{ "10.1.2.3/8", 0, 1, NULL },
+		{ "a b c d e f g h", 0, 8, NULL },
+	};
+	int failures = 0;
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		const struct allow_case *ac = &cases[i];
+		char conf[1024];
+		snprintf(conf, sizeof conf,
+			 "[route r1]\nlisten = 127.0.0.1:20001\nprotocol = smtp\n"
+			 "upstream = 127.0.0.1:20002\nclient_allow = %s\n",
+			 ac->value);
+		char *path = write_conf(conf);
+		struct cfg *c = NULL;
+		struct cfg_errors errs = { 0 };
+		int rc = cfg_load_flags(path, CFG_NO_FILES, &c, &errs);
+		int at_key = 0;
+		for (size_t k = 0; k < errs.n; k++)
+			at_key += !strncmp(errs.msg[k], path, strlen(path)) &&
+				  !strncmp(errs.msg[k] + strlen(path), ":5:", 3);
+		if (ac->errors == 0 && rc == 0) {
+			const struct cfg_route *r = &c->routes[0];
+			char first[16] = "";
+			if (r->nclient_allow)
+				snprintf(first, sizeof first, "%d/%d",
+					 r->client_allow[0].family == AF_INET ? 4 : 6,
+					 r->client_allow[0].prefix);
+			if (r->nclient_allow != ac->n || strcmp(first, ac->first) != 0) {
+				print_message("[%s]: %zu networks, first %s (want %zu, %s)\n", ac->value,
+					      r->nclient_allow, first, ac->n, ac->first);
+				failures++;
+			}
+		} else if (ac->errors && rc == -EINVAL) {
+			size_t want = (size_t)ac->errors + (ac->n == 0); /* + "no address or network" */
+			if (errs.n != want || at_key != (int)errs.n) {
+				print_message("[%s]: %zu errors, %d at line 5 (want %zu)\n", ac->value,
+					      errs.n, at_key, want);
+				dump_errors(&errs);
+				failures++;
+			}
+		} else {
+			print_message("[%s]: rc %d\n", ac->value, rc);
+			dump_errors(&errs);
+			failures++;
+		}
+		if (rc == 0)
+			cfg_free(c);
+		cfg_errors_free(&errs);
+		free(path);
+	}
+	assert_int_equal(failures, 0);
+}
+
 /* ticket_key_file: 160 hex digits per line, blank and '#' lines skipped, the first line
  * first; every malformed line is an error at the key file's own FILE:LINE. */
 struct ticket_case {
@@ -1862,6 +1936,7 @@ int main(void)
 		cmocka_unit_test(test_load_missing_file),
 		cmocka_unit_test(test_load_no_routes),
 		cmocka_unit_test(test_load_optional_features),
+		cmocka_unit_test(test_load_client_allow),
 		cmocka_unit_test(test_ticket_key_file),
 		cmocka_unit_test(test_certificate_expiry),
 		cmocka_unit_test(test_load_no_files_flag),
