@@ -108,11 +108,6 @@ struct proto_params {
 	const char *client_name;
 };
 
-/* A module's state change, logged at debug level as EVENT with side (client or upstream),
- * from and to (the states' names); what every module's enter_state() calls. */
-void proto_log_state(const struct proto_params *p, const char *event, enum proto_side side,
-		     const char *from, const char *to);
-
 /* Why the session turns a client away before anything else happened. */
 enum proto_refusal {
 	PR_LIMIT,       /* max_connections or max_connections_per_client */

@@ -2,7 +2,6 @@
  * (see proto.h). An allocation failure marks the list failed instead of ending the
  * process: the session sees proto_actions.failed and ends that one session. */
 #include "proto.h"
-#include "log.h"
 
 #include <errno.h>
 
@@ -121,13 +120,6 @@ void proto_ready(struct proto_actions *a)
 void proto_connect(struct proto_actions *a)
 {
 	push(a)->type = PA_CONNECT;
-}
-
-void proto_log_state(const struct proto_params *p, const char *event, enum proto_side side,
-		     const char *from, const char *to)
-{
-	log_event(LOG_DEBUG, p->session_id, p->route, event, "side",
-		  side == PROTO_UPSTREAM ? "upstream" : "client", "from", from, "to", to, NULL);
 }
 
 void proto_close(struct proto_actions *a, const char *reason)

@@ -111,7 +111,9 @@ static void enter_state(struct pop3 *s, enum proto_side side, int to)
 	if (from == to)
 		return;
 	const char *const *names = side == PROTO_UPSTREAM ? ustate_names : cstate_names;
-	proto_log_state(&s->p, "pop3_state", side, names[from], names[to]);
+	log_event(LOG_DEBUG, s->p.session_id, s->p.route, "pop3_state", "side",
+		  side == PROTO_UPSTREAM ? "upstream" : "client", "from", names[from], "to",
+		  names[to], NULL);
 	if (side == PROTO_UPSTREAM)
 		s->u = (enum ustate)to;
 	else

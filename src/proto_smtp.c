@@ -133,7 +133,8 @@ static void enter_ustate(struct smtp *s, enum ustate u)
 {
 	if (s->u == u)
 		return;
-	proto_log_state(&s->p, "smtp_state", PROTO_UPSTREAM, ustate_names[s->u], ustate_names[u]);
+	log_event(LOG_DEBUG, s->p.session_id, s->p.route, "smtp_state", "side", "upstream",
+		  "from", ustate_names[s->u], "to", ustate_names[u], NULL);
 	s->u = u;
 }
 
@@ -141,7 +142,8 @@ static void enter_cstate(struct smtp *s, enum cstate c)
 {
 	if (s->c == c)
 		return;
-	proto_log_state(&s->p, "smtp_state", PROTO_CLIENT, cstate_names[s->c], cstate_names[c]);
+	log_event(LOG_DEBUG, s->p.session_id, s->p.route, "smtp_state", "side", "client",
+		  "from", cstate_names[s->c], "to", cstate_names[c], NULL);
 	s->c = c;
 }
 
