@@ -41,7 +41,8 @@ enum proto_act_type {
 struct proto_message {
 	char from[320];      /* envelope sender, "" for the null sender <> */
 	unsigned rcpts;      /* recipients the upstream accepted for it */
-	const char *to;      /* their addresses, comma-separated (at most ~2 KiB, then "...") */
+	const char *to;      /* their addresses, comma-separated (whole addresses up to
+				SMTP_TO_MAX octets, then ",..."; at most SMTP_TO_MAX + 4) */
 	uint64_t size;       /* message octets relayed to the upstream (DATA: as sent, without
 				the end marker; BDAT: the chunks' sizes) */
 	unsigned delivered;  /* LMTP: recipients whose final reply was 2xx; SMTP: rcpts or 0 */

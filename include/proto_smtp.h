@@ -21,6 +21,9 @@
 /* The largest BDAT chunk the proxy takes when the upstream announced no SIZE (RFC 1870):
  * a larger one is refused with 552 and the session ends (its octets are not skipped). */
 #define SMTP_BDAT_MAX (1ULL << 30)
+/* A message record's recipients (PA_MESSAGE, event=message's to): whole addresses up to
+ * this many octets with their commas, then ",..." once. */
+#define SMTP_TO_MAX 2048
 
 /* Late binding: the longest recipient domain, and how many domains a session remembers
  * as approved for its upstream. */

@@ -123,7 +123,9 @@ struct smtp {
 	/* the message in progress, for its event=message line */
 	struct proto_message msg;
 	struct buf m_pend;        /* MAIL, RCPT and data ends sent up, not answered yet */
-	struct buf m_to;          /* the accepted ones, comma-separated */
+	struct buf m_to;          /* the accepted ones, comma-separated: whole addresses up to
+				     SMTP_TO_MAX octets, then ",..." once (m_to_full) */
+	int m_to_full;
 	uint64_t m_acc;           /* data octets of the message going up now */
 };
 
@@ -1030,6 +1032,7 @@ static void track_mail_reply(struct smtp *s, int code)
 	s->msg.size = 0;
 	s->msg.delivered = 0;
 	buf_consume(&s->m_to, s->m_to.len);
+	s->m_to_full = 0;
 }
 
 /* A RCPT reply: when accepted, its address joins m_to. */
@@ -1040,12 +1043,16 @@ static void track_rcpt_reply(struct smtp *s, int code)
 	if (code / 100 != 2)
 		return;
 	s->msg.rcpts++;
-	if (s->m_to.len < 2048) {
+	if (s->m_to_full)
+		return;
+	size_t al = strlen(addr);
+	if (s->m_to.len + (s->m_to.len ? 1 : 0) + al <= SMTP_TO_MAX) {
 		if (s->m_to.len)
 			buf_append(&s->m_to, ",", 1);
-		buf_append(&s->m_to, addr, strlen(addr));
-	} else if (s->m_to.len < 2052) {
+		buf_append(&s->m_to, addr, al);
+	} else {
 		buf_append(&s->m_to, ",...", 4);
+		s->m_to_full = 1;
 	}
 }
 

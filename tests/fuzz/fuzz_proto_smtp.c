@@ -263,7 +263,7 @@ static void collect(struct ctx *c)
 			struct proto_message m;
 			CHECK(proto_message_get(a, x, &m) == 0, "PA_MESSAGE unreadable");
 			CHECK(m.code >= 200 && m.code <= 599, "PA_MESSAGE code %d", m.code);
-			CHECK(strlen(m.reply) < sizeof(m.reply) && strlen(m.to) <= 2100,
+			CHECK(strlen(m.reply) < sizeof(m.reply) && strlen(m.to) <= SMTP_TO_MAX + 4,
 			      "PA_MESSAGE texts out of bounds");
 			CHECK(!strpbrk(m.reply, "\r\n") && !strpbrk(m.to, "\r\n") &&
 			      !strpbrk(m.from, "\r\n"), "PA_MESSAGE text with a line break");

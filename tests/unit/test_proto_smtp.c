@@ -2267,6 +2267,74 @@ static void test_client_in_data(void **state)
 	proto_actions_free(&a);
 }
 
+/* A message record's recipient list holds whole addresses up to SMTP_TO_MAX octets with
+ * their commas, then ",..." once: a list of exactly SMTP_TO_MAX is whole, one more address
+ * (a short one too) gives the mark, and a further one changes nothing; one octet short of
+ * the bound, an address that would pass it is not listed. rcpts counts them all. (Found by
+ * fuzz_proto_smtp: the list was cut only once it had passed 2048 octets, so one long
+ * address took it to 2,367.) */
+static void test_message_to_bound(void **state)
+{
+	(void)state;
+	/* cases 0-2: a list of exactly the bound and 0, 1, 2 addresses more; case 3: a list of
+	 * the bound less one, then a 64-octet address */
+	for (int c = 0; c <= 3; c++) {
+		int extra = c == 3 ? 1 : c;
+		size_t first = c == 3 ? 63 : 64, base = first + 31 * 64;
+		struct proto_actions a = { 0 };
+		void *st = proto_smtp_ops.create(&P_PLAIN);
+		assert_non_null(st);
+		proto_smtp_ops.upstream_connected(st, &a);
+		smtp_feed(st, &a, PROTO_UPSTREAM, GREET);
+		smtp_feed(st, &a, PROTO_CLIENT, "EHLO c.test\r\n");
+		smtp_feed(st, &a, PROTO_UPSTREAM, "250-mx.test\r\n250 PIPELINING\r\n");
+		smtp_feed(st, &a, PROTO_CLIENT, "MAIL FROM:<s@one.test>\r\n");
+		smtp_feed(st, &a, PROTO_UPSTREAM, "250 ok\r\n");
+		/* 32 addresses: the first 64 (or 63) octets, the others 63 and a comma */
+		static char want[SMTP_TO_MAX + 1];
+		size_t wn = 0;
+		int total = 32 + extra;
+		for (int i = 0; i < total; i++) {
+			char addr[80], line[100];
+			int len = i == 0 ? (int)first : i < 32 ? 63 : c == 3 ? 64 : 10;
+			snprintf(addr, sizeof(addr), "r%02d%.*s@x.test", i, len - 10,
+				 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+			assert_int_equal(strlen(addr), (size_t)len);
+			if (i < 32)
+				wn += (size_t)snprintf(want + wn, sizeof(want) - wn, "%s%s",
+						       i ? "," : "", addr);
+			snprintf(line, sizeof(line), "RCPT TO:<%s>\r\n", addr);
+			smtp_feed(st, &a, PROTO_CLIENT, line);
+			smtp_feed(st, &a, PROTO_UPSTREAM, "250 ok\r\n");
+		}
+		assert_int_equal(wn, base);
+		smtp_feed(st, &a, PROTO_CLIENT, "DATA\r\n");
+		smtp_feed(st, &a, PROTO_UPSTREAM, "354 go\r\n");
+		proto_smtp_ops.data(st, PROTO_CLIENT, (const uint8_t *)"x\r\n.\r\n", 6, &a);
+		proto_actions_clear(&a);
+		proto_smtp_ops.data(st, PROTO_UPSTREAM, (const uint8_t *)"250 queued\r\n", 12, &a);
+		int found = 0;
+		for (size_t i = 0; i < a.n; i++) {
+			struct proto_message m;
+			if (a.a[i].type != PA_MESSAGE)
+				continue;
+			found++;
+			assert_int_equal(proto_message_get(&a, &a.a[i], &m), 0);
+			assert_int_equal(m.rcpts, (unsigned)total);
+			if (extra == 0) {
+				assert_string_equal(m.to, want);
+			} else {
+				assert_int_equal(strlen(m.to), base + 4);
+				assert_memory_equal(m.to, want, base);
+				assert_string_equal(m.to + base, ",...");
+			}
+		}
+		assert_int_equal(found, 1);
+		proto_smtp_ops.destroy(st);
+		proto_actions_free(&a);
+	}
+}
+
 /* event=message's record: one per message, at its final reply, also for two messages
  * pipelined in one read (each keeps its own envelope); only accepted recipients count; the
  * size is the data without the end marker; a DATA refused for want of recipients ends its
@@ -2887,6 +2955,7 @@ int main(void)
 		cmocka_unit_test(test_failures),
 		cmocka_unit_test(test_xclient),
 		cmocka_unit_test(test_message_trace),
+		cmocka_unit_test(test_message_to_bound),
 		cmocka_unit_test(test_xclient_name_wait),
 		cmocka_unit_test(test_late),
 		cmocka_unit_test(test_defer),
