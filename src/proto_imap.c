@@ -602,6 +602,15 @@ static void process_client(struct imap *s, struct proto_actions *a);
 /* The upstream is usable: the client gets its greeting and is heard. */
 static void upstream_ready(struct imap *s, struct proto_actions *a)
 {
+	if (s->auth_done && hide_auth(s)) {
+		/* PREAUTH: the client would be in the authenticated state without TLS (and
+		 * STARTTLS is not allowed there), which client_policy = encrypt forbids; on every
+		 * path here, the injecting one that a may or testing upstream policy lets go on
+		 * in plaintext included */
+		finish(s, a, "* BYE [UNAVAILABLE] Upstream server greeted PREAUTH, TLS is required",
+		       "upstream preauth");
+		return;
+	}
 	enter_state(s, PROTO_UPSTREAM, U_READY);
 	proto_ready(a);
 	if (s->caps.len || (s->upstream_tls && s->p.upstream_tls == CFG_TLS_STARTTLS)) {
@@ -690,14 +699,8 @@ static void on_greeting(struct imap *s, struct proto_actions *a, const uint8_t *
 		send_own(s, a, "CAPABILITY", U_CAPA);
 		return;
 	}
-	if (r->status == IMAP_S_PREAUTH) {
+	if (r->status == IMAP_S_PREAUTH)
 		s->auth_done = 1;
-		if (s->p.client_tls == CFG_TLS_STARTTLS && s->p.client_policy == CFG_POLICY_ENCRYPT) {
-			finish(s, a, "* BYE [UNAVAILABLE] Upstream server greeted PREAUTH, TLS is required",
-			       "upstream preauth");
-			return;
-		}
-	}
 	upstream_ready(s, a);
 }
 

@@ -49,6 +49,7 @@ free_port P_IMPL_CLIENT
 free_port P_IMPL_UP
 free_port P_STRIPPED
 free_port P_PREAUTH
+free_port P_PREAUTH_CLIENT
 free_port P_INJECTION
 free_port P_PLAIN
 free_port P_STLS_IMPL
@@ -88,6 +89,9 @@ conf=$T/imap.conf
 	route implicit-implicit "$P_IMPL_IMPL" implicit "$DV_TLS_IMPLICIT" implicit "${verify[@]}"
 	route stripped "$P_STRIPPED" none "$(port_of fake_nostls)" starttls "upstream_policy = encrypt"
 	route preauth "$P_PREAUTH" none "$(port_of fake_preauth)" starttls "upstream_policy = encrypt"
+	# the upstream policy lets a PREAUTH upstream go on in plaintext; the client's does not
+	route preauth-client "$P_PREAUTH_CLIENT" starttls "$(port_of fake_preauth)" starttls \
+		"client_policy = encrypt" "upstream_policy = may"
 	route injection "$P_INJECTION" none "$(port_of fake_inject)" starttls \
 		"upstream_policy = encrypt"
 	route table "$P_TABLE" none "$DV_TLS" starttls "upstream_policy = encrypt" \
@@ -271,6 +275,16 @@ if grep -q '^\* BYE \[UNAVAILABLE\]' <<<"$out" && ! grep -q SELECT "$T/preauth.l
 	pass preauth_greeting_blocked
 else
 	fail preauth_greeting_blocked "$(tr '\r\n' '  ' <<<"$out")"
+fi
+
+# ... and under client_policy = encrypt also where the upstream policy (may) lets a PREAUTH
+# upstream go on in plaintext: the client would be authenticated without TLS
+out=$(dialog --port "$P_PREAUTH_CLIENT" --send 'a2 EXAMINE INBOX\r\n')
+if grep -q '^\* BYE \[UNAVAILABLE\] Upstream server greeted PREAUTH' <<<"$out" &&
+	! grep -q EXAMINE "$T/preauth.lines"; then
+	pass preauth_client_encrypt_blocked
+else
+	fail preauth_client_encrypt_blocked "$(tr '\r\n' '  ' <<<"$out")"
 fi
 
 # a response injected after the upstream's tagged OK to STARTTLS is discarded, and an

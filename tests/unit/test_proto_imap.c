@@ -822,6 +822,61 @@ static void test_inject_failures(void **state)
 	RUN(&may, mays);
 }
 
+/* A PREAUTH greeting under client_policy = encrypt (client STARTTLS): the client would be
+ * authenticated without TLS, so the module closes on every upstream path: plain, implicit
+ * TLS, and injecting STARTTLS that a may or testing upstream policy lets go on in plaintext
+ * when PREAUTH rules the upgrade out (found by fuzz_imap_session: the injecting path
+ * relayed the greeting and then the client's COMPRESS). Under client_policy = may the
+ * greeting is relayed. */
+static void test_preauth_client_encrypt(void **state)
+{
+	(void)state;
+	static const char bye[] =
+		"* BYE [UNAVAILABLE] Upstream server greeted PREAUTH, TLS is required\r\n";
+	static const struct step closes[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* PREAUTH [CAPABILITY IMAP4rev1 COMPRESS=DEFLATE] hi\r\n", bye, "",
+		  "close " },
+		{ CLI, "A1 COMPRESS DEFLATE\r\n", "", "", "" },
+	};
+	static const struct step policy_closes[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* PREAUTH [CAPABILITY IMAP4rev1 COMPRESS=DEFLATE] hi\r\n", bye, "",
+		  "policy close " },
+		{ CLI, "A1 COMPRESS DEFLATE\r\n", "", "", "" },
+	};
+	const struct {
+		enum cfg_tls utls;
+		enum cfg_policy upol;
+		enum cfg_mode mode;
+		int policy; /* the injection's failure is reported first */
+	} t[] = {
+		{ CFG_TLS_NONE, CFG_POLICY_NONE, CFG_MODE_ENFORCE, 0 },
+		{ CFG_TLS_IMPLICIT, CFG_POLICY_VERIFY, CFG_MODE_ENFORCE, 0 },
+		{ CFG_TLS_STARTTLS, CFG_POLICY_MAY, CFG_MODE_ENFORCE, 0 },
+		{ CFG_TLS_STARTTLS, CFG_POLICY_VERIFY, CFG_MODE_TESTING, 1 },
+		{ CFG_TLS_STARTTLS, CFG_POLICY_ENCRYPT, CFG_MODE_TESTING, 1 },
+	};
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		struct mod_params mp = { CFG_TLS_STARTTLS, t[i].utls, CFG_POLICY_ENCRYPT, t[i].upol,
+					 t[i].mode };
+		if (t[i].policy)
+			RUN(&mp, policy_closes);
+		else
+			RUN(&mp, closes);
+	}
+	struct mod_params may = { CFG_TLS_STARTTLS, CFG_TLS_STARTTLS, CFG_POLICY_MAY,
+				  CFG_POLICY_MAY, CFG_MODE_ENFORCE };
+	static const struct step relayed[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* PREAUTH [CAPABILITY IMAP4rev1 STARTTLS] hi\r\n",
+		  "* PREAUTH [CAPABILITY IMAP4rev1] hi\r\n", "", "ready " },
+		{ CLI, "A1 STARTTLS\r\n", "A1 BAD STARTTLS not permitted after authentication\r\n",
+		  "", "" },
+	};
+	RUN(&may, relayed);
+}
+
 /* Termination: STARTTLS offered and answered locally, pipelined bytes after it dropped, what
  * the upstream says during the client's handshake held until it ends;
  * under client_policy = encrypt LOGINDISABLED and no AUTH= before TLS, LOGIN refused
@@ -1170,6 +1225,7 @@ int main(void)
 		cmocka_unit_test(test_caps_rewrite_bound),
 		cmocka_unit_test(test_inject),
 		cmocka_unit_test(test_inject_failures),
+		cmocka_unit_test(test_preauth_client_encrypt),
 		cmocka_unit_test(test_terminate),
 		cmocka_unit_test(test_literals),
 		cmocka_unit_test(test_bounds_refuse_idle),
