@@ -808,6 +808,26 @@ static void relay_rest(struct imap *s, struct proto_actions *a)
 		finish(s, a, NULL, "client closed");
 }
 
+/* The first segment of a response that announces a literal: relayed with its capability
+ * list rewritten like any other (a [CAPABILITY ...] code closes before the literal; a
+ * server that lists STARTTLS there would otherwise have it offered inside the client's TLS,
+ * found by fuzz_imap_session). A capability list that runs into the literal (untagged
+ * CAPABILITY) is not IMAP: capabilities are atoms. */
+static void literal_response(struct imap *s, struct proto_actions *a, const struct imap_item *it)
+{
+	size_t kw_end, end;
+	if (caps_span(it->p, it->len, &kw_end, &end) != 1) {
+		proto_send(a, PROTO_CLIENT, it->p, it->size);
+		return;
+	}
+	if (end == it->len) {
+		s->resp_open = 0; /* nothing of it went out: the client can still get a BYE */
+		protocol_error(s, a, "literal in a capability list");
+		return;
+	}
+	send_rewritten(s, a, it->p, it->len);
+}
+
 static void upstream_bytes(struct imap *s, struct proto_actions *a)
 {
 	/* during the client's TLS handshake nothing may be written to it: the upstream's
@@ -843,7 +863,7 @@ static void upstream_bytes(struct imap *s, struct proto_actions *a)
 			if (it.last)
 				on_response(s, a, it.p, it.len, &r);
 			else
-				proto_send(a, PROTO_CLIENT, it.p, it.size); /* e.g. FETCH with a literal */
+				literal_response(s, a, &it); /* e.g. FETCH with a literal */
 		} else {
 			enum ustate before = s->u;
 			on_own(s, a, it.p, it.len, &r);

@@ -877,6 +877,35 @@ static void test_preauth_client_encrypt(void **state)
 	RUN(&may, relayed);
 }
 
+/* A response whose first segment announces a literal has its capability list rewritten like
+ * any other: STARTTLS and LOGINDISABLED added before the client's TLS (client_policy =
+ * encrypt), STARTTLS removed inside it; the literal passes as it is. A capability list
+ * that runs into a literal (untagged CAPABILITY) ends the session: capabilities are atoms.
+ * (Found by fuzz_imap_session: such a segment was relayed unrewritten, STARTTLS offered
+ * inside the client's TLS.) */
+static void test_caps_before_literal(void **state)
+{
+	(void)state;
+	struct mod_params mp = { CFG_TLS_STARTTLS, CFG_TLS_NONE, CFG_POLICY_ENCRYPT,
+				 CFG_POLICY_NONE, CFG_MODE_ENFORCE };
+	static const struct step s[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* OK hi\r\n", "* OK hi\r\n", "", "ready " },
+		{ UPS, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] x {3}\r\nabc\r\n",
+		  "* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] x {3}\r\nabc\r\n", "", "" },
+		{ CLI, "A1 STARTTLS\r\n", "A1 OK Begin TLS negotiation now\r\n", "", "tls:client " },
+		{ TLS_C, NULL, "", "", "" },
+		{ UPS, "* OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN] x {3+}\r\nabc\r\n",
+		  "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] x {3+}\r\nabc\r\n", "", "" },
+		/* literal data that reads like a capability list is data */
+		{ UPS, "* 1 FETCH (BODY[] {24}\r\n* CAPABILITY STARTTLS\r\n)\r\n",
+		  "* 1 FETCH (BODY[] {24}\r\n* CAPABILITY STARTTLS\r\n)\r\n", "", "" },
+		{ UPS, "* CAPABILITY IMAP4rev1 STARTTLS {3}\r\nabc\r\n",
+		  "* BYE [UNAVAILABLE] Upstream protocol error\r\n", "", "close " },
+	};
+	RUN(&mp, s);
+}
+
 /* Termination: STARTTLS offered and answered locally, pipelined bytes after it dropped, what
  * the upstream says during the client's handshake held until it ends;
  * under client_policy = encrypt LOGINDISABLED and no AUTH= before TLS, LOGIN refused
@@ -1226,6 +1255,7 @@ int main(void)
 		cmocka_unit_test(test_inject),
 		cmocka_unit_test(test_inject_failures),
 		cmocka_unit_test(test_preauth_client_encrypt),
+		cmocka_unit_test(test_caps_before_literal),
 		cmocka_unit_test(test_terminate),
 		cmocka_unit_test(test_literals),
 		cmocka_unit_test(test_bounds_refuse_idle),
