@@ -848,6 +848,8 @@ static void upstream_bytes(struct imap *s, struct proto_actions *a)
 				proto_send(a, PROTO_CLIENT, it.p, it.size);
 			s->resp_open = k == IR_DATA || !it.last;
 			ir_consume(&s->uin, &it);
+			if (relay && !s->resp_open && !s->tag[0])
+				process_client(s, a); /* the commands held while it was open */
 			continue;
 		}
 		struct imap_resp r;
@@ -997,8 +999,10 @@ static void process_client(struct imap *s, struct proto_actions *a)
 			}
 			continue;
 		}
-		if (s->tag[0])
-			return; /* one command at a time: wait for the tagged response */
+		if (s->tag[0] || s->resp_open)
+			return; /* one command at a time: wait for the tagged response; and no local
+				 * answer inside an upstream response that is still open (its
+				 * literal's data, found by reading the session's code) */
 		int up = command(s, a, &it);
 		if (up) {
 			proto_send(a, PROTO_UPSTREAM, it.p, it.size);

@@ -12,8 +12,9 @@
  *    command goes up before tls_done(CLIENT) (checked up to the first literal that went
  *    up, whose data may hold any text, and until the client got a "+", after which its
  *    next line is an answer, not a command);
- *  - once the client's TLS started, no capability list it gets offers STARTTLS (checked up
- *    to the first literal sent to it, and not once a COMPRESS went up).
+ *  - once the client's TLS started, no capability list it gets offers STARTTLS (checked
+ *    through the literals sent to it, on every response's first segment, and not once a
+ *    COMPRESS went up).
  * The three runs' transcripts must be identical: the module never depends on how bytes
  * are cut. */
 #include <ctype.h>
@@ -89,6 +90,43 @@ static int each_line(const struct fbuf *b, size_t *at, int final,
 	return 1;
 }
 
+/* Walks what the client got from *at like each_line, but through the literals: a line that
+ * announces one (imap_literal_at_end, as the module's reader reads it) is followed by that
+ * many octets of data and then by the rest of the same response (*cont = 1: a continuation
+ * segment, not a response of its own, so f is not called on it). *at may pass b->n while
+ * the data is still to come; SIZE_MAX once a literal's size cannot be followed. */
+static int each_response(const struct fbuf *b, size_t *at, size_t *cont, int final,
+			 int (*f)(const uint8_t *, size_t))
+{
+	size_t i = *at;
+	if (i == SIZE_MAX)
+		return 1;
+	while (i < b->n) {
+		const uint8_t *nl = memchr(b->p + i, '\n', b->n - i);
+		if (!nl && !final)
+			break;
+		size_t end = nl ? (size_t)(nl - b->p) : b->n;
+		size_t n = end - i;
+		if (n && b->p[end - 1] == '\r')
+			n--;
+		if (!*cont && !f(b->p + i, n))
+			return 0;
+		uint64_t lit;
+		int nonsync, binary;
+		int k = imap_literal_at_end(b->p + i, n, &lit, &nonsync, &binary);
+		i = nl ? end + 1 : b->n;
+		if (k < 0 || (k == 1 && lit > SIZE_MAX - 1 - i)) {
+			*at = SIZE_MAX;
+			return 1;
+		}
+		*cont = k == 1;
+		if (k == 1)
+			i += (size_t)lit;
+	}
+	*at = i;
+	return 1;
+}
+
 /* The second word of a command line is not a credentials or COMPRESS verb. */
 static int not_credentials(const uint8_t *p, size_t n)
 {
@@ -150,7 +188,8 @@ static void check(struct fs_run *r)
 		      "credentials or COMPRESS upstream before the client's TLS: %.*s",
 		      (int)(r->cl_pre.n > 200 ? 200 : r->cl_pre.n), r->cl_pre.p);
 	if (!(r->flags & COMPRESS_UP))
-		CHECK(each_line(&r->to_client, &r->seen[1], r->final, no_starttls_offer),
+		CHECK(each_response(&r->to_client, &r->seen[1], &r->seen[2], r->final,
+				    no_starttls_offer),
 		      "STARTTLS offered inside the client's TLS");
 }
 

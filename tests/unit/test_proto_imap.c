@@ -906,6 +906,31 @@ static void test_caps_before_literal(void **state)
 	RUN(&mp, s);
 }
 
+/* A command that arrives while an upstream response is open (inside its literal) waits
+ * for the response's end: a local answer (LOGIN refused, STARTTLS) never lands inside the
+ * literal's data, and commands that go up keep their order. */
+static void test_command_waits_for_open_response(void **state)
+{
+	(void)state;
+	struct mod_params mp = { CFG_TLS_STARTTLS, CFG_TLS_NONE, CFG_POLICY_ENCRYPT,
+				 CFG_POLICY_NONE, CFG_MODE_ENFORCE };
+	static const struct step s[] = {
+		{ UP, NULL, "", "", "" },
+		{ UPS, "* OK hi\r\n", "* OK hi\r\n", "", "ready " },
+		{ UPS, "* 1 FETCH (BODY[] {10}\r\nabc", "* 1 FETCH (BODY[] {10}\r\nabc", "", "" },
+		{ CLI, "A1 LOGIN a b\r\nA2 NOOP\r\n", "", "", "" },
+		{ UPS, "defg", "defg", "", "" },
+		{ UPS, "hij)\r\n",
+		  "hij)\r\nA1 NO [PRIVACYREQUIRED] Must issue a STARTTLS command first\r\n",
+		  "A2 NOOP\r\n", "" },
+		{ UPS, "A2 OK done\r\n", "A2 OK done\r\n", "", "" },
+		{ UPS, "* 2 FETCH (BODY[] {3}\r\nxyz", "* 2 FETCH (BODY[] {3}\r\nxyz", "", "" },
+		{ CLI, "A3 STARTTLS\r\n", "", "", "" },
+		{ UPS, ")\r\n", ")\r\nA3 OK Begin TLS negotiation now\r\n", "", "tls:client " },
+	};
+	RUN(&mp, s);
+}
+
 /* Termination: STARTTLS offered and answered locally, pipelined bytes after it dropped, what
  * the upstream says during the client's handshake held until it ends;
  * under client_policy = encrypt LOGINDISABLED and no AUTH= before TLS, LOGIN refused
@@ -1256,6 +1281,7 @@ int main(void)
 		cmocka_unit_test(test_inject_failures),
 		cmocka_unit_test(test_preauth_client_encrypt),
 		cmocka_unit_test(test_caps_before_literal),
+		cmocka_unit_test(test_command_waits_for_open_response),
 		cmocka_unit_test(test_terminate),
 		cmocka_unit_test(test_literals),
 		cmocka_unit_test(test_bounds_refuse_idle),
