@@ -14,7 +14,10 @@
 # 4. README.md, docs/*.md and the man pages: link targets relative and present (anchors
 #    too), no URL but to standards pages, no mention of DESIGN.md or ../shared; README links
 #    every doc;
-# 5. both man pages render without a warning (groff -ww, man -l, lexgrog).
+# 5. both man pages render without a warning (groff -ww, man -l, lexgrog);
+# 6. every integration script has its row in tests/integration/README.md, and every fuzz
+#    harness its rows in tests/fuzz/README.md (with ten million executions) and its name in
+#    README.md.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
@@ -270,6 +273,67 @@ if tests_listed "$LIB_DIR/README.md" "$T/fake-tests" >/dev/null; then
 	fail integration_readme_check_rejects_unlisted "a script without a row passed"
 else
 	pass integration_readme_check_rejects_unlisted
+fi
+
+# Every fuzz harness (tests/fuzz/fuzz_*.c) has its row in tests/fuzz/README.md's table of
+# harnesses and in its table of ten-million runs with 10,000,000 executions or more, and
+# README.md names it: a harness added without a long run, or a run below the goal, fails.
+fuzz_listed() {
+	local f n w total bad=0 fz=$1 dir=$2 readme=$3 row
+	for f in "$dir"/fuzz_*.c; do
+		n=${f##*/}
+		n=${n%.c}
+		grep -q "^| \`$n.c\` |" "$fz" || { echo "$n: no row in the harness table of $fz"; bad=1; }
+		row=$(sed -n '/^### Ten million executions/,$p' "$fz" | grep -m1 "^| \`$n\`")
+		if [ -z "$row" ]; then
+			echo "$n: no row in the ten-million table of $fz"
+			bad=1
+		else
+			# the executions column: "N" or "N + N + ...", commas as thousands separators
+			total=$(awk -F'|' '{ c = $3; gsub(/[ ,]/, "", c); n = split(c, eq, "=")
+				k = split(eq[1], a, "+"); s = 0
+				for (i = 1; i <= k; i++) if (a[i] ~ /^[0-9]+$/) s += a[i]; else { print "unreadable"; exit }
+				if (n == 2 && eq[2] + 0 != s) { print "unreadable"; exit } print s }' <<<"$row")
+			[ "$total" -ge 10000000 ] 2>/dev/null ||
+				{ echo "$n: $total executions in the ten-million table (needs 10,000,000 or more, its parts adding up to its total)"; bad=1; }
+		fi
+		case ${n#fuzz_} in
+		proto_smtp) w='SMTP/LMTP' ;; imap_session) w='IMAP and POP3 sessions' ;;
+		proto_pop3) w='POP3 sessions' ;; proto_imap) w='IMAP reader' ;; ehlo) w='EHLO rewriter' ;;
+		config) w='configuration' ;; policy) w='policy table' ;; ticket_keys) w='ticket key' ;;
+		mtasts) w='MTA-STS' ;; dns) w='DNS' ;; fetch) w='HTTP response' ;; tlsrpt) w='TLSRPT' ;;
+		rcpt) w='recipient-domain' ;; proxyproto) w='PROXY protocol' ;;
+		admin) w='admin request' ;; probe) w='`--probe` reply' ;;
+		*) echo "$n: the check knows no name for it in README.md"; bad=1; continue ;;
+		esac
+		sed -n '/^- Fuzzing:/,/^- [A-Z]/p' "$readme" | tr '\n' ' ' | tr -s ' ' | grep -qF -- "$w" ||
+			{ echo "$n: README.md's Fuzzing entry does not name it ($w)"; bad=1; }
+	done
+	return $bad
+}
+check fuzz_harnesses_documented fuzz_listed "$REPO_ROOT/tests/fuzz/README.md" "$REPO_ROOT/tests/fuzz" "$REPO_ROOT/README.md"
+mkdir -p "$T/fake-fuzz"
+cp "$REPO_ROOT"/tests/fuzz/fuzz_*.c "$T/fake-fuzz/"
+touch "$T/fake-fuzz/fuzz_unlisted_new.c"
+if out=$(fuzz_listed "$REPO_ROOT/tests/fuzz/README.md" "$T/fake-fuzz" "$REPO_ROOT/README.md") ||
+	! grep -q 'fuzz_unlisted_new: no row in the ten-million table' <<<"$out"; then
+	fail fuzz_check_rejects_unlisted "a harness without rows passed: $out"
+else
+	pass fuzz_check_rejects_unlisted
+fi
+sed 's/^| `fuzz_dns` | 10,000,000 |/| `fuzz_dns` | 9,999,999 |/' "$REPO_ROOT/tests/fuzz/README.md" >"$T/alt/fuzz-short.md"
+if out=$(fuzz_listed "$T/alt/fuzz-short.md" "$REPO_ROOT/tests/fuzz" "$REPO_ROOT/README.md") ||
+	! grep -q 'fuzz_dns: 9999999 executions in the ten-million table' <<<"$out"; then
+	fail fuzz_check_rejects_short_run "a run below ten million passed: $out"
+else
+	pass fuzz_check_rejects_short_run
+fi
+grep -v 'request and `--probe` reply parsers' "$REPO_ROOT/README.md" >"$T/alt/README-nofuzz.md"
+if out=$(fuzz_listed "$REPO_ROOT/tests/fuzz/README.md" "$REPO_ROOT/tests/fuzz" "$T/alt/README-nofuzz.md") ||
+	! grep -q 'fuzz_probe: README.md' <<<"$out"; then
+	fail fuzz_check_rejects_unnamed "a harness README.md does not name passed: $out"
+else
+	pass fuzz_check_rejects_unnamed
 fi
 
 # A doc's links never climb out of its folder ("](../"): a reader of docs/ on a forge or
